@@ -1,0 +1,144 @@
+"""Training configuration: one typed dataclass whose defaults are the single source of truth.
+
+A run's resolved configuration is written as ``config.json`` next to its checkpoints. Precedence when resolving:
+dataclass defaults < a named preset < a config file (JSON or YAML) < explicit command-line flags.
+The device is resolved at run time and never stored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from .fileio import DataError, atomic_write
+
+
+@dataclass
+class TrainConfig:
+    # --- data ---
+    dataset: str = "digits"
+    data_root: str | None = None
+    val_size: int | None = None  # None: min(5000, 10% of train), carved from train, never from test
+    image_size: int | None = None  # resize folder datasets; None keeps the native size
+    download: bool = True
+    # --- model and code ---
+    model: str = "paper"
+    nbits: int = 12
+    # --- loss (DSH paper: m = 2 * nbits, alpha = 0.01) ---
+    margin: float | None = None
+    alpha: float = 0.01
+    # --- optimisation ---
+    epochs: int = 8
+    batch_size: int = 128
+    optimizer: str = "adam"  # adam | sgd
+    lr: float = 1e-3
+    weight_decay: float = 5e-4
+    momentum: float = 0.9
+    schedule: str = "onecycle"  # onecycle | cosine | constant
+    warmup_fraction: float = 0.15  # share of steps spent rising to lr (onecycle)
+    sampler: str = "random"  # random | balanced (P classes x K images per batch)
+    crop_padding: int | None = None  # None: the dataset's default (digits 1-2 px shifts, CIFAR 4 px + flips)
+    flip: bool | None = None
+    # --- speed ---
+    channels_last: bool = True
+    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    threads: int | None = None  # torch intra-op threads; None keeps torch's default
+    # --- bookkeeping ---
+    seed: int = 0
+    eval_every: int = 1  # epochs between validation mAP checks
+    log_every: int = 20  # steps between TensorBoard scalar writes
+    projector_samples: int = 500  # images shown in TensorBoard's embedding projector (0: none)
+    tensorboard: bool = True
+
+    def validate(self) -> "TrainConfig":
+        if int(self.nbits) < 1:
+            raise DataError(f"nbits must be >= 1, got {self.nbits}")
+        if self.epochs < 1:
+            raise DataError(f"epochs must be >= 1, got {self.epochs}")
+        if self.batch_size < 2:
+            raise DataError(f"batch_size must be >= 2 (the loss needs pairs), got {self.batch_size}")
+        if self.lr <= 0:
+            raise DataError(f"lr must be > 0, got {self.lr}")
+        for name, value, choices in (
+            ("optimizer", self.optimizer, ("adam", "sgd")),
+            ("schedule", self.schedule, ("onecycle", "cosine", "constant")),
+            ("sampler", self.sampler, ("random", "balanced")),
+            ("amp", self.amp, ("auto", "bf16", "off")),
+        ):
+            if value not in choices:
+                raise DataError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+        return self
+
+    @property
+    def resolved_margin(self) -> float:
+        return float(self.margin) if self.margin is not None else 2.0 * self.nbits
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DataError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+        return cls(**data)
+
+
+# Named presets: settings found to work, kept together with the reason for each in the README.
+PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def config_field_names() -> list[str]:
+    return [f.name for f in fields(TrainConfig)]
+
+
+def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a JSON or YAML mapping of TrainConfig fields; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such config file")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as e:  # any parser error is the file's fault
+        raise DataError(f"{path}: cannot parse config ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise DataError(f"{path}: a config file must hold a mapping of settings, got {type(data).__name__}")
+    if "nbits" not in data and "bits" in data:
+        data["nbits"] = data.pop("bits")
+    return data
+
+
+def resolve_config(
+    overrides: dict[str, Any] | None = None,
+    config_file: str | os.PathLike | None = None,
+    preset: str | None = None,
+) -> TrainConfig:
+    """defaults < preset < config file < overrides (values that are None in ``overrides`` are ignored)."""
+    data: dict[str, Any] = {}
+    if preset is not None:
+        if preset not in PRESETS:
+            raise DataError(f"unknown preset {preset!r}; choose from: {', '.join(sorted(PRESETS)) or '(none)'}")
+        data.update(PRESETS[preset])
+    if config_file is not None:
+        data.update(read_config_file(config_file))
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return TrainConfig.from_dict(data, source=str(config_file or "settings")).validate()
+
+
+def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
+    with atomic_write(path, "w") as f:
+        json.dump(cfg.to_dict(), f, indent=2)
+        f.write("\n")

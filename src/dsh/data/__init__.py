@@ -1,0 +1,43 @@
+"""Image datasets as uint8 tensors: decoded once, cached on disk, batched and augmented with whole-batch tensor ops.
+
+- :func:`load_split` ``(name, split, data_root, ...) -> ImageSet``: ``images`` ``uint8[N, C, H, W]``, ``labels``
+  ``int64[N]``, ``class_names``, ``paths``. Datasets (:data:`DATASETS`): ``digits`` (scikit-learn's 8x8 digits,
+  no files needed), ``mnist``, ``cifar10`` (torchvision's files, downloaded if absent) and ``folder`` (a
+  ``train/<class>/`` + ``test/<class>/`` image tree). Splits: ``train``, ``test``, and ``val`` / ``fit`` carved
+  from ``train``.
+- :func:`dataset_info` ``(name) -> (channels, height, width, n_classes)`` without decoding.
+- :func:`load_image_files` / :func:`load_image_folder`: arbitrary images, to encode or search them.
+- :class:`Normalizer`, :class:`Augment` (:func:`default_augment`), :class:`BatchLoader`: the training batches.
+
+Errors with the data raise :class:`dsh.fileio.DataError` (one line, naming the path). This package does not
+import the models, the loss or the training loop.
+"""
+
+from __future__ import annotations
+
+from .augment import Augment, default_augment
+from .cache import cache_dir
+from .datasets import DATASETS, SPLITS, DatasetInfo, dataset_info, load_image_files, load_split, resize_images
+from .folder import load_image_folder
+from .imageset import ImageSet, stratified_subset
+from .loader import BatchLoader, balanced_batches
+from .normalize import Normalizer
+
+__all__ = [
+    "DATASETS",
+    "SPLITS",
+    "Augment",
+    "BatchLoader",
+    "DatasetInfo",
+    "ImageSet",
+    "Normalizer",
+    "balanced_batches",
+    "cache_dir",
+    "dataset_info",
+    "default_augment",
+    "load_image_files",
+    "load_image_folder",
+    "load_split",
+    "resize_images",
+    "stratified_subset",
+]

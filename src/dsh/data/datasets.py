@@ -1,0 +1,165 @@
+"""Datasets by name: where their files are, their splits, and loading a split through the cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from ..fileio import DataError
+from . import sources
+from .cache import cache_dir as resolve_cache_dir
+from .cache import cached, file_fingerprint
+from .decode import as_size, cover_size, decode_files
+from .folder import channel_mode, class_names_of, first_image, read_folder, scan_folder
+from .imageset import ImageSet, carve_val
+
+DATASETS = ("digits", "mnist", "cifar10", "folder")
+SPLITS = ("train", "val", "fit", "test")
+
+
+class DatasetInfo(NamedTuple):
+    channels: int
+    height: int
+    width: int
+    n_classes: int
+
+
+_NATIVE = {
+    "digits": DatasetInfo(1, 8, 8, 10),
+    "mnist": DatasetInfo(1, 28, 28, 10),
+    "cifar10": DatasetInfo(3, 32, 32, 10),
+}
+
+
+def _check_name(name: str) -> str:
+    key = str(name).lower()
+    if key not in DATASETS:
+        raise DataError(f"unknown dataset {name!r} (choose from {', '.join(DATASETS)})")
+    return key
+
+
+def resolve_root(name: str, data_root: str | os.PathLike | None) -> Path | None:
+    """The argument, else ``$DSH_DATA``; ``None`` for ``digits``, which needs no files.
+
+    For ``mnist`` and ``cifar10`` the root is the folder that holds ``MNIST/`` or ``cifar-10-batches-py/`` (those
+    folders themselves also work); for ``folder`` it is the image tree itself, the one with ``train/`` and
+    ``test/``.
+    """
+    if name == "digits":
+        return None
+    root = data_root if data_root is not None else os.environ.get("DSH_DATA") or None
+    if root is None:
+        raise DataError(f"dataset {name} needs --data-root or DSH_DATA")
+    return Path(root).expanduser()
+
+
+def dataset_info(name: str, data_root: str | os.PathLike | None = None, *, image_size=None) -> DatasetInfo:
+    """``(channels, height, width, n_classes)`` of a dataset's images, without decoding it.
+
+    Constant for the fixed datasets; for ``folder``, the class folders are listed and one image is opened.
+    """
+    name = _check_name(name)
+    size = as_size(image_size)
+    if name in _NATIVE:
+        c, h, w, n = _NATIVE[name]
+    else:
+        root = resolve_root(name, data_root)
+        n = len(class_names_of(root))
+        c, (h, w) = 3, size or decode_files([first_image(root)], None, "RGB", 1).shape[2:]
+    if size is not None:
+        h, w = size
+    return DatasetInfo(c, int(h), int(w), n)
+
+
+def load_split(
+    name: str,
+    split: str,
+    data_root: str | os.PathLike | None = None,
+    *,
+    val_size: int | float | None = None,
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,
+    download: bool = True,
+    image_size: int | tuple[int, int] | None = None,
+    workers: int | None = None,
+) -> ImageSet:
+    """One split of a dataset, decoded: ``images`` ``uint8[N, C, H, W]``, ``labels`` ``int64[N]``.
+
+    ``split``: ``train`` and ``test`` are the dataset's own (digits, which has none, gets a fixed stratified 20%
+    test split); ``val`` is a fixed, seeded, stratified subset of ``train`` (``val_size``: a count, a fraction,
+    or ``None`` for ``min(5000, 10% of train)``) for choosing models and settings; ``fit`` is ``train`` minus
+    ``val``, what training sees. Never choose anything on ``test``.
+
+    ``data_root``: see :func:`resolve_root`. ``download``: fetch ``mnist`` / ``cifar10`` with torchvision when
+    their files are absent. ``image_size``: ``s`` or ``(h, w)``: resize every image (cover, then centre-crop);
+    folder images must otherwise share one size. ``cache_dir``: default ``$DSH_CACHE``, else ``~/.cache/dsh``.
+    ``workers``: decoding processes for folder datasets (default: the usable CPUs, at most 8).
+    Problems with the data raise :class:`~dsh.fileio.DataError` with a one-line message naming the path.
+    """
+    name = _check_name(name)
+    if split not in SPLITS:
+        raise DataError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
+    base = "train" if split in ("val", "fit") else split
+    s = _load_official(name, base, data_root, cache_dir, download, as_size(image_size), workers)
+    return carve_val(s, split, val_size, seed, name) if split != base else s
+
+
+def _load_official(name, split, data_root, cache_dir, download, size, workers) -> ImageSet:
+    if name == "digits":
+        return _resized(sources.read_digits(split), size)
+    root = resolve_root(name, data_root)
+    where = {"dataset": name, "split": split, "root": str(root.resolve())}
+    if name == "folder":
+        scan = scan_folder(root, split)
+        where["image_size"] = list(size) if size else None
+        return cached(resolve_cache_dir(cache_dir), where, scan.fingerprint(),
+                      lambda: read_folder(scan, size, workers))
+    find, read = {"mnist": (sources.find_mnist, sources.read_mnist),
+                  "cifar10": (sources.find_cifar10, sources.read_cifar10)}[name]
+    files = find(root, split, download)
+    s = cached(resolve_cache_dir(cache_dir), where, file_fingerprint(files), lambda: read(files, split))
+    return _resized(s, size)
+
+
+def _resized(s: ImageSet, size: tuple[int, int] | None) -> ImageSet:
+    if size is None or tuple(s.images.shape[2:]) == size:
+        return s
+    return ImageSet(resize_images(s.images, size), s.labels, s.class_names, s.paths, s.name)
+
+
+def resize_images(images: torch.Tensor, size: tuple[int, int], chunk: int = 4096) -> torch.Tensor:
+    """``uint8[N, C, H, W]`` -> ``uint8[N, C, h, w]``: antialiased bilinear scaling to cover ``size``, keeping the
+    aspect ratio, then a centre crop (the same geometry as folder images get)."""
+    n, c, h, w = images.shape
+    ch, cw = cover_size(h, w, size)
+    top, left = (ch - size[0]) // 2, (cw - size[1]) // 2
+    out = torch.empty((n, c) + tuple(size), dtype=torch.uint8)
+    for start in range(0, n, chunk):
+        x = F.interpolate(images[start : start + chunk].float(), size=(ch, cw), mode="bilinear",
+                          antialias=True, align_corners=False)
+        out[start : start + chunk] = x[:, :, top : top + size[0], left : left + size[1]].round_().clamp_(0, 255)
+    return out
+
+
+def load_image_files(
+    paths: list[str | os.PathLike],
+    image_size: int | tuple[int, int] | None = None,
+    channels: int = 3,
+    workers: int | None = None,
+) -> torch.Tensor:
+    """Image files -> ``uint8[N, C, H, W]`` (C = ``channels``: 1 grey or 3 RGB), e.g. to encode or search them.
+
+    With ``image_size`` every image is resized (cover, then centre-crop); without, they must share one size.
+    DataError (naming the file) for a missing or unreadable file or a size that differs.
+    """
+    if len(paths) == 0:
+        raise DataError("no image files given")
+    return torch.from_numpy(decode_files([os.fspath(p) for p in paths], image_size, channel_mode(channels), workers))
+
+
+__all__ = ["DATASETS", "SPLITS", "DatasetInfo", "dataset_info", "load_split", "load_image_files", "resolve_root",
+           "resize_images"]

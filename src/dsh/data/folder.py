@@ -1,0 +1,162 @@
+"""Class-per-folder image trees (torchvision's ImageFolder layout).
+
+A dataset root holds ``train/<class>/*`` and ``test/<class>/*``; class ids are the sorted names of the class
+folders under ``train/``. Images may sit in nested folders inside a class folder. Folder images decode to RGB.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..fileio import DataError
+from .decode import IMAGE_EXTENSIONS, decode_files
+from .imageset import ImageSet
+
+
+@dataclass
+class FolderScan:
+    """What a split of a folder dataset holds, without decoding anything."""
+
+    root: Path
+    split: str
+    class_names: list[str]
+    files: list[str]  # paths relative to root, posix style
+    labels: np.ndarray  # int64[N]
+    stats: list[tuple[int, int]]  # (size in bytes, mtime in ns) per file
+
+    def fingerprint(self) -> str:
+        """A digest of the class names and of every file's name, size and modification time."""
+        h = hashlib.sha256("\n".join(self.class_names).encode())
+        for f, (size, mtime) in zip(self.files, self.stats):
+            h.update(f"\0{f}\0{size}\0{mtime}".encode())
+        return h.hexdigest()
+
+
+def _subdirs(d: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
+
+
+def _walk_images(d: str, rel: str, out: list[tuple[str, int, int]]) -> None:
+    """Append ``(path relative to the root, size, mtime_ns)`` for every image under folder ``d`` (itself at
+    ``rel``, posix style, "" for the root), recursively, in sorted order."""
+    for e in sorted(os.scandir(d), key=lambda e: e.name):
+        if e.name.startswith("."):
+            continue
+        if e.is_dir():
+            _walk_images(e.path, f"{rel}{e.name}/", out)
+        elif e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
+            st = e.stat()
+            out.append((rel + e.name, st.st_size, st.st_mtime_ns))
+
+
+def class_names_of(root: Path) -> list[str]:
+    """The class names of a folder dataset (the class folders under ``train/``); checks the layout."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"folder: no such folder {root}")
+    train_dir = root / "train"
+    if not train_dir.is_dir():
+        raise DataError(f"folder: {root} has no train/ subfolder (expected {root}/train/<class>/<image> and "
+                        f"{root}/test/<class>/<image>)")
+    names = _subdirs(train_dir)
+    if not names:
+        raise DataError(f"folder: no class folders in {train_dir}")
+    return names
+
+
+def scan_folder(root: Path, split: str) -> FolderScan:
+    """List the images of ``split`` (``train`` or ``test``) under ``root``; DataError for a bad layout."""
+    root = Path(root)
+    class_names = class_names_of(root)
+    split_dir = root / split
+    if not split_dir.is_dir():
+        raise DataError(f"folder: {root} has no {split}/ subfolder (expected {split_dir}/<class>/<image>)")
+    unknown = sorted(set(_subdirs(split_dir)) - set(class_names))
+    if unknown:
+        raise DataError(f"folder: {split_dir} has classes that {root / 'train'} lacks: {', '.join(unknown[:5])}"
+                        + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
+    found: list[tuple[str, int, int]] = []
+    labels: list[int] = []
+    for c, name in enumerate(class_names):
+        d = split_dir / name
+        if not d.is_dir():
+            continue  # a class may be absent from the test split
+        before = len(found)
+        _walk_images(str(d), f"{split}/{name}/", found)
+        if split == "train" and len(found) == before:
+            raise DataError(f"folder: class folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        labels.extend([c] * (len(found) - before))
+    if not found:
+        raise DataError(f"folder: no images in {split_dir}")
+    return FolderScan(
+        root=root,
+        split=split,
+        class_names=class_names,
+        files=[f for f, _, _ in found],
+        labels=np.asarray(labels, dtype=np.int64),
+        stats=[(s, m) for _, s, m in found],
+    )
+
+
+def read_folder(scan: FolderScan, image_size=None, workers: int | None = None) -> ImageSet:
+    """Decode a scanned split (in parallel) into an :class:`ImageSet` whose ``paths`` are relative to the root."""
+    root = str(scan.root)
+    images = decode_files([os.path.join(root, f) for f in scan.files], image_size, "RGB", workers)
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(scan.labels), list(scan.class_names),
+                    list(scan.files), f"folder/{scan.split}")
+
+
+def first_image(root: Path) -> Path:
+    """Some image of the train split, found without listing the whole tree (for cheap shape queries)."""
+    train_dir = Path(root) / "train"
+    for name in class_names_of(root):
+        for dirpath, dirnames, filenames in os.walk(train_dir / name):
+            dirnames.sort()
+            for f in sorted(filenames):
+                if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
+                    return Path(dirpath) / f
+    raise DataError(f"folder: no images in {train_dir}")
+
+
+def load_image_folder(
+    root: str | os.PathLike,
+    input_shape: tuple[int, int, int] | None = None,
+    *,
+    class_names: list[str] | None = None,
+    workers: int | None = None,
+) -> ImageSet:
+    """Every image under ``root`` (recursively), e.g. to encode with a trained model.
+
+    ``input_shape`` ``(C, H, W)``: decode to C channels (1: grey, 3: RGB) and resize to ``H x W`` (cover, then
+    centre-crop); ``None``: RGB at the native size, which all images must share. Labels come from the first
+    folder level: an image under ``root/<name>/`` gets the id of ``<name>`` in ``class_names`` (default: the sorted
+    sub-folder names); other images get -1. ``paths`` are relative to ``root``.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"no such folder {root}")
+    found: list[tuple[str, int, int]] = []
+    _walk_images(str(root), "", found)
+    if not found:
+        raise DataError(f"no images in {root} ({', '.join(IMAGE_EXTENSIONS)})")
+    rel = [f for f, _, _ in found]
+    names = list(class_names) if class_names is not None else _subdirs(root)
+    ids = {n: i for i, n in enumerate(names)}
+    labels = np.asarray([ids.get(r.split("/")[0], -1) if "/" in r else -1 for r in rel], dtype=np.int64)
+    channels, size = 3, None
+    if input_shape is not None:
+        channels, size = int(input_shape[0]), (int(input_shape[1]), int(input_shape[2]))
+    images = decode_files([os.path.join(root, f) for f in rel], size, channel_mode(channels), workers)
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), names, rel, f"images:{root}")
+
+
+def channel_mode(channels: int) -> str:
+    if channels not in (1, 3):
+        raise DataError(f"images can be decoded to 1 (grey) or 3 (RGB) channels, not {channels}")
+    return "L" if channels == 1 else "RGB"

@@ -1,0 +1,388 @@
+"""Retrieval metrics over packed codes and labels: mAP, mAP@k, precision@k, precision/recall within a Hamming radius.
+
+Pure functions, no torch. Every function takes ``(q_codes, db_codes, q_labels, db_labels, nbits, ...)`` with codes
+packed as in :mod:`dsh.codes` (``uint8[n, ceil(nbits/8)]``).
+
+Conventions (the ones the field uses, made exact):
+
+- **Relevance.** Labels are either class ids, ``int[n]`` (a database item is relevant to a query iff the ids are
+  equal), or multi-hot rows, ``uint8/bool[n, C]`` with values 0/1 (relevant iff the two rows share at least one
+  label; a one-hot row therefore behaves like a class id). Queries and database use the same kind.
+  :func:`relevance` gives the ``bool[nq, n]`` matrix; everything below uses the same definition.
+- **Ranking.** For each query the database is sorted by Hamming distance, ascending; ties are broken by database
+  position (a stable sort), so a result never depends on the sorting algorithm. The rank of database item ``j`` is
+  ``1 + #(items closer than j) + #(items at the same distance that come before j in the database)``.
+  DeepHash-pytorch's ``CalcTopMap`` uses an unstable ``np.argsort``, so its numbers can differ from ours in the
+  last digits when ties straddle relevant and irrelevant items; ours are reproducible.
+- **AP@k** (``average_precision(..., topk=k)``) is the mean of precision@rank over the relevant items ranked
+  within the top ``k``, i.e. divided by the number of relevant items *within the top k* (``CalcTopMap``'s
+  definition). ``topk=None`` or ``topk >= n`` means the whole database (AP@all); ``topk < 1`` is an error. The last
+  database item always counts (DeepHash's ``topK=-1`` silently dropped it via ``[0:-1]``). A query with no relevant
+  item within the top ``k`` has AP 0 and still counts in the mean, so mAP is the mean over *all* queries.
+- **precision@k** is (relevant items among the top ``k``) / ``k``, ranking as above, for ``1 <= k <= n``.
+- **Radius.** The set within radius ``r`` is every database item at Hamming distance ``<= r`` (ties are all in or
+  all out, so the order does not matter). Its precision is (relevant in set) / (size of set), and a query whose set
+  is *empty* counts as precision 0 (the standard convention: the hash lookup returned nothing useful). Its recall is
+  (relevant in set) / (relevant in the database), and a query with no relevant item in the whole database counts
+  as recall 0, like its AP. Means are over all queries. :func:`pr_curve_by_radius` gives both for ``r = 0..nbits``;
+  recall is non-decreasing in ``r`` and reaches 1 at ``r = nbits`` when every query has a relevant item.
+
+Implementation: one pass per query in database order turns the query into counts over the ``nbits + 1`` distance
+buckets plus the in-bucket position of each relevant item; the rank of each relevant item, hence AP, AP@k and
+precision@k, follows exactly from those counts. Distances are computed inside the same numba kernel (the 64-bit
+word popcount of :mod:`dsh._kernels`, as in :func:`dsh.hamming.pairwise_hamming`), so no ``nq x n`` matrix is
+ever built: memory is ``O(n)`` per thread plus ``O(nq * nbits)`` for the counts. Queries run in parallel
+(``prange``) over numba's threads. 10,000 queries x 60,000 codes take about 2 s on 2 cores, at 8 or 64 bits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from numba import get_num_threads, njit, prange
+
+from ._kernels import _popcount, as_words
+from .codes import check_codes
+
+__all__ = [
+    "DEFAULT_KS",
+    "relevance",
+    "average_precision",
+    "mean_average_precision",
+    "precision_at_k",
+    "precision_at_radius",
+    "recall_at_radius",
+    "pr_curve_by_radius",
+    "evaluate",
+]
+
+# Cut-offs for the precision@k curve in :func:`evaluate` (those larger than the database are dropped).
+DEFAULT_KS = (1, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# input checking and encoding
+
+
+def _encode_labels(q_labels, db_labels, nq: int, n: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Validate labels and encode them for the kernel: ``(q uint64[nq, L], db uint64[n, L], multi)``.
+
+    Class ids become one word (compared for equality); multi-hot rows become bitsets (intersected).
+    """
+    q = np.asarray(q_labels)
+    db = np.asarray(db_labels)
+    if q.ndim != db.ndim or q.ndim not in (1, 2):
+        raise ValueError(
+            "labels must be class ids int[n] or multi-hot rows [n, C] for both queries and database, "
+            f"got shapes {q.shape} and {db.shape}"
+        )
+    if q.shape[0] != nq or db.shape[0] != n:
+        raise ValueError(f"{q.shape[0]} query labels for {nq} query codes, {db.shape[0]} database labels for {n} codes")
+    if q.ndim == 1:
+        for name, a in (("q_labels", q), ("db_labels", db)):
+            if not (np.issubdtype(a.dtype, np.integer) or a.dtype == bool):
+                raise ValueError(f"{name} must be integer class ids, got dtype {a.dtype}")
+        # int64 -> uint64 view keeps equality exactly, negative ids included
+        return (
+            q.astype(np.int64).view(np.uint64).reshape(nq, 1),
+            db.astype(np.int64).view(np.uint64).reshape(n, 1),
+            False,
+        )
+    if q.shape[1] != db.shape[1]:
+        raise ValueError(f"multi-hot labels have {q.shape[1]} classes for queries but {db.shape[1]} for the database")
+    words = []
+    for name, a in (("q_labels", q), ("db_labels", db)):
+        if a.dtype != bool:
+            if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+                raise ValueError(f"{name} must be multi-hot 0/1 rows, got dtype {a.dtype}")
+            if a.size and not np.all((a == 0) | (a == 1)):
+                raise ValueError(f"{name} must be multi-hot rows of 0 and 1")
+        words.append(as_words(np.packbits(a.astype(bool), axis=1, bitorder="little")))
+    return words[0], words[1], True
+
+
+def _code_words(codes: np.ndarray, nbits: int, name: str) -> np.ndarray:
+    """Validated packed codes as ``uint64[n, ceil(nbytes/8)]`` words for the kernel (zero-padded)."""
+    return as_words(check_codes(codes, nbits, name))
+
+
+def _check_topk(topk, n: int) -> int:
+    """``None`` or ``>= n`` -> ``n``; ``< 1`` is an error."""
+    if topk is None:
+        return n
+    if isinstance(topk, bool) or not isinstance(topk, (int, np.integer)):
+        raise ValueError(f"topk must be a positive int or None, got {topk!r}")
+    if topk < 1:
+        raise ValueError(f"topk must be >= 1 (None means the whole database), got {topk}")
+    return int(min(topk, n))
+
+
+def _check_ks(ks, n: int) -> np.ndarray:
+    ks_arr = np.asarray(ks)
+    if ks_arr.ndim != 1 or ks_arr.size == 0 or not np.issubdtype(ks_arr.dtype, np.integer):
+        raise ValueError(f"ks must be a non-empty sequence of ints, got {ks!r}")
+    if ks_arr.min() < 1 or ks_arr.max() > n:
+        raise ValueError(f"every k must be in 1..{n} (the database size), got {ks_arr.tolist()}")
+    return ks_arr.astype(np.int64)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# the kernel
+
+_ZERO = np.uint64(0)
+
+
+@njit(cache=True, parallel=True)
+def _stats_kernel(qw, dbw, qlab, dblab, multi, nbits, topk, ks, ap_all, ap_k, cnt_all, cnt_rel, hits, nblocks):
+    nq = qw.shape[0]
+    n = dbw.shape[0]
+    nw = qw.shape[1]
+    nl = qlab.shape[1]
+    nk = ks.shape[0]
+    nb = nbits + 1
+    block = (nq + nblocks - 1) // nblocks
+    for b in prange(nblocks):
+        # per-block scratch, reused across its queries
+        dist = np.empty(n, np.int32)
+        relv = np.empty(n, np.bool_)
+        rd = np.empty(n, np.int32)  # for each relevant item in database order: its distance,
+        rpos = np.empty(n, np.int32)  # its position within its distance bucket,
+        rrel = np.empty(n, np.int32)  # and its position among the relevant items of that bucket
+        ca = np.empty(nb, np.int64)
+        cr = np.empty(nb, np.int64)
+        start = np.empty(nb, np.int64)
+        rstart = np.empty(nb, np.int64)
+        h = np.empty(nk, np.int64)
+        for i in range(b * block, min(nq, (b + 1) * block)):
+            # distances and relevance first, in loops the compiler vectorises
+            if nw == 1:
+                q0 = qw[i, 0]
+                for j in range(n):
+                    dist[j] = np.int32(_popcount(q0 ^ dbw[j, 0]))
+            else:
+                for j in range(n):
+                    x = _ZERO
+                    for w in range(nw):
+                        x += _popcount(qw[i, w] ^ dbw[j, w])
+                    dist[j] = np.int32(x)
+            if multi:
+                for j in range(n):
+                    rel = False
+                    for t in range(nl):
+                        rel |= (qlab[i, t] & dblab[j, t]) != _ZERO
+                    relv[j] = rel
+            else:
+                l0 = qlab[i, 0]
+                for j in range(n):
+                    relv[j] = l0 == dblab[j, 0]
+            # one pass in database order: bucket counts and in-bucket positions (this is the stable tie-break)
+            ca[:] = 0
+            cr[:] = 0
+            m = 0
+            for j in range(n):
+                d = dist[j]
+                if relv[j]:
+                    rd[m] = d
+                    rpos[m] = ca[d]
+                    rrel[m] = cr[d]
+                    m += 1
+                    cr[d] += 1
+                ca[d] += 1
+            # items (all / relevant) in strictly closer buckets
+            s = 0
+            rs = 0
+            for e in range(nb):
+                start[e] = s
+                rstart[e] = rs
+                s += ca[e]
+                rs += cr[e]
+                cnt_all[i, e] = ca[e]
+                cnt_rel[i, e] = cr[e]
+            h[:] = 0
+            s_all = 0.0
+            s_k = 0.0
+            n_k = 0
+            for t in range(m):
+                e = rd[t]
+                rank = start[e] + rpos[t] + 1  # 1-based rank of this relevant item
+                p = (rstart[e] + rrel[t] + 1) / rank  # precision at that rank
+                s_all += p
+                if rank <= topk:
+                    s_k += p
+                    n_k += 1
+                kk = np.searchsorted(ks, rank)  # first k >= rank: this item counts for ks[kk:]
+                if kk < nk:
+                    h[kk] += 1
+            ap_all[i] = s_all / m if m > 0 else 0.0
+            ap_k[i] = s_k / n_k if n_k > 0 else 0.0
+            c = 0
+            for kk in range(nk):
+                c += h[kk]
+                hits[i, kk] = c
+
+
+@dataclass
+class _Stats:
+    """What one pass over the data leaves per query; every metric is a small computation over it."""
+
+    ap: np.ndarray  # float64[nq], AP@all
+    ap_at_k: np.ndarray  # float64[nq], AP@topk
+    topk: int  # resolved, 1..n
+    counts: np.ndarray  # int64[nq, nbits+1], database items at each distance
+    rel_counts: np.ndarray  # int64[nq, nbits+1], relevant items at each distance
+    ks: np.ndarray  # int64[K], sorted unique
+    hits: np.ndarray  # int64[nq, K], relevant items within the top ks[i]
+    multi: bool
+
+    def radius_pr(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-query precision and recall of the set within radius r, each ``float64[nq, nbits+1]``; an empty set
+        has precision 0, a query without relevant items recall 0."""
+        size = np.cumsum(self.counts, axis=1)
+        rel = np.cumsum(self.rel_counts, axis=1)
+        total = rel[:, -1:]
+        prec = np.divide(rel, size, out=np.zeros(size.shape), where=size > 0)
+        rec = np.divide(rel, total, out=np.zeros(size.shape), where=total > 0)
+        return prec, rec
+
+    def precision_at_k(self) -> np.ndarray:
+        return self.hits.mean(axis=0) / self.ks
+
+
+def _stats(q_codes, db_codes, q_labels, db_labels, nbits: int, topk=None, ks=None) -> _Stats:
+    nbits = int(nbits)
+    qw = _code_words(q_codes, nbits, "q_codes")
+    dbw = _code_words(db_codes, nbits, "db_codes")
+    nq, n = qw.shape[0], dbw.shape[0]
+    if nq == 0 or n == 0:
+        raise ValueError(f"need at least one query and one database item, got {nq} and {n}")
+    if n >= 2**31:
+        raise ValueError(f"database of {n} items is too large (at most 2**31 - 1)")
+    qlab, dblab, multi = _encode_labels(q_labels, db_labels, nq, n)
+    k = _check_topk(topk, n)
+    ks_sorted = np.zeros(0, np.int64) if ks is None else np.unique(_check_ks(ks, n))
+    ap_all = np.zeros(nq)
+    ap_k = np.zeros(nq)
+    cnt_all = np.zeros((nq, nbits + 1), np.int64)
+    cnt_rel = np.zeros((nq, nbits + 1), np.int64)
+    hits = np.zeros((nq, len(ks_sorted)), np.int64)
+    # a few blocks per thread so that an uneven split (other work on the cores) still balances
+    nblocks = int(min(nq, 4 * get_num_threads()))
+    _stats_kernel(
+        qw, dbw, qlab, dblab, multi, np.int64(nbits), np.int64(k), ks_sorted,
+        ap_all, ap_k, cnt_all, cnt_rel, hits, np.int64(nblocks),
+    )  # fmt: skip
+    return _Stats(ap_all, ap_k, k, cnt_all, cnt_rel, ks_sorted, hits, multi)
+
+
+def _check_radius(radius) -> int:
+    if isinstance(radius, bool) or not isinstance(radius, (int, np.integer)) or radius < 0:
+        raise ValueError(f"radius must be an int >= 0, got {radius!r}")
+    return int(radius)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public functions
+
+
+def relevance(q_labels, db_labels) -> np.ndarray:
+    """``bool[nq, n]``: equal class ids (``int[n]`` labels) or at least one shared label (multi-hot ``[n, C]``)."""
+    q_labels, db_labels = np.asarray(q_labels), np.asarray(db_labels)
+    qlab, dblab, multi = _encode_labels(q_labels, db_labels, len(q_labels), len(db_labels))
+    if not multi:
+        return qlab[:, 0, None] == dblab[None, :, 0]
+    return np.any((qlab[:, None, :] & dblab[None, :, :]) != 0, axis=2)
+
+
+def average_precision(q_codes, db_codes, q_labels, db_labels, nbits: int, topk: int | None = None) -> np.ndarray:
+    """AP of each query, ``float64[nq]``: AP@all when ``topk`` is None, else AP@topk (module docstring)."""
+    s = _stats(q_codes, db_codes, q_labels, db_labels, nbits, topk)
+    return s.ap if topk is None else s.ap_at_k
+
+
+def mean_average_precision(q_codes, db_codes, q_labels, db_labels, nbits: int, topk: int | None = None) -> float:
+    """mAP over all queries (those without a relevant item count as 0): mAP@all, or mAP@topk."""
+    return float(average_precision(q_codes, db_codes, q_labels, db_labels, nbits, topk).mean())
+
+
+def precision_at_k(q_codes, db_codes, q_labels, db_labels, nbits: int, ks: Sequence[int]) -> np.ndarray:
+    """Mean over queries of (relevant among the top k) / k for each k in ``ks`` (``1 <= k <= n``), in the order
+    given: ``float64[len(ks)]``."""
+    ks_arr = np.asarray(ks)
+    s = _stats(q_codes, db_codes, q_labels, db_labels, nbits, None, ks_arr)
+    return s.precision_at_k()[np.searchsorted(s.ks, ks_arr)]
+
+
+def precision_at_radius(q_codes, db_codes, q_labels, db_labels, nbits: int, radius: int = 2) -> float:
+    """Mean over queries of the precision of the items within Hamming distance ``<= radius``; a query with
+    nothing inside the radius counts as 0."""
+    r = min(_check_radius(radius), int(nbits))
+    return float(_stats(q_codes, db_codes, q_labels, db_labels, nbits).radius_pr()[0][:, r].mean())
+
+
+def recall_at_radius(q_codes, db_codes, q_labels, db_labels, nbits: int, radius: int = 2) -> float:
+    """Mean over queries of the fraction of their relevant items within Hamming distance ``<= radius``; a query
+    with no relevant item in the database counts as 0."""
+    r = min(_check_radius(radius), int(nbits))
+    return float(_stats(q_codes, db_codes, q_labels, db_labels, nbits).radius_pr()[1][:, r].mean())
+
+
+def pr_curve_by_radius(q_codes, db_codes, q_labels, db_labels, nbits: int) -> dict:
+    """Precision and recall of the set within radius ``r``, for ``r = 0..nbits``, averaged over queries.
+
+    Returns ``dict(radius=int[nbits+1], precision=float64[nbits+1], recall=float64[nbits+1])``. At a radius where
+    a query's set is empty its precision is 0 (as in :func:`precision_at_radius`); a query with no relevant item
+    in the database has recall 0 at every radius.
+    """
+    prec, rec = _stats(q_codes, db_codes, q_labels, db_labels, nbits).radius_pr()
+    return dict(radius=np.arange(int(nbits) + 1), precision=prec.mean(axis=0), recall=rec.mean(axis=0))
+
+
+def evaluate(
+    q_codes,
+    db_codes,
+    q_labels,
+    db_labels,
+    nbits: int,
+    topk: int | None = None,
+    radius: int = 2,
+    ks: Sequence[int] | None = None,
+) -> dict:
+    """Every metric from one pass over the data, as JSON-serialisable numbers.
+
+    Keys: ``nbits``, ``n_queries``, ``n_database``, ``labels`` (``"single"`` / ``"multi"``), ``map`` (mAP@all),
+    ``topk`` and ``map_at_k`` (only when ``topk`` is given; ``topk >= n`` gives ``map_at_k == map``),
+    ``radius``, ``precision_at_radius_{radius}``, ``recall_at_radius_{radius}``, ``queries_without_relevant``,
+    ``pr_curve`` (``{radius, precision, recall}`` lists) and ``precision_at_k`` (``{k, precision}`` lists).
+    ``ks`` defaults to :data:`DEFAULT_KS` without the values larger than the database; given ks must be in 1..n.
+    """
+    nbits = int(nbits)
+    radius = _check_radius(radius)
+    n = len(np.asarray(db_codes))
+    if ks is None:
+        ks = [k for k in DEFAULT_KS if k <= n] or [n]
+    s = _stats(q_codes, db_codes, q_labels, db_labels, nbits, topk, np.asarray(ks))
+    prec, rec = s.radius_pr()
+    r = min(radius, nbits)
+    out: dict = {
+        "nbits": nbits,
+        "n_queries": len(s.ap),
+        "n_database": n,
+        "labels": "multi" if s.multi else "single",
+        "map": float(s.ap.mean()),
+    }
+    if topk is not None:
+        out["topk"] = s.topk
+        out["map_at_k"] = float(s.ap_at_k.mean())
+    out["radius"] = radius
+    out[f"precision_at_radius_{radius}"] = float(prec[:, r].mean())
+    out[f"recall_at_radius_{radius}"] = float(rec[:, r].mean())
+    out["queries_without_relevant"] = int((s.rel_counts.sum(axis=1) == 0).sum())
+    out["pr_curve"] = {
+        "radius": list(range(nbits + 1)),
+        "precision": prec.mean(axis=0).tolist(),
+        "recall": rec.mean(axis=0).tolist(),
+    }
+    out["precision_at_k"] = {"k": s.ks.tolist(), "precision": s.precision_at_k().tolist()}
+    return out

@@ -1,0 +1,210 @@
+"""Multi-index hashing (MIH) for exact Hamming range search.
+
+Norouzi, Punjani and Fleet, "Fast Exact Search in Hamming Space with Multi-Index Hashing" (CVPR 2012, TPAMI
+2014); faiss's ``IndexBinaryMultiHash`` is the same idea with hash tables.
+
+Split the ``nbits`` code bits into ``nsub`` contiguous substrings and index each substring in a table. If a code
+is within ``radius`` of a query then, by the pigeonhole principle, one of its substrings is within
+``radius // nsub`` of the query's (Norouzi's Prop. 2 sharpens this per table, see
+:func:`search_radii`). So a search probes every table at the few keys near the query's substring, and checks
+each code found there with its full distance: the results are exactly the flat scan's.
+
+Tables are compressed sparse rows: the codes' positions grouped by key, positions ascending within a key, and
+per table either a dense offsets array over all ``2**length`` keys (when that is no larger than about the
+positions) or the sorted distinct keys with their offsets (binary search). Substrings are at most 32 bits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _kernels as K
+
+__all__ = ["MIHTables", "default_nsub", "split_bits", "search_radii", "prefer_mih"]
+
+# Rough costs, in nanoseconds, measured on the benchmark machine (benchmarks/search.py); they only steer
+# `prefer_mih`, never the results.
+_FLAT_NS_PER_WORD = 0.15  # one 64-bit word of one code in a vectorised scan, per query
+_PROBE_NS = 100.0  # one table probe: a cache miss or a binary search
+_CANDIDATE_NS = 60.0  # one candidate: its full code is fetched from a random place
+_BUILD_NS = 20.0  # one code into one table
+
+
+def split_bits(nbits: int, nsub: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(starts int64[nsub], lengths int64[nsub])``: contiguous substrings, the first ``nbits % nsub`` one bit
+    longer."""
+    nbits, nsub = int(nbits), int(nsub)
+    if not 1 <= nsub <= nbits:
+        raise ValueError(f"nsub must be between 1 and nbits={nbits}, got {nsub}")
+    lengths = np.full(nsub, nbits // nsub, np.int64)
+    lengths[: nbits % nsub] += 1
+    if lengths.max() > 32:
+        raise ValueError(f"nsub={nsub} gives {int(lengths.max())}-bit substrings; use nsub >= {-(-nbits // 32)}")
+    starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return starts, lengths
+
+
+def default_nsub(nbits: int, n: int) -> int:
+    """Norouzi's rule ``nsub ~ nbits / log2(n)``: substrings about as long as ``log2(n)`` bits, so a bucket holds
+    about one random code; at most 32 bits per substring."""
+    target = max(8.0, math.log2(max(n, 2)))
+    nsub = max(1, round(int(nbits) / target))
+    return int(min(max(nsub, -(-int(nbits) // 32)), int(nbits)))
+
+
+def search_radii(radius: int, nsub: int) -> np.ndarray:
+    """Per-table search radii for a query radius (Norouzi et al., Prop. 2).
+
+    With ``radius = s * nsub + a`` (``0 <= a < nsub``): a code within ``radius`` has some substring ``t <= a``
+    within ``s``, or some substring ``t > a`` within ``s - 1`` (else its distance would be at least
+    ``(a + 1)(s + 1) + (nsub - a - 1) s = radius + 1``). ``-1`` means the table is not probed.
+    """
+    s, a = divmod(int(radius), int(nsub))
+    return np.where(np.arange(nsub) <= a, s, s - 1).astype(np.int64)
+
+
+def _probes(radius: int, lengths: np.ndarray) -> np.ndarray:
+    """Number of keys probed in each table."""
+    rad = search_radii(radius, len(lengths))
+    return np.array([sum(math.comb(int(L), r) for r in range(0, min(int(R), int(L)) + 1)) if R >= 0 else 0
+                     for L, R in zip(lengths, rad)], dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class MIHTables:
+    """MIH tables over ``n`` codes of ``nbits`` bits, built by :meth:`build`; arrays concatenated over tables
+    so one kernel can take them all."""
+
+    nbits: int
+    n: int
+    starts: np.ndarray  # int64[nsub], first bit of each substring
+    lengths: np.ndarray  # int64[nsub], bits per substring (<= 32)
+    dense: np.ndarray  # bool[nsub], offsets over all 2**length keys (else sorted distinct keys)
+    offsets: np.ndarray  # int32/int64, all tables' offsets, relative to the table's positions
+    offset_base: np.ndarray  # int64[nsub], where each table's offsets start
+    keys: np.ndarray  # uint32, sorted distinct keys of the sparse tables
+    key_base: np.ndarray  # int64[nsub]
+    key_count: np.ndarray  # int64[nsub] (0 for dense tables)
+    positions: np.ndarray  # int32/int64[nsub * n], table t's positions at [t*n, (t+1)*n), grouped by key
+    occupancy: np.ndarray  # float64[nsub], sum(bucket_size**2) / n: the bucket size a database code sees
+
+    @property
+    def nsub(self) -> int:
+        return len(self.lengths)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the tables, in bytes."""
+        return int(self.offsets.nbytes + self.keys.nbytes + self.positions.nbytes)
+
+    @classmethod
+    def build(cls, words: np.ndarray, nbits: int, nsub: int | None = None) -> "MIHTables":
+        """Index ``words`` (``uint64[n, W]`` from :func:`dsh._kernels.as_words`) in ``nsub`` tables
+        (default :func:`default_nsub`)."""
+        n, W = words.shape
+        nsub = default_nsub(nbits, n) if nsub is None else int(nsub)
+        starts, lengths = split_bits(nbits, nsub)
+        idt = np.int32 if n < 2**31 - 1 else np.int64
+        probe = np.zeros(1, idt)
+        X = words.reshape(-1)
+        dense = np.zeros(nsub, bool)
+        offs, keys, positions = [], [], []
+        key_count = np.zeros(nsub, np.int64)
+        occupancy = np.zeros(nsub, np.float64)
+        for t in range(nsub):
+            sub = K.substring_keys(X, n, W, int(starts[t]), int(lengths[t]))
+            nbuckets = 1 << int(lengths[t])
+            if nbuckets <= max(2 * n, 1 << 16):  # offsets no larger than about the positions: direct addressing
+                off, pos = K.dense_table(sub, nbuckets, probe)
+                dense[t] = True
+            else:
+                pos = np.argsort(sub, kind="stable").astype(idt)
+                skeys = sub[pos]
+                first = np.flatnonzero(np.r_[True, skeys[1:] != skeys[:-1]]) if n else np.zeros(0, np.int64)
+                off = np.r_[first, n].astype(idt)
+                keys.append(skeys[first])
+                key_count[t] = len(first)
+            sizes = np.diff(off).astype(np.float64)
+            occupancy[t] = float(sizes @ sizes) / max(n, 1)
+            offs.append(off)
+            positions.append(pos)
+
+        def base(parts):
+            return np.concatenate([[0], np.cumsum([len(p) for p in parts])[:-1]]).astype(np.int64)
+
+        key_base = np.zeros(nsub, np.int64)
+        key_base[~dense] = base(keys) if keys else []
+        return cls(
+            nbits=int(nbits),
+            n=int(n),
+            starts=starts,
+            lengths=lengths,
+            dense=dense,
+            offsets=np.concatenate(offs).astype(idt),
+            offset_base=base(offs),
+            keys=np.concatenate(keys).astype(np.uint32) if keys else np.zeros(0, np.uint32),
+            key_base=key_base,
+            key_count=key_count,
+            positions=np.concatenate(positions).astype(idt) if positions else np.zeros(0, idt),
+            occupancy=occupancy,
+        )
+
+    def search(self, words: np.ndarray, queries: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray,
+                                                                                  np.ndarray]:
+        """Range search over the indexed ``words`` (``uint64[n, W]``) for ``queries`` (``uint64[nq, W]``).
+
+        Returns ``(lims int64[nq+1], D int32[total], P int64[total])``, positions, each query's run ordered by
+        (distance, position).
+        """
+        if words.shape[0] != self.n:
+            raise RuntimeError("MIH tables are stale: the index changed since they were built")
+        X = words.reshape(-1)
+        W = words.shape[1]
+        radius = int(min(radius, self.nbits))
+
+        def run(a, b):
+            return K.mih_range(X, self.n, W, queries, a, b, radius, self.starts, self.lengths, self.dense,
+                               self.offsets, self.offset_base, self.keys, self.key_base, self.key_count,
+                               self.positions)
+
+        return _gather(K.run_parallel(run, len(queries), per_task=256), len(queries))
+
+    def cost_ns(self, radius: int) -> float:
+        """Estimated nanoseconds per query: probes plus candidates, from the tables' real bucket sizes."""
+        return mih_cost_ns(radius, self.lengths, self.occupancy)
+
+
+def mih_cost_ns(radius: int, lengths: np.ndarray, occupancy: np.ndarray) -> float:
+    probes = _probes(radius, lengths)
+    return float(probes.sum() * _PROBE_NS + probes @ occupancy * _CANDIDATE_NS)
+
+
+def prefer_mih(n: int, nbits: int, radius: int, nq: int, tables: MIHTables | None) -> bool:
+    """Whether MIH beats a flat scan for ``nq`` queries, counting the build when ``tables`` is None.
+
+    A rough cost model (constants at the top of this module); results are identical either way.
+    """
+    if n < 4096 or nq == 0:
+        return False
+    words = -(-int(nbits) // 64)
+    flat = n * words * _FLAT_NS_PER_WORD
+    if tables is not None:
+        return tables.cost_ns(radius) < flat
+    nsub = default_nsub(nbits, n)
+    _, lengths = split_bits(nbits, nsub)
+    occupancy = 1.0 + n / np.exp2(lengths)  # random codes: the code itself plus its share of the others
+    saving = nq * (flat - mih_cost_ns(radius, lengths, occupancy))
+    return saving > n * nsub * _BUILD_NS
+
+
+def _gather(parts: list, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Join per-thread ``(counts, D, P)`` into faiss-style ``(lims, D, P)``."""
+    counts = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    lims = np.zeros(nq + 1, np.int64)
+    np.cumsum(counts, out=lims[1:])
+    D = np.concatenate([p[1] for p in parts]).astype(np.int32, copy=False)
+    P = np.concatenate([p[2] for p in parts]).astype(np.int64, copy=False)
+    return lims, D, P

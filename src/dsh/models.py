@@ -1,0 +1,304 @@
+"""Hashing networks, created by name from one plain registry.
+
+Every model maps images ``float32[B, C, H, W]`` to real-valued outputs ``u`` ``float32[B, nbits]``; the binary code
+is ``u >= 0`` (see :mod:`dsh.codes`). Build one with :func:`create_model`; :func:`list_models` names them all::
+
+    model = create_model("paper", nbits=12, in_channels=1, image_size=28)
+    u = model(images)                              # (B, 12)
+    same = create_model(**model.config)            # what a checkpoint stores to rebuild it
+
+Models:
+
+- ``paper``: the network of Liu et al., "Deep Supervised Hashing for Fast Image Retrieval", CVPR 2016
+  (https://openaccess.thecvf.com/content_cvpr_2016/papers/Liu_Deep_Supervised_Hashing_CVPR_2016_paper.pdf);
+- ``resnet-small``: a small ResNet of BasicBlock stages, fast on a CPU, for 8x8 to 32x32 images;
+- ``resnet18`` / ``resnet50``: torchvision backbones with a linear hash head, optionally loading a local state_dict.
+
+All models are friendly to ``model.to(memory_format=torch.channels_last)`` with channels_last inputs (no ``.view``
+on feature maps; flattening is done with ``torch.flatten``, which copies when the layout needs it). On a CPU this
+trains the paper net about 1.5x faster.
+
+This module does not import the rest of :mod:`dsh`'s training side (data, loss, train).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torchvision
+from torchvision.models.resnet import BasicBlock
+
+__all__ = ["create_model", "list_models", "register_model"]
+
+# name -> builder(nbits, in_channels, image_size, **kwargs) -> nn.Module
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(name: str | Callable | None = None):
+    """Add a builder ``fn(nbits, in_channels, image_size, **kwargs) -> nn.Module`` to the registry.
+
+    Use as ``@register_model("my-net")``, or bare ``@register_model`` to register under the function's name.
+    """
+
+    def add(fn: Callable[..., nn.Module], key: str) -> Callable[..., nn.Module]:
+        if key in _REGISTRY:
+            raise ValueError(f"model {key!r} is already registered")
+        _REGISTRY[key] = fn
+        return fn
+
+    if callable(name):  # bare @register_model
+        return add(name, name.__name__)
+    return lambda fn: add(fn, name or fn.__name__)
+
+
+def list_models() -> list[str]:
+    """Names accepted by :func:`create_model`, sorted."""
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, nbits: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
+    """Build model ``name`` mapping ``float32[B, in_channels, image_size, image_size]`` to ``u`` ``float32[B, nbits]``.
+
+    ``kwargs`` go to the model (e.g. ``batch_norm=True`` for ``paper``, ``weights_path=`` for ``resnet18``).
+    The returned module has ``model.config``, a plain dict such that ``create_model(**model.config)`` rebuilds the
+    same architecture (same state_dict keys and shapes); ``weights_path`` is left out of it, since a checkpoint
+    carries the weights itself and the file may not exist where the checkpoint is loaded.
+    """
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
+    if int(nbits) != nbits or int(nbits) < 1:
+        raise ValueError(f"nbits must be an integer >= 1, got {nbits!r}")
+    if int(in_channels) < 1:
+        raise ValueError(f"in_channels must be >= 1, got {in_channels!r}")
+    if int(image_size) < 1:
+        raise ValueError(f"image_size must be >= 1, got {image_size!r}")
+    nbits, in_channels, image_size = int(nbits), int(in_channels), int(image_size)
+    model = _REGISTRY[name](nbits, in_channels, image_size, **kwargs)
+    config = {k: v for k, v in kwargs.items() if k != "weights_path"}
+    model.config = {"name": name, "nbits": nbits, "in_channels": in_channels, "image_size": image_size, **config}
+    return model
+
+
+def _init_hash_layer(layer: nn.Linear, gain: float = 0.1) -> None:
+    # The loss pulls similar outputs together, pushes dissimilar ones to squared distance 2 * nbits, and pulls each
+    # output towards +-1. Starting small lets the pair terms shape the codes before the quantization term saturates
+    # them; starting at exactly 0 would give every image the same output and the layers below no gradient.
+    # std = gain / sqrt(fan_in) makes each output's std about gain times the RMS of the features (~1 for these
+    # backbones), so ~0.1 at init, whatever the feature width (128 to 2048).
+    nn.init.normal_(layer.weight, std=gain / layer.in_features**0.5)
+    nn.init.zeros_(layer.bias)
+
+
+# --------------------------------------------------------------------------------------------------- paper network
+
+
+class PaperNet(nn.Module):
+    """The DSH paper's network (Liu et al. 2016, Sec. 3.3), built on Caffe's "CIFAR-10 quick" net.
+
+    conv 32@5x5 -> max-pool 3/2 -> conv 32@5x5 -> avg-pool 3/2 -> conv 64@5x5 -> avg-pool 3/2 -> fc 500 -> fc nbits,
+    ReLU after each conv and after fc 500. As in Caffe, convs pad by 2 ("same" size) and pools round up
+    (``ceil_mode``), so 32x32 -> 16 -> 8 -> 4 and 28x28 -> 14 -> 7 -> 3. The flatten size is found by a dummy
+    forward, so any image size and channel count works.
+    """
+
+    def __init__(self, nbits: int, in_channels: int = 3, image_size: int = 32, batch_norm: bool = False):
+        super().__init__()
+
+        # batch_norm is not in the paper (2016, Caffe, no BN): it is an option here, off by default to stay
+        # faithful; with BN after each conv and fc 500 the net tolerates larger learning rates.
+        def conv(cin: int, cout: int) -> list[nn.Module]:
+            layers: list[nn.Module] = [nn.Conv2d(cin, cout, 5, padding=2, bias=not batch_norm)]
+            return layers + [nn.BatchNorm2d(cout)] if batch_norm else layers
+
+        self.features = nn.Sequential(
+            *conv(in_channels, 32), nn.MaxPool2d(3, 2, ceil_mode=True), nn.ReLU(inplace=True),
+            *conv(32, 32), nn.ReLU(inplace=True), nn.AvgPool2d(3, 2, ceil_mode=True),
+            *conv(32, 64), nn.ReLU(inplace=True), nn.AvgPool2d(3, 2, ceil_mode=True),
+        )  # fmt: skip
+        flat = _flat_size(self.features, in_channels, image_size)
+        self.fc = nn.Sequential(
+            nn.Linear(flat, 500, bias=not batch_norm),
+            *([nn.BatchNorm1d(500)] if batch_norm else []),
+            nn.ReLU(inplace=True),
+        )
+        self.hash = nn.Linear(500, nbits)
+        # He init (fan_in, the forward pass keeps its scale) rather than PyTorch's default, which shrinks the
+        # signal layer by layer here: fc 500 features have RMS ~1-2 on standardised 28x28/32x32 inputs instead of
+        # ~0.05. (The paper does not state its init; Caffe's quick net used fixed small Gaussians.)
+        for m in [*self.features, *self.fc]:
+            if isinstance(m, (nn.Conv2d, nn.Linear)):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        _init_hash_layer(self.hash)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.flatten(self.features(x), 1)  # (B, 64 * h * w); a copy when x is channels_last
+        return self.hash(self.fc(x))  # (B, nbits)
+
+
+def _flat_size(features: nn.Module, in_channels: int, image_size: int) -> int:
+    """Features per image after ``features``, found by a dummy forward (eval mode, so BN statistics stay put)."""
+    was_training = features.training
+    features.eval()
+    with torch.no_grad():
+        out = features(torch.zeros(1, in_channels, image_size, image_size))
+    features.train(was_training)
+    return out[0].numel()
+
+
+@register_model("paper")
+def _paper(nbits: int, in_channels: int, image_size: int, batch_norm: bool = False) -> nn.Module:
+    return PaperNet(nbits, in_channels, image_size, batch_norm=batch_norm)
+
+
+# --------------------------------------------------------------------------------------------------- small ResNet
+
+
+class SmallResNet(nn.Module):
+    """A CIFAR-style ResNet: 3x3 stem, stages of torchvision BasicBlocks (the first at full resolution, each later
+    one halving it), global average pooling, a linear hash head. Any image size (8x8 digits to 32x32 CIFAR and up)
+    and channel count, since nothing depends on the spatial size after the global pooling.
+    """
+
+    def __init__(
+        self,
+        nbits: int,
+        in_channels: int = 3,
+        widths: tuple[int, ...] = (32, 64, 128),
+        blocks: tuple[int, ...] = (1, 1, 1),
+    ):
+        super().__init__()
+        if len(widths) != len(blocks) or not widths:
+            raise ValueError(f"widths and blocks must be non-empty and of equal length, got {widths} and {blocks}")
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, widths[0], 3, padding=1, bias=False),
+            nn.BatchNorm2d(widths[0]),
+            nn.ReLU(inplace=True),
+        )
+        layers: list[nn.Module] = []
+        cin = widths[0]
+        for i, (width, n) in enumerate(zip(widths, blocks)):
+            for j in range(n):
+                stride = 2 if i > 0 and j == 0 else 1
+                down = None
+                if stride != 1 or cin != width:
+                    down = nn.Sequential(nn.Conv2d(cin, width, 1, stride=stride, bias=False), nn.BatchNorm2d(width))
+                layers.append(BasicBlock(cin, width, stride=stride, downsample=down))
+                cin = width
+        self.stages = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.hash = nn.Linear(cin, nbits)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        # Not zero-initialising each block's last BN (a common trick): it would leave the block's other weights
+        # without gradient on the first step.
+        _init_hash_layer(self.hash)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pool(self.stages(self.stem(x)))  # (B, width, 1, 1)
+        return self.hash(torch.flatten(x, 1))  # (B, nbits)
+
+
+@register_model("resnet-small")
+def _resnet_small(
+    nbits: int,
+    in_channels: int,
+    image_size: int,
+    widths: tuple[int, ...] = (32, 64, 128),
+    blocks: tuple[int, ...] = (1, 1, 1),
+) -> nn.Module:
+    # image_size is not needed (global pooling); it stays in model.config for the record.
+    return SmallResNet(nbits, in_channels, widths=tuple(widths), blocks=tuple(blocks))
+
+
+# --------------------------------------------------------------------------------------------------- torchvision
+
+
+class TorchvisionHashNet(nn.Module):
+    """A torchvision ResNet (``fc`` replaced by the identity) followed by a linear hash head.
+
+    For small images (``image_size < 64``) the ImageNet stem (7x7 stride-2 conv, then a stride-2 max-pool) would
+    shrink a 32x32 image to 8x8 before the first block and to 1x1 by the last stage, throwing away most of the
+    spatial detail; as is usual for CIFAR, the stem becomes a 3x3 stride-1 conv and the max-pool is dropped, so the
+    last stage sees 4x4. That conv has no counterpart in ImageNet weights and starts from random init.
+    For ``in_channels != 3`` the stem conv takes ``in_channels`` inputs; loaded RGB weights are adapted as in timm
+    (summed for 1 channel, tiled and rescaled otherwise).
+    """
+
+    def __init__(self, arch: str, nbits: int, in_channels: int = 3, image_size: int = 224, weights_path=None):
+        super().__init__()
+        self.backbone = getattr(torchvision.models, arch)(weights=None)
+        self.small_input = image_size < 64
+        if self.small_input:
+            self.backbone.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
+            self.backbone.maxpool = nn.Identity()
+        elif in_channels != 3:
+            self.backbone.conv1 = nn.Conv2d(in_channels, 64, 7, stride=2, padding=3, bias=False)
+        if self.small_input or in_channels != 3:
+            nn.init.kaiming_normal_(self.backbone.conv1.weight, mode="fan_out", nonlinearity="relu")
+        features = self.backbone.fc.in_features
+        self.backbone.fc = nn.Identity()
+        self.hash = nn.Linear(features, nbits)
+        _init_hash_layer(self.hash)
+        if weights_path is not None:
+            _load_backbone(self.backbone, arch, weights_path, skip_conv1=self.small_input)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.hash(self.backbone(x))  # (B, features) -> (B, nbits)
+
+
+def _load_backbone(backbone: nn.Module, arch: str, weights_path, skip_conv1: bool) -> None:
+    """Load a torchvision ``arch`` state_dict file into ``backbone``; ``fc.*`` is ignored. Any problem -> one-line
+    ValueError naming the file. Never downloads."""
+    path = Path(weights_path)
+    if not path.is_file():
+        raise ValueError(f"weights file not found: {path}")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle errors, truncated zips, non-tensor objects: all "not a state_dict we can read"
+        raise ValueError(f"cannot read weights file {path}: {type(e).__name__}: {(str(e).splitlines() or [''])[0]}") from None
+    if isinstance(state, Mapping) and isinstance(state.get("state_dict"), Mapping):
+        state = state["state_dict"]
+    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ValueError(f"weights file {path} does not hold a state_dict of tensors")
+    state = {k.removeprefix("module."): v for k, v in state.items() if not k.removeprefix("module.").startswith("fc.")}
+    own = backbone.state_dict()
+    if skip_conv1:
+        state.pop("conv1.weight", None)
+    elif "conv1.weight" in state and state["conv1.weight"].shape[1] != own["conv1.weight"].shape[1]:
+        state["conv1.weight"] = _adapt_input_conv(state["conv1.weight"], own["conv1.weight"].shape[1])
+    missing = [k for k in own if k not in state and not (skip_conv1 and k == "conv1.weight")]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in state if k in own and state[k].shape != own[k].shape]
+    if missing or unexpected or wrong:
+        problems = []
+        for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong)):
+            if keys:
+                problems.append(f"{len(keys)} {what} (e.g. {keys[0]})")
+        raise ValueError(f"weights file {path} does not match a torchvision {arch}: {'; '.join(problems)}")
+    backbone.load_state_dict(state, strict=False)
+
+
+def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """RGB stem weights ``[out, 3, k, k]`` -> ``[out, in_channels, k, k]`` (timm's rule): the sum over RGB for
+    one channel (a grey image then gives the response of a grey RGB image), else RGB tiled and rescaled by
+    ``3 / in_channels`` to keep the response scale."""
+    if in_channels == 1:
+        return weight.sum(1, keepdim=True)
+    reps = -(-in_channels // weight.shape[1])
+    return weight.repeat(1, reps, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
+@register_model("resnet18")
+def _resnet18(nbits: int, in_channels: int, image_size: int, weights_path=None) -> nn.Module:
+    return TorchvisionHashNet("resnet18", nbits, in_channels, image_size, weights_path=weights_path)
+
+
+@register_model("resnet50")
+def _resnet50(nbits: int, in_channels: int, image_size: int, weights_path=None) -> nn.Module:
+    return TorchvisionHashNet("resnet50", nbits, in_channels, image_size, weights_path=weights_path)

@@ -1,0 +1,55 @@
+"""Shared fixtures."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# ---------------------------------------------------------------------------------------------------------------
+# data fixtures
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The offline datasets folder (MNIST/, cifar10-jpeg/): $DSH_TEST_DATA, else ../shared/data beside the repo.
+    Tests that use it are skipped where it is absent."""
+    env = os.environ.get("DSH_TEST_DATA")
+    root = Path(env) if env else Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    if not root.is_dir():
+        pytest.skip(f"offline datasets not found at {root} (set DSH_TEST_DATA to the folder with MNIST/ and "
+                    f"cifar10-jpeg/)")
+    return root
+
+
+TINY_CLASSES = ("ant", "bee", "cat")
+
+
+def write_tiny_image_tree(root: Path, n_train: int = 4, n_test: int = 2, size: tuple[int, int] = (6, 8)) -> Path:
+    """``root/{train,test}/{ant,bee,cat}/NN.png``: RGB images of ``size`` (h, w) whose pixels encode their class,
+    split and number (pixel (0, 0) = (class, split, n)), so a test can tell them apart."""
+    import numpy as np
+    from PIL import Image
+
+    for s, (split, n) in enumerate((("train", n_train), ("test", n_test))):
+        for c, name in enumerate(TINY_CLASSES):
+            d = root / split / name
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                a = np.full(size + (3,), 40 * c + 10 * i, dtype=np.uint8)
+                a[0, 0] = (c, s, i)
+                Image.fromarray(a).save(d / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def image_tree_writer():
+    """:func:`write_tiny_image_tree`, to make image folder datasets of one's own."""
+    return write_tiny_image_tree
+
+
+@pytest.fixture
+def tiny_image_tree(tmp_path: Path) -> Path:
+    """A 3-class (ant, bee, cat) image folder dataset, 12 train and 6 test PNGs of 6x8, in a temporary folder."""
+    return write_tiny_image_tree(tmp_path / "tiny")

@@ -1,0 +1,191 @@
+"""The command line end to end on the embedded digits: train a few steps, encode, eval, report, viz, index, search;
+and each kind of bad input gives one line on stderr and a non-zero exit, no traceback."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dsh.cli import main
+from dsh.codefile import load_codes
+from dsh.hamming import pairwise_hamming
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A tiny digits run (2 short epochs), shared by the tests of this module."""
+    out = tmp_path_factory.mktemp("cli") / "run"
+    rc = main(["train", "--dataset", "digits", "--bits", "8", "--epochs", "2", "--batch-size", "64",
+               "--out", str(out), "--quiet", "--projector-samples", "50"])
+    assert rc == 0
+    return out
+
+
+def test_train_writes_a_complete_run(run_dir):
+    for name in ("best.pt", "last.pt", "config.json", "history.json"):
+        assert (run_dir / name).is_file(), name
+    cfg = json.loads((run_dir / "config.json").read_text())
+    assert cfg["nbits"] == 8 and cfg["dataset"] == "digits" and cfg["epochs"] == 2
+    assert list((run_dir / "tb").glob("events.out.tfevents.*")), "TensorBoard events"
+    assert (run_dir / "tb").rglob("projector_config.pbtxt"), "embedding projector"
+    assert len(json.loads((run_dir / "history.json").read_text())) == 2
+
+
+def test_encode_eval_report(run_dir, tmp_path, capsys):
+    q, db = tmp_path / "q.npz", tmp_path / "db.npz"
+    assert main(["encode", "--run", str(run_dir), "--split", "test", "--out", str(q), "--keep-u", "--quiet"]) == 0
+    assert main(["encode", "--run", str(run_dir), "--split", "train", "--out", str(db), "--quiet"]) == 0
+    qc, dbc = load_codes(q), load_codes(db)
+    assert qc.nbits == 8 and qc.codes.shape == (len(qc.labels), 1) and qc.u.shape == (len(qc.labels), 8)
+    assert dbc.u is None and len(dbc) > len(qc)
+    # the stored codes are the signs of the stored u
+    np.testing.assert_array_equal(np.unpackbits(qc.codes, axis=1, bitorder="little").astype(bool), qc.u >= 0)
+    capsys.readouterr()
+
+    assert main(["eval", "--query", str(q), "--database", str(db), "--json", "--topk", "100"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert set(result) >= {"map", "precision_at_radius_2", "map_at_k"} and result["topk"] == 100
+    # mAP against a slow reference: stable sort by distance, ties by database position
+    d = pairwise_hamming(qc.codes, dbc.codes)
+    aps = []
+    for i in range(len(qc)):
+        order = np.argsort(d[i], kind="stable")
+        rel = dbc.labels[order] == qc.labels[i]
+        hits = np.cumsum(rel)
+        ranks = np.arange(1, len(rel) + 1)
+        aps.append((hits[rel] / ranks[rel]).mean() if rel.any() else 0.0)
+    assert result["map"] == pytest.approx(np.mean(aps), abs=1e-9)
+
+    assert main(["report", "--codes", str(q)]) == 0
+    text = capsys.readouterr().out
+    assert "| class |" in text and "0x" in text
+    assert main(["report", "--codes", str(q), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table["nbits"] == 8 and len(table["classes"]) == 10
+
+    curves = tmp_path / "curves"
+    assert main(["eval", "--query", str(q), "--database", str(db), "--curves", str(curves)]) == 0
+    assert (curves / "pr_curve.png").stat().st_size > 0 and (curves / "curves.json").is_file()
+
+
+def test_viz_writes_pngs(run_dir, tmp_path, capsys):
+    out = tmp_path / "plots"
+    assert main(["viz", "--run", str(run_dir), "--split", "test", "--out", str(out), "--max-points", "300"]) == 0
+    for name in ("umap.png", "tsne.png"):
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_index_and_search(run_dir, tmp_path, capsys):
+    db = tmp_path / "db.npz"
+    assert main(["encode", "--run", str(run_dir), "--split", "train", "--out", str(db), "--quiet"]) == 0
+    idx = tmp_path / "db.dshidx"
+    assert main(["index", "--codes", str(db), "--out", str(idx)]) == 0
+    cf = load_codes(db)
+    capsys.readouterr()
+    hex_code = format(int(cf.codes[5, 0]), "02X")
+    assert main(["search", "--index", str(idx), "--hex", hex_code, "-k", "5", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)["queries"][0]["results"]
+    d = pairwise_hamming(cf.codes[5:6], cf.codes)[0]
+    expected = np.argsort(d, kind="stable")[:5]
+    assert [r["id"] for r in res] == expected.tolist()
+    assert res[0]["distance"] == 0 and "label" in res[0]
+    assert main(["search", "--index", str(idx), "--hex", hex_code, "--radius", "0", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)["queries"][0]["results"]
+    assert [r["id"] for r in res] == np.flatnonzero(d == 0).tolist()
+
+
+def test_search_by_image(run_dir, tmp_path, capsys):
+    from PIL import Image
+
+    from dsh.data import load_split
+
+    test = load_split("digits", "test")
+    folder = tmp_path / "imgs"
+    for i in range(6):
+        cls = test.class_names[int(test.labels[i])]
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(test.images[i, 0].numpy(), mode="L").save(folder / cls / f"{i}.png")
+    idx = tmp_path / "imgs.dshidx"
+    assert main(["index", "--images", str(folder), "--run", str(run_dir), "--out", str(idx), "--quiet"]) == 0
+    one = next(folder.rglob("0.png"))
+    capsys.readouterr()
+    assert main(["search", "--index", str(idx), "--image", str(one), "-k", "6", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)["queries"][0]["results"]
+    assert len(res) == 6 and [r["distance"] for r in res] == sorted(r["distance"] for r in res)
+    # the query image itself is in the index, so it is found at distance 0 (maybe tied with look-alikes)
+    assert any(r["path"] == str(one.resolve()) and r["distance"] == 0 for r in res)
+    # an image of the wrong size for the model is refused in one line
+    big = tmp_path / "big.png"
+    Image.fromarray(np.zeros((20, 20), np.uint8), mode="L").save(big)
+    assert main(["search", "--index", str(idx), "--image", str(big)]) == 2
+    err = capsys.readouterr().err
+    assert "big.png" in err and "--resize" in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_and_determinism(tmp_path, capsys):
+    from dsh.config import TrainConfig
+    from dsh.train import train
+
+    cfg = TrainConfig(dataset="digits", nbits=8, epochs=2, batch_size=64, tensorboard=False)
+    a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    train(cfg, a, progress=False, log=lambda m: None)
+    train(cfg, b, progress=False, log=lambda m: None)
+    # c: stopped after one epoch, then resumed from the command line: must end where a did
+    train(cfg, c, progress=False, log=lambda m: None, stop_after=1)
+    assert torch.load(c / "last.pt", weights_only=False)["epoch"] == 0
+    assert main(["train", "--out", str(c), "--resume", "--quiet"]) == 0
+    final = {p: torch.load(p / "last.pt", weights_only=False) for p in (a, b, c)}
+    assert final[c]["epoch"] == 1
+    for k, v in final[a]["state_dict"].items():
+        assert torch.equal(v, final[b]["state_dict"][k]), f"same seed, different weights at {k}"
+        assert torch.equal(v, final[c]["state_dict"][k]), f"resumed run differs at {k}"
+    capsys.readouterr()
+    assert main(["train", "--dataset", "digits", "--out", str(a), "--quiet"]) == 2  # refuses to overwrite a run
+    assert "--resume" in one_error_line(capsys)
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("dsh: error:"), err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["train", "--dataset", "mnist", "--data-root", "/nonexistent/dsh-data", "--no-download", "--out", "{tmp}/r"],
+         "/nonexistent/dsh-data"),
+        (["train", "--dataset", "digits", "--model", "no-such-net", "--out", "{tmp}/r"], "no-such-net"),
+        (["train", "--dataset", "digits", "--bits", "0", "--out", "{tmp}/r"], "nbits"),
+        (["train", "--dataset", "folder", "--data-root", "{tmp}/empty", "--out", "{tmp}/r"], "empty"),
+        (["encode", "--run", "{tmp}/nothing-here", "--out", "{tmp}/x.npz"], "nothing-here"),
+        (["eval", "--query", "{tmp}/missing.npz", "--database", "{tmp}/missing.npz"], "missing.npz"),
+        (["search", "--index", "{tmp}/missing.idx", "--hex", "F7"], "missing.idx"),
+    ],
+)
+def test_bad_input_gives_one_line(argv, needle, tmp_path, capsys):
+    (tmp_path / "empty" / "train").mkdir(parents=True)
+    (tmp_path / "empty" / "test").mkdir(parents=True)
+    argv = [a.replace("{tmp}", str(tmp_path)) for a in argv]
+    assert main(argv) == 2
+    assert needle in one_error_line(capsys)
+
+
+def test_corrupt_and_mismatched_checkpoints(run_dir, tmp_path, capsys):
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"\x00garbage" * 100)
+    assert main(["encode", "--run", str(bad), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "bad.pt" in one_error_line(capsys)
+
+    ckpt = torch.load(run_dir / "best.pt", weights_only=False)
+    ckpt["model_config"] = {**ckpt["model_config"], "nbits": 16}  # weights of an 8-bit head
+    mismatched = tmp_path / "mismatched.pt"
+    torch.save(ckpt, mismatched)
+    assert main(["encode", "--run", str(mismatched), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "do not match" in one_error_line(capsys)
+
+    torch.save({"something": "else"}, tmp_path / "other.pt")
+    assert main(["encode", "--run", str(tmp_path / "other.pt"), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "not a dsh checkpoint" in one_error_line(capsys)

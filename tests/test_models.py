@@ -1,0 +1,166 @@
+"""The model registry; one contract test runs over every registered model, so a new model is tested for free."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+import torchvision
+
+from dsh import models
+from dsh.models import create_model, list_models, register_model
+
+# (in_channels, image_size): 8x8 digits, 28x28 MNIST, 32x32 CIFAR. resnet50 is the slow one and shares its code
+# with resnet18, so it runs on 8x8 images only; checks that do not depend on the input size use SMALL.
+INPUTS = [(1, 8), (1, 28), (3, 32)]
+SMALL = (3, 8)
+CONTRACT = [(name, c, s) for name in list_models() for c, s in (INPUTS if name != "resnet50" else [(1, 8), (3, 8)])]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+@pytest.mark.parametrize("name,in_channels,image_size", CONTRACT)
+def test_contract(name, in_channels, image_size):
+    model = create_model(name, nbits=12, in_channels=in_channels, image_size=image_size).train()
+    x = torch.randn(3, in_channels, image_size, image_size)  # batch >= 2 so that BN works in train mode
+    u = model(x)  # (B, nbits)
+    assert u.shape == (3, 12) and u.dtype == torch.float32
+    assert torch.isfinite(u).all()
+    assert 0 < u.abs().mean() < 1, "the hash layer should start small but not at zero"
+
+    (u * torch.randn_like(u)).sum().backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not no_grad, f"parameters without gradient: {no_grad}"
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+@pytest.mark.parametrize("nbits", [1, 12, 64])
+@pytest.mark.parametrize("name", list_models())
+def test_output_width(name, nbits):
+    c, s = SMALL
+    u = create_model(name, nbits, c, s).eval()(torch.randn(2, c, s, s))
+    assert u.shape == (2, nbits)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_channels_last(name):
+    c, s = SMALL if name == "resnet50" else (3, 32)
+    model = create_model(name, 16, c, s).eval()
+    x = torch.randn(4, c, s, s)
+    expected = model(x)
+    cl = copy.deepcopy(model).to(memory_format=torch.channels_last)
+    u = cl(x.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(u, expected, rtol=1e-4, atol=1e-5)
+    cl.train()(x.contiguous(memory_format=torch.channels_last)).sum().backward()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_rebuild_from_config(name):
+    c, s = SMALL
+    model = create_model(name, 12, c, s).eval()
+    assert model.config == {"name": name, "nbits": 12, "in_channels": c, "image_size": s}
+    again = create_model(**model.config).eval()
+    state = model.state_dict()
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in state.items()}
+    again.load_state_dict(state)
+    x = torch.randn(2, c, s, s)
+    torch.testing.assert_close(again(x), model(x))
+
+
+def test_config_keeps_kwargs():
+    model = create_model("resnet-small", 16, 1, 28, widths=(8, 16), blocks=(1, 2))
+    assert model.config["widths"] == (8, 16) and model.config["blocks"] == (1, 2)
+    assert create_model(**model.config).state_dict().keys() == model.state_dict().keys()
+    bn = create_model("paper", 16, 1, 28, batch_norm=True)
+    assert bn.config["batch_norm"] is True
+    assert any(isinstance(m, nn.BatchNorm2d) for m in bn.modules())
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in create_model("paper", 16).modules())
+
+
+def test_paper_net_layout():
+    # Caffe "same" convs and ceil-mode pools: 32 -> 16 -> 8 -> 4 and 28 -> 14 -> 7 -> 3, so fc 500 sees 64 * 4 * 4
+    # and 64 * 3 * 3 features.
+    assert create_model("paper", 12, 3, 32).fc[0].in_features == 64 * 4 * 4
+    assert create_model("paper", 12, 1, 28).fc[0].in_features == 64 * 3 * 3
+    assert create_model("paper", 12, 3, 32).hash.in_features == 500
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r"unknown model 'nope'; choose from: .*paper"):
+        create_model("nope", 12)
+    for nbits in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="nbits"):
+            create_model("paper", nbits)
+
+
+def test_register_model(monkeypatch):
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+
+    @register_model("tiny")
+    def tiny(nbits, in_channels, image_size, hidden=4):
+        return nn.Sequential(nn.Flatten(), nn.Linear(in_channels * image_size**2, hidden), nn.Linear(hidden, nbits))
+
+    assert "tiny" in list_models()
+    model = create_model("tiny", 5, 1, 4, hidden=3)
+    assert model(torch.randn(2, 1, 4, 4)).shape == (2, 5)
+    assert model.config == {"name": "tiny", "nbits": 5, "in_channels": 1, "image_size": 4, "hidden": 3}
+    with pytest.raises(ValueError, match="already registered"):
+        register_model("tiny")(tiny)
+
+
+def test_torchvision_small_input_stem():
+    model = create_model("resnet18", 12, 1, 32)
+    assert model.backbone.conv1.kernel_size == (3, 3) and model.backbone.conv1.stride == (1, 1)
+    assert model.backbone.conv1.in_channels == 1
+    assert isinstance(model.backbone.maxpool, nn.Identity)
+    big = create_model("resnet18", 12, 3, 224)
+    assert big.backbone.conv1.kernel_size == (7, 7) and isinstance(big.backbone.maxpool, nn.MaxPool2d)
+
+
+@pytest.fixture(scope="module")
+def resnet18_file(tmp_path_factory):
+    """A torchvision resnet18 state_dict (with its ImageNet ``fc``), as a user would save downloaded weights."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    state = torchvision.models.resnet18(weights=None).state_dict()
+    torch.save(state, path)
+    return path, state
+
+
+def test_weights_path_loads_backbone(resnet18_file):
+    path, state = resnet18_file
+    model = create_model("resnet18", 12, 3, 224, weights_path=path)
+    for key, value in model.backbone.state_dict().items():
+        torch.testing.assert_close(value, state[key], msg=key)
+    assert "weights_path" not in model.config  # the checkpoint carries the weights
+
+    # small input: every layer but the replaced 3x3 stem comes from the file
+    small = create_model("resnet18", 12, 3, 32, weights_path=path)
+    torch.testing.assert_close(small.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    assert small.backbone.conv1.weight.shape == (64, 3, 3, 3)
+
+    # one channel at full size: the RGB stem is summed over its input channels
+    grey = create_model("resnet18", 12, 1, 224, weights_path=path)
+    torch.testing.assert_close(grey.backbone.conv1.weight, state["conv1.weight"].sum(1, keepdim=True))
+
+
+def test_weights_path_errors(resnet18_file, tmp_path):
+    path, _ = resnet18_file
+    missing = tmp_path / "missing.pth"
+    with pytest.raises(ValueError, match="missing.pth"):
+        create_model("resnet18", 12, weights_path=missing)
+
+    junk = tmp_path / "junk.pth"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(ValueError, match="junk.pth") as err:
+        create_model("resnet18", 12, weights_path=junk)
+    assert "\n" not in str(err.value)
+
+    with pytest.raises(ValueError, match="resnet18.pth.*does not match a torchvision resnet50") as err:
+        create_model("resnet50", 12, 3, 32, weights_path=path)
+    assert "\n" not in str(err.value)

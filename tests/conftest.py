@@ -8,6 +8,22 @@ from pathlib import Path
 import pytest
 
 # ---------------------------------------------------------------------------------------------------------------
+# isolation
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_dataset_cache(tmp_path_factory):
+    """Decoded datasets go to a temporary cache, never the user's ~/.cache/dsh."""
+    old = os.environ.get("DSH_CACHE")
+    os.environ["DSH_CACHE"] = str(tmp_path_factory.mktemp("dsh-cache"))
+    yield
+    if old is None:
+        os.environ.pop("DSH_CACHE", None)
+    else:
+        os.environ["DSH_CACHE"] = old
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # data fixtures
 
 

@@ -265,6 +265,8 @@ def test_bad_input_is_a_one_line_value_error():
         lambda: index.search(good, 0),
         lambda: index.range_search(good, -1),
         lambda: index.range_search(good, 1, method="lsh"),
+        lambda: index.build_mih(0),
+        lambda: index.build_mih(13),  # more substrings than bits
     ]
     for call in bad_calls:
         with pytest.raises(ValueError) as e:

@@ -77,7 +77,8 @@ def compare(u_values, labels, margin=None, alpha=0.05, ref_values=None, ref_labe
 
     terms = loss(u, labels, ref, ref_labels)
     expected = reference_loss(u64, labels, loss.margin, alpha, ref64, ref_labels)
-    assert_all_cases(reference_pairs(u64.detach(), labels, None if ref64 is None else ref64.detach(), ref_labels), loss.margin)
+    ref_detached = None if ref64 is None else ref64.detach()
+    assert_all_cases(reference_pairs(u64.detach(), labels, ref_detached, ref_labels), loss.margin)
 
     for got, want in zip(terms, expected):
         assert got.ndim == 0 and got.dtype == torch.float32

@@ -24,6 +24,16 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Batches of 2-4 tiny images gain nothing from a second thread, and on shared cores two OpenMP threads waiting
+    # on each other made this file several times slower under load.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("name,in_channels,image_size", CONTRACT)
 def test_contract(name, in_channels, image_size):
     model = create_model(name, nbits=12, in_channels=in_channels, image_size=image_size).train()

@@ -266,6 +266,11 @@ def range_scan(X, n, W, Q, qa, qb, radius, nbits):
         first = total
         for c0 in range(0, n, CH):
             c1 = min(c0 + CH, n)
+            # room for every code of the chunk for every query, so the hot loop never reallocates (rebinding
+            # the output arrays inside it makes appends several times slower)
+            od = _grow(od, total + nb * (c1 - c0))
+            op = _grow(op, total + nb * (c1 - c0))
+            oq = _grow(oq, total + nb * (c1 - c0))
             for i in range(nb):
                 q = Q[b0 + i]
                 for s0 in range(c0, c1, _SUB):
@@ -279,10 +284,6 @@ def range_scan(X, n, W, Q, qa, qb, radius, nbits):
                         for j in range(g0, g1):
                             d = np.int64(_dist(X, np.uint64(j) * Wu, q, W))
                             if d <= r:
-                                if total == od.shape[0]:
-                                    od = _grow(od, total + 1)
-                                    op = _grow(op, total + 1)
-                                    oq = _grow(oq, total + 1)
                                 od[total] = d
                                 op[total] = j
                                 oq[total] = i
@@ -355,47 +356,48 @@ def dense_table(keys, nbuckets, pos_dtype_probe):
 
 
 @njit(inline="always")
-def _bucket(key, t, tdense, off_all, off_base, key_all, key_base, key_cnt):
-    """``(lo, hi)`` into table ``t``'s positions for substring ``key``; empty when absent."""
+def _bucket(key, t, tdense, off_all, off_base, key_all, key_base, dir_all, dir_base, dir_shift):
+    """``(lo, hi)`` into table ``t``'s positions for substring ``key``; empty when absent.
+
+    Dense tables: offsets over every key. Sparse tables: sorted distinct keys, narrowed by a directory over the
+    keys' top bits (``dir_all[dir_base[t] + p]`` = distinct keys whose top bits are < p), then a binary search
+    over the few keys left."""
     ob = off_base[t]
     if tdense[t]:
         o = ob + np.int64(key)  # (uint64 + int64 would be a float in numba)
         return np.int64(off_all[o]), np.int64(off_all[o + 1])
-    lo = key_base[t]
-    hi = lo + key_cnt[t]
+    p = dir_base[t] + np.int64(key >> np.uint64(dir_shift[t]))
+    first = key_base[t] + np.int64(dir_all[p])
+    lo = first
+    hi = key_base[t] + np.int64(dir_all[p + 1])
+    end = hi
     k32 = np.uint32(key)
-    while lo < hi:  # binary search over the table's sorted distinct keys
+    while lo < hi:
         mid = (lo + hi) >> 1
         if key_all[mid] < k32:
             lo = mid + 1
         else:
             hi = mid
-    if lo < key_base[t] + key_cnt[t] and key_all[lo] == k32:
+    if lo < end and key_all[lo] == k32:
         u = ob + lo - key_base[t]
         return np.int64(off_all[u]), np.int64(off_all[u + 1])
     return np.int64(0), np.int64(0)
 
 
-@njit(inline="always")
-def _search_radii(radius, m, out):
-    """Norouzi et al., Prop. 2: with ``radius = s*m + a`` (0 <= a < m), a code within ``radius`` has substring
-    ``t`` within ``s`` for some ``t <= a`` or within ``s - 1`` for some ``t > a``. -1 means skip the table."""
-    s = radius // m
-    a = radius % m
-    for t in range(m):
-        out[t] = s if t <= a else s - 1
-
-
 @njit(nogil=True, cache=True)
-def mih_range(X, n, W, Q, qa, qb, radius, tstart, tlen, tdense, off_all, off_base, key_all, key_base, key_cnt,
-              pos_all):
+def mih_range(X, n, W, Q, qa, qb, radius, rad, tstart, tlen, tdense, off_all, off_base, key_all, key_base,
+              dir_all, dir_base, dir_shift, pos_all):
     """Range search by multi-index hashing; same outputs as :func:`range_scan`.
 
-    Tables ``t`` index substring bits ``tstart[t] .. tstart[t]+tlen[t]-1``. Table t's positions are
-    ``pos_all[t*n : (t+1)*n]`` grouped by key; a bucket's span comes from :func:`_bucket`. Each table is probed at
-    every key within its search radius (enumerated with Gosper's hack). A candidate found in table t is kept only
-    if no earlier table would also have found it, so no per-query "seen" set is needed, and only if its full
-    distance is within ``radius``.
+    Tables ``t`` index substring bits ``tstart[t] .. tstart[t]+tlen[t]-1`` and are probed within ``rad[t]``
+    (:func:`dsh.mih.search_radii`; -1 skips the table) at every key that many bits away from the query's
+    (enumerated with Gosper's hack). Table t's positions are ``pos_all[t*n : (t+1)*n]`` grouped by key; a bucket's
+    span comes from :func:`_bucket`. A candidate found in table t is kept only if no earlier table would also
+    have found it, so no per-query "seen" set is needed, and only if its full distance is within ``radius``.
+
+    Random lookups dominate, so a block of queries goes through in passes (all probes' keys, then all bucket
+    spans, then all candidates' positions, then all candidates' codes): the lookups of one pass do not depend
+    on each other, and the CPU keeps many cache misses in flight at once.
     """
     m = tstart.shape[0]
     nq = qb - qa
@@ -404,54 +406,103 @@ def mih_range(X, n, W, Q, qa, qb, radius, tstart, tlen, tdense, off_all, off_bas
     op = np.empty(1024, np.int64)
     total = 0
     Wu = np.uint64(W)
-    rad = np.empty(m, np.int64)
-    _search_radii(radius, m, rad)
-    qkey = np.empty(m, np.uint64)
-    for i in range(qa, qb):
-        q = Q[i]
-        first = total
-        for t in range(m):
-            qkey[t] = _substring(q, _U0, tstart[t], tlen[t])
-        for t in range(m):
-            L = tlen[t]
-            for rho in range(0, min(rad[t], L) + 1):
-                mask = (_U1 << np.uint64(rho)) - _U1
-                end = _U1 << np.uint64(L)
-                while mask < end:
-                    lo, hi = _bucket(qkey[t] ^ mask, t, tdense, off_all, off_base, key_all, key_base, key_cnt)
-                    for e in range(lo, hi):
-                        j = np.int64(pos_all[t * n + e])
-                        base = np.uint64(j) * Wu
-                        d = np.int64(_dist(X, base, q, W))
-                        if d > radius:
-                            continue
-                        dup = False
-                        for u in range(t):
-                            su = _popcount(_substring(X, base, tstart[u], tlen[u]) ^ qkey[u])
-                            if np.int64(su) <= rad[u]:
-                                dup = True
-                                break
-                        if dup:
-                            continue
-                        if total == od.shape[0]:
-                            od = _grow(od, total + 1)
-                            op = _grow(op, total + 1)
-                        od[total] = d
-                        op[total] = j
-                        total += 1
-                    if rho == 0:
-                        break
-                    # Gosper's hack: the next larger mask with the same number of bits set
-                    c = mask & (~mask + _U1)
-                    r_ = mask + c
-                    mask = (((r_ ^ mask) >> _U2) // c) | r_
-        cnt = total - first
-        counts[i - qa] = cnt
-        if cnt > 1:  # order this query's run by (distance, position)
-            keys = od[first:total].astype(np.int64) * n + op[first:total]
-            order = np.argsort(keys)
-            od[first:total] = od[first:total][order]
-            op[first:total] = op[first:total][order]
+    B = 32
+    qkey = np.empty((B, m), np.uint64)
+    pq = np.empty(1024, np.int64)  # probe: query (in block), table, key, bucket span
+    pt = np.empty(1024, np.int64)
+    pk = np.empty(1024, np.uint64)
+    plo = np.empty(1024, np.int64)
+    phi = np.empty(1024, np.int64)
+    cq = np.empty(1024, np.int64)  # candidate: query (in block), table, position
+    ct = np.empty(1024, np.int64)
+    cj = np.empty(1024, np.int64)
+    for b0 in range(qa, qb, B):
+        nb = min(B, qb - b0)
+        # 1. the keys to probe, query by query
+        npr = 0
+        for i in range(nb):
+            q = Q[b0 + i]
+            for t in range(m):
+                qkey[i, t] = _substring(q, _U0, tstart[t], tlen[t])
+            for t in range(m):
+                L = tlen[t]
+                for rho in range(0, min(rad[t], L) + 1):
+                    mask = (_U1 << np.uint64(rho)) - _U1
+                    end = _U1 << np.uint64(L)
+                    while mask < end:
+                        if npr == pq.shape[0]:
+                            pq = _grow(pq, npr + 1)
+                            pt = _grow(pt, npr + 1)
+                            pk = _grow(pk, npr + 1)
+                        pq[npr] = i
+                        pt[npr] = t
+                        pk[npr] = qkey[i, t] ^ mask
+                        npr += 1
+                        if rho == 0:
+                            break
+                        # Gosper's hack: the next larger mask with the same number of bits set
+                        c = mask & (~mask + _U1)
+                        r_ = mask + c
+                        mask = (((r_ ^ mask) >> _U2) // c) | r_
+        # 2. bucket spans
+        plo = _grow(plo, npr)
+        phi = _grow(phi, npr)
+        ncand = 0
+        for p in range(npr):
+            lo, hi = _bucket(pk[p], pt[p], tdense, off_all, off_base, key_all, key_base, dir_all, dir_base,
+                             dir_shift)
+            plo[p] = lo
+            phi[p] = hi
+            ncand += hi - lo
+        # 3. candidates' positions
+        cq = _grow(cq, ncand)
+        ct = _grow(ct, ncand)
+        cj = _grow(cj, ncand)
+        c = 0
+        for p in range(npr):
+            t = pt[p]
+            for e in range(plo[p], phi[p]):
+                cq[c] = pq[p]
+                ct[c] = t
+                cj[c] = pos_all[t * n + e]
+                c += 1
+        # 4. verify; candidates come query by query, so each query's results are contiguous
+        od = _grow(od, total + ncand)
+        op = _grow(op, total + ncand)
+        for c in range(ncand):
+            i = cq[c]
+            t = ct[c]
+            j = cj[c]
+            q = Q[b0 + i]
+            base = np.uint64(j) * Wu
+            d = np.int64(_dist(X, base, q, W))
+            if d > radius:
+                continue
+            dup = False
+            for u in range(t):
+                su = _popcount(_substring(X, base, tstart[u], tlen[u]) ^ qkey[i, u])
+                if np.int64(su) <= rad[u]:
+                    dup = True
+                    break
+            if dup:
+                continue
+            od[total] = d
+            op[total] = j
+            total += 1
+            counts[b0 - qa + i] += 1
+        # 5. order each query's run by (distance, position)
+        end_ = total
+        start_ = end_
+        for i in range(nb):
+            start_ -= counts[b0 - qa + i]
+        for i in range(nb):
+            cnt = counts[b0 - qa + i]
+            if cnt > 1:
+                keys = od[start_ : start_ + cnt].astype(np.int64) * n + op[start_ : start_ + cnt]
+                order = np.argsort(keys)
+                od[start_ : start_ + cnt] = od[start_ : start_ + cnt][order]
+                op[start_ : start_ + cnt] = op[start_ : start_ + cnt][order]
+            start_ += cnt
     return counts, od[:total].copy(), op[:total].copy()
 
 
@@ -490,6 +541,16 @@ def run_parallel(fn, nq: int, per_task: int = 64) -> list:
             return fn(a, b)
 
     return [f.result() for f in [_pool.submit(task, a, b) for a, b in ranges]]
+
+
+def join_ranges(parts: list, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Join per-thread ``(counts, D, P)`` into faiss-style ``(lims, D, P)``."""
+    counts = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    lims = np.zeros(nq + 1, np.int64)
+    np.cumsum(counts, out=lims[1:])
+    D = np.concatenate([p[1] for p in parts]).astype(np.int32, copy=False)
+    P = np.concatenate([p[2] for p in parts]).astype(np.int64, copy=False)
+    return lims, D, P
 
 
 def as_words(codes: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +45,7 @@ class TrainConfig:
     flip: bool | None = None
     # --- speed ---
     channels_last: bool = True
-    amp: str = "auto"  # auto (bf16 on CUDA, off on CPU) | bf16 | off
+    amp: str = "auto"  # auto (bf16 on CUDA and on CPUs with native bf16, else off) | bf16 | off
     threads: int | None = None  # torch intra-op threads; None keeps torch's default
     # --- bookkeeping ---
     seed: int = 0

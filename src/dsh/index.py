@@ -50,7 +50,7 @@ from . import _kernels as K
 from .codes import check_codes, nbytes_for
 from .fileio import DataError, atomic_write
 from .hamming import pairwise_hamming_reference
-from .mih import MIHTables, _gather, prefer_mih
+from .mih import MIHTables, prefer_mih
 
 __all__ = ["HammingIndex", "ENGINES"]
 
@@ -189,8 +189,8 @@ class HammingIndex:
         """Codes ``uint8[len(ids), nbytes]`` of the given ids; ``KeyError`` for an id not held."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
         pos = np.searchsorted(self._ids, ids)
-        ok = (pos < self.ntotal) & (self._ids[np.minimum(pos, max(self.ntotal - 1, 0))] == ids) if self.ntotal \
-            else np.zeros(ids.shape, bool)
+        ok = pos < self.ntotal
+        ok[ok] = self._ids[pos[ok]] == ids[ok]
         if not ok.all():
             raise KeyError(f"ids not in the index: {ids[~ok][:5].tolist()}")
         return np.asarray(self._codes[pos])
@@ -264,7 +264,7 @@ class HammingIndex:
             X, Q = self._get_words(), K.as_words(q)
             x, W = X.reshape(-1), X.shape[1]
             parts = K.run_parallel(lambda a, b: K.range_scan(x, n, W, Q, a, b, radius, self._nbits), nq)
-            lims, D, P = _gather(parts, nq)
+            lims, D, P = K.join_ranges(parts, nq)
         elif self._engine == "faiss":
             lims, D, P = self._faiss_range(q, radius)
         else:

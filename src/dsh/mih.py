@@ -11,7 +11,8 @@ each code found there with its full distance: the results are exactly the flat s
 
 Tables are compressed sparse rows: the codes' positions grouped by key, positions ascending within a key, and
 per table either a dense offsets array over all ``2**length`` keys (when that is no larger than about the
-positions) or the sorted distinct keys with their offsets (binary search). Substrings are at most 32 bits.
+positions) or the sorted distinct keys with their offsets, found through a directory over the keys' top bits.
+Substrings are at most 32 bits.
 """
 
 from __future__ import annotations
@@ -27,10 +28,10 @@ __all__ = ["MIHTables", "default_nsub", "split_bits", "search_radii", "prefer_mi
 
 # Rough costs, in nanoseconds, measured on the benchmark machine (benchmarks/search.py); they only steer
 # `prefer_mih`, never the results.
-_FLAT_NS_PER_WORD = 0.15  # one 64-bit word of one code in a vectorised scan, per query
-_PROBE_NS = 100.0  # one table probe: a cache miss or a binary search
+_FLAT_NS_PER_WORD = 0.2  # one 64-bit word of one code in a vectorised scan, per query
+_PROBE_NS = 300.0  # one table probe: cache misses into the offsets and positions, or a binary search
 _CANDIDATE_NS = 60.0  # one candidate: its full code is fetched from a random place
-_BUILD_NS = 20.0  # one code into one table
+_BUILD_NS = 40.0  # one code into one table
 
 
 def split_bits(nbits: int, nsub: int) -> tuple[np.ndarray, np.ndarray]:
@@ -87,7 +88,9 @@ class MIHTables:
     offset_base: np.ndarray  # int64[nsub], where each table's offsets start
     keys: np.ndarray  # uint32, sorted distinct keys of the sparse tables
     key_base: np.ndarray  # int64[nsub]
-    key_count: np.ndarray  # int64[nsub] (0 for dense tables)
+    directory: np.ndarray  # int32/int64, per sparse table: distinct keys below each value of the top key bits
+    directory_base: np.ndarray  # int64[nsub]
+    directory_shift: np.ndarray  # int64[nsub], key >> shift = the top bits
     positions: np.ndarray  # int32/int64[nsub * n], table t's positions at [t*n, (t+1)*n), grouped by key
     occupancy: np.ndarray  # float64[nsub], sum(bucket_size**2) / n: the bucket size a database code sees
 
@@ -98,7 +101,7 @@ class MIHTables:
     @property
     def nbytes(self) -> int:
         """Memory held by the tables, in bytes."""
-        return int(self.offsets.nbytes + self.keys.nbytes + self.positions.nbytes)
+        return int(self.offsets.nbytes + self.keys.nbytes + self.directory.nbytes + self.positions.nbytes)
 
     @classmethod
     def build(cls, words: np.ndarray, nbits: int, nsub: int | None = None) -> "MIHTables":
@@ -111,8 +114,8 @@ class MIHTables:
         probe = np.zeros(1, idt)
         X = words.reshape(-1)
         dense = np.zeros(nsub, bool)
-        offs, keys, positions = [], [], []
-        key_count = np.zeros(nsub, np.int64)
+        offs, keys, dirs, positions = [], [], [], []
+        shift = np.zeros(nsub, np.int64)
         occupancy = np.zeros(nsub, np.float64)
         for t in range(nsub):
             sub = K.substring_keys(X, n, W, int(starts[t]), int(lengths[t]))
@@ -125,8 +128,13 @@ class MIHTables:
                 skeys = sub[pos]
                 first = np.flatnonzero(np.r_[True, skeys[1:] != skeys[:-1]]) if n else np.zeros(0, np.int64)
                 off = np.r_[first, n].astype(idt)
-                keys.append(skeys[first])
-                key_count[t] = len(first)
+                distinct = skeys[first]
+                # a directory over the top bits, about one distinct key per entry, so that a lookup is one
+                # cache miss and a short search instead of a binary search over all the keys
+                top = int(min(lengths[t], max(1, int(np.log2(max(len(distinct), 2))))))
+                shift[t] = lengths[t] - top
+                dirs.append(np.searchsorted(distinct >> np.uint32(shift[t]), np.arange((1 << top) + 1)).astype(idt))
+                keys.append(distinct)
             sizes = np.diff(off).astype(np.float64)
             occupancy[t] = float(sizes @ sizes) / max(n, 1)
             offs.append(off)
@@ -137,6 +145,8 @@ class MIHTables:
 
         key_base = np.zeros(nsub, np.int64)
         key_base[~dense] = base(keys) if keys else []
+        directory_base = np.zeros(nsub, np.int64)
+        directory_base[~dense] = base(dirs) if dirs else []
         return cls(
             nbits=int(nbits),
             n=int(n),
@@ -147,7 +157,9 @@ class MIHTables:
             offset_base=base(offs),
             keys=np.concatenate(keys).astype(np.uint32) if keys else np.zeros(0, np.uint32),
             key_base=key_base,
-            key_count=key_count,
+            directory=np.concatenate(dirs).astype(idt) if dirs else np.zeros(1, idt),
+            directory_base=directory_base,
+            directory_shift=shift,
             positions=np.concatenate(positions).astype(idt) if positions else np.zeros(0, idt),
             occupancy=occupancy,
         )
@@ -164,13 +176,14 @@ class MIHTables:
         X = words.reshape(-1)
         W = words.shape[1]
         radius = int(min(radius, self.nbits))
+        rad = search_radii(radius, self.nsub)
 
         def run(a, b):
-            return K.mih_range(X, self.n, W, queries, a, b, radius, self.starts, self.lengths, self.dense,
-                               self.offsets, self.offset_base, self.keys, self.key_base, self.key_count,
-                               self.positions)
+            return K.mih_range(X, self.n, W, queries, a, b, radius, rad, self.starts, self.lengths, self.dense,
+                               self.offsets, self.offset_base, self.keys, self.key_base, self.directory,
+                               self.directory_base, self.directory_shift, self.positions)
 
-        return _gather(K.run_parallel(run, len(queries), per_task=256), len(queries))
+        return K.join_ranges(K.run_parallel(run, len(queries), per_task=256), len(queries))
 
     def cost_ns(self, radius: int) -> float:
         """Estimated nanoseconds per query: probes plus candidates, from the tables' real bucket sizes."""
@@ -198,13 +211,3 @@ def prefer_mih(n: int, nbits: int, radius: int, nq: int, tables: MIHTables | Non
     occupancy = 1.0 + n / np.exp2(lengths)  # random codes: the code itself plus its share of the others
     saving = nq * (flat - mih_cost_ns(radius, lengths, occupancy))
     return saving > n * nsub * _BUILD_NS
-
-
-def _gather(parts: list, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Join per-thread ``(counts, D, P)`` into faiss-style ``(lims, D, P)``."""
-    counts = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
-    lims = np.zeros(nq + 1, np.int64)
-    np.cumsum(counts, out=lims[1:])
-    D = np.concatenate([p[1] for p in parts]).astype(np.int32, copy=False)
-    P = np.concatenate([p[2] for p in parts]).astype(np.int64, copy=False)
-    return lims, D, P

@@ -86,9 +86,26 @@ def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
+def cpu_has_native_bf16() -> bool:
+    """True where the CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere autocast only adds casts."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
+    if cfg.amp == "auto":
+        # measured on a 2-core AVX512-BF16 CPU: 1.6x the images/s of float32 for the paper net (see README)
+        return device.type == "cuda" or cpu_has_native_bf16()
+    return cfg.amp == "bf16"
+
+
 def autocast_for(cfg: TrainConfig, device: torch.device):
-    use_bf16 = cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
-    if not use_bf16:
+    """bf16 autocast for the network's forward pass; the loss is always computed in float32."""
+    if not use_bf16(cfg, device):
         return nullcontext()
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
@@ -208,6 +225,7 @@ def train(
         f"training {cfg.model} ({sum(p.numel() for p in model.parameters()):,} parameters), {cfg.nbits} bits, on "
         f"{cfg.dataset}: {len(fit.labels):,} fit / {len(val.labels):,} val images of {channels}x{height}x{width}, "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps, device {device}, {torch.get_num_threads()} threads"
+        f"{', bf16 autocast' if use_bf16(cfg, device) else ''}"
     )
     t_start = time.perf_counter()
     train_seconds = 0.0

@@ -76,16 +76,23 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _encode_source(args: argparse.Namespace, loaded):
     """(images uint8[N,C,H,W], labels, class_names, paths) from a dataset split or an image folder."""
-    from .data import load_image_folder, load_split
+    from .data import load_image_folder
+    from .splits import load_part
 
     if args.images is not None:
         s = load_image_folder(args.images, loaded.input_shape, class_names=loaded.class_names)
         return s.images, s.labels.numpy(), list(s.class_names), s.paths
-    dataset = args.dataset or loaded.config.get("dataset")
-    data_root = args.data_root or (loaded.config.get("data_root") if dataset == loaded.config.get("dataset") else None)
-    s = load_split(dataset, args.split, data_root=data_root, val_size=loaded.config.get("val_size"),
-                   seed=int(loaded.config.get("seed", 0)), download=not args.no_download,
-                   image_size=loaded.config.get("image_size"))
+    cfg = loaded.config
+    dataset = args.dataset or cfg.get("dataset")
+    same_dataset = dataset == cfg.get("dataset")
+    data_root = args.data_root or (cfg.get("data_root") if same_dataset else None)
+    # the run's protocol by default, so `--split query` / `--split database` follow what the run trained on
+    protocol = args.protocol if args.protocol is not None else (cfg.get("protocol") if same_dataset else None)
+    if protocol == "none":
+        protocol = None
+    s = load_part(dataset, args.split, protocol=protocol, protocol_seed=int(cfg.get("protocol_seed", 0)),
+                  data_root=data_root, val_size=cfg.get("val_size"), seed=int(cfg.get("seed", 0)),
+                  download=not args.no_download, image_size=cfg.get("image_size"))
     return s.images, s.labels.numpy(), list(s.class_names), s.paths
 
 
@@ -134,6 +141,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise DataError(f"{args.query} and {args.database}: one has class ids, the other multi-hot labels")
     if args.topk is not None and args.topk < 1:
         raise DataError(f"--topk must be >= 1, got {args.topk}")
+    if args.protocol is not None and args.topk is None:
+        from .splits import protocol_topk
+
+        args.topk = protocol_topk(args.protocol)
     result = evaluate(q.codes, db.codes, q.labels, db.labels, q.nbits, topk=args.topk, radius=args.radius)
     if args.curves:
         from .plots import plot_pr_curve, plot_precision_at_k, save_curves_json
@@ -356,8 +367,10 @@ def _log(args: argparse.Namespace):
 def _add_data_source(p: argparse.ArgumentParser, images_help: str) -> None:
     p.add_argument("--dataset", help="dataset name (default: the one the run was trained on)")
     p.add_argument("--data-root", help="dataset folder (default: the run's, else $DSH_DATA)")
-    p.add_argument("--split", default="test", choices=("train", "val", "fit", "test"),
-                   help="which split to encode (default: test)")
+    p.add_argument("--split", default="test", choices=("train", "val", "fit", "test", "query", "database"),
+                   help="which split to encode (default: test); query/database are a protocol's parts")
+    p.add_argument("--protocol", help="a named protocol (dsh-paper, cifar10, cifar10-1, cifar10-2; default: the "
+                   "run's, 'none' for the dataset's own splits)")
     p.add_argument("--images", help=images_help)
     p.add_argument("--no-download", action="store_true", help="never try to download a missing dataset")
 
@@ -394,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", required=True, help="query .npz (from dsh encode)")
     p.add_argument("--database", required=True, help="database .npz")
     p.add_argument("--topk", type=int, help="also report mAP@K")
+    p.add_argument("--protocol", help="report the mAP cut-off of this protocol (e.g. cifar10: mAP@54000)")
     p.add_argument("--radius", type=int, default=2, help="Hamming radius for precision within radius (default 2)")
     p.add_argument("--curves", help="folder for PR / precision@k curves (PNG and JSON)")
     p.add_argument("--json", action="store_true", help="print one JSON object")

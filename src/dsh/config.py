@@ -25,6 +25,8 @@ class TrainConfig:
     val_size: int | None = None  # None: min(5000, 10% of train), carved from train, never from test
     image_size: int | None = None  # resize folder datasets; None keeps the native size
     download: bool = True
+    protocol: str | None = None  # train on a named protocol's train part (dsh.protocols), e.g. "cifar10"
+    protocol_seed: int = 0  # the seed of the protocol's sampling
     # --- model and code ---
     model: str = "paper"
     nbits: int = 12

@@ -24,13 +24,14 @@ import torch
 from . import checkpoint as ckpt_io
 from .codes import codes_from_u, to_hex
 from .config import TrainConfig, save_config
-from .data import BatchLoader, Normalizer, default_augment, load_split
+from .data import BatchLoader, Normalizer, default_augment
 from .encode import compute_u
 from .fileio import DataError, atomic_write
 from .loss import DSHLoss
 from .metrics import mean_average_precision
 from .models import create_model
 from .report import class_code_table, format_markdown
+from .splits import load_part
 
 
 @dataclass
@@ -157,9 +158,9 @@ def train(
 
     # --- data: decoded once to uint8 tensors; val carved from train, test untouched ---
     common = dict(data_root=cfg.data_root, val_size=cfg.val_size, seed=cfg.seed, download=cfg.download,
-                  image_size=cfg.image_size)
-    fit = load_split(cfg.dataset, "fit", **common)
-    val = load_split(cfg.dataset, "val", **common)
+                  image_size=cfg.image_size, protocol=cfg.protocol, protocol_seed=cfg.protocol_seed)
+    fit = load_part(cfg.dataset, "fit", **common)
+    val = load_part(cfg.dataset, "val", **common)
     if fit.labels.ndim != 1:
         raise DataError(f"{cfg.dataset}: training needs class labels (multi-label sets are not wired in yet)")
     channels, height, width = (int(v) for v in fit.images.shape[1:])

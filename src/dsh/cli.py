@@ -23,10 +23,19 @@ from .fileio import DataError
 # train
 
 
+def _int_or_float(text: str) -> int | float:
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
 def _train_flag_type(f: dataclasses.Field):
     """The argparse type of a TrainConfig field, from its annotation (``int | None`` -> int)."""
     hint = typing.get_type_hints(_config_module().TrainConfig)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
+    if set(args) == {int, float}:
+        return _int_or_float
     return args[0]
 
 
@@ -44,7 +53,8 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + f.name.replace("_", "-")
         names = [flag, "--bits"] if f.name == "nbits" else [flag]
         typ = _train_flag_type(f)
-        default_text = f"default: {f.default}"
+        text = cfg.FIELD_HELP.get(f.name, "")
+        default_text = text if "default" in text else f"{text} (default: {f.default})".lstrip()
         if typ is bool:
             g.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
                            help=default_text)

@@ -112,16 +112,18 @@ def autocast_for(cfg: TrainConfig, device: torch.device):
 
 
 def validation_map(model, val_images, val_labels, normalizer, device, channels_last: bool):
-    """mAP@all of the validation split against itself, split in two halves (queries / database).
+    """mAP@all of the validation split against itself, split in two random halves (queries / database).
 
-    Two disjoint halves keep a query from finding itself at distance 0, which would inflate the figure.
-    Returns ``(map, u)`` with ``u`` float32[n_val, nbits] for logging.
+    Two disjoint halves keep a query from finding itself at distance 0, which would inflate the figure. The halves
+    are drawn at random (fixed seed) because a split can be stored class by class (image folders are), and
+    first-half / second-half would then share no class at all. Returns ``(map, u)``, ``u`` float32[n_val, nbits].
     """
     u = compute_u(model, val_images, normalizer, device=device, channels_last=channels_last)
     codes = codes_from_u(u)
     labels = val_labels.numpy()
-    half = codes.shape[0] // 2
-    score = mean_average_precision(codes[:half], codes[half:], labels[:half], labels[half:], nbits=u.shape[1])
+    order = np.random.default_rng(0).permutation(codes.shape[0])
+    q, db = order[: len(order) // 2], order[len(order) // 2 :]
+    score = mean_average_precision(codes[q], codes[db], labels[q], labels[db], nbits=u.shape[1])
     return float(score), u
 
 

@@ -1,0 +1,419 @@
+"""Helpers shared by the benchmark scripts (``paper_cifar10.py``, ``seed_mnist.py``, ``make_readme_results.py``).
+
+- where things are: :func:`repo_root`, :func:`shared_data_dir` (the offline datasets folder, as the tests find it);
+- what ran where: :func:`machine_info`, :func:`command_line`, :func:`utc_now`;
+- settings: :func:`parse_set` turns ``--set key=value`` strings into typed :class:`dsh.config.TrainConfig` values;
+- smoke tests: :func:`limited_data_root` writes a small, stratified copy of a dataset in its own format, so a smoke
+  run goes through exactly the code a real run does, only on fewer images;
+- one code length end to end: :func:`train_encode_evaluate` (train, encode the protocol's query and database parts
+  with the best checkpoint, write the ``.npz`` code files of ``dsh encode``, evaluate);
+- output: :func:`write_json`, :func:`write_text` (atomic), :func:`fmt_seconds`.
+
+Only the standard library is imported at module level, so ``make_readme_results.py`` stays light; torch and dsh's
+training code are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+import typing
+from pathlib import Path
+from typing import Any, Callable
+
+from dsh.fileio import DataError, atomic_write
+
+# ---------------------------------------------------------------------------------------------------------------
+# where things are
+
+
+def repo_root() -> Path:
+    """The repository this file belongs to (the parent of ``benchmarks/``)."""
+    return Path(__file__).resolve().parents[1]
+
+
+def shared_data_dir() -> Path | None:
+    """The offline datasets folder (``MNIST/``, ``cifar10-jpeg/``): ``$DSH_TEST_DATA``, else ``../shared/data``
+    beside the repository (as ``tests/conftest.py`` finds it); ``None`` where neither exists."""
+    env = os.environ.get("DSH_TEST_DATA")
+    root = Path(env) if env else repo_root().parent / "shared" / "data"
+    return root if root.is_dir() else None
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what ran where
+
+
+def cpu_model() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` (else what :mod:`platform` knows)."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def load_average() -> list[float] | None:
+    """The 1/5/15-minute load averages: other jobs on a shared machine slow a benchmark, so it is recorded."""
+    try:
+        return [round(v, 2) for v in os.getloadavg()]
+    except OSError:
+        return None
+
+
+def machine_info(threads: int | None = None) -> dict[str, Any]:
+    """CPU model, usable CPUs, the threads torch used, and the versions that matter for the figures."""
+    info: dict[str, Any] = {
+        "cpu": cpu_model(),
+        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
+    for name in ("torch", "numpy", "numba"):
+        module = sys.modules.get(name)
+        if module is not None:
+            info[name] = getattr(module, "__version__", "?")
+    if "torch" in sys.modules:
+        import torch
+
+        info["torch_threads"] = torch.get_num_threads()
+        info["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    if threads is not None:
+        info["threads"] = threads
+    import dsh
+
+    info["dsh"] = getattr(dsh, "__version__", "?")
+    return info
+
+
+def machine_lines(rows: list[dict]) -> list[str]:
+    """Where it ran: CPU, threads, torch (one line per distinct machine), and the load average at each start."""
+    machines = dict.fromkeys((r["machine"]["cpu"], r["machine"].get("cpus_usable"), r["machine"].get("torch_threads"),
+                              r["machine"].get("torch")) for r in rows)
+    out = [f"Measured on {cpu} ({cpus} usable CPUs), {threads} torch threads, torch {torch}."
+           for cpu, cpus, threads, torch in machines]
+    loads = [(r["bits"], r["machine"]["load_average_start"][0]) for r in rows
+             if r["machine"].get("load_average_start")]
+    if loads:
+        out.append("1-minute load average when each length started (other jobs on the machine slow training): "
+                   + ", ".join(f"{load} ({bits} bits)" for bits, load in loads) + ".")
+    return out
+
+
+def command_line() -> str:
+    """The command that is running, as one line a user can paste (paths as typed)."""
+    script = Path(sys.argv[0])
+    try:
+        script = script.resolve().relative_to(Path.cwd().resolve())
+    except ValueError:
+        pass
+    return shlex.join(["python", str(script), *sys.argv[1:]])
+
+
+def utc_now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# settings
+
+
+def _field_types(name: str) -> tuple[list[type], bool]:
+    """(the non-None types of a TrainConfig field, whether None is allowed)."""
+    from dsh.config import TrainConfig
+
+    hints = typing.get_type_hints(TrainConfig)
+    if name not in hints:
+        raise DataError(f"--set {name}=...: unknown setting; known: {', '.join(hints)}")
+    args = typing.get_args(hints[name]) or (hints[name],)
+    return [a for a in args if a is not type(None)], type(None) in args
+
+
+def coerce_setting(name: str, text: str) -> Any:
+    """``text`` as the type of TrainConfig field ``name`` (``none`` for None; ``true``/``false`` for booleans)."""
+    types, nullable = _field_types(name)
+    low = text.strip().lower()
+    if nullable and low in ("none", "null"):
+        return None
+    for typ in types:
+        if typ is bool:
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            continue
+        try:
+            return typ(text)
+        except ValueError:
+            continue
+    raise DataError(f"--set {name}={text}: not a valid {' or '.join(t.__name__ for t in types)}")
+
+
+def parse_set(items: list[str] | None, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
+    """``["lr=0.01", "sampler=balanced"]`` -> ``{"lr": 0.01, "sampler": "balanced"}``, typed as TrainConfig's
+    fields. ``reserved`` fields are set by the script itself and refused here."""
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise DataError(f"--set {item}: expected key=value")
+        key, value = item.split("=", 1)
+        key = key.strip().replace("-", "_")
+        if key == "bits":
+            key = "nbits"
+        if key in reserved:
+            raise DataError(f"--set {key}=...: this script sets {key} itself (see --help)")
+        out[key] = coerce_setting(key, value)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# output
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON, written atomically (NaN written as null, so any JSON reader can load it)."""
+    with atomic_write(path, "w") as f:
+        json.dump(_finite(obj), f, indent=2)
+        f.write("\n")
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy ``src`` to ``dst`` atomically (a reader never sees half a file)."""
+    import shutil
+
+    with open(src, "rb") as fin, atomic_write(dst) as fout:
+        shutil.copyfileobj(fin, fout)
+
+
+def finished_result(length_dir: Path, limits: dict, resume: bool) -> dict | None:
+    """With ``resume``, the record a finished earlier run left in ``length_dir/result.json`` (same limits)."""
+    if not resume:
+        return None
+    cached = read_json(length_dir / "result.json")
+    return cached if cached is not None and cached.get("limits") == limits else None
+
+
+def read_json(path: str | os.PathLike) -> Any | None:
+    """The JSON in ``path``, or ``None`` where there is no such file."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def fmt_seconds(seconds: float | None) -> str:
+    """``452.3`` -> ``"7 min 32 s"``; ``41.0`` -> ``"41.0 s"``; ``None`` -> ``"—"``."""
+    if seconds is None or not math.isfinite(seconds):
+        return "—"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {secs:02d} s"
+
+
+def fmt_float(value: float | None, digits: int = 4) -> str:
+    if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# smoke tests on fewer images
+
+
+def _quota(n: int, n_classes: int) -> list[int]:
+    """``n`` items spread over classes as evenly as possible (the first ``n % n_classes`` get one more)."""
+    return [n // n_classes + (1 if c < n % n_classes else 0) for c in range(n_classes)]
+
+
+def _limit_folder(src: Path, dest: Path, limits: dict[str, int | None]) -> None:
+    """A class-per-folder tree of symbolic links to the first files (sorted) of every class, per split."""
+    for split, limit in limits.items():
+        classes = sorted(d.name for d in (src / split).iterdir() if d.is_dir() and not d.name.startswith("."))
+        files_of = {c: sorted(p for p in (src / split / c).rglob("*") if p.is_file()) for c in classes}
+        quota = _quota(limit, len(classes)) if limit is not None else [len(files_of[c]) for c in classes]
+        for c, k in zip(classes, quota):
+            for p in files_of[c][:k]:
+                link = dest / split / c / p.relative_to(src / split / c)
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(p.resolve())
+
+
+def _write_idx(path: Path, array) -> None:
+    """An IDX file of unsigned bytes (MNIST's format): magic 0x0000 08 ndim, big-endian dims, data."""
+    import numpy as np
+
+    array = np.ascontiguousarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as f:
+        f.write(header + array.tobytes())
+
+
+def _limit_mnist(src: Path, dest: Path, limits: dict[str, int | None]) -> None:
+    from dsh.data import load_split, stratified_subset
+
+    for split, limit in limits.items():
+        s = load_split("mnist", split, data_root=src, download=False)
+        keep = stratified_subset(s.labels.numpy(), min(limit, len(s)), seed=0) if limit is not None else slice(None)
+        prefix = {"train": "train", "test": "t10k"}[split]
+        _write_idx(dest / "MNIST" / "raw" / f"{prefix}-images-idx3-ubyte", s.images.numpy()[keep][:, 0])
+        _write_idx(dest / "MNIST" / "raw" / f"{prefix}-labels-idx1-ubyte", s.labels.numpy()[keep])
+
+
+def _limit_cifar10(src: Path, dest: Path, limits: dict[str, int | None]) -> None:
+    """Subsets written as CIFAR-10 python batches (5 train batches, a test batch, batches.meta)."""
+    import pickle
+
+    import numpy as np
+
+    from dsh.data import load_split, stratified_subset
+
+    out = dest / "cifar-10-batches-py"
+    out.mkdir(parents=True, exist_ok=True)
+    names = None
+    for split, limit in limits.items():
+        s = load_split("cifar10", split, data_root=src, download=False)
+        names = s.class_names
+        keep = stratified_subset(s.labels.numpy(), min(limit, len(s)), seed=0) if limit is not None else slice(None)
+        data = s.images.numpy()[keep].reshape(-1, 3 * 32 * 32)
+        labels = s.labels.numpy()[keep]
+        files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+        for name, part in zip(files, np.array_split(np.arange(len(labels)), len(files))):
+            with atomic_write(out / name) as f:
+                pickle.dump({b"data": data[part], b"labels": labels[part].tolist()}, f)
+    with atomic_write(out / "batches.meta") as f:
+        pickle.dump({b"label_names": [n.encode() for n in names]}, f)
+
+
+def limited_data_root(dataset: str, data_root: Path, dest: Path, limit_train: int | None,
+                      limit_test: int | None) -> Path:
+    """A copy of ``dataset`` under ``dest`` holding only ``limit_train`` training and ``limit_test`` test images
+    (stratified, fixed), in the dataset's own format, for smoke tests; ``data_root`` itself where no limit is set.
+
+    The copy is remade only when the source or the limits change (``dest/subset.json`` records them).
+    """
+    if limit_train is None and limit_test is None:
+        return data_root
+    for name, value in (("--limit-train", limit_train), ("--limit-test", limit_test)):
+        if value is not None and value < 20:
+            raise DataError(f"{name} must be at least 20 (a few images per class), got {value}")
+    spec = {"dataset": dataset, "source": str(Path(data_root).resolve()), "train": limit_train, "test": limit_test}
+    marker = dest / "subset.json"
+    if read_json(marker) == spec:
+        return dest
+    if dest.exists():
+        import shutil
+
+        shutil.rmtree(dest)  # a subset this function wrote earlier, with other limits
+    dest.mkdir(parents=True)
+    limits = {"train": limit_train, "test": limit_test}
+    {"folder": _limit_folder, "mnist": _limit_mnist, "cifar10": _limit_cifar10}[dataset](Path(data_root), dest,
+                                                                                        limits)
+    write_json(marker, spec)
+    return dest
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one code length end to end
+
+
+def set_threads(threads: int | None) -> None:
+    """torch's and numba's thread counts (numba runs the metrics); ``None`` leaves both as they are."""
+    if not threads:
+        return
+    import torch
+
+    torch.set_num_threads(int(threads))
+    try:
+        import numba
+
+        numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
+    except ImportError:
+        pass
+
+
+def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, protocol: str | None = None,
+                          keep_u: bool = False, resume: bool = False, progress: bool = False,
+                          log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``, encode the query and database with the best checkpoint, evaluate.
+
+    With ``protocol`` (e.g. ``"dsh-paper"``) the query and database are that protocol's parts; without, the test
+    split is the query and the train split the database. Writes ``codes_dir/query.npz`` and
+    ``codes_dir/database.npz`` (``dsh encode``'s files: codes, nbits, labels, class_names, and ``u`` in the query
+    file with ``keep_u``). Returns the figures, the codes and labels (``"arrays"``) and the timings.
+    """
+    import numpy as np
+
+    from dsh.checkpoint import load_model
+    from dsh.codefile import CodeFile, save_codes
+    from dsh.encode import encode_images
+    from dsh.metrics import evaluate
+    from dsh.splits import load_part
+    from dsh.train import train
+
+    set_threads(cfg.threads)
+    result = train(cfg, run_dir, resume=resume, progress=progress, log=log)
+    loaded = load_model(run_dir)
+    common = dict(protocol=protocol, protocol_seed=cfg.protocol_seed, data_root=cfg.data_root,
+                  val_size=cfg.val_size, seed=cfg.seed, download=False, image_size=cfg.image_size)
+    parts = ("query", "database") if protocol else ("test", "train")
+    t0 = time.perf_counter()
+    query = load_part(cfg.dataset, parts[0], **common)
+    database = load_part(cfg.dataset, parts[1], **common)
+    q_u, q_codes = encode_images(loaded.model, query.images, loaded.normalizer)
+    _, db_codes = encode_images(loaded.model, database.images, loaded.normalizer)
+    encode_seconds = time.perf_counter() - t0
+    names = np.asarray(list(query.class_names))
+    q_labels, db_labels = query.labels.numpy(), database.labels.numpy()
+    save_codes(codes_dir / "query.npz", CodeFile(q_codes, cfg.nbits, q_labels, u=q_u if keep_u else None,
+                                                 class_names=names))
+    save_codes(codes_dir / "database.npz", CodeFile(db_codes, cfg.nbits, db_labels, class_names=names))
+    t0 = time.perf_counter()
+    metrics = evaluate(q_codes, db_codes, q_labels, db_labels, cfg.nbits)
+    eval_seconds = time.perf_counter() - t0
+    return {
+        "map": metrics["map"],
+        "precision_at_radius_2": metrics["precision_at_radius_2"],
+        "recall_at_radius_2": metrics["recall_at_radius_2"],
+        "n_queries": metrics["n_queries"],
+        "n_database": metrics["n_database"],
+        "train_seconds": result.train_seconds,
+        "run_seconds": result.seconds,
+        "images_per_second": result.images_per_second,
+        "epochs_run": len(result.history),
+        "best_epoch": result.best_epoch,
+        "best_val_map": result.best_val_map,
+        "history": result.history,
+        "encode_seconds": encode_seconds,
+        "eval_seconds": eval_seconds,
+        "pr_curve": metrics["pr_curve"],
+        "precision_at_k": metrics["precision_at_k"],
+        "arrays": {"q_u": q_u, "q_codes": q_codes, "q_labels": q_labels, "db_codes": db_codes,
+                   "db_labels": db_labels, "class_names": list(query.class_names)},
+    }

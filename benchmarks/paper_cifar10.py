@@ -1,0 +1,321 @@
+"""DSH on CIFAR-10 at 12, 24, 36 and 48 bits under the paper's protocol, next to the paper's figures.
+
+Liu, Wang, Shan, Chen: *Deep Supervised Hashing for Fast Image Retrieval*, CVPR 2016, table 2 (CIFAR-10, mAP).
+Protocol ``dsh-paper``: the 10,000 test images are the queries, the 50,000 training images the database, mAP@all;
+the model is trained from scratch on the training images (the validation images that choose the best epoch are
+carved from them; the test images choose nothing).
+
+    python benchmarks/paper_cifar10.py                                  # all four lengths
+    python benchmarks/paper_cifar10.py --bits 12 --out DIR              # one length
+    dsh eval --query DIR/query.npz --database DIR/database.npz          # re-check its mAP
+
+Data: the original CIFAR-10 python batches (``cifar-10-batches-py``) under ``--data-root`` (default ``$DSH_DATA``,
+else the shared data folder) when present, else the JPEG copy ``../shared/data/cifar10-jpeg`` (``--jpeg-root``),
+named "CIFAR-10 (JPEG copy)" in every table. Settings: the preset ``cifar10-cpu`` where the library has it (else
+``TrainConfig``'s defaults), then ``--set key=value``, then the named flags.
+
+Per length ``N``: the run in ``DIR/bitsN/run``, its code files ``DIR/bitsN/query.npz`` and ``DIR/bitsN/database.npz``
+(exactly what ``dsh encode`` writes) and ``DIR/bitsN/result.json``; with one length the two code files are also left
+at ``DIR/``. ``DIR/results.json`` and ``DIR/results.md`` gather every length run into ``DIR`` (a later run of some
+lengths replaces those rows and keeps the others; ``--fresh`` starts over), rewritten after each length.
+
+``--limit-train N`` / ``--limit-test N`` train and evaluate on a stratified subset, for smoke tests only: the
+results are marked as not a benchmark, and are never merged with real ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import common
+from dsh.fileio import DataError
+
+# Table 2 of the DSH paper: mAP on CIFAR-10 (10,000 test queries vs 50,000 training images, mAP@all).
+PAPER_MAP = {12: 0.6157, 24: 0.6512, 36: 0.6607, 48: 0.6755}
+PROTOCOL = "dsh-paper"
+PREFERRED_PRESET = "cifar10-cpu"
+BUDGET_SECONDS = 15 * 60  # the issue's budget: at most 15 minutes of training per length on 2 CPU cores
+SCRIPT = "benchmarks/paper_cifar10.py"
+DEFAULT_OUT = "benchmarks/results/paper_cifar10"
+SMOKE_OUT = "runs/smoke/paper_cifar10"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data and settings
+
+
+def find_source(data_root: str | None, jpeg_root: str | None) -> dict[str, str]:
+    """Where CIFAR-10 comes from: ``{dataset, data_root, name}``; the original batches win over the JPEG copy."""
+    from dsh.data.sources import find_cifar10
+
+    shared = common.shared_data_dir()
+    root = data_root or os.environ.get("DSH_DATA") or (str(shared) if shared else None)
+    if root is not None:
+        try:
+            find_cifar10(Path(root), "train", download=False)
+            find_cifar10(Path(root), "test", download=False)
+            return {"dataset": "cifar10", "data_root": str(Path(root)), "name": "CIFAR-10"}
+        except DataError:
+            pass
+    jpeg = Path(jpeg_root) if jpeg_root else (shared / "cifar10-jpeg" if shared else None)
+    if jpeg is not None and (jpeg / "train").is_dir() and (jpeg / "test").is_dir():
+        return {"dataset": "folder", "data_root": str(jpeg), "name": "CIFAR-10 (JPEG copy)"}
+    raise DataError(f"no CIFAR-10: neither cifar-10-batches-py under {root} nor a JPEG copy at {jpeg} "
+                    f"(pass --data-root or --jpeg-root)")
+
+
+def resolve_settings(args: argparse.Namespace, dataset: str, data_root: str, nbits: int):
+    """(TrainConfig, preset name or None): preset < --set < named flags < what this script fixes."""
+    from dsh.config import PRESETS, resolve_config
+
+    preset = args.preset if args.preset is not None else (PREFERRED_PRESET if PREFERRED_PRESET in PRESETS else None)
+    if preset == "none":
+        preset = None
+    overrides = common.parse_set(args.set, reserved=("dataset", "data_root", "nbits", "protocol"))
+    flags = {"epochs": args.epochs, "model": args.model, "lr": args.lr, "batch_size": args.batch_size,
+             "threads": args.threads}
+    overrides.update({k: v for k, v in flags.items() if v is not None})
+    overrides.update(dataset=dataset, data_root=data_root, nbits=nbits, protocol=PROTOCOL)
+    return resolve_config(overrides, preset=preset), preset
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one length
+
+
+def run_length(args: argparse.Namespace, nbits: int, source: dict[str, str], out: Path, limits: dict,
+               single: bool) -> dict[str, Any]:
+    """Train, encode and evaluate one code length; returns its record (also written to ``bitsN/result.json``)."""
+    length_dir = out / f"bits{nbits}"
+    record = common.finished_result(length_dir, limits, args.resume)
+    if record is not None:
+        print(f"{nbits} bits: already done ({length_dir / 'result.json'}), kept (--resume)", flush=True)
+    else:
+        record = train_length(args, nbits, source, length_dir, limits)
+    if single:  # the issue's layout: DIR/query.npz and DIR/database.npz beside DIR/results.json
+        for name in ("query.npz", "database.npz"):
+            common.copy_file(length_dir / name, out / name)
+    return record
+
+
+def train_length(args: argparse.Namespace, nbits: int, source: dict[str, str], length_dir: Path,
+                 limits: dict) -> dict[str, Any]:
+    run_dir = length_dir / "run"
+    cfg, preset = resolve_settings(args, source["dataset"], source["data_root"], nbits)
+    resumed = args.resume and (run_dir / "last.pt").is_file()
+    started, load_start = common.utc_now(), common.load_average()
+    print(f"\n== {source['name']}, {nbits} bits: preset {preset or '(none)'}, model {cfg.model}, {cfg.epochs} "
+          f"epochs, batch {cfg.batch_size}, lr {cfg.lr} -> {run_dir}", flush=True)
+    r = common.train_encode_evaluate(cfg, run_dir, length_dir, protocol=PROTOCOL, resume=resumed,
+                                     progress=args.progress, log=lambda m: print(m, flush=True))
+    r.pop("arrays")
+    paper = PAPER_MAP.get(nbits)
+    record = {
+        "bits": nbits,
+        "dataset": source["name"],
+        "dataset_key": source["dataset"],
+        "data_root": cfg.data_root,
+        "protocol": PROTOCOL,
+        "benchmark": not limits,
+        "limits": limits,
+        **{k: v for k, v in r.items() if k not in ("history",)},
+        "paper_map": paper,
+        "map_minus_paper": None if paper is None else r["map"] - paper,
+        "map_over_paper": None if paper is None else r["map"] / paper,
+        "within_budget": r["train_seconds"] <= BUDGET_SECONDS,
+        "resumed": resumed,
+        "preset": preset,
+        "config": cfg.to_dict(),
+        "history": r["history"],
+        "machine": {**common.machine_info(cfg.threads), "load_average_start": load_start,
+                    "load_average_end": common.load_average()},
+        "command": common.command_line(),
+        "started": started,
+        "finished": common.utc_now(),
+        "query_file": f"{length_dir.name}/query.npz",
+        "database_file": f"{length_dir.name}/database.npz",
+    }
+    if resumed:
+        record["note"] = "resumed: train_seconds and images/s cover only the epochs run in the last call"
+    common.write_json(length_dir / "result.json", record)
+    return record
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the table
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The results as Markdown: a heading, what was measured, the table next to the paper's, settings, machine."""
+    rows = sorted(results["runs"], key=lambda r: r["bits"])
+    lines = [f"# DSH on {rows[0]['dataset']}, protocol {PROTOCOL}", ""]
+    if not results.get("benchmark", True):
+        lines += [f"**NOT a benchmark: smoke test on a subset ({_limits_text(rows[0]['limits'])}).**", ""]
+    lines += [describe(rows), "", *table_lines(rows), "", *settings_lines(rows), *common.machine_lines(rows)]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def describe(rows: list[dict]) -> str:
+    return (f"{rows[0]['n_queries']:,} test queries against {rows[0]['n_database']:,} training images as the "
+            f"database, mAP@all; trained from scratch. Paper: Liu et al., CVPR 2016, table 2 (original CIFAR-10).")
+
+
+def table_lines(rows: list[dict]) -> list[str]:
+    """bits, mAP, the paper's mAP, difference, ratio, precision r<=2, training time, images/s, best epoch."""
+    lines = [
+        "| bits | mAP | paper mAP | mAP − paper | mAP / paper | precision r≤2 | training time | images/s | "
+        "best epoch (val mAP) | ≥ paper in ≤ 15 min |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in rows:
+        diff = "—" if r.get("map_minus_paper") is None else f"{r['map_minus_paper']:+.4f}"
+        ratio = "—" if r.get("map_over_paper") is None else f"{r['map_over_paper']:.3f}"
+        lines.append(
+            f"| {r['bits']} | {r['map']:.4f} | {common.fmt_float(r.get('paper_map'))} | {diff} | {ratio} | "
+            f"{r['precision_at_radius_2']:.4f} | {common.fmt_seconds(r['train_seconds'])} | "
+            f"{r['images_per_second']:.0f} | {r['best_epoch']}/{r['config']['epochs']} "
+            f"({r['best_val_map']:.4f}) | {target_met(r)} |"
+        )
+    return lines
+
+
+def target_met(r: dict) -> str:
+    """The issue's bar: mAP at or above the paper's, in at most 15 minutes of training."""
+    misses = []
+    if r.get("paper_map") is not None and r["map"] < r["paper_map"]:
+        misses.append("below paper")
+    if r["train_seconds"] > BUDGET_SECONDS:
+        misses.append("over 15 min")
+    if r.get("paper_map") is None:
+        return "—"
+    return "yes" if not misses else "no: " + ", ".join(misses)
+
+
+def _limits_text(limits: dict) -> str:
+    return ", ".join(f"{k} {v:,} images" for k, v in limits.items() if v is not None)
+
+
+def settings_lines(rows: list[dict]) -> list[str]:
+    """One line per distinct setting used (usually one for all lengths)."""
+    keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "sampler",
+            "crop_padding", "flip", "amp", "seed")
+    seen: dict[str, list[int]] = {}
+    for r in rows:
+        c = r["config"]
+        text = f"preset `{r.get('preset') or '(none)'}`: " + ", ".join(f"{k} {c.get(k)}" for k in keys)
+        seen.setdefault(text, []).append(r["bits"])
+    if len(seen) == 1:
+        return [f"Settings: {next(iter(seen))}.", ""]
+    return [f"Settings, {', '.join(map(str, b))} bits: {t}." for t, b in seen.items()] + [""]
+
+
+def print_table(results: dict) -> None:
+    print("\n" + markdown(results), flush=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# results files
+
+
+def merge(out: Path, new: list[dict], fresh: bool) -> list[dict]:
+    """The runs of ``out/results.json`` for lengths not in ``new``, plus ``new``; smoke and real runs never mix."""
+    old = common.read_json(out / "results.json")
+    if fresh or old is None:
+        return sorted(new, key=lambda r: r["bits"])
+    is_benchmark = all(r["benchmark"] for r in new)
+    kept = [r for r in old.get("runs", []) if r["bits"] not in {n["bits"] for n in new}
+            and r.get("benchmark") == is_benchmark and r.get("dataset") == new[0]["dataset"]]
+    return sorted(kept + new, key=lambda r: r["bits"])
+
+
+def check_out(out: Path, smoke: bool) -> None:
+    """Refuse to write a smoke test over real benchmark results."""
+    old = common.read_json(out / "results.json")
+    if smoke and old is not None and old.get("benchmark"):
+        raise DataError(f"{out}/results.json holds benchmark results; write the smoke test elsewhere (--out)")
+
+
+def write_results(out: Path, runs: list[dict], top_level_bits: int | None) -> dict:
+    results = {
+        "benchmark": all(r["benchmark"] for r in runs),
+        "protocol": PROTOCOL,
+        "dataset": runs[0]["dataset"],
+        "paper_map": {str(k): v for k, v in PAPER_MAP.items()},
+        "budget_seconds": BUDGET_SECONDS,
+        "script": SCRIPT,
+        "top_level_codes_bits": top_level_bits,
+        "runs": runs,
+    }
+    prev = common.read_json(out / "results.json")
+    if top_level_bits is None and prev is not None:
+        results["top_level_codes_bits"] = prev.get("top_level_codes_bits")  # DIR/query.npz of an earlier run
+    common.write_json(out / "results.json", results)
+    common.write_text(out / "results.md", markdown(results))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bits", type=int, nargs="+", default=sorted(PAPER_MAP), help="code lengths (default: 12 24 36 48)")
+    p.add_argument("--out", help=f"results folder (default: {DEFAULT_OUT}; with --limit-*: {SMOKE_OUT})")
+    p.add_argument("--data-root", help="folder holding cifar-10-batches-py (default: $DSH_DATA, else the shared "
+                                       "data folder); the JPEG copy is used where it holds none")
+    p.add_argument("--jpeg-root", help="the CIFAR-10 JPEG copy (default: ../shared/data/cifar10-jpeg or "
+                                       "$DSH_TEST_DATA/cifar10-jpeg)")
+    p.add_argument("--preset", help=f"named settings (default: {PREFERRED_PRESET} where dsh.config.PRESETS has it; "
+                                    f"'none' for TrainConfig's defaults)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="any TrainConfig setting, e.g. --set sampler=balanced --set amp=off (repeatable)")
+    p.add_argument("--epochs", type=int, help="passes over the training images (default: the preset's)")
+    p.add_argument("--model", help="paper | resnet-small | resnet18 | resnet50 (default: the preset's)")
+    p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
+    p.add_argument("--batch-size", type=int, help="images per step (default: the preset's)")
+    p.add_argument("--threads", type=int, help="torch and numba threads (default: the preset's, else torch's)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep lengths already finished in --out and continue interrupted runs")
+    p.add_argument("--fresh", action="store_true", help="do not keep other lengths' rows from --out/results.json")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="tqdm progress bars (default: on a terminal)")
+    p.add_argument("--limit-train", type=int, metavar="N", help="smoke test: train on N training images only")
+    p.add_argument("--limit-test", type=int, metavar="N", help="smoke test: N test queries only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    limits = {k: v for k, v in (("train", args.limit_train), ("test", args.limit_test)) if v is not None}
+    out = Path(args.out or (SMOKE_OUT if limits else DEFAULT_OUT))
+    try:
+        if any(b < 1 for b in args.bits):
+            raise DataError(f"--bits must be >= 1, got {args.bits}")
+        check_out(out, smoke=bool(limits))
+        source = find_source(args.data_root, args.jpeg_root)
+        if limits:
+            subset = common.limited_data_root(source["dataset"], Path(source["data_root"]), out / "_subset",
+                                              args.limit_train, args.limit_test)
+            source = {**source, "data_root": str(subset)}
+            print(f"smoke test (NOT a benchmark): {_limits_text(limits)} from {source['name']}", flush=True)
+        bits = list(dict.fromkeys(args.bits))
+        done: list[dict] = []
+        for n in bits:
+            done.append(run_length(args, n, source, out, limits, single=len(bits) == 1))
+            results = write_results(out, merge(out, done, args.fresh), bits[0] if len(bits) == 1 else None)
+    except DataError as e:
+        print(f"paper_cifar10: error: {e}", file=sys.stderr)
+        return 2
+    print_table(results)
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    if len(bits) == 1:
+        print(f"re-check: dsh eval --query {out / 'query.npz'} --database {out / 'database.npz'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

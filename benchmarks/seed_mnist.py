@@ -1,0 +1,291 @@
+"""The seed experiment on MNIST: 8-bit codes (and 16, 32) with the library's defaults, next to the seed's table.
+
+The seed project trained 8-bit DSH codes on MNIST and published a class hash table: class 3 had the code
+0xF7 = 1111 0111, and two class pairs, 2/3 and 5/6, were only 1 bit apart. It remarked that longer codes would
+separate the classes. This script re-runs that experiment with ``dsh train --dataset mnist`` defaults (no preset)
+and reports, per code length:
+
+- mAP@all and precision within Hamming radius 2, the 10,000 test images as queries against the 60,000 training
+  images as the database; the training time and images/s;
+- the class hash table (:func:`dsh.report.class_code_table`, on the test codes): how many class pairs are within
+  1 bit, whether every class's code is distinct, the smallest distance between two classes' codes;
+- for 8 bits, UMAP and t-SNE maps of the real outputs ``u`` of the test images (PNG);
+- for 8 bits, a side-by-side with the seed's published facts.
+
+    python benchmarks/seed_mnist.py                       # 8, 16 and 32 bits -> benchmarks/results/seed_mnist
+    python benchmarks/seed_mnist.py --bits 8 --out DIR
+
+Per length ``N``: the run in ``DIR/bitsN/run``, ``DIR/bitsN/query.npz`` (with ``u`` for the plotted lengths) and
+``DIR/bitsN/database.npz`` (``dsh encode``'s files: ``dsh eval`` / ``dsh report`` re-check them),
+``DIR/bitsN/result.json``, and for 8 bits ``DIR/bits8/umap.png`` and ``DIR/bits8/tsne.png``. ``DIR/results.json``
+and ``DIR/results.md`` gather all lengths. ``--limit-train N`` / ``--limit-test N``: smoke tests on a stratified
+subset, marked as not a benchmark.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import common
+from dsh.fileio import DataError
+
+SCRIPT = "benchmarks/seed_mnist.py"
+DEFAULT_OUT = "benchmarks/results/seed_mnist"
+SMOKE_OUT = "runs/smoke/seed_mnist"
+TARGET_MAP = 0.99  # the issue's bar for 8 bits
+BUDGET_SECONDS = 3 * 60  # the core issue's budget for 8 bits with the defaults
+
+# What the seed project's README published about its 8-bit MNIST codes (nothing else is known of it).
+SEED_FACTS = {
+    "bits": 8,
+    "class_3_code_hex": "F7",
+    "class_3_code_binary": "1111 0111",
+    "close_pairs": [["2", "3", 1], ["5", "6", 1]],
+    "pairs_within_1_bit": 2,
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# data and settings
+
+
+def find_mnist_root(data_root: str | None) -> Path:
+    """``--data-root``, else ``$DSH_DATA``, else the shared data folder (which holds ``MNIST/raw``)."""
+    shared = common.shared_data_dir()
+    root = data_root or os.environ.get("DSH_DATA") or (str(shared) if shared else None)
+    if root is None:
+        raise DataError("no MNIST: pass --data-root (the folder holding MNIST/raw) or set DSH_DATA")
+    return Path(root)
+
+
+def resolve_settings(args: argparse.Namespace, data_root: Path, nbits: int):
+    """TrainConfig's defaults (what ``dsh train --dataset mnist`` uses) < --set < --epochs/--threads."""
+    from dsh.config import resolve_config
+
+    overrides = common.parse_set(args.set, reserved=("dataset", "data_root", "nbits"))
+    overrides.update({k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None})
+    overrides.update(dataset="mnist", data_root=str(data_root), nbits=nbits)
+    return resolve_config(overrides)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one length
+
+
+def class_summary(table) -> dict[str, Any]:
+    """What the class table says about separation: close pairs, distinct codes, smallest distance."""
+    distances = [r.nearest_distance for r in table.rows if r.nearest_distance is not None]
+    return {
+        "pairs_within_1_bit": len(table.close_pairs),
+        "close_pairs": [list(p) for p in table.close_pairs],
+        "distinct_codes": table.distinct_codes,
+        "min_class_distance": min(distances) if distances else None,
+    }
+
+
+def run_length(args: argparse.Namespace, nbits: int, data_root: Path, out: Path, limits: dict) -> dict[str, Any]:
+    """Train, encode, evaluate, tabulate (and plot) one code length; returns its record."""
+    length_dir = out / f"bits{nbits}"
+    record = common.finished_result(length_dir, limits, args.resume)
+    if record is not None:
+        print(f"{nbits} bits: already done ({length_dir / 'result.json'}), kept (--resume)", flush=True)
+        return record
+    from dsh.report import class_code_table, format_markdown
+
+    cfg = resolve_settings(args, data_root, nbits)
+    run_dir = length_dir / "run"
+    resumed = args.resume and (run_dir / "last.pt").is_file()
+    plot = args.plots and nbits in args.plot_bits
+    started, load_start = common.utc_now(), common.load_average()
+    print(f"\n== MNIST, {nbits} bits, library defaults: model {cfg.model}, {cfg.epochs} epochs -> {run_dir}",
+          flush=True)
+    r = common.train_encode_evaluate(cfg, run_dir, length_dir, keep_u=plot, resume=resumed,
+                                     progress=args.progress, log=lambda m: print(m, flush=True))
+    a = r.pop("arrays")
+    table = class_code_table(a["q_codes"], a["q_labels"], nbits, a["class_names"], close_bits=1)
+    figures = plot_maps(a, length_dir, nbits, args) if plot else []
+    record = {
+        "bits": nbits,
+        "dataset": "MNIST",
+        "benchmark": not limits,
+        "limits": limits,
+        **r,
+        "class_table": table.to_dict(),
+        "class_table_markdown": format_markdown(table),
+        **class_summary(table),
+        "figures": [str(p.relative_to(out)) for p in figures],
+        "resumed": resumed,
+        "config": cfg.to_dict(),
+        "machine": {**common.machine_info(cfg.threads), "load_average_start": load_start,
+                    "load_average_end": common.load_average()},
+        "command": common.command_line(),
+        "started": started,
+        "finished": common.utc_now(),
+        "query_file": f"{length_dir.name}/query.npz",
+        "database_file": f"{length_dir.name}/database.npz",
+    }
+    common.write_json(length_dir / "result.json", record)
+    return record
+
+
+def plot_maps(a: dict, length_dir: Path, nbits: int, args: argparse.Namespace) -> list[Path]:
+    """UMAP and t-SNE of the test images' ``u`` -> ``length_dir/{umap,tsne}.png``."""
+    from dsh.viz import plot_u_maps
+
+    print(f"plotting UMAP and t-SNE of u ({min(args.max_points, len(a['q_labels']))} test images)", flush=True)
+    return plot_u_maps(a["q_u"], a["q_labels"], length_dir, class_names=a["class_names"],
+                       max_points=args.max_points, seed=0, title_prefix=f"MNIST test, {nbits} bits: ")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# tables
+
+
+def results_table(rows: list[dict]) -> list[str]:
+    lines = [
+        "| bits | mAP | precision r≤2 | training time | images/s | best epoch (val mAP) | class pairs ≤ 1 bit | "
+        "all class codes distinct | closest classes (bits) |",
+        "| ---: | ---: | ---: | ---: | ---: | --- | ---: | --- | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['bits']} | {r['map']:.4f} | {r['precision_at_radius_2']:.4f} | "
+            f"{common.fmt_seconds(r['train_seconds'])} | {r['images_per_second']:.0f} | "
+            f"{r['best_epoch']}/{r['config']['epochs']} ({r['best_val_map']:.4f}) | {r['pairs_within_1_bit']} | "
+            f"{'yes' if r['distinct_codes'] else 'no'} | {r['min_class_distance']} |"
+        )
+    return lines
+
+
+def seed_comparison(r: dict) -> list[str]:
+    """The seed's published 8-bit facts next to this run's."""
+    pairs = ", ".join(f"{a}/{b}" for a, b, _ in r["close_pairs"]) or "none"
+    row3 = next((c for c in r["class_table"]["classes"] if c["name"] == "3"), None)
+    code3 = f"0x{row3['code_hex']} = {_spaced(row3['code_binary'])}" if row3 else "—"
+    seed_pairs = ", ".join(f"{a}/{b}" for a, b, _ in SEED_FACTS["close_pairs"])
+    return [
+        f"| {r['bits']} bits | seed README | dsh |",
+        "| --- | --- | --- |",
+        f"| class pairs within 1 bit | {SEED_FACTS['pairs_within_1_bit']} ({seed_pairs}) | "
+        f"{r['pairs_within_1_bit']} ({pairs}) |",
+        f"| every class code distinct | yes (its closest pairs were 1 bit apart) | "
+        f"{'yes' if r['distinct_codes'] else 'no'} |",
+        f"| closest two classes | 1 bit | {r['min_class_distance']} bit{'s' if r['min_class_distance'] != 1 else ''} |",
+        f"| class 3's code | 0x{SEED_FACTS['class_3_code_hex']} = {SEED_FACTS['class_3_code_binary']} | {code3} |",
+        f"| mAP (test vs train) | not published | {r['map']:.4f} |",
+    ]
+
+
+def _spaced(binary: str) -> str:
+    """``"11110111"`` -> ``"1111 0111"`` (groups of 4 from the left, as the seed printed them)."""
+    b = binary.replace(" ", "")
+    return " ".join(b[i : i + 4] for i in range(0, len(b), 4))
+
+
+def markdown(results: dict[str, Any]) -> str:
+    rows = sorted(results["runs"], key=lambda r: r["bits"])
+    lines = ["# The seed experiment: DSH on MNIST with the library's defaults", ""]
+    if not results["benchmark"]:
+        lines += [f"**NOT a benchmark: smoke test on a subset ({_limits_text(rows[0]['limits'])}).**", ""]
+    lines += [f"{rows[0]['n_queries']:,} test queries against {rows[0]['n_database']:,} training images, mAP@all; "
+              f"class tables on the test codes.", "", *results_table(rows), ""]
+    eight = next((r for r in rows if r["bits"] == SEED_FACTS["bits"]), None)
+    if eight is not None:
+        lines += [*seed_comparison(eight), "",
+                  "Which bit means what is arbitrary (flipping or permuting bits gives an equally good code), so "
+                  "only distances between class codes compare across runs, not the codes themselves.", "",
+                  f"Class hash table, {eight['bits']} bits:", "", eight["class_table_markdown"], ""]
+        lines += [f"![{Path(f).stem} of u, {eight['bits']} bits]({f})" for f in eight.get("figures", [])]
+        lines.append("")
+    lines += common.machine_lines(rows)
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def _limits_text(limits: dict) -> str:
+    return ", ".join(f"{k} {v:,} images" for k, v in limits.items() if v is not None)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# results files
+
+
+def write_results(out: Path, runs: list[dict], fresh: bool) -> dict:
+    """``out/results.json`` and ``.md``: these runs plus, unless ``fresh``, other lengths already there (of the
+    same kind: smoke tests and benchmarks never mix)."""
+    old = common.read_json(out / "results.json")
+    benchmark = all(r["benchmark"] for r in runs)
+    if old is not None and not fresh:
+        new_bits = {r["bits"] for r in runs}
+        runs = [r for r in old.get("runs", []) if r["bits"] not in new_bits and r.get("benchmark") == benchmark] + runs
+    results = {
+        "benchmark": benchmark,
+        "dataset": "MNIST",
+        "seed_facts": SEED_FACTS,
+        "target_map_8_bits": TARGET_MAP,
+        "budget_seconds_8_bits": BUDGET_SECONDS,
+        "script": SCRIPT,
+        "runs": sorted(runs, key=lambda r: r["bits"]),
+    }
+    common.write_json(out / "results.json", results)
+    common.write_text(out / "results.md", markdown(results))
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--bits", type=int, nargs="+", default=[8, 16, 32], help="code lengths (default: 8 16 32)")
+    p.add_argument("--out", help=f"results folder (default: {DEFAULT_OUT}; with --limit-*: {SMOKE_OUT})")
+    p.add_argument("--data-root", help="folder holding MNIST/raw (default: $DSH_DATA, else the shared data folder)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="change a TrainConfig setting (then it is no longer the defaults' experiment)")
+    p.add_argument("--epochs", type=int, help="default: TrainConfig's")
+    p.add_argument("--threads", type=int, help="torch and numba threads (default: torch's)")
+    p.add_argument("--plot-bits", type=int, nargs="*", default=[8], help="lengths to map with UMAP/t-SNE (default 8)")
+    p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="UMAP / t-SNE figures")
+    p.add_argument("--max-points", type=int, default=5000, help="test images in each map (default 5000)")
+    p.add_argument("--resume", action="store_true",
+                   help="keep lengths already finished in --out and continue interrupted runs")
+    p.add_argument("--fresh", action="store_true", help="do not keep other lengths' rows from --out/results.json")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="tqdm progress bars (default: on a terminal)")
+    p.add_argument("--limit-train", type=int, metavar="N", help="smoke test: train on N training images only")
+    p.add_argument("--limit-test", type=int, metavar="N", help="smoke test: N test queries only")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    limits = {k: v for k, v in (("train", args.limit_train), ("test", args.limit_test)) if v is not None}
+    out = Path(args.out or (SMOKE_OUT if limits else DEFAULT_OUT))
+    try:
+        if any(b < 1 for b in args.bits):
+            raise DataError(f"--bits must be >= 1, got {args.bits}")
+        old = common.read_json(out / "results.json")
+        if limits and old is not None and old.get("benchmark"):
+            raise DataError(f"{out}/results.json holds benchmark results; write the smoke test elsewhere (--out)")
+        data_root = find_mnist_root(args.data_root)
+        if limits:
+            data_root = common.limited_data_root("mnist", data_root, out / "_subset", args.limit_train,
+                                                 args.limit_test)
+            print(f"smoke test (NOT a benchmark): {_limits_text(limits)} of MNIST", flush=True)
+        done: list[dict] = []
+        for n in dict.fromkeys(args.bits):
+            done.append(run_length(args, n, data_root, out, limits))
+            results = write_results(out, done, args.fresh)
+    except DataError as e:
+        print(f"seed_mnist: error: {e}", file=sys.stderr)
+        return 2
+    print("\n" + markdown(results), flush=True)
+    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,176 @@
+"""The benchmark scripts' bookkeeping, on fake results files (no training): the README section generator, the
+results merging, the settings parser and the smoke-test subsets. Seconds, not minutes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import make_readme_results as mrr  # noqa: E402
+import paper_cifar10  # noqa: E402
+import seed_mnist  # noqa: E402
+
+MACHINE = {"cpu": "Test CPU 9000", "cpus_usable": 2, "torch_threads": 2, "torch": "2.x",
+           "load_average_start": [1.5, 1.0, 1.0]}
+
+
+def paper_record(bits: int, map_: float, seconds: float = 600.0, benchmark: bool = True) -> dict:
+    paper = paper_cifar10.PAPER_MAP[bits]
+    return {
+        "bits": bits, "dataset": "CIFAR-10 (JPEG copy)", "benchmark": benchmark,
+        "limits": {} if benchmark else {"train": 2000}, "map": map_, "precision_at_radius_2": 0.5,
+        "n_queries": 10000, "n_database": 50000, "train_seconds": seconds, "images_per_second": 1234.0,
+        "best_epoch": 7, "best_val_map": 0.6, "paper_map": paper, "map_minus_paper": map_ - paper,
+        "map_over_paper": map_ / paper, "preset": "cifar10-cpu",
+        "config": {"model": "paper", "epochs": 8, "batch_size": 128, "lr": 0.001},
+        "machine": MACHINE, "command": f"python benchmarks/paper_cifar10.py --bits {bits}",
+        "query_file": f"bits{bits}/query.npz", "database_file": f"bits{bits}/database.npz",
+    }
+
+
+def seed_record(bits: int) -> dict:
+    classes = [{"name": str(c), "code_hex": f"{c:02X}", "code_binary": f"{c:08b}"} for c in range(10)]
+    return {
+        "bits": bits, "dataset": "MNIST", "benchmark": True, "limits": {}, "map": 0.991,
+        "precision_at_radius_2": 0.98, "n_queries": 10000, "n_database": 60000, "train_seconds": 150.0,
+        "images_per_second": 3000.0, "best_epoch": 8, "best_val_map": 0.99, "config": {"epochs": 8},
+        "class_table": {"classes": classes}, "class_table_markdown": "| class | ... |\n| --- | --- |",
+        "pairs_within_1_bit": 1, "close_pairs": [["4", "9", 1]], "distinct_codes": True, "min_class_distance": 1,
+        "figures": ["bits8/umap.png", "bits8/tsne.png"] if bits == 8 else [], "machine": MACHINE,
+        "command": "python benchmarks/seed_mnist.py", "query_file": f"bits{bits}/query.npz",
+        "database_file": f"bits{bits}/database.npz",
+    }
+
+
+def write_results(root: Path, paper_runs=None, seed_runs=None, benchmark: bool = True) -> Path:
+    results = root / "benchmarks" / "results"
+    results.mkdir(parents=True)
+    if paper_runs is not None:
+        common.write_json(results / "paper_cifar10" / "results.json",
+                          {"benchmark": benchmark, "protocol": "dsh-paper", "dataset": "CIFAR-10 (JPEG copy)",
+                           "runs": paper_runs})
+    if seed_runs is not None:
+        common.write_json(results / "seed_mnist" / "results.json", {"benchmark": True, "runs": seed_runs})
+    return results
+
+
+def make_readme(root: Path, body: str = "intro\n\n## Results\n\nRESULTS_PLACEHOLDER\n\n## Layout\n") -> Path:
+    readme = root / "README.md"
+    readme.write_text(body)
+    return readme
+
+
+def test_readme_section_from_results_and_missing_files(tmp_path):
+    results = write_results(tmp_path, paper_runs=[paper_record(24, 0.66), paper_record(12, 0.60, seconds=1000)],
+                            seed_runs=[seed_record(8), seed_record(16)])
+    readme = make_readme(tmp_path)
+    assert mrr.main(["--readme", str(readme), "--results", str(results)]) == 0
+    text = readme.read_text()
+    assert text.startswith("intro\n") and text.rstrip().endswith("## Layout")
+    assert "RESULTS_PLACEHOLDER" not in text and text.count(mrr.START) == 1 and text.count(mrr.END) == 1
+    # the paper table: our figure, the paper's, the difference, and the bar met or not
+    assert "| 12 | 0.6000 | 0.6157 | -0.0157 |" in text and "no: below paper, over 15 min" in text
+    assert "| 24 | 0.6600 | 0.6512 | +0.0088 |" in text
+    assert "CIFAR-10 (JPEG copy)" in text and "Test CPU 9000" in text
+    # one command per row where the rows came from different commands
+    assert "python benchmarks/paper_cifar10.py --bits 12  # 12 bits" in text
+    assert "dsh eval --query benchmarks/results/paper_cifar10/bits12/query.npz" in text
+    # the seed side-by-side and figures with paths relative to the README
+    assert "| class pairs within 1 bit | 2 (2/3, 5/6) | 1 (4/9) |" in text
+    assert "![umap of u, MNIST test, 8 bits](benchmarks/results/seed_mnist/bits8/umap.png)" in text
+    # no results files: the section says so, with the command
+    assert text.count("Not yet run.") == 2
+    assert "python benchmarks/search.py --sizes 1000000 10000000 --bits 64 128" in text
+
+
+def test_rerun_is_idempotent_and_check_mode(tmp_path, capsys):
+    results = write_results(tmp_path, paper_runs=[paper_record(12, 0.62)])
+    readme = make_readme(tmp_path)
+    args = ["--readme", str(readme), "--results", str(results)]
+    assert mrr.main(args + ["--check"]) == 1  # placeholder still there
+    assert mrr.main(args) == 0
+    first = readme.read_text()
+    assert mrr.main(args) == 0 and readme.read_text() == first
+    assert mrr.main(args + ["--check"]) == 0
+    # new results: the text between the markers is replaced, the rest kept
+    common.write_json(results / "paper_cifar10" / "results.json",
+                      {"benchmark": True, "protocol": "dsh-paper", "dataset": "CIFAR-10 (JPEG copy)",
+                       "runs": [paper_record(12, 0.70)]})
+    assert mrr.main(args + ["--check"]) == 1
+    assert mrr.main(args) == 0
+    text = readme.read_text()
+    assert "| 12 | 0.7000 |" in text and "| 12 | 0.6200 |" not in text and text.startswith("intro\n")
+
+
+def test_smoke_results_are_flagged(tmp_path):
+    results = write_results(tmp_path, paper_runs=[paper_record(12, 0.3, benchmark=False)], benchmark=False)
+    section = mrr.render(mrr.Context(results, tmp_path / "README.md"))
+    assert "NOT a benchmark" in section
+
+
+def test_splice_needs_markers_or_placeholder():
+    assert mrr.splice("a\n<!-- results:start -->\nold\n<!-- results:end -->\nb\n", "new\n") == (
+        "a\n<!-- results:start -->\nnew\n<!-- results:end -->\nb\n")
+    with pytest.raises(ValueError):
+        mrr.splice("no place for results\n", "new\n")
+    with pytest.raises(ValueError):
+        mrr.splice("<!-- results:start -->\n", "new\n")
+
+
+def test_paper_merge_keeps_other_lengths_and_never_mixes_smoke(tmp_path):
+    common.write_json(tmp_path / "results.json", {"runs": [paper_record(12, 0.6), paper_record(24, 0.65)]})
+    merged = paper_cifar10.merge(tmp_path, [paper_record(24, 0.7), paper_record(48, 0.7)], fresh=False)
+    assert [(r["bits"], r["map"]) for r in merged] == [(12, 0.6), (24, 0.7), (48, 0.7)]
+    assert [r["bits"] for r in paper_cifar10.merge(tmp_path, [paper_record(48, 0.7)], fresh=True)] == [48]
+    smoke = paper_cifar10.merge(tmp_path, [paper_record(36, 0.2, benchmark=False)], fresh=False)
+    assert [r["bits"] for r in smoke] == [36]
+    common.write_json(tmp_path / "results.json", {"benchmark": True, "runs": [paper_record(12, 0.6)]})
+    with pytest.raises(common.DataError):
+        paper_cifar10.check_out(tmp_path, smoke=True)
+
+
+def test_parse_set_types_and_errors():
+    got = common.parse_set(["lr=0.01", "sampler=balanced", "flip=false", "crop_padding=none", "val_size=0.1",
+                            "epochs=3", "bits=16"])
+    assert got == {"lr": 0.01, "sampler": "balanced", "flip": False, "crop_padding": None, "val_size": 0.1,
+                   "epochs": 3, "nbits": 16}
+    assert isinstance(common.parse_set(["val_size=500"])["val_size"], int)
+    with pytest.raises(common.DataError, match="unknown setting"):
+        common.parse_set(["no_such_thing=1"])
+    with pytest.raises(common.DataError, match="not a valid int"):
+        common.parse_set(["epochs=many"])
+    with pytest.raises(common.DataError, match="sets dataset itself"):
+        common.parse_set(["dataset=mnist"], reserved=("dataset",))
+
+
+def test_limited_folder_subset_is_stratified_links(tmp_path, image_tree_writer):
+    src = image_tree_writer(tmp_path / "src", n_train=4, n_test=2)
+    dest = common.limited_data_root("folder", src, tmp_path / "subset", limit_train=20, limit_test=None)
+    train = sorted(p.relative_to(dest).as_posix() for p in (dest / "train").rglob("*.png"))
+    assert len(train) == 12  # 20 asked, 3 classes x 4 exist: all of them, each class in full
+    assert len(list((dest / "test").rglob("*.png"))) == 6
+    assert all(p.is_symlink() for p in (dest / "train").rglob("*.png"))
+    assert json.loads((dest / "subset.json").read_text())["train"] == 20
+    assert common.limited_data_root("folder", src, tmp_path / "subset", None, None) == src
+
+
+def test_idx_writer_round_trips_through_dsh_reader(tmp_path):
+    np = pytest.importorskip("numpy")
+    from dsh.data.sources import read_idx
+
+    a = np.arange(2 * 3 * 4, dtype=np.uint8).reshape(2, 3, 4)
+    common._write_idx(tmp_path / "x-idx3-ubyte", a)
+    assert np.array_equal(read_idx(tmp_path / "x-idx3-ubyte"), a)
+
+
+def test_fmt_seconds():
+    assert common.fmt_seconds(41.04) == "41.0 s"
+    assert common.fmt_seconds(452.3) == "7 min 32 s"
+    assert common.fmt_seconds(None) == "—"

@@ -15,6 +15,7 @@ training code are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import argparse
 import datetime as _dt
 import json
 import math
@@ -31,6 +32,17 @@ from dsh.fileio import DataError, atomic_write
 
 # ---------------------------------------------------------------------------------------------------------------
 # where things are
+
+
+def add_run_control_args(p: argparse.ArgumentParser) -> None:
+    """The options every training benchmark shares: resuming, progress bars and smoke-test subsets."""
+    p.add_argument("--resume", action="store_true",
+                   help="keep lengths already finished in --out and continue interrupted runs")
+    p.add_argument("--fresh", action="store_true", help="do not keep other lengths' rows from --out/results.json")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
+                   help="tqdm progress bars (default: on a terminal)")
+    p.add_argument("--limit-train", type=int, metavar="N", help="smoke test: train on N training images only")
+    p.add_argument("--limit-test", type=int, metavar="N", help="smoke test: N test queries only")
 
 
 def repo_root() -> Path:
@@ -109,14 +121,15 @@ def machine_lines(rows: list[dict]) -> list[str]:
     return out
 
 
-def command_line() -> str:
-    """The command that is running, as one line a user can paste (paths as typed)."""
+def command_line(drop: tuple[str, ...] = ("--resume",)) -> str:
+    """The command that is running, as one line a user can paste (paths as typed), without the ``drop`` flags:
+    ``--resume`` only says which finished lengths to keep, and would keep them instead of re-making them."""
     script = Path(sys.argv[0])
     try:
         script = script.resolve().relative_to(Path.cwd().resolve())
     except ValueError:
         pass
-    return shlex.join(["python", str(script), *sys.argv[1:]])
+    return shlex.join(["python", str(script), *(a for a in sys.argv[1:] if a not in drop)])
 
 
 def utc_now() -> str:

@@ -148,7 +148,8 @@ def seed_section(ctx: Context) -> list[str]:
     ]
     eight = next((r for r in rows if r["bits"] == seed_mnist.SEED_FACTS["bits"]), None)
     if eight is not None:
-        lines += ["Against the seed's published 8-bit table:", "", *seed_mnist.seed_comparison(eight), "",
+        lines += [seed_mnist.targets_line(eight), "",
+                  "Against the seed's published 8-bit table:", "", *seed_mnist.seed_comparison(eight), "",
                   "Which bit means what is arbitrary (flipping or permuting bits gives an equally good code), so "
                   "only the distances between class codes compare across runs.", "",
                   f"Class hash table, {eight['bits']} bits (`dsh report --codes "
@@ -157,7 +158,7 @@ def seed_section(ctx: Context) -> list[str]:
     for r in rows:
         if r.get("figures"):
             lines += [f"Maps of the real outputs u of the test images, {r['bits']} bits, made by `{r['command']}`:",
-                      "", " ".join(f"![{Path(f).stem} of u, MNIST test, {r['bits']} bits]"
+                      "", " ".join(f"![{seed_mnist.map_name(f)} of u, MNIST test, {r['bits']} bits]"
                                    f"({ctx.rel(path.parent / f)})" for f in r["figures"]), ""]
     return lines + common.machine_lines(rows)
 

@@ -53,6 +53,8 @@ def find_source(data_root: str | None, jpeg_root: str | None) -> dict[str, str]:
     from dsh.data.sources import find_cifar10
 
     shared = common.shared_data_dir()
+    if data_root is not None and jpeg_root is None and (Path(data_root) / "train").is_dir():
+        jpeg_root = data_root  # --data-root given as the JPEG copy itself
     root = data_root or os.environ.get("DSH_DATA") or (str(shared) if shared else None)
     if root is not None:
         try:
@@ -210,7 +212,7 @@ def settings_lines(rows: list[dict]) -> list[str]:
         seen.setdefault(text, []).append(r["bits"])
     if len(seen) == 1:
         return [f"Settings: {next(iter(seen))}.", ""]
-    return [f"Settings, {', '.join(map(str, b))} bits: {t}." for t, b in seen.items()] + [""]
+    return ["Settings:", "", *(f"- {', '.join(map(str, b))} bits: {t}." for t, b in seen.items()), ""]
 
 
 def print_table(results: dict) -> None:
@@ -278,13 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
     p.add_argument("--batch-size", type=int, help="images per step (default: the preset's)")
     p.add_argument("--threads", type=int, help="torch and numba threads (default: the preset's, else torch's)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep lengths already finished in --out and continue interrupted runs")
-    p.add_argument("--fresh", action="store_true", help="do not keep other lengths' rows from --out/results.json")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
-                   help="tqdm progress bars (default: on a terminal)")
-    p.add_argument("--limit-train", type=int, metavar="N", help="smoke test: train on N training images only")
-    p.add_argument("--limit-test", type=int, metavar="N", help="smoke test: N test queries only")
+    common.add_run_control_args(p)
     return p
 
 
@@ -297,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
             raise DataError(f"--bits must be >= 1, got {args.bits}")
         check_out(out, smoke=bool(limits))
         source = find_source(args.data_root, args.jpeg_root)
+        print(f"data: {source['name']} from {source['data_root']}", flush=True)
         if limits:
             subset = common.limited_data_root(source["dataset"], Path(source["data_root"]), out / "_subset",
                                               args.limit_train, args.limit_test)

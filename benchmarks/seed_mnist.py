@@ -117,7 +117,7 @@ def run_length(args: argparse.Namespace, nbits: int, data_root: Path, out: Path,
         "class_table": table.to_dict(),
         "class_table_markdown": format_markdown(table),
         **class_summary(table),
-        "figures": [str(p.relative_to(out)) for p in figures],
+        "figures": [p.relative_to(out).as_posix() for p in figures],
         "resumed": resumed,
         "config": cfg.to_dict(),
         "machine": {**common.machine_info(cfg.threads), "load_average_start": load_start,
@@ -128,6 +128,8 @@ def run_length(args: argparse.Namespace, nbits: int, data_root: Path, out: Path,
         "query_file": f"{length_dir.name}/query.npz",
         "database_file": f"{length_dir.name}/database.npz",
     }
+    if resumed:
+        record["note"] = "resumed: train_seconds and images/s cover only the epochs run in the last call"
     common.write_json(length_dir / "result.json", record)
     return record
 
@@ -163,7 +165,8 @@ def results_table(rows: list[dict]) -> list[str]:
 
 def seed_comparison(r: dict) -> list[str]:
     """The seed's published 8-bit facts next to this run's."""
-    pairs = ", ".join(f"{a}/{b}" for a, b, _ in r["close_pairs"]) or "none"
+    shown = [f"{a}/{b}" for a, b, _ in r["close_pairs"][:6]]
+    pairs = ", ".join(shown + (["…"] if len(r["close_pairs"]) > 6 else [])) or "none"
     row3 = next((c for c in r["class_table"]["classes"] if c["name"] == "3"), None)
     code3 = f"0x{row3['code_hex']} = {_spaced(row3['code_binary'])}" if row3 else "—"
     seed_pairs = ", ".join(f"{a}/{b}" for a, b, _ in SEED_FACTS["close_pairs"])
@@ -178,6 +181,21 @@ def seed_comparison(r: dict) -> list[str]:
         f"| class 3's code | 0x{SEED_FACTS['class_3_code_hex']} = {SEED_FACTS['class_3_code_binary']} | {code3} |",
         f"| mAP (test vs train) | not published | {r['map']:.4f} |",
     ]
+
+
+def map_name(figure: str) -> str:
+    """``"bits8/tsne.png"`` -> ``"t-SNE"``."""
+    stem = Path(figure).stem
+    return {"umap": "UMAP", "tsne": "t-SNE"}.get(stem, stem)
+
+
+def targets_line(r: dict) -> str:
+    """The issues' bars for 8 bits with the defaults: mAP >= 0.99, at most 3 minutes of training."""
+    ok_map, ok_time = r["map"] >= TARGET_MAP, r["train_seconds"] <= BUDGET_SECONDS
+    return (f"Targets at {r['bits']} bits: mAP ≥ {TARGET_MAP} — {'met' if ok_map else 'not met'} "
+            f"({r['map']:.4f}); at most {BUDGET_SECONDS // 60} minutes of training — "
+            f"{'met' if ok_time else 'not met'} ({common.fmt_seconds(r['train_seconds'])}); every class code "
+            f"distinct — {'met' if r['distinct_codes'] else 'not met'}.")
 
 
 def _spaced(binary: str) -> str:
@@ -195,11 +213,11 @@ def markdown(results: dict[str, Any]) -> str:
               f"class tables on the test codes.", "", *results_table(rows), ""]
     eight = next((r for r in rows if r["bits"] == SEED_FACTS["bits"]), None)
     if eight is not None:
-        lines += [*seed_comparison(eight), "",
+        lines += [targets_line(eight), "", *seed_comparison(eight), "",
                   "Which bit means what is arbitrary (flipping or permuting bits gives an equally good code), so "
                   "only distances between class codes compare across runs, not the codes themselves.", "",
                   f"Class hash table, {eight['bits']} bits:", "", eight["class_table_markdown"], ""]
-        lines += [f"![{Path(f).stem} of u, {eight['bits']} bits]({f})" for f in eight.get("figures", [])]
+        lines += [f"![{map_name(f)} of u, {eight['bits']} bits]({f})" for f in eight.get("figures", [])]
         lines.append("")
     lines += common.machine_lines(rows)
     return "\n".join(lines).rstrip() + "\n"
@@ -250,13 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--plot-bits", type=int, nargs="*", default=[8], help="lengths to map with UMAP/t-SNE (default 8)")
     p.add_argument("--plots", action=argparse.BooleanOptionalAction, default=True, help="UMAP / t-SNE figures")
     p.add_argument("--max-points", type=int, default=5000, help="test images in each map (default 5000)")
-    p.add_argument("--resume", action="store_true",
-                   help="keep lengths already finished in --out and continue interrupted runs")
-    p.add_argument("--fresh", action="store_true", help="do not keep other lengths' rows from --out/results.json")
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=sys.stderr.isatty(),
-                   help="tqdm progress bars (default: on a terminal)")
-    p.add_argument("--limit-train", type=int, metavar="N", help="smoke test: train on N training images only")
-    p.add_argument("--limit-test", type=int, metavar="N", help="smoke test: N test queries only")
+    common.add_run_control_args(p)
     return p
 
 

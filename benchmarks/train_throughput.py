@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from contextlib import nullcontext
@@ -22,19 +20,13 @@ from pathlib import Path
 
 import torch
 
+import common
 from dsh.data import BatchLoader, ImageSet, Normalizer, default_augment, load_split
 from dsh.fileio import atomic_write
 from dsh.loss import DSHLoss
 from dsh.models import create_model
 
 SHAPES = {"mnist": (1, 28, 28), "cifar10": (3, 32, 32)}
-
-
-def find_shared_data() -> Path | None:
-    for candidate in (os.environ.get("DSH_TEST_DATA"), Path(__file__).resolve().parents[2] / "shared" / "data"):
-        if candidate and Path(candidate).is_dir():
-            return Path(candidate)
-    return None
 
 
 def images_for(kind: str, n: int, shared: Path | None) -> ImageSet:
@@ -106,7 +98,7 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
-    shared = find_shared_data()
+    shared = common.shared_data_dir()
     rows = []
     for kind in ("mnist", "cifar10"):
         data = images_for(kind, 4096, shared)
@@ -116,11 +108,7 @@ def main() -> None:
                 rows.append(r)
                 print(f"{r['model']:<13} {r['input']:<8} channels_last={channels_last!s:<5} bf16={bf16!s:<5} "
                       f"{r['images_per_s_median']:8.0f} img/s (best {r['images_per_s_best']:.0f})", flush=True)
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu = common.cpu_model()
     lines = [f"# Training throughput ({cpu}, {args.threads} threads, batch {args.batch_size}, "
              f"torch {torch.__version__})", "",
              "| model | input | data | channels_last | bf16 autocast | images/s (median) | images/s (best) |",

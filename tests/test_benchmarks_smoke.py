@@ -15,7 +15,6 @@ sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 import make_readme_results as mrr  # noqa: E402
 import paper_cifar10  # noqa: E402
-import seed_mnist  # noqa: E402
 
 MACHINE = {"cpu": "Test CPU 9000", "cpus_usable": 2, "torch_threads": 2, "torch": "2.x",
            "load_average_start": [1.5, 1.0, 1.0]}
@@ -84,7 +83,7 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     assert "dsh eval --query benchmarks/results/paper_cifar10/bits12/query.npz" in text
     # the seed side-by-side and figures with paths relative to the README
     assert "| class pairs within 1 bit | 2 (2/3, 5/6) | 1 (4/9) |" in text
-    assert "![umap of u, MNIST test, 8 bits](benchmarks/results/seed_mnist/bits8/umap.png)" in text
+    assert "![UMAP of u, MNIST test, 8 bits](benchmarks/results/seed_mnist/bits8/umap.png)" in text
     # no results files: the section says so, with the command
     assert text.count("Not yet run.") == 2
     assert "python benchmarks/search.py --sizes 1000000 10000000 --bits 64 128" in text

@@ -94,6 +94,27 @@ def test_index_and_search(run_dir, tmp_path, capsys):
     res = json.loads(capsys.readouterr().out)["queries"][0]["results"]
     assert [r["id"] for r in res] == np.flatnonzero(d == 0).tolist()
 
+    # a codes file as queries: each query's neighbours equal the brute-force stable ranking
+    q = tmp_path / "q.npz"
+    assert main(["encode", "--run", str(run_dir), "--split", "test", "--out", str(q), "--quiet"]) == 0
+    qc = load_codes(q)
+    capsys.readouterr()
+    assert main(["search", "--index", str(idx), "--codes", str(q), "-k", "7", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)["queries"]
+    assert len(out) == len(qc)
+    dq = pairwise_hamming(qc.codes, cf.codes)
+    for i in (0, 17, len(qc) - 1):
+        assert [r["id"] for r in out[i]["results"]] == np.argsort(dq[i], kind="stable")[:7].tolist()
+
+    # codes of another length than the index: one line, naming both
+    from dsh.codefile import CodeFile, save_codes
+
+    other = tmp_path / "other.npz"
+    save_codes(other, CodeFile(np.zeros((2, 2), np.uint8), 16, labels=np.zeros(2, np.int64)))
+    assert main(["search", "--index", str(idx), "--codes", str(other)]) == 2
+    err = one_error_line(capsys)
+    assert "16-bit" in err and "8-bit" in err
+
 
 def test_search_by_image(run_dir, tmp_path, capsys):
     from PIL import Image

@@ -39,8 +39,8 @@ class TrainResult:
     run_dir: Path
     best_epoch: int
     best_val_map: float
-    seconds: float  # wall time of the epochs run in this call (training + validation)
-    train_seconds: float  # wall time of the optimisation steps alone
+    seconds: float  # wall time of this call (training, validation, checkpoints)
+    train_seconds: float  # wall time of the optimisation steps alone, over the whole run (resumes included)
     images_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -222,6 +222,8 @@ def train(
             "best_val_map": best_map,
             "best_epoch": best_epoch,
             "history": history,
+            "train_seconds": train_seconds,
+            "images_seen": images_seen,
         }
 
     log(
@@ -231,8 +233,9 @@ def train(
         f"{', bf16 autocast' if use_bf16(cfg, device) else ''}"
     )
     t_start = time.perf_counter()
-    train_seconds = 0.0
-    images_seen = 0
+    # totals over the whole run, carried through --resume so an interrupted run reports its full cost
+    train_seconds = float(state.get("train_seconds", 0.0)) if state else 0.0
+    images_seen = int(state.get("images_seen", 0)) if state else 0
     step = start_epoch * steps_per_epoch
     end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
     for epoch in range(start_epoch, end_epoch):

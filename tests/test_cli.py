@@ -155,6 +155,9 @@ def test_resume_and_determinism(tmp_path, capsys):
     # c: stopped after one epoch, then resumed from the command line: must end where a did
     train(cfg, c, progress=False, log=lambda m: None, stop_after=1)
     assert torch.load(c / "last.pt", weights_only=False)["epoch"] == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(c), "--resume", "--epochs", "5"]) == 2  # the saved settings rule a resume
+    assert "--epochs" in one_error_line(capsys)
     assert main(["train", "--out", str(c), "--resume", "--quiet"]) == 0
     final = {p: torch.load(p / "last.pt", weights_only=False) for p in (a, b, c)}
     assert final[c]["epoch"] == 1

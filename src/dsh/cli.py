@@ -17,6 +17,7 @@ import typing
 from pathlib import Path
 from typing import Any, Sequence
 
+from . import config as config_mod
 from .fileio import DataError
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -32,28 +33,21 @@ def _int_or_float(text: str) -> int | float:
 
 def _train_flag_type(f: dataclasses.Field):
     """The argparse type of a TrainConfig field, from its annotation (``int | None`` -> int)."""
-    hint = typing.get_type_hints(_config_module().TrainConfig)[f.name]
+    hint = typing.get_type_hints(config_mod.TrainConfig)[f.name]
     args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
     if set(args) == {int, float}:
         return _int_or_float
     return args[0]
 
 
-def _config_module():
-    from . import config
-
-    return config
-
-
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
-    cfg = _config_module()
     g = p.add_argument_group("training settings (defaults from dsh.config.TrainConfig; a --config file overrides "
                              "defaults, flags override the file)")
-    for f in dataclasses.fields(cfg.TrainConfig):
+    for f in dataclasses.fields(config_mod.TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         names = [flag, "--bits"] if f.name == "nbits" else [flag]
         typ = _train_flag_type(f)
-        text = cfg.FIELD_HELP.get(f.name, "")
+        text = config_mod.FIELD_HELP.get(f.name, "")
         default_text = text if "default" in text else f"{text} (default: {f.default})".lstrip()
         if typ is bool:
             g.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
@@ -63,15 +57,20 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    cfg = _config_module()
-    return {f.name: getattr(args, f.name) for f in dataclasses.fields(cfg.TrainConfig)}
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(config_mod.TrainConfig)}
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from .config import resolve_config
     from .train import train
 
-    cfg = resolve_config(_train_overrides(args), config_file=args.config, preset=args.preset)
+    overrides = _train_overrides(args)
+    if args.resume:
+        given = [k for k, v in overrides.items() if v is not None] + (["config"] if args.config else []) + (
+            ["preset"] if args.preset else [])
+        if given:
+            raise DataError(f"--resume continues {args.out} with its saved settings; drop --"
+                            f"{given[0].replace('_', '-')}")
+    cfg = config_mod.resolve_config(overrides, config_file=args.config, preset=args.preset)
     result = train(cfg, args.out, resume=args.resume, progress=not args.quiet, log=_log(args))
     print(
         f"best epoch {result.best_epoch}: validation mAP {result.best_val_map:.4f}; "

@@ -23,8 +23,6 @@ import os
 import platform
 import shlex
 import sys
-import time
-import typing
 from pathlib import Path
 from typing import Any, Callable
 
@@ -140,20 +138,14 @@ def utc_now() -> str:
 # settings
 
 
-def _field_types(name: str) -> tuple[list[type], bool]:
-    """(the non-None types of a TrainConfig field, whether None is allowed)."""
-    from dsh.config import TrainConfig
-
-    hints = typing.get_type_hints(TrainConfig)
-    if name not in hints:
-        raise DataError(f"--set {name}=...: unknown setting; known: {', '.join(hints)}")
-    args = typing.get_args(hints[name]) or (hints[name],)
-    return [a for a in args if a is not type(None)], type(None) in args
-
-
 def coerce_setting(name: str, text: str) -> Any:
     """``text`` as the type of TrainConfig field ``name`` (``none`` for None; ``true``/``false`` for booleans)."""
-    types, nullable = _field_types(name)
+    from dsh.config import field_types
+
+    try:
+        types, nullable = field_types(name)
+    except DataError as e:
+        raise DataError(f"--set {name}=...: {e}") from None
     low = text.strip().lower()
     if nullable and low in ("none", "null"):
         return None
@@ -371,45 +363,21 @@ def set_threads(threads: int | None) -> None:
         pass
 
 
-def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, protocol: str | None = None,
-                          keep_u: bool = False, resume: bool = False, progress: bool = False,
-                          log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir``, encode the query and database with the best checkpoint, evaluate.
+def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, keep_u: bool = False, resume: bool = False,
+                          progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train ``cfg`` into ``run_dir``, then :func:`dsh.experiment.encode_and_evaluate` it.
 
-    With ``protocol`` (e.g. ``"dsh-paper"``) the query and database are that protocol's parts; without, the test
-    split is the query and the train split the database. Writes ``codes_dir/query.npz`` and
-    ``codes_dir/database.npz`` (``dsh encode``'s files: codes, nbits, labels, class_names, and ``u`` in the query
-    file with ``keep_u``). Returns the figures, the codes and labels (``"arrays"``) and the timings.
+    The query and database are the parts of ``cfg.protocol`` (e.g. ``"dsh-paper"``), or test against train
+    without one. Writes ``codes_dir/query.npz`` and ``codes_dir/database.npz`` (``dsh encode``'s files, ``u`` in
+    the query file with ``keep_u``). Returns the figures, the codes and labels (``"arrays"``) and the timings.
     """
-    import numpy as np
-
-    from dsh.checkpoint import load_model
-    from dsh.codefile import CodeFile, save_codes
-    from dsh.encode import encode_images
-    from dsh.metrics import evaluate
-    from dsh.splits import load_part
+    from dsh.experiment import encode_and_evaluate
     from dsh.train import train
 
     set_threads(cfg.threads)
     result = train(cfg, run_dir, resume=resume, progress=progress, log=log)
-    loaded = load_model(run_dir)
-    common = dict(protocol=protocol, protocol_seed=cfg.protocol_seed, data_root=cfg.data_root,
-                  val_size=cfg.val_size, seed=cfg.seed, download=False, image_size=cfg.image_size)
-    parts = ("query", "database") if protocol else ("test", "train")
-    t0 = time.perf_counter()
-    query = load_part(cfg.dataset, parts[0], **common)
-    database = load_part(cfg.dataset, parts[1], **common)
-    q_u, q_codes = encode_images(loaded.model, query.images, loaded.normalizer)
-    _, db_codes = encode_images(loaded.model, database.images, loaded.normalizer)
-    encode_seconds = time.perf_counter() - t0
-    names = np.asarray(list(query.class_names))
-    q_labels, db_labels = query.labels.numpy(), database.labels.numpy()
-    save_codes(codes_dir / "query.npz", CodeFile(q_codes, cfg.nbits, q_labels, u=q_u if keep_u else None,
-                                                 class_names=names))
-    save_codes(codes_dir / "database.npz", CodeFile(db_codes, cfg.nbits, db_labels, class_names=names))
-    t0 = time.perf_counter()
-    metrics = evaluate(q_codes, db_codes, q_labels, db_labels, cfg.nbits)
-    eval_seconds = time.perf_counter() - t0
+    judged = encode_and_evaluate(run_dir, out_dir=codes_dir, keep_u=keep_u)
+    q, db, metrics = judged.query, judged.database, judged.metrics
     return {
         "map": metrics["map"],
         "precision_at_radius_2": metrics["precision_at_radius_2"],
@@ -423,10 +391,10 @@ def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, protocol: str 
         "best_epoch": result.best_epoch,
         "best_val_map": result.best_val_map,
         "history": result.history,
-        "encode_seconds": encode_seconds,
-        "eval_seconds": eval_seconds,
+        "encode_seconds": judged.encode_seconds,
+        "eval_seconds": judged.eval_seconds,
         "pr_curve": metrics["pr_curve"],
         "precision_at_k": metrics["precision_at_k"],
-        "arrays": {"q_u": q_u, "q_codes": q_codes, "q_labels": q_labels, "db_codes": db_codes,
-                   "db_labels": db_labels, "class_names": list(query.class_names)},
+        "arrays": {"q_u": q.u, "q_codes": q.codes, "q_labels": q.labels, "db_codes": db.codes,
+                   "db_labels": db.labels, "class_names": [str(c) for c in q.class_names]},
     }

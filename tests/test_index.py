@@ -99,6 +99,24 @@ def test_knn_matches_brute_force_with_ties(nbits):
         assert_same((D, I), brute_knn(q, db, ids, k))
 
 
+def test_knn_when_every_code_beats_the_last():
+    # Codes ordered by falling distance from the query: every code enters the top-k buffer, so the scan must
+    # compact its buffer mid-scan (more than k + 1024 accepted codes) and still return the exact top k.
+    nbits, n, k = 256, 4000, 50
+    rng = np.random.default_rng(3)
+    q = np.zeros((1, nbits // 8), np.uint8)
+    bits = np.zeros((n, nbits), bool)
+    for j in range(n):
+        d = nbits - 1 - (j * 250) // n  # non-increasing, 16 codes at each distance
+        bits[j, rng.choice(nbits, d, replace=False)] = True
+    db = np.packbits(bits, axis=1, bitorder="little")
+    dist = brute_distances(q, db)[0]
+    assert (np.diff(dist) <= 0).all() and dist[0] - dist[-1] > 200
+    index = HammingIndex(nbits)
+    index.add(db)
+    assert_same(index.search(q, k), brute_knn(q, db, np.arange(n), k))
+
+
 @pytest.mark.parametrize("nbits", NBITS)
 def test_range_matches_brute_force_with_ties(nbits):
     q, db = tie_data(nbits)

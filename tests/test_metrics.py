@@ -237,7 +237,7 @@ def tied_data(rng, nbits, nq, n, multi):
 
 
 @pytest.mark.parametrize("multi", [False, True], ids=["single", "multi"])
-@pytest.mark.parametrize("nbits", [8, 12, 64])
+@pytest.mark.parametrize("nbits", [8, 12, 64, 128])  # 128: codes of more than one 64-bit word
 def test_fast_path_matches_reference(nbits, multi):
     rng = np.random.default_rng(nbits + 100 * multi)
     nq, n = 12, 250
@@ -245,7 +245,7 @@ def test_fast_path_matches_reference(nbits, multi):
     rel = relevance(ql, dl)
     dist = (unpack_codes(q, nbits)[:, None, :] != unpack_codes(db, nbits)[None, :, :]).sum(axis=2)
     # not vacuous: relevant items exist, and ties mix relevant with irrelevant items, so a wrong tie-break shows
-    assert rel.sum(axis=1).min() >= 0 and (rel.sum(axis=1) > 0).sum() >= nq // 2
+    assert (rel.sum(axis=1) > 0).sum() >= nq // 2
     mixed_ties = sum(
         len(set(rel[i, dist[i] == d].tolist())) == 2 for i in range(nq) for d in np.unique(dist[i])
     )

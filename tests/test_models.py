@@ -174,3 +174,15 @@ def test_weights_path_errors(resnet18_file, tmp_path):
     with pytest.raises(ValueError, match="resnet18.pth.*does not match a torchvision resnet50") as err:
         create_model("resnet50", 12, 3, 32, weights_path=path)
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["paper", "paper-bn", "resnet-small"])
+def test_non_square_images(name):
+    model = create_model(name, nbits=10, in_channels=3, image_size=(24, 40)).eval()
+    with torch.no_grad():
+        u = model(torch.randn(2, 3, 24, 40))
+    assert u.shape == (2, 10) and torch.isfinite(u).all()
+    assert model.config["image_size"] == [24, 40]
+    rebuilt = create_model(**model.config)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert create_model(name, nbits=10, image_size=(32, 32)).config["image_size"] == 32

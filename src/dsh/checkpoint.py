@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from .fileio import DataError, atomic_write
+from .fileio import DataError, atomic_write, one_line
 from .models import create_model
 
 FORMAT = "dsh-checkpoint"
@@ -52,8 +52,7 @@ def read_checkpoint(run_or_file: str | os.PathLike, which: str = BEST) -> tuple[
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=False)
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        raise DataError(f"{path}: not a readable checkpoint ({msg})") from None
+        raise DataError(f"{path}: not a readable checkpoint ({one_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise DataError(f"{path}: not a dsh checkpoint")
     if int(ckpt.get("version", 0)) > VERSION:
@@ -95,9 +94,8 @@ def load_model(run_or_file: str | os.PathLike, which: str = BEST) -> LoadedModel
     try:
         model.load_state_dict(ckpt["state_dict"])
     except RuntimeError as e:
-        first = str(e).splitlines()[0]
         name = ckpt["model_config"].get("name")
-        raise DataError(f"{path}: weights do not match model '{name}' ({first})") from None
+        raise DataError(f"{path}: weights do not match model '{name}' ({one_line(e)})") from None
     model.eval()
     return LoadedModel(
         model=model,

@@ -12,13 +12,11 @@ import dataclasses
 import json
 import os
 import sys
-import types
-import typing
 from pathlib import Path
 from typing import Any, Sequence
 
 from . import config as config_mod
-from .fileio import DataError
+from .fileio import DataError, one_line
 
 # ----------------------------------------------------------------------------------------------------------------
 # train
@@ -33,11 +31,8 @@ def _int_or_float(text: str) -> int | float:
 
 def _train_flag_type(f: dataclasses.Field):
     """The argparse type of a TrainConfig field, from its annotation (``int | None`` -> int)."""
-    hint = typing.get_type_hints(config_mod.TrainConfig)[f.name]
-    args = [a for a in typing.get_args(hint) if a is not type(None)] if isinstance(hint, types.UnionType) else [hint]
-    if set(args) == {int, float}:
-        return _int_or_float
-    return args[0]
+    kinds, _ = config_mod.field_types(f.name)
+    return _int_or_float if set(kinds) == {int, float} else kinds[0]
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
@@ -317,6 +312,8 @@ def _query_codes(args: argparse.Namespace, index) -> tuple[Any, list[str]]:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .codes import to_hex
     from .index import HammingIndex
 
@@ -328,11 +325,12 @@ def cmd_search(args: argparse.Namespace) -> int:
     q, names = _query_codes(args, index)
     meta = index.metadata
     labels, paths, class_names = meta.get("labels"), meta.get("paths"), meta.get("class_names")
-    position = {int(i): p for p, i in enumerate(index.ids)}
+    ids = index.ids  # strictly ascending: a result's row is found by binary search, no per-id table
 
     def describe(i: int, d: int) -> dict[str, Any]:
         row: dict[str, Any] = {"id": i, "distance": d}
-        p = position.get(i)
+        p = int(np.searchsorted(ids, i))
+        p = p if p < len(ids) and ids[p] == i else None
         if p is not None and labels is not None:
             lab = labels[p]
             row["label"] = lab
@@ -477,11 +475,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DataError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+    except (DataError, ValueError, OSError) as e:
         if os.environ.get("DSH_DEBUG"):
             raise
-        msg = str(e).splitlines()[0] if str(e) else e.__class__.__name__
-        print(f"dsh: error: {msg}", file=sys.stderr)
+        print(f"dsh: error: {one_line(e, limit=1000)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dsh: interrupted", file=sys.stderr)

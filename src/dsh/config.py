@@ -10,11 +10,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .fileio import DataError, atomic_write
+from .fileio import DataError, atomic_write, one_line
 
 
 @dataclass
@@ -65,6 +66,11 @@ class TrainConfig:
             raise DataError(f"batch_size must be >= 2 (the loss needs pairs), got {self.batch_size}")
         if self.lr <= 0:
             raise DataError(f"lr must be > 0, got {self.lr}")
+        for name in ("eval_every", "log_every"):
+            if getattr(self, name) < 1:
+                raise DataError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0 <= self.warmup_fraction < 1:
+            raise DataError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         for name, value, choices in (
             ("optimizer", self.optimizer, ("adamw", "sgd")),
             ("schedule", self.schedule, ("onecycle", "cosine", "constant")),
@@ -74,10 +80,6 @@ class TrainConfig:
             if value not in choices:
                 raise DataError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return self
-
-    @property
-    def resolved_margin(self) -> float:
-        return float(self.margin) if self.margin is not None else 2.0 * self.nbits
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,8 +143,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
-def config_field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+def field_types(name: str) -> tuple[list[type], bool]:
+    """The non-None types of TrainConfig field ``name`` (from its annotation), and whether None is allowed."""
+    hints = typing.get_type_hints(TrainConfig)
+    if name not in hints:
+        raise DataError(f"unknown setting {name!r}; known: {', '.join(hints)}")
+    args = typing.get_args(hints[name]) or (hints[name],)
+    return [a for a in args if a is not type(None)], type(None) in args
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -159,7 +166,7 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         else:
             data = json.loads(text)
     except Exception as e:  # any parser error is the file's fault
-        raise DataError(f"{path}: cannot parse config ({e.__class__.__name__}: {str(e).splitlines()[0]})") from None
+        raise DataError(f"{path}: cannot parse config ({e.__class__.__name__}: {one_line(e)})") from None
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -10,9 +10,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
-
-from .codefile import CodeFile, save_codes
 from .config import TrainConfig
 from .fileio import atomic_write
 
@@ -36,10 +33,7 @@ def run_demo(
     print_fn=print,
 ) -> dict:
     """Train, encode, evaluate (test queries vs train database), report and plot; returns the summary dict."""
-    from .checkpoint import load_model
-    from .data import load_split
-    from .encode import encode_images
-    from .metrics import evaluate
+    from .experiment import encode_and_evaluate
     from .report import class_code_table, format_markdown
     from .train import train
 
@@ -54,25 +48,17 @@ def run_demo(
         out_dir = out_dir.with_name(f"{out_dir.name}-{stamp}")
     result = train(cfg, out_dir, progress=progress, log=print_fn)
 
-    loaded = load_model(out_dir)
-    common = dict(data_root=data_root, val_size=cfg.val_size, seed=cfg.seed)
-    test = load_split(dataset, "test", **common)
-    database = load_split(dataset, "train", **common)
-    q_u, q_codes = encode_images(loaded.model, test.images, loaded.normalizer)
-    _, db_codes = encode_images(loaded.model, database.images, loaded.normalizer)
-    q_labels, db_labels = test.labels.numpy(), database.labels.numpy()
-    names = np.asarray(test.class_names)
-    save_codes(out_dir / "query.npz", CodeFile(q_codes, nbits, q_labels, u=q_u, class_names=names))
-    save_codes(out_dir / "database.npz", CodeFile(db_codes, nbits, db_labels, class_names=names))
-
-    metrics = evaluate(q_codes, db_codes, q_labels, db_labels, nbits)
-    table = class_code_table(q_codes, q_labels, nbits, list(test.class_names))
+    judged = encode_and_evaluate(out_dir, out_dir=out_dir, keep_u=True)
+    q, metrics = judged.query, judged.metrics
+    q_labels = q.labels
+    class_names = [str(c) for c in q.class_names]
+    table = class_code_table(q.codes, q_labels, nbits, class_names)
     print_fn("")
     print_fn(f"Class hash table ({dataset} test split, {nbits} bits):")
     print_fn(format_markdown(table))
     print_fn("")
     print_fn(
-        f"mAP@all, {len(q_labels)} test queries vs {len(db_labels)} train database: {metrics['map']:.4f}; "
+        f"mAP@all, {len(q)} test queries vs {len(judged.database)} train database: {metrics['map']:.4f}; "
         f"precision within radius 2: {metrics['precision_at_radius_2']:.4f}"
     )
     print_fn(f"training: {result.train_seconds:.1f}s ({result.images_per_second:.0f} images/s), "
@@ -81,7 +67,7 @@ def run_demo(
     if plots:
         from .viz import plot_u_maps
 
-        plot_paths = plot_u_maps(q_u, q_labels, out_dir / "plots", class_names=list(test.class_names),
+        plot_paths = plot_u_maps(q.u, q_labels, out_dir / "plots", class_names=class_names,
                                  title_prefix=f"{dataset} test, ")
         for p in plot_paths:
             print_fn(f"wrote {p}")

@@ -14,6 +14,12 @@ class DataError(ValueError):
     file or setting at fault; the command line prints it without a traceback and exits non-zero."""
 
 
+def one_line(e: BaseException, limit: int = 200) -> str:
+    """An exception's message squeezed onto one line (its type's name if it has none), at most ``limit`` chars."""
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success rename it over ``path``, on failure remove it.

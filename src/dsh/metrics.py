@@ -359,7 +359,7 @@ def evaluate(
     """
     nbits = int(nbits)
     radius = _check_radius(radius)
-    n = len(np.asarray(db_codes))
+    n = check_codes(db_codes, nbits, "database codes").shape[0]  # a 1-D array is one code, not w codes
     if ks is None:
         ks = [k for k in DEFAULT_KS if k <= n] or [n]
     s = _stats(q_codes, db_codes, q_labels, db_labels, nbits, topk, np.asarray(ks))

@@ -24,6 +24,7 @@ This module does not import the rest of :mod:`dsh`'s training side (data, loss, 
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -40,6 +41,8 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
 
 def register_model(name: str | Callable | None = None):
     """Add a builder ``fn(nbits, in_channels, image_size, **kwargs) -> nn.Module`` to the registry.
+
+    ``image_size`` reaches the builder as an int for square images and as ``(H, W)`` otherwise.
 
     Use as ``@register_model("my-net")``, or bare ``@register_model`` to register under the function's name.
     """
@@ -60,8 +63,12 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def create_model(name: str, nbits: int, in_channels: int = 3, image_size: int = 32, **kwargs) -> nn.Module:
-    """Build model ``name`` mapping ``float32[B, in_channels, image_size, image_size]`` to ``u`` ``float32[B, nbits]``.
+def create_model(
+    name: str, nbits: int, in_channels: int = 3, image_size: int | tuple[int, int] = 32, **kwargs
+) -> nn.Module:
+    """Build model ``name`` mapping ``float32[B, in_channels, H, W]`` to ``u`` ``float32[B, nbits]``.
+
+    ``image_size``: ``S`` for square ``S x S`` images, or ``(H, W)``.
 
     ``kwargs`` go to the model (e.g. ``batch_norm=True`` for ``paper``, ``weights_path=`` for ``resnet18``).
     The returned module has ``model.config``, a plain dict such that ``create_model(**model.config)`` rebuilds the
@@ -74,13 +81,22 @@ def create_model(name: str, nbits: int, in_channels: int = 3, image_size: int = 
         raise ValueError(f"nbits must be an integer >= 1, got {nbits!r}")
     if int(in_channels) < 1:
         raise ValueError(f"in_channels must be >= 1, got {in_channels!r}")
-    if int(image_size) < 1:
-        raise ValueError(f"image_size must be >= 1, got {image_size!r}")
-    nbits, in_channels, image_size = int(nbits), int(in_channels), int(image_size)
-    model = _REGISTRY[name](nbits, in_channels, image_size, **kwargs)
+    h, w = _as_hw(image_size)
+    # builders and model.config get a plain int for square images (the common case), (H, W) otherwise
+    nbits, in_channels = int(nbits), int(in_channels)
+    model = _REGISTRY[name](nbits, in_channels, h if h == w else (h, w), **kwargs)
+    image_size = h if h == w else [h, w]
     config = {k: v for k, v in kwargs.items() if k != "weights_path"}
     model.config = {"name": name, "nbits": nbits, "in_channels": in_channels, "image_size": image_size, **config}
     return model
+
+
+def _as_hw(image_size) -> tuple[int, int]:
+    """``S`` or ``(H, W)`` -> ``(H, W)``, each >= 1."""
+    hw = (image_size, image_size) if isinstance(image_size, numbers.Real) else tuple(image_size)
+    if len(hw) != 2 or any(int(v) != v or int(v) < 1 for v in hw):
+        raise ValueError(f"image_size must be S or (H, W) with sizes >= 1, got {image_size!r}")
+    return int(hw[0]), int(hw[1])
 
 
 def _init_hash_layer(layer: nn.Linear, gain: float = 0.1) -> None:
@@ -105,7 +121,8 @@ class PaperNet(nn.Module):
     forward, so any image size and channel count works.
     """
 
-    def __init__(self, nbits: int, in_channels: int = 3, image_size: int = 32, batch_norm: bool = False):
+    def __init__(self, nbits: int, in_channels: int = 3, image_size: int | tuple[int, int] = 32,
+                 batch_norm: bool = False):
         super().__init__()
 
         # batch_norm is not in the paper (2016, Caffe, no BN): it is an option here, off by default to stay
@@ -141,23 +158,23 @@ class PaperNet(nn.Module):
         return self.hash(self.fc(x))  # (B, nbits)
 
 
-def _flat_size(features: nn.Module, in_channels: int, image_size: int) -> int:
+def _flat_size(features: nn.Module, in_channels: int, image_size: int | tuple[int, int]) -> int:
     """Features per image after ``features``, found by a dummy forward (eval mode, so BN statistics stay put)."""
     was_training = features.training
     features.eval()
     with torch.no_grad():
-        out = features(torch.zeros(1, in_channels, image_size, image_size))
+        out = features(torch.zeros(1, in_channels, *_as_hw(image_size)))
     features.train(was_training)
     return out[0].numel()
 
 
 @register_model("paper")
-def _paper(nbits: int, in_channels: int, image_size: int, batch_norm: bool = False) -> nn.Module:
+def _paper(nbits: int, in_channels: int, image_size, batch_norm: bool = False) -> nn.Module:
     return PaperNet(nbits, in_channels, image_size, batch_norm=batch_norm)
 
 
 @register_model("paper-bn")
-def _paper_bn(nbits: int, in_channels: int, image_size: int) -> nn.Module:
+def _paper_bn(nbits: int, in_channels: int, image_size) -> nn.Module:
     """The paper's network with batch norm after every conv and fc 500 (not in the paper; trains faster)."""
     return PaperNet(nbits, in_channels, image_size, batch_norm=True)
 
@@ -215,7 +232,7 @@ class SmallResNet(nn.Module):
 def _resnet_small(
     nbits: int,
     in_channels: int,
-    image_size: int,
+    image_size,
     widths: tuple[int, ...] = (16, 32, 64),
     blocks: tuple[int, ...] = (2, 2, 2),
 ) -> nn.Module:
@@ -240,10 +257,11 @@ class TorchvisionHashNet(nn.Module):
     (summed for 1 channel, tiled and rescaled otherwise).
     """
 
-    def __init__(self, arch: str, nbits: int, in_channels: int = 3, image_size: int = 224, weights_path=None):
+    def __init__(self, arch: str, nbits: int, in_channels: int = 3, image_size: int | tuple[int, int] = 224,
+                 weights_path=None):
         super().__init__()
         self.backbone = getattr(torchvision.models, arch)(weights=None)
-        self.small_input = image_size < 64
+        self.small_input = min(_as_hw(image_size)) < 64
         if self.small_input:
             self.backbone.conv1 = nn.Conv2d(in_channels, 64, 3, stride=1, padding=1, bias=False)
             self.backbone.maxpool = nn.Identity()
@@ -310,10 +328,10 @@ def _adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 @register_model("resnet18")
-def _resnet18(nbits: int, in_channels: int, image_size: int, weights_path=None) -> nn.Module:
+def _resnet18(nbits: int, in_channels: int, image_size, weights_path=None) -> nn.Module:
     return TorchvisionHashNet("resnet18", nbits, in_channels, image_size, weights_path=weights_path)
 
 
 @register_model("resnet50")
-def _resnet50(nbits: int, in_channels: int, image_size: int, weights_path=None) -> nn.Module:
+def _resnet50(nbits: int, in_channels: int, image_size, weights_path=None) -> nn.Module:
     return TorchvisionHashNet("resnet50", nbits, in_channels, image_size, weights_path=weights_path)

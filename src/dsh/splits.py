@@ -16,7 +16,7 @@ import torch
 from .data import ImageSet, load_split
 from .data.imageset import carve_val
 from .fileio import DataError
-from .protocols import make_split
+from .protocols import get_protocol, make_split, to_source
 
 PROTOCOL_PARTS = ("query", "database", "train", "val", "fit")
 
@@ -53,11 +53,7 @@ def load_part(
 
 def protocol_topk(protocol: str | None) -> int | None:
     """The cut-off of a protocol's mAP (``None``: mAP@all, also without a protocol)."""
-    if protocol is None:
-        return None
-    from .protocols import get_protocol
-
-    return get_protocol(protocol).topk
+    return None if protocol is None else get_protocol(protocol).topk
 
 
 def _gather(train: ImageSet, test: ImageSet, indices: np.ndarray, name: str) -> ImageSet:
@@ -65,8 +61,8 @@ def _gather(train: ImageSet, test: ImageSet, indices: np.ndarray, name: str) -> 
     indices = np.asarray(indices, dtype=np.int64)
     if train.shape != test.shape:
         raise DataError(f"{name}: train images are {train.shape} but test images are {test.shape}")
-    from_train, from_test = indices[indices < len(train)], indices[indices >= len(train)] - len(train)
-    a, b = train.subset(from_train), test.subset(from_test)
+    is_test, local = to_source(indices, len(train))
+    a, b = train.subset(local[~is_test]), test.subset(local[is_test])
     paths = None if a.paths is None or b.paths is None else a.paths + b.paths
     return ImageSet(torch.cat([a.images, b.images]), torch.cat([a.labels, b.labels]), list(train.class_names),
                     paths, name)

@@ -22,10 +22,10 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_io
-from .codes import codes_from_u, to_hex
+from .codes import to_hex
 from .config import TrainConfig, save_config
 from .data import BatchLoader, Normalizer, default_augment
-from .encode import compute_u
+from .encode import encode_images
 from .fileio import DataError, atomic_write
 from .loss import DSHLoss
 from .metrics import mean_average_precision
@@ -118,8 +118,7 @@ def validation_map(model, val_images, val_labels, normalizer, device, channels_l
     are drawn at random (fixed seed) because a split can be stored class by class (image folders are), and
     first-half / second-half would then share no class at all. Returns ``(map, u)``, ``u`` float32[n_val, nbits].
     """
-    u = compute_u(model, val_images, normalizer, device=device, channels_last=channels_last)
-    codes = codes_from_u(u)
+    u, codes = encode_images(model, val_images, normalizer, device=device, channels_last=channels_last)
     labels = val_labels.numpy()
     order = np.random.default_rng(0).permutation(codes.shape[0])
     q, db = order[: len(order) // 2], order[len(order) // 2 :]
@@ -142,8 +141,6 @@ def train(
     """
     run_dir = Path(run_dir)
     device = resolve_device()
-    if cfg.threads:
-        torch.set_num_threads(int(cfg.threads))
 
     state = None
     if resume:
@@ -154,6 +151,8 @@ def train(
         cfg = TrainConfig.from_dict(state["config"], source=str(last)).validate()
     elif (run_dir / ckpt_io.LAST).exists():
         raise DataError(f"{run_dir}: already holds a run; use --resume to continue it or choose another --out")
+    if cfg.threads:  # after a resume has restored the run's own settings
+        torch.set_num_threads(int(cfg.threads))
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(cfg, run_dir / "config.json")
     seed_everything(cfg.seed)
@@ -178,10 +177,16 @@ def train(
         normalizer=normalizer, sampler=cfg.sampler, channels_last=cfg.channels_last, device=device,
     )
     steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise DataError(f"{cfg.dataset}: {len(fit.labels)} training images make no full batch of "
+                        f"{cfg.batch_size}; lower --batch-size")
+    if len(val.labels) < 2:
+        raise DataError(f"{cfg.dataset}: the validation split has {len(val.labels)} image(s), it needs 2 or more "
+                        f"to choose the best epoch; raise --val-size")
     total_steps = steps_per_epoch * cfg.epochs
 
     # --- model, loss, optimiser ---
-    model = create_model(cfg.model, cfg.nbits, in_channels=channels, image_size=height).to(device)
+    model = create_model(cfg.model, cfg.nbits, in_channels=channels, image_size=(height, width)).to(device)
     model_config = dict(model.config)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -268,7 +273,7 @@ def train(
             if progress:
                 batches.set_postfix(loss=f"{values['total']:.3f}")
             if not math.isfinite(values["total"]):
-                raise RuntimeError(f"loss became {values['total']} at step {step}; try a lower --lr")
+                raise DataError(f"loss became {values['total']} at step {step}; try a lower --lr")
         train_seconds += time.perf_counter() - t_epoch
 
         record: dict[str, Any] = {"epoch": epoch + 1, **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()}}
@@ -313,8 +318,7 @@ def _write_final_logs(writer, run_dir: Path, val, normalizer, device, cfg: Train
     model = best.model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    u = compute_u(model, val.images, normalizer, device=device, channels_last=cfg.channels_last)
-    codes = codes_from_u(u)
+    u, codes = encode_images(model, val.images, normalizer, device=device, channels_last=cfg.channels_last)
     labels = val.labels.numpy()
     table = class_code_table(codes, labels, cfg.nbits, list(val.class_names))
     writer.add_text("class_hash_table", format_markdown(table), step)

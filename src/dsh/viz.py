@@ -39,16 +39,18 @@ def plot_embedding(
     title: str,
     class_names: list[str] | None = None,
 ) -> Path:
-    """Scatter ``xy`` float[n, 2] coloured by ``labels`` int[n], with a legend; PNG written atomically."""
-    import matplotlib
+    """Scatter ``xy`` float[n, 2] coloured by ``labels`` int[n], with a legend; PNG written atomically.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a bare Agg figure (no pyplot), so it neither needs a display nor changes the caller's backend.
+    """
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     labels = np.asarray(labels)
     classes = np.unique(labels)
-    cmap = plt.get_cmap("tab10" if len(classes) <= 10 else "tab20")
-    fig, ax = plt.subplots(figsize=(7, 6), dpi=110)
+    cmap = colormaps["tab10" if len(classes) <= 10 else "tab20"]
+    fig = Figure(figsize=(7, 6), dpi=110)
+    ax = fig.add_subplot()
     for i, c in enumerate(classes):
         m = labels == c
         name = class_names[c] if class_names is not None and 0 <= c < len(class_names) else str(c)
@@ -61,7 +63,6 @@ def plot_embedding(
     path = Path(path)
     with atomic_write(path) as f:
         fig.savefig(f, format="png")
-    plt.close(fig)
     return path
 
 

@@ -15,7 +15,7 @@ import sys
 import numpy as np
 from PIL import Image
 
-from ..fileio import DataError
+from ..fileio import DataError, one_line
 
 # Lower-case suffixes treated as images (those of torchvision's ImageFolder).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -63,11 +63,6 @@ def decode_image(path: str, size: tuple[int, int] | None, mode: str) -> np.ndarr
     except Exception as e:  # PIL raises many types for bad files: name the file, keep one line
         raise DataError(f"cannot decode image {path}: {one_line(e)}") from None
     return a[:, :, None] if a.ndim == 2 else a
-
-
-def one_line(e: BaseException, limit: int = 200) -> str:
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _size_error(path: str, shape: tuple, ref_path: str, ref_shape: tuple) -> DataError:

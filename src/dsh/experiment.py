@@ -1,0 +1,63 @@
+"""A trained run judged the standard way: encode its query and database with the best checkpoint, then evaluate.
+
+The query and database are the run's protocol's parts (``dsh.protocols``), or, without a protocol, the test split
+against the train split. The code files written are exactly those of ``dsh encode``, so ``dsh eval`` re-checks
+the figures.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import load_model
+from .codefile import CodeFile, save_codes
+from .encode import encode_images
+from .metrics import evaluate
+from .splits import load_part, protocol_topk
+
+
+@dataclass
+class RunEvaluation:
+    query: CodeFile  # codes, labels, class names, and u when asked for
+    database: CodeFile
+    metrics: dict  # dsh.metrics.evaluate's result (mAP, precision within radius 2, curves)
+    encode_seconds: float
+    eval_seconds: float
+
+
+def encode_and_evaluate(
+    run_dir: str | os.PathLike,
+    out_dir: str | os.PathLike | None = None,
+    keep_u: bool = False,
+    data_root: str | os.PathLike | None = None,
+) -> RunEvaluation:
+    """Encode the run's query and database parts with its best checkpoint and evaluate them (mAP with the
+    protocol's cut-off, precision within radius 2, curves). With ``out_dir``, write ``query.npz`` and
+    ``database.npz`` there; ``keep_u`` keeps the query's real outputs ``u`` (float32[n, nbits]) for maps."""
+    loaded = load_model(run_dir)
+    cfg = loaded.config
+    protocol = cfg.get("protocol")
+    common = dict(protocol=protocol, protocol_seed=int(cfg.get("protocol_seed", 0)),
+                  data_root=data_root or cfg.get("data_root"), val_size=cfg.get("val_size"),
+                  seed=int(cfg.get("seed", 0)), download=False, image_size=cfg.get("image_size"))
+    parts = ("query", "database") if protocol else ("test", "train")
+    t0 = time.perf_counter()
+    query = load_part(cfg["dataset"], parts[0], **common)
+    database = load_part(cfg["dataset"], parts[1], **common)
+    q_u, q_codes = encode_images(loaded.model, query.images, loaded.normalizer)
+    _, db_codes = encode_images(loaded.model, database.images, loaded.normalizer)
+    encode_seconds = time.perf_counter() - t0
+    names = np.asarray(list(query.class_names))
+    q = CodeFile(q_codes, loaded.nbits, query.labels.numpy(), u=q_u if keep_u else None, class_names=names)
+    db = CodeFile(db_codes, loaded.nbits, database.labels.numpy(), class_names=names)
+    if out_dir is not None:
+        save_codes(Path(out_dir) / "query.npz", q)
+        save_codes(Path(out_dir) / "database.npz", db)
+    t0 = time.perf_counter()
+    metrics = evaluate(q.codes, db.codes, q.labels, db.labels, loaded.nbits, topk=protocol_topk(protocol))
+    return RunEvaluation(q, db, metrics, encode_seconds, time.perf_counter() - t0)

@@ -43,6 +43,24 @@ def add_run_control_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-test", type=int, metavar="N", help="smoke test: N test queries only")
 
 
+def run_limits_and_out(args: argparse.Namespace, default_out: str, smoke_out: str) -> tuple[dict, Path]:
+    """The smoke-test limits (``{"train": N, "test": N}``, empty for a real benchmark) and the results folder;
+    refuses bad ``--bits`` and a smoke test that would overwrite real benchmark results."""
+    limits = {k: v for k, v in (("train", args.limit_train), ("test", args.limit_test)) if v is not None}
+    out = Path(args.out or (smoke_out if limits else default_out))
+    if any(b < 1 for b in args.bits):
+        raise DataError(f"--bits must be >= 1, got {args.bits}")
+    old = read_json(out / "results.json")
+    if limits and old is not None and old.get("benchmark"):
+        raise DataError(f"{out}/results.json holds benchmark results; write the smoke test elsewhere (--out)")
+    return limits, out
+
+
+def limits_text(limits: dict) -> str:
+    """``{"train": 2000}`` -> ``"train 2,000 images"``."""
+    return ", ".join(f"{k} {v:,} images" for k, v in limits.items() if v is not None)
+
+
 def repo_root() -> Path:
     """The repository this file belongs to (the parent of ``benchmarks/``)."""
     return Path(__file__).resolve().parents[1]

@@ -154,7 +154,7 @@ def markdown(results: dict[str, Any]) -> str:
     rows = sorted(results["runs"], key=lambda r: r["bits"])
     lines = [f"# DSH on {rows[0]['dataset']}, protocol {PROTOCOL}", ""]
     if not results.get("benchmark", True):
-        lines += [f"**NOT a benchmark: smoke test on a subset ({_limits_text(rows[0]['limits'])}).**", ""]
+        lines += [f"**NOT a benchmark: smoke test on a subset ({common.limits_text(rows[0]['limits'])}).**", ""]
     lines += [describe(rows), "", *table_lines(rows), "", *settings_lines(rows), *common.machine_lines(rows)]
     return "\n".join(lines).rstrip() + "\n"
 
@@ -195,10 +195,6 @@ def target_met(r: dict) -> str:
     return "yes" if not misses else "no: " + ", ".join(misses)
 
 
-def _limits_text(limits: dict) -> str:
-    return ", ".join(f"{k} {v:,} images" for k, v in limits.items() if v is not None)
-
-
 def settings_lines(rows: list[dict]) -> list[str]:
     """One line per distinct setting used (usually one for all lengths)."""
     keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "sampler",
@@ -230,13 +226,6 @@ def merge(out: Path, new: list[dict], fresh: bool) -> list[dict]:
     kept = [r for r in old.get("runs", []) if r["bits"] not in {n["bits"] for n in new}
             and r.get("benchmark") == is_benchmark and r.get("dataset") == new[0]["dataset"]]
     return sorted(kept + new, key=lambda r: r["bits"])
-
-
-def check_out(out: Path, smoke: bool) -> None:
-    """Refuse to write a smoke test over real benchmark results."""
-    old = common.read_json(out / "results.json")
-    if smoke and old is not None and old.get("benchmark"):
-        raise DataError(f"{out}/results.json holds benchmark results; write the smoke test elsewhere (--out)")
 
 
 def write_results(out: Path, runs: list[dict], top_level_bits: int | None) -> dict:
@@ -284,19 +273,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    limits = {k: v for k, v in (("train", args.limit_train), ("test", args.limit_test)) if v is not None}
-    out = Path(args.out or (SMOKE_OUT if limits else DEFAULT_OUT))
     try:
-        if any(b < 1 for b in args.bits):
-            raise DataError(f"--bits must be >= 1, got {args.bits}")
-        check_out(out, smoke=bool(limits))
+        limits, out = common.run_limits_and_out(args, DEFAULT_OUT, SMOKE_OUT)
         source = find_source(args.data_root, args.jpeg_root)
         print(f"data: {source['name']} from {source['data_root']}", flush=True)
         if limits:
             subset = common.limited_data_root(source["dataset"], Path(source["data_root"]), out / "_subset",
                                               args.limit_train, args.limit_test)
             source = {**source, "data_root": str(subset)}
-            print(f"smoke test (NOT a benchmark): {_limits_text(limits)} from {source['name']}", flush=True)
+            print(f"smoke test (NOT a benchmark): {common.limits_text(limits)} from {source['name']}", flush=True)
         bits = list(dict.fromkeys(args.bits))
         done: list[dict] = []
         for n in bits:

@@ -206,7 +206,7 @@ def markdown(results: dict[str, Any]) -> str:
     rows = sorted(results["runs"], key=lambda r: r["bits"])
     lines = ["# The seed experiment: DSH on MNIST with the library's defaults", ""]
     if not results["benchmark"]:
-        lines += [f"**NOT a benchmark: smoke test on a subset ({_limits_text(rows[0]['limits'])}).**", ""]
+        lines += [f"**NOT a benchmark: smoke test on a subset ({common.limits_text(rows[0]['limits'])}).**", ""]
     lines += [f"{rows[0]['n_queries']:,} test queries against {rows[0]['n_database']:,} training images, mAP@all; "
               f"class tables on the test codes.", "", *results_table(rows), ""]
     eight = next((r for r in rows if r["bits"] == SEED_FACTS["bits"]), None)
@@ -219,10 +219,6 @@ def markdown(results: dict[str, Any]) -> str:
         lines.append("")
     lines += common.machine_lines(rows)
     return "\n".join(lines).rstrip() + "\n"
-
-
-def _limits_text(limits: dict) -> str:
-    return ", ".join(f"{k} {v:,} images" for k, v in limits.items() if v is not None)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -272,19 +268,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    limits = {k: v for k, v in (("train", args.limit_train), ("test", args.limit_test)) if v is not None}
-    out = Path(args.out or (SMOKE_OUT if limits else DEFAULT_OUT))
     try:
-        if any(b < 1 for b in args.bits):
-            raise DataError(f"--bits must be >= 1, got {args.bits}")
-        old = common.read_json(out / "results.json")
-        if limits and old is not None and old.get("benchmark"):
-            raise DataError(f"{out}/results.json holds benchmark results; write the smoke test elsewhere (--out)")
+        limits, out = common.run_limits_and_out(args, DEFAULT_OUT, SMOKE_OUT)
         data_root = find_mnist_root(args.data_root)
         if limits:
             data_root = common.limited_data_root("mnist", data_root, out / "_subset", args.limit_train,
                                                  args.limit_test)
-            print(f"smoke test (NOT a benchmark): {_limits_text(limits)} of MNIST", flush=True)
+            print(f"smoke test (NOT a benchmark): {common.limits_text(limits)} of MNIST", flush=True)
         done: list[dict] = []
         for n in dict.fromkeys(args.bits):
             done.append(run_length(args, n, data_root, out, limits))

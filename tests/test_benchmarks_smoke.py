@@ -3,6 +3,8 @@ results merging, the settings parser and the smoke-test subsets. Seconds, not mi
 
 from __future__ import annotations
 
+import argparse
+
 import json
 import sys
 from pathlib import Path
@@ -131,8 +133,13 @@ def test_paper_merge_keeps_other_lengths_and_never_mixes_smoke(tmp_path):
     smoke = paper_cifar10.merge(tmp_path, [paper_record(36, 0.2, benchmark=False)], fresh=False)
     assert [r["bits"] for r in smoke] == [36]
     common.write_json(tmp_path / "results.json", {"benchmark": True, "runs": [paper_record(12, 0.6)]})
-    with pytest.raises(common.DataError):
-        paper_cifar10.check_out(tmp_path, smoke=True)
+    smoke_args = argparse.Namespace(limit_train=100, limit_test=None, out=str(tmp_path), bits=[12])
+    with pytest.raises(common.DataError, match="holds benchmark results"):
+        common.run_limits_and_out(smoke_args, "unused", "unused")
+    real_args = argparse.Namespace(limit_train=None, limit_test=None, out=str(tmp_path), bits=[12])
+    assert common.run_limits_and_out(real_args, "unused", "unused") == ({}, tmp_path)
+    with pytest.raises(common.DataError, match="--bits"):
+        common.run_limits_and_out(argparse.Namespace(**{**vars(real_args), "bits": [0]}), "unused", "unused")
 
 
 def test_parse_set_types_and_errors():

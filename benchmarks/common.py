@@ -43,6 +43,19 @@ def add_run_control_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--limit-test", type=int, metavar="N", help="smoke test: N test queries only")
 
 
+def provenance(cfg, length_dir: Path, started: str, load_start: list[float] | None) -> dict[str, Any]:
+    """Where and how a result was made: machine and load, the command, times, and its code files."""
+    return {
+        "machine": {**machine_info(cfg.threads), "load_average_start": load_start,
+                    "load_average_end": load_average()},
+        "command": command_line(),
+        "started": started,
+        "finished": utc_now(),
+        "query_file": f"{length_dir.name}/query.npz",
+        "database_file": f"{length_dir.name}/database.npz",
+    }
+
+
 def run_limits_and_out(args: argparse.Namespace, default_out: str, smoke_out: str) -> tuple[dict, Path]:
     """The smoke-test limits (``{"train": N, "test": N}``, empty for a real benchmark) and the results folder;
     refuses bad ``--bits`` and a smoke test that would overwrite real benchmark results."""

@@ -133,13 +133,7 @@ def train_length(args: argparse.Namespace, nbits: int, source: dict[str, str], l
         "preset": preset,
         "config": cfg.to_dict(),
         "history": r["history"],
-        "machine": {**common.machine_info(cfg.threads), "load_average_start": load_start,
-                    "load_average_end": common.load_average()},
-        "command": common.command_line(),
-        "started": started,
-        "finished": common.utc_now(),
-        "query_file": f"{length_dir.name}/query.npz",
-        "database_file": f"{length_dir.name}/database.npz",
+        **common.provenance(cfg, length_dir, started, load_start),
     }
     common.write_json(length_dir / "result.json", record)
     return record

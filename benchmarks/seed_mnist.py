@@ -120,13 +120,7 @@ def run_length(args: argparse.Namespace, nbits: int, data_root: Path, out: Path,
         "figures": [p.relative_to(out).as_posix() for p in figures],
         "resumed": resumed,
         "config": cfg.to_dict(),
-        "machine": {**common.machine_info(cfg.threads), "load_average_start": load_start,
-                    "load_average_end": common.load_average()},
-        "command": common.command_line(),
-        "started": started,
-        "finished": common.utc_now(),
-        "query_file": f"{length_dir.name}/query.npz",
-        "database_file": f"{length_dir.name}/database.npz",
+        **common.provenance(cfg, length_dir, started, load_start),
     }
     common.write_json(length_dir / "result.json", record)
     return record

@@ -56,6 +56,20 @@ def provenance(cfg, length_dir: Path, started: str, load_start: list[float] | No
     }
 
 
+def resolve_preset(requested: str | None, preferred: str | None) -> str | None:
+    """``--preset``: absent -> ``preferred`` where the library has it; ``"none"`` -> no preset (TrainConfig's
+    defaults); a name the library lacks -> :class:`DataError` listing those it has."""
+    from dsh.config import PRESETS
+
+    if requested is None:
+        return preferred if preferred in PRESETS else None
+    if requested.lower() == "none":
+        return None
+    if requested not in PRESETS:
+        raise DataError(f"unknown preset {requested!r}; choose from: {', '.join(sorted(PRESETS))}, or none")
+    return requested
+
+
 def run_limits_and_out(args: argparse.Namespace, default_out: str, smoke_out: str) -> tuple[dict, Path]:
     """The smoke-test limits (``{"train": N, "test": N}``, empty for a real benchmark) and the results folder;
     refuses bad ``--bits`` and a smoke test that would overwrite real benchmark results."""
@@ -142,11 +156,11 @@ def machine_lines(rows: list[dict]) -> list[str]:
                               r["machine"].get("torch")) for r in rows)
     out = [f"Measured on {cpu} ({cpus} usable CPUs), {threads} torch threads, torch {torch}."
            for cpu, cpus, threads, torch in machines]
-    loads = [(r["bits"], r["machine"]["load_average_start"][0]) for r in rows
-             if r["machine"].get("load_average_start")]
+    loads = [(f"{r['bits']} bits" + (f", seed {r['seed']}" if r.get("seed") else ""),
+              r["machine"]["load_average_start"][0]) for r in rows if r["machine"].get("load_average_start")]
     if loads:
         out.append("1-minute load average when each length started (other jobs on the machine slow training): "
-                   + ", ".join(f"{load} ({bits} bits)" for bits, load in loads) + ".")
+                   + ", ".join(f"{load} ({what})" for what, load in loads) + ".")
     return out
 
 
@@ -243,6 +257,48 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
 
     with open(src, "rb") as fin, atomic_write(dst) as fout:
         shutil.copyfileobj(fin, fout)
+
+
+def length_folder(nbits: int, seed: int) -> str:
+    """A run's folder under a results folder: ``bits8`` for seed 0 (the run whose tables and maps are shown),
+    ``bits8_seed1`` for another seed."""
+    return f"bits{nbits}" if seed == 0 else f"bits{nbits}_seed{seed}"
+
+
+def seed_of(record: dict) -> int:
+    """A result record's training seed (records from before ``--seeds`` hold it only in their config)."""
+    return int(record.get("seed", (record.get("config") or {}).get("seed", 0)))
+
+
+def sort_runs(rows: list[dict]) -> list[dict]:
+    """Result records by length, then seed."""
+    return sorted(rows, key=lambda r: (r["bits"], seed_of(r)))
+
+
+def merge_runs(old: list[dict], new: list[dict], keep=lambda r: True) -> list[dict]:
+    """``new`` plus the ``old`` records of other (length, seed) pairs that pass ``keep``, sorted."""
+    replaced = {(r["bits"], seed_of(r)) for r in new}
+    return sort_runs([r for r in old if (r["bits"], seed_of(r)) not in replaced and keep(r)] + list(new))
+
+
+def main_row(rows: list[dict], nbits: int) -> dict | None:
+    """The run of ``nbits`` with the lowest seed: the one whose details are shown."""
+    return next((r for r in sort_runs(rows) if r["bits"] == nbits), None)
+
+
+def spread_by_length(rows: list[dict]) -> dict[int, list[dict]]:
+    """The lengths trained with more than one seed, each with its runs in seed order."""
+    groups: dict[int, list[dict]] = {}
+    for r in sort_runs(rows):
+        groups.setdefault(r["bits"], []).append(r)
+    return {bits: runs for bits, runs in groups.items() if len(runs) > 1}
+
+
+def map_spread_text(runs: list[dict]) -> str:
+    """``"seeds 0, 1: mAP 0.7062, 0.7010 (mean 0.7036, range 0.7010–0.7062)"``."""
+    maps = [r["map"] for r in runs]
+    return (f"seeds {', '.join(str(seed_of(r)) for r in runs)}: mAP {', '.join(f'{m:.4f}' for m in maps)} "
+            f"(mean {sum(maps) / len(maps):.4f}, range {min(maps):.4f}–{max(maps):.4f})")
 
 
 def finished_result(length_dir: Path, limits: dict, resume: bool) -> dict | None:

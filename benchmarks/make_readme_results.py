@@ -7,7 +7,9 @@
 Reads, under ``--results`` (default ``benchmarks/results``), whichever exist of:
 
 - ``paper_cifar10/results.json`` (``benchmarks/paper_cifar10.py``): DSH on CIFAR-10 next to the paper's mAP;
-- ``seed_mnist/results.json`` (``benchmarks/seed_mnist.py``): the seed experiment, its class table and figures;
+- ``seed_mnist/results.json`` (``benchmarks/seed_mnist.py``): the seed experiment with the preset ``mnist-cpu``,
+  its class table and figures; ``seed_mnist_defaults/results.json`` (``--preset none``): the same with the library's
+  plain defaults;
 - ``train_throughput.json`` / ``.md`` (``benchmarks/train_throughput.py``): training images/s;
 - ``search.json`` / ``.md`` (``benchmarks/search.py``): Hamming search speed against faiss.
 
@@ -76,7 +78,7 @@ def commands_by_row(rows: list[dict], unit: str = "bits") -> list[str]:
     if len(groups) == 1:
         return list(groups)
     width = max(len(c) for c in groups)
-    return [f"{c:<{width}}  # {', '.join(map(str, b))} {unit}" for c, b in groups.items()]
+    return [f"{c:<{width}}  # {', '.join(map(str, dict.fromkeys(b)))} {unit}" for c, b in groups.items()]
 
 
 def smoke_warning(results: dict, rows: list[dict]) -> list[str]:
@@ -110,7 +112,7 @@ def paper_section(ctx: Context) -> list[str]:
         return not_yet_run(title, "DSH at 12, 24, 36 and 48 bits, 10,000 test queries against the 50,000 training "
                            "images, mAP@all, next to the paper's figures.",
                            ctx.default_command("paper_cifar10.py", out="paper_cifar10"))
-    rows = sorted(results["runs"], key=lambda r: r["bits"])
+    rows = common.sort_runs(results["runs"])
     first, base = rows[0], path.parent
     recheck = (f"dsh eval --query {ctx.rel(base / first['query_file'])} "
                f"--database {ctx.rel(base / first['database_file'])}")
@@ -122,6 +124,7 @@ def paper_section(ctx: Context) -> list[str]:
         *code_block(commands_by_row(rows)), "",
         *smoke_warning(results, rows),
         *paper_cifar10.table_lines(rows), "",
+        *paper_cifar10.spread_lines(rows),
         *paper_cifar10.settings_lines(rows),
         *common.machine_lines(rows), "",
         f"Each row's code files (`dsh encode`'s `.npz`) sit beside its results; re-check its mAP with "
@@ -130,32 +133,49 @@ def paper_section(ctx: Context) -> list[str]:
 
 
 def seed_section(ctx: Context) -> list[str]:
-    path = ctx.results / "seed_mnist" / "results.json"
-    title = "MNIST: the seed experiment"
+    """The seed experiment with the preset (class table, side-by-side, maps), then with the plain defaults."""
+    preset = seed_mnist.PREFERRED_PRESET
+    return (seed_recipe_lines(ctx, Path(seed_mnist.default_out(preset)).name, detail=True) + [""]
+            + seed_recipe_lines(ctx, Path(seed_mnist.default_out(None)).name, detail=False))
+
+
+def seed_recipe_lines(ctx: Context, folder: str, detail: bool) -> list[str]:
+    """One recipe's results folder of ``seed_mnist.py``: its table and 8-bit targets; with ``detail`` also the
+    side-by-side with the seed's table, the class hash table and the UMAP / t-SNE maps."""
+    path = ctx.results / folder / "results.json"
+    preset = seed_mnist.PREFERRED_PRESET if detail else None
+    title = f"MNIST: the seed experiment ({seed_mnist.recipe_name(preset)})"
     results = common.read_json(path)
     if not results or not results.get("runs"):
-        return not_yet_run(title, "8-bit codes (and 16, 32) with the library's defaults: mAP, the class hash "
-                           "table and UMAP / t-SNE maps, next to the seed's published table.",
-                           ctx.default_command("seed_mnist.py", out="seed_mnist"))
-    rows = sorted(results["runs"], key=lambda r: r["bits"])
+        args = ["--preset", "none"] if preset is None else []
+        return not_yet_run(title, "8-bit codes (and 16, 32): mAP, the class hash table and UMAP / t-SNE maps, "
+                           "next to the seed's published table.",
+                           ctx.default_command("seed_mnist.py", *args, out=folder))
+    rows = common.sort_runs(results["runs"])
+    preset = results.get("preset")
+    how = (f"`dsh train --dataset mnist --preset {preset}`" if preset
+           else "`dsh train --dataset mnist` with no other setting")
     lines = [
-        f"### {title} (library defaults)", "",
+        f"### MNIST: the seed experiment ({seed_mnist.recipe_name(preset)})", "",
         f"{rows[0]['n_queries']:,} test queries against {rows[0]['n_database']:,} training images, mAP@all; "
-        f"`dsh train --dataset mnist` with no other setting; class tables on the test codes.", "",
+        f"{how}; class tables on the test codes.", "",
         *code_block(commands_by_row(rows)), "",
         *smoke_warning(results, rows),
         *seed_mnist.results_table(rows), "",
     ]
-    eight = next((r for r in rows if r["bits"] == seed_mnist.SEED_FACTS["bits"]), None)
+    spread = seed_mnist.spread_lines(rows)
+    lines += [*spread, ""] if spread else []
+    eight = common.main_row(rows, seed_mnist.SEED_FACTS["bits"])
     if eight is not None:
-        lines += [seed_mnist.targets_line(eight), "",
-                  "Against the seed's published 8-bit table:", "", *seed_mnist.seed_comparison(eight), "",
+        lines += [seed_mnist.targets_line(eight, name_seed=bool(spread)), ""]
+    if eight is not None and detail:
+        lines += ["Against the seed's published 8-bit table:", "", *seed_mnist.seed_comparison(eight), "",
                   "Which bit means what is arbitrary (flipping or permuting bits gives an equally good code), so "
                   "only the distances between class codes compare across runs.", "",
                   f"Class hash table, {eight['bits']} bits (`dsh report --codes "
                   f"{ctx.rel(path.parent / eight['query_file'])}`):", "",
                   eight["class_table_markdown"], ""]
-    for r in rows:
+    for r in rows if detail else []:
         if r.get("figures"):
             lines += [f"Maps of the real outputs u of the test images, {r['bits']} bits, made by `{r['command']}`:",
                       "", " ".join(f"![{seed_mnist.map_name(f)} of u, MNIST test, {r['bits']} bits]"

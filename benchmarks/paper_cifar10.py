@@ -15,9 +15,11 @@ named "CIFAR-10 (JPEG copy)" in every table. Settings: the preset ``cifar10-cpu`
 ``TrainConfig``'s defaults), then ``--set key=value``, then the named flags.
 
 Per length ``N``: the run in ``DIR/bitsN/run``, its code files ``DIR/bitsN/query.npz`` and ``DIR/bitsN/database.npz``
-(exactly what ``dsh encode`` writes) and ``DIR/bitsN/result.json``; with one length the two code files are also left
-at ``DIR/``. ``DIR/results.json`` and ``DIR/results.md`` gather every length run into ``DIR`` (a later run of some
-lengths replaces those rows and keeps the others; ``--fresh`` starts over), rewritten after each length.
+(exactly what ``dsh encode`` writes) and ``DIR/bitsN/result.json``; with one length (and one seed) the two code
+files are also left at ``DIR/``. ``--seeds 0 1`` trains each length once per seed (a seed ``S`` other than 0 in
+``DIR/bitsN_seedS``) and adds the spread of mAP over seeds to the table. ``DIR/results.json`` and ``DIR/results.md``
+gather every (length, seed) run into ``DIR`` (a later run replaces those rows and keeps the others; ``--fresh``
+starts over), rewritten after each run.
 
 ``--limit-train N`` / ``--limit-test N`` train and evaluate on a stratified subset, for smoke tests only: the
 results are marked as not a benchmark, and are never merged with real ones.
@@ -70,18 +72,16 @@ def find_source(data_root: str | None, jpeg_root: str | None) -> dict[str, str]:
                     f"(pass --data-root or --jpeg-root)")
 
 
-def resolve_settings(args: argparse.Namespace, dataset: str, data_root: str, nbits: int):
+def resolve_settings(args: argparse.Namespace, dataset: str, data_root: str, nbits: int, seed: int):
     """(TrainConfig, preset name or None): preset < --set < named flags < what this script fixes."""
-    from dsh.config import PRESETS, resolve_config
+    from dsh.config import resolve_config
 
-    preset = args.preset if args.preset is not None else (PREFERRED_PRESET if PREFERRED_PRESET in PRESETS else None)
-    if preset == "none":
-        preset = None
-    overrides = common.parse_set(args.set, reserved=("dataset", "data_root", "nbits", "protocol"))
+    preset = common.resolve_preset(args.preset, PREFERRED_PRESET)
+    overrides = common.parse_set(args.set, reserved=("dataset", "data_root", "nbits", "protocol", "seed"))
     flags = {"epochs": args.epochs, "model": args.model, "lr": args.lr, "batch_size": args.batch_size,
              "threads": args.threads}
     overrides.update({k: v for k, v in flags.items() if v is not None})
-    overrides.update(dataset=dataset, data_root=data_root, nbits=nbits, protocol=PROTOCOL)
+    overrides.update(dataset=dataset, data_root=data_root, nbits=nbits, protocol=PROTOCOL, seed=seed)
     return resolve_config(overrides, preset=preset), preset
 
 
@@ -89,35 +89,37 @@ def resolve_settings(args: argparse.Namespace, dataset: str, data_root: str, nbi
 # one length
 
 
-def run_length(args: argparse.Namespace, nbits: int, source: dict[str, str], out: Path, limits: dict,
+def run_length(args: argparse.Namespace, nbits: int, seed: int, source: dict[str, str], out: Path, limits: dict,
                single: bool) -> dict[str, Any]:
-    """Train, encode and evaluate one code length; returns its record (also written to ``bitsN/result.json``)."""
-    length_dir = out / f"bits{nbits}"
+    """Train, encode and evaluate one code length with one seed; returns its record (also written to
+    ``bitsN/result.json``, or ``bitsN_seedS/result.json`` for a seed other than 0)."""
+    length_dir = out / common.length_folder(nbits, seed)
     record = common.finished_result(length_dir, limits, args.resume)
     if record is not None:
-        print(f"{nbits} bits: already done ({length_dir / 'result.json'}), kept (--resume)", flush=True)
+        print(f"{nbits} bits, seed {seed}: already done ({length_dir / 'result.json'}), kept (--resume)", flush=True)
     else:
-        record = train_length(args, nbits, source, length_dir, limits)
+        record = train_length(args, nbits, seed, source, length_dir, limits)
     if single:  # the issue's layout: DIR/query.npz and DIR/database.npz beside DIR/results.json
         for name in ("query.npz", "database.npz"):
             common.copy_file(length_dir / name, out / name)
     return record
 
 
-def train_length(args: argparse.Namespace, nbits: int, source: dict[str, str], length_dir: Path,
+def train_length(args: argparse.Namespace, nbits: int, seed: int, source: dict[str, str], length_dir: Path,
                  limits: dict) -> dict[str, Any]:
     run_dir = length_dir / "run"
-    cfg, preset = resolve_settings(args, source["dataset"], source["data_root"], nbits)
+    cfg, preset = resolve_settings(args, source["dataset"], source["data_root"], nbits, seed)
     resumed = args.resume and (run_dir / "last.pt").is_file()
     started, load_start = common.utc_now(), common.load_average()
-    print(f"\n== {source['name']}, {nbits} bits: preset {preset or '(none)'}, model {cfg.model}, {cfg.epochs} "
-          f"epochs, batch {cfg.batch_size}, lr {cfg.lr} -> {run_dir}", flush=True)
+    print(f"\n== {source['name']}, {nbits} bits, seed {seed}: preset {preset or '(none)'}, model {cfg.model}, "
+          f"{cfg.epochs} epochs, batch {cfg.batch_size}, lr {cfg.lr} -> {run_dir}", flush=True)
     r = common.train_encode_evaluate(cfg, run_dir, length_dir, resume=resumed,
                                      progress=args.progress, log=lambda m: print(m, flush=True))
     r.pop("arrays")
     paper = PAPER_MAP.get(nbits)
     record = {
         "bits": nbits,
+        "seed": seed,
         "dataset": source["name"],
         "dataset_key": source["dataset"],
         "data_root": cfg.data_root,
@@ -145,11 +147,12 @@ def train_length(args: argparse.Namespace, nbits: int, source: dict[str, str], l
 
 def markdown(results: dict[str, Any]) -> str:
     """The results as Markdown: a heading, what was measured, the table next to the paper's, settings, machine."""
-    rows = sorted(results["runs"], key=lambda r: r["bits"])
+    rows = common.sort_runs(results["runs"])
     lines = [f"# DSH on {rows[0]['dataset']}, protocol {PROTOCOL}", ""]
     if not results.get("benchmark", True):
         lines += [f"**NOT a benchmark: smoke test on a subset ({common.limits_text(rows[0]['limits'])}).**", ""]
-    lines += [describe(rows), "", *table_lines(rows), "", *settings_lines(rows), *common.machine_lines(rows)]
+    lines += [describe(rows), "", *table_lines(rows), "", *spread_lines(rows), *settings_lines(rows),
+              *common.machine_lines(rows)]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -161,20 +164,32 @@ def describe(rows: list[dict]) -> str:
 def table_lines(rows: list[dict]) -> list[str]:
     """bits, mAP, the paper's mAP, difference, ratio, precision r<=2, training time, images/s, best epoch."""
     lines = [
-        "| bits | mAP | paper mAP | mAP − paper | mAP / paper | precision r≤2 | training time | images/s | "
+        "| bits | seed | mAP | paper mAP | mAP − paper | mAP / paper | precision r≤2 | training time | images/s | "
         "best epoch (val mAP) | ≥ paper in ≤ 15 min |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
     ]
-    for r in rows:
+    for r in common.sort_runs(rows):
         diff = "—" if r.get("map_minus_paper") is None else f"{r['map_minus_paper']:+.4f}"
         ratio = "—" if r.get("map_over_paper") is None else f"{r['map_over_paper']:.3f}"
         lines.append(
-            f"| {r['bits']} | {r['map']:.4f} | {common.fmt_float(r.get('paper_map'))} | {diff} | {ratio} | "
+            f"| {r['bits']} | {common.seed_of(r)} | {r['map']:.4f} | {common.fmt_float(r.get('paper_map'))} | "
+            f"{diff} | {ratio} | "
             f"{r['precision_at_radius_2']:.4f} | {common.fmt_seconds(r['train_seconds'])} | "
             f"{r['images_per_second']:.0f} | {r['best_epoch']}/{r['config']['epochs']} "
             f"({r['best_val_map']:.4f}) | {target_met(r)} |"
         )
     return lines
+
+
+def spread_lines(rows: list[dict]) -> list[str]:
+    """For each length trained with more than one seed: every seed's mAP, and how many reach the paper's."""
+    out = []
+    for nbits, runs in common.spread_by_length(rows).items():
+        paper = PAPER_MAP.get(nbits)
+        versus = "" if paper is None else (f"; {sum(r['map'] >= paper for r in runs)} of {len(runs)} at or above "
+                                           f"the paper's {paper:.4f}")
+        out.append(f"- {nbits} bits over {common.map_spread_text(runs)}{versus}.")
+    return ["Spread over seeds:", "", *out, ""] if out else []
 
 
 def target_met(r: dict) -> str:
@@ -192,7 +207,7 @@ def target_met(r: dict) -> str:
 def settings_lines(rows: list[dict]) -> list[str]:
     """One line per distinct setting used (usually one for all lengths)."""
     keys = ("model", "epochs", "batch_size", "optimizer", "lr", "weight_decay", "schedule", "sampler",
-            "crop_padding", "flip", "amp", "seed")
+            "crop_padding", "flip", "amp")  # the seed has its own column
     seen: dict[str, list[int]] = {}
     for r in rows:
         c = r["config"]
@@ -200,7 +215,8 @@ def settings_lines(rows: list[dict]) -> list[str]:
         seen.setdefault(text, []).append(r["bits"])
     if len(seen) == 1:
         return [f"Settings: {next(iter(seen))}.", ""]
-    return ["Settings:", "", *(f"- {', '.join(map(str, b))} bits: {t}." for t, b in seen.items()), ""]
+    return ["Settings:", "", *(f"- {', '.join(map(str, dict.fromkeys(b)))} bits: {t}." for t, b in seen.items()),
+            ""]
 
 
 def print_table(results: dict) -> None:
@@ -212,14 +228,14 @@ def print_table(results: dict) -> None:
 
 
 def merge(out: Path, new: list[dict], fresh: bool) -> list[dict]:
-    """The runs of ``out/results.json`` for lengths not in ``new``, plus ``new``; smoke and real runs never mix."""
+    """The runs of ``out/results.json`` for (length, seed) pairs not in ``new``, plus ``new``; smoke and real runs
+    never mix."""
     old = common.read_json(out / "results.json")
     if fresh or old is None:
-        return sorted(new, key=lambda r: r["bits"])
+        return common.sort_runs(new)
     is_benchmark = all(r["benchmark"] for r in new)
-    kept = [r for r in old.get("runs", []) if r["bits"] not in {n["bits"] for n in new}
-            and r.get("benchmark") == is_benchmark and r.get("dataset") == new[0]["dataset"]]
-    return sorted(kept + new, key=lambda r: r["bits"])
+    return common.merge_runs(old.get("runs", []), new, keep=lambda r: r.get("benchmark") == is_benchmark
+                             and r.get("dataset") == new[0]["dataset"])
 
 
 def write_results(out: Path, runs: list[dict], top_level_bits: int | None) -> dict:
@@ -256,6 +272,8 @@ def build_parser() -> argparse.ArgumentParser:
                                     f"'none' for TrainConfig's defaults)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE",
                    help="any TrainConfig setting, e.g. --set sampler=balanced --set amp=off (repeatable)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="train each length once per seed (default: 0); seed S other than 0 goes to bitsN_seedS")
     p.add_argument("--epochs", type=int, help="passes over the training images (default: the preset's)")
     p.add_argument("--model", help="paper | resnet-small | resnet18 | resnet50 (default: the preset's)")
     p.add_argument("--lr", type=float, help="peak learning rate (default: the preset's)")
@@ -276,17 +294,19 @@ def main(argv: list[str] | None = None) -> int:
                                               args.limit_train, args.limit_test)
             source = {**source, "data_root": str(subset)}
             print(f"smoke test (NOT a benchmark): {common.limits_text(limits)} from {source['name']}", flush=True)
-        bits = list(dict.fromkeys(args.bits))
+        bits, seeds = list(dict.fromkeys(args.bits)), list(dict.fromkeys(args.seeds))
+        single = len(bits) == 1 and len(seeds) == 1
         done: list[dict] = []
         for n in bits:
-            done.append(run_length(args, n, source, out, limits, single=len(bits) == 1))
-            results = write_results(out, merge(out, done, args.fresh), bits[0] if len(bits) == 1 else None)
+            for seed in seeds:
+                done.append(run_length(args, n, seed, source, out, limits, single=single))
+                results = write_results(out, merge(out, done, args.fresh), bits[0] if single else None)
     except DataError as e:
         print(f"paper_cifar10: error: {e}", file=sys.stderr)
         return 2
     print_table(results)
     print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
-    if len(bits) == 1:
+    if single:
         print(f"re-check: dsh eval --query {out / 'query.npz'} --database {out / 'database.npz'}")
     return 0
 

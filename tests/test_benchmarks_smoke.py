@@ -17,6 +17,7 @@ sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 import make_readme_results as mrr  # noqa: E402
 import paper_cifar10  # noqa: E402
+import seed_mnist  # noqa: E402
 
 MACHINE = {"cpu": "Test CPU 9000", "cpus_usable": 2, "torch_threads": 2, "torch": "2.x",
            "load_average_start": [1.5, 1.0, 1.0]}
@@ -36,21 +37,23 @@ def paper_record(bits: int, map_: float, seconds: float = 600.0, benchmark: bool
     }
 
 
-def seed_record(bits: int) -> dict:
+def seed_record(bits: int, preset: str | None = "mnist-cpu", map_: float = 0.991) -> dict:
     classes = [{"name": str(c), "code_hex": f"{c:02X}", "code_binary": f"{c:08b}"} for c in range(10)]
     return {
-        "bits": bits, "dataset": "MNIST", "benchmark": True, "limits": {}, "map": 0.991,
+        "bits": bits, "dataset": "MNIST", "benchmark": True, "limits": {}, "preset": preset, "map": map_,
         "precision_at_radius_2": 0.98, "n_queries": 10000, "n_database": 60000, "train_seconds": 150.0,
         "images_per_second": 3000.0, "best_epoch": 8, "best_val_map": 0.99, "config": {"epochs": 8},
         "class_table": {"classes": classes}, "class_table_markdown": "| class | ... |\n| --- | --- |",
         "pairs_within_1_bit": 1, "close_pairs": [["4", "9", 1]], "distinct_codes": True, "min_class_distance": 1,
         "figures": ["bits8/umap.png", "bits8/tsne.png"] if bits == 8 else [], "machine": MACHINE,
-        "command": "python benchmarks/seed_mnist.py", "query_file": f"bits{bits}/query.npz",
+        "command": "python benchmarks/seed_mnist.py" + ("" if preset else " --preset none"),
+        "query_file": f"bits{bits}/query.npz",
         "database_file": f"bits{bits}/database.npz",
     }
 
 
-def write_results(root: Path, paper_runs=None, seed_runs=None, benchmark: bool = True) -> Path:
+def write_results(root: Path, paper_runs=None, seed_runs=None, benchmark: bool = True,
+                  defaults_runs=None) -> Path:
     results = root / "benchmarks" / "results"
     results.mkdir(parents=True)
     if paper_runs is not None:
@@ -58,7 +61,11 @@ def write_results(root: Path, paper_runs=None, seed_runs=None, benchmark: bool =
                           {"benchmark": benchmark, "protocol": "dsh-paper", "dataset": "CIFAR-10 (JPEG copy)",
                            "runs": paper_runs})
     if seed_runs is not None:
-        common.write_json(results / "seed_mnist" / "results.json", {"benchmark": True, "runs": seed_runs})
+        common.write_json(results / "seed_mnist" / "results.json",
+                          {"benchmark": True, "preset": "mnist-cpu", "runs": seed_runs})
+    if defaults_runs is not None:
+        common.write_json(results / "seed_mnist_defaults" / "results.json",
+                          {"benchmark": True, "preset": None, "runs": defaults_runs})
     return results
 
 
@@ -77,8 +84,8 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     assert text.startswith("intro\n") and text.rstrip().endswith("## Layout")
     assert "RESULTS_PLACEHOLDER" not in text and text.count(mrr.START) == 1 and text.count(mrr.END) == 1
     # the paper table: our figure, the paper's, the difference, and the bar met or not
-    assert "| 12 | 0.6000 | 0.6157 | -0.0157 |" in text and "no: below paper, over 15 min" in text
-    assert "| 24 | 0.6600 | 0.6512 | +0.0088 |" in text
+    assert "| 12 | 0 | 0.6000 | 0.6157 | -0.0157 |" in text and "no: below paper, over 15 min" in text
+    assert "| 24 | 0 | 0.6600 | 0.6512 | +0.0088 |" in text
     assert "CIFAR-10 (JPEG copy)" in text and "Test CPU 9000" in text
     # one command per row where the rows came from different commands
     assert "python benchmarks/paper_cifar10.py --bits 12  # 12 bits" in text
@@ -86,9 +93,49 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     # the seed side-by-side and figures with paths relative to the README
     assert "| class pairs within 1 bit | 2 (2/3, 5/6) | 1 (4/9) |" in text
     assert "![UMAP of u, MNIST test, 8 bits](benchmarks/results/seed_mnist/bits8/umap.png)" in text
+    assert "### MNIST: the seed experiment (preset mnist-cpu)" in text
+    assert "Targets at 8 bits: mAP ≥ 0.99 — met (0.9910); every class code distinct — met." in text
     # no results files: the section says so, with the command
-    assert text.count("Not yet run.") == 2
+    assert text.count("Not yet run.") == 3
+    assert "python benchmarks/seed_mnist.py --preset none --out benchmarks/results/seed_mnist_defaults" in text
     assert "python benchmarks/search.py --sizes 1000000 10000000 --bits 64 128" in text
+
+
+def test_readme_seed_defaults_section_has_the_core_bar(tmp_path):
+    results = write_results(tmp_path, seed_runs=[seed_record(8)],
+                            defaults_runs=[seed_record(8, preset=None, map_=0.985), seed_record(16, preset=None)])
+    section = mrr.render(mrr.Context(results, tmp_path / "README.md"))
+    assert "### MNIST: the seed experiment (library defaults)" in section
+    assert ("Targets at 8 bits: with no settings, mAP ≥ 0.98 in at most 3 minutes of training — met (0.9850 in "
+            "2 min 30 s); every class code distinct — met.") in section
+    assert "python benchmarks/seed_mnist.py --preset none" in section
+    # the class table and the maps are shown once, for the preset's run
+    assert section.count("Against the seed's published 8-bit table") == 1
+    assert section.count("![UMAP of u") == 1
+
+
+def test_seed_results_folders_keep_one_recipe(tmp_path):
+    assert seed_mnist.default_out("mnist-cpu") == "benchmarks/results/seed_mnist"
+    assert seed_mnist.default_out(None) == "benchmarks/results/seed_mnist_defaults"
+    assert common.resolve_preset(None, "mnist-cpu") == "mnist-cpu"
+    assert common.resolve_preset("none", "mnist-cpu") is None
+    assert common.resolve_preset(None, "no-such-preset") is None
+    with pytest.raises(common.DataError, match="unknown preset 'fast'"):
+        common.resolve_preset("fast", "mnist-cpu")
+    seed_mnist.write_results(tmp_path, [seed_record(8)], fresh=False)
+    seed_mnist.check_same_recipe(tmp_path, "mnist-cpu", fresh=False)
+    with pytest.raises(common.DataError, match="holds runs of preset mnist-cpu, not library defaults"):
+        seed_mnist.check_same_recipe(tmp_path, None, fresh=False)
+    seed_mnist.check_same_recipe(tmp_path, None, fresh=True)
+    # a later length joins the earlier one of the same recipe, another seed joins its length
+    merged = seed_mnist.write_results(tmp_path, [seed_record(16)], fresh=False)
+    assert [r["bits"] for r in merged["runs"]] == [8, 16] and merged["preset"] == "mnist-cpu"
+    merged = seed_mnist.write_results(tmp_path, [{**seed_record(8, map_=0.985), "seed": 1}], fresh=False)
+    assert [(r["bits"], common.seed_of(r)) for r in merged["runs"]] == [(8, 0), (8, 1), (16, 0)]
+    assert common.main_row(merged["runs"], 8)["map"] == 0.991
+    assert seed_mnist.spread_lines(merged["runs"]) == [
+        "8 bits over seeds 0, 1: mAP 0.9910, 0.9850 (mean 0.9880, range 0.9850–0.9910), 1 of 2 ≥ 0.99; class "
+        "pairs within 1 bit 1, 1; all class codes distinct in 2 of 2."]
 
 
 def test_rerun_is_idempotent_and_check_mode(tmp_path, capsys):
@@ -107,7 +154,7 @@ def test_rerun_is_idempotent_and_check_mode(tmp_path, capsys):
     assert mrr.main(args + ["--check"]) == 1
     assert mrr.main(args) == 0
     text = readme.read_text()
-    assert "| 12 | 0.7000 |" in text and "| 12 | 0.6200 |" not in text and text.startswith("intro\n")
+    assert "| 12 | 0 | 0.7000 |" in text and "| 12 | 0 | 0.6200 |" not in text and text.startswith("intro\n")
 
 
 def test_smoke_results_are_flagged(tmp_path):
@@ -130,6 +177,14 @@ def test_paper_merge_keeps_other_lengths_and_never_mixes_smoke(tmp_path):
     merged = paper_cifar10.merge(tmp_path, [paper_record(24, 0.7), paper_record(48, 0.7)], fresh=False)
     assert [(r["bits"], r["map"]) for r in merged] == [(12, 0.6), (24, 0.7), (48, 0.7)]
     assert [r["bits"] for r in paper_cifar10.merge(tmp_path, [paper_record(48, 0.7)], fresh=True)] == [48]
+    # another seed of a length is a row of its own, beside seed 0; the spread says how many reach the paper
+    merged = paper_cifar10.merge(tmp_path, [{**paper_record(24, 0.66), "seed": 1}], fresh=False)
+    assert [(r["bits"], common.seed_of(r), r["map"]) for r in merged] == [(12, 0, 0.6), (24, 0, 0.65), (24, 1, 0.66)]
+    assert paper_cifar10.spread_lines(merged) == [
+        "Spread over seeds:", "",
+        "- 24 bits over seeds 0, 1: mAP 0.6500, 0.6600 (mean 0.6550, range 0.6500–0.6600); 1 of 2 at or above the "
+        "paper's 0.6512.", ""]
+    assert "| 24 | 1 | 0.6600 |" in "\n".join(paper_cifar10.table_lines(merged))
     smoke = paper_cifar10.merge(tmp_path, [paper_record(36, 0.2, benchmark=False)], fresh=False)
     assert [r["bits"] for r in smoke] == [36]
     common.write_json(tmp_path / "results.json", {"benchmark": True, "runs": [paper_record(12, 0.6)]})

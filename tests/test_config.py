@@ -20,8 +20,8 @@ def test_every_preset_is_a_valid_config(name):
 def test_precedence_and_errors(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"lr": 0.5, "epochs": 3, "bits": 16}))
-    cfg = resolve_config({"epochs": 7, "lr": None}, config_file=f, preset="mnist-cpu")
-    assert (cfg.lr, cfg.epochs, cfg.nbits, cfg.model) == (0.5, 7, 16, "paper-bn")
+    cfg = resolve_config({"epochs": 7, "lr": None}, config_file=f, preset="cifar10-cpu")
+    assert (cfg.lr, cfg.epochs, cfg.nbits, cfg.model) == (0.5, 7, 16, "paper-bn")  # flag > file > preset
     y = tmp_path / "c.yaml"
     y.write_text("optimizer: sgd\nmomentum: 0.8\n")
     assert resolve_config(config_file=y).optimizer == "sgd"

@@ -72,11 +72,13 @@ def resolve_preset(requested: str | None, preferred: str | None) -> str | None:
 
 def run_limits_and_out(args: argparse.Namespace, default_out: str, smoke_out: str) -> tuple[dict, Path]:
     """The smoke-test limits (``{"train": N, "test": N}``, empty for a real benchmark) and the results folder;
-    refuses bad ``--bits`` and a smoke test that would overwrite real benchmark results."""
+    refuses bad ``--bits`` or ``--seeds`` and a smoke test that would overwrite real benchmark results."""
     limits = {k: v for k, v in (("train", args.limit_train), ("test", args.limit_test)) if v is not None}
     out = Path(args.out or (smoke_out if limits else default_out))
     if any(b < 1 for b in args.bits):
         raise DataError(f"--bits must be >= 1, got {args.bits}")
+    if any(s < 0 for s in getattr(args, "seeds", [])):
+        raise DataError(f"--seeds must be >= 0, got {args.seeds}")
     old = read_json(out / "results.json")
     if limits and old is not None and old.get("benchmark"):
         raise DataError(f"{out}/results.json holds benchmark results; write the smoke test elsewhere (--out)")

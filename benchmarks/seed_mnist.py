@@ -246,10 +246,11 @@ def markdown(results: dict[str, Any]) -> str:
         lines += [f"**NOT a benchmark: smoke test on a subset ({common.limits_text(rows[0]['limits'])}).**", ""]
     lines += [f"{rows[0]['n_queries']:,} test queries against {rows[0]['n_database']:,} training images, mAP@all; "
               f"class tables on the test codes.", "", *results_table(rows), ""]
-    lines += [*spread_lines(rows), ""] if spread_lines(rows) else []
+    spread = spread_lines(rows)
+    lines += [*spread, ""] if spread else []
     eight = common.main_row(rows, SEED_FACTS["bits"])
     if eight is not None:
-        lines += [targets_line(eight, name_seed=bool(spread_lines(rows))), "", *seed_comparison(eight), "",
+        lines += [targets_line(eight, name_seed=bool(spread)), "", *seed_comparison(eight), "",
                   "Which bit means what is arbitrary (flipping or permuting bits gives an equally good code), so "
                   "only distances between class codes compare across runs, not the codes themselves.", "",
                   f"Class hash table, {eight['bits']} bits:", "", eight["class_table_markdown"], ""]
@@ -276,11 +277,12 @@ def write_results(out: Path, runs: list[dict], fresh: bool) -> dict:
     same kind: smoke tests and benchmarks never mix)."""
     old = common.read_json(out / "results.json")
     benchmark = all(r["benchmark"] for r in runs)
+    preset = runs[0].get("preset")  # one recipe per folder: check_same_recipe refused any other
     if old is not None and not fresh:
         runs = common.merge_runs(old.get("runs", []), runs, keep=lambda r: r.get("benchmark") == benchmark)
     results = {
         "benchmark": benchmark,
-        "preset": runs[-1].get("preset"),
+        "preset": preset,
         "dataset": "MNIST",
         "seed_facts": SEED_FACTS,
         "target_map_8_bits": TARGET_MAP,

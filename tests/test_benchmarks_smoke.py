@@ -195,6 +195,8 @@ def test_paper_merge_keeps_other_lengths_and_never_mixes_smoke(tmp_path):
     assert common.run_limits_and_out(real_args, "unused", "unused") == ({}, tmp_path)
     with pytest.raises(common.DataError, match="--bits"):
         common.run_limits_and_out(argparse.Namespace(**{**vars(real_args), "bits": [0]}), "unused", "unused")
+    with pytest.raises(common.DataError, match="--seeds"):
+        common.run_limits_and_out(argparse.Namespace(**{**vars(real_args), "seeds": [0, -1]}), "unused", "unused")
 
 
 def test_parse_set_types_and_errors():

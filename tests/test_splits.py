@@ -7,7 +7,8 @@ import torch
 from dsh.data import load_split
 from dsh.fileio import DataError
 from dsh.protocols import make_split
-from dsh.splits import load_part, protocol_topk
+import dsh.splits
+from dsh.splits import load_part, load_parts, protocol_topk
 
 
 def test_without_protocol_the_dataset_splits():
@@ -25,6 +26,20 @@ def test_split_protocol_on_digits():
     val = load_part("digits", "val", protocol="dsh-paper")
     assert len(fit) + len(val) == len(train)
     assert protocol_topk("dsh-paper") is None and protocol_topk("cifar10") == 54000 and protocol_topk(None) is None
+
+
+@pytest.mark.parametrize("protocol, parts", [(None, ("fit", "val", "test")),
+                                             ("dsh-paper", ("query", "database", "fit", "val"))])
+def test_parts_together_equal_parts_alone_and_read_each_split_once(monkeypatch, protocol, parts):
+    alone = [load_part("digits", p, protocol=protocol) for p in parts]
+    reads = []
+    real = dsh.splits.load_split
+    monkeypatch.setattr(dsh.splits, "load_split",
+                        lambda name, split, **kw: reads.append(split) or real(name, split, **kw))
+    together = load_parts("digits", parts, protocol=protocol)
+    assert sorted(reads) == sorted(set(reads))  # train and test read at most once each
+    for a, b in zip(alone, together):
+        assert torch.equal(a.images, b.images) and torch.equal(a.labels, b.labels) and a.name == b.name
 
 
 def test_sampled_protocol_too_few_images_is_a_clear_error():

@@ -18,7 +18,7 @@ from .checkpoint import load_model
 from .codefile import CodeFile, save_codes
 from .encode import encode_images
 from .metrics import evaluate
-from .splits import load_part, protocol_topk
+from .splits import load_parts, protocol_topk
 
 
 @dataclass
@@ -47,8 +47,7 @@ def encode_and_evaluate(
                   seed=int(cfg.get("seed", 0)), download=False, image_size=cfg.get("image_size"))
     parts = ("query", "database") if protocol else ("test", "train")
     t0 = time.perf_counter()
-    query = load_part(cfg["dataset"], parts[0], **common)
-    database = load_part(cfg["dataset"], parts[1], **common)
+    query, database = load_parts(cfg["dataset"], parts, **common)
     q_u, q_codes = encode_images(loaded.model, query.images, loaded.normalizer)
     _, db_codes = encode_images(loaded.model, database.images, loaded.normalizer)
     encode_seconds = time.perf_counter() - t0

@@ -21,9 +21,15 @@ from .protocols import get_protocol, make_split, to_source
 PROTOCOL_PARTS = ("query", "database", "train", "val", "fit")
 
 
-def load_part(
+def load_part(dataset: str, part: str, **options) -> ImageSet:
+    """One part as an :class:`~dsh.data.ImageSet` (``uint8[N, C, H, W]`` images, ``int64[N]`` labels); the
+    options are :func:`load_parts`'."""
+    return load_parts(dataset, (part,), **options)[0]
+
+
+def load_parts(
     dataset: str,
-    part: str,
+    parts: tuple[str, ...] | list[str],
     *,
     protocol: str | None = None,
     protocol_seed: int = 0,
@@ -32,23 +38,36 @@ def load_part(
     seed: int = 0,
     download: bool = True,
     image_size: int | None = None,
-) -> ImageSet:
-    """One part as an :class:`~dsh.data.ImageSet` (``uint8[N, C, H, W]`` images, ``int64[N]`` labels)."""
+) -> list[ImageSet]:
+    """Several parts, in the order asked, each as :func:`load_part` gives it. The dataset's own splits are read
+    (and a protocol sampled) once for all of them: a run's ``fit`` and ``val``, or a protocol's ``query`` and
+    ``database``, come from one load of ``train`` and ``test``."""
     common = dict(data_root=data_root, download=download, image_size=image_size)
-    if protocol is None:
-        if part in ("query", "database"):
+    for part in parts:
+        if protocol is None and part in ("query", "database"):
             raise DataError(f"split {part!r} needs a protocol (--protocol NAME); without one use train/test")
-        return load_split(dataset, part, val_size=val_size, seed=seed, **common)
-    if part not in PROTOCOL_PARTS:
-        raise DataError(f"protocol {protocol!r} has parts {', '.join(PROTOCOL_PARTS)}, not {part!r}")
-    train = load_split(dataset, "train", **common)
-    test = load_split(dataset, "test", **common)
+        if protocol is not None and part not in PROTOCOL_PARTS:
+            raise DataError(f"protocol {protocol!r} has parts {', '.join(PROTOCOL_PARTS)}, not {part!r}")
+    official: dict[str, ImageSet] = {}
+
+    def read(split: str) -> ImageSet:
+        if split not in official:
+            official[split] = load_split(dataset, split, **common)
+        return official[split]
+
+    if protocol is None:
+        # load_split has checked the name; carve_val names its subsets by the lower-case key, as load_split does
+        return [carve_val(read("train"), part, val_size, seed, str(dataset).lower()) if part in ("val", "fit")
+                else read(part) for part in parts]
+    train, test = read("train"), read("test")
     split = make_split(protocol, train.labels.numpy(), test.labels.numpy(), seed=protocol_seed)
-    source = "train" if part in ("val", "fit") else part
-    chosen = _gather(train, test, split[source], f"{dataset}/{protocol}/{source}")
-    if part in ("val", "fit"):
-        return carve_val(chosen, part, val_size, seed, f"{dataset}/{protocol}")
-    return chosen
+    out = []
+    for part in parts:
+        source = "train" if part in ("val", "fit") else part
+        chosen = _gather(train, test, split[source], f"{dataset}/{protocol}/{source}")
+        out.append(carve_val(chosen, part, val_size, seed, f"{dataset}/{protocol}") if part in ("val", "fit")
+                   else chosen)
+    return out
 
 
 def protocol_topk(protocol: str | None) -> int | None:

@@ -31,7 +31,7 @@ from .loss import DSHLoss
 from .metrics import mean_average_precision
 from .models import create_model
 from .report import class_code_table, format_markdown
-from .splits import load_part
+from .splits import load_parts
 
 
 @dataclass
@@ -160,8 +160,7 @@ def train(
     # --- data: decoded once to uint8 tensors; val carved from train, test untouched ---
     common = dict(data_root=cfg.data_root, val_size=cfg.val_size, seed=cfg.seed, download=cfg.download,
                   image_size=cfg.image_size, protocol=cfg.protocol, protocol_seed=cfg.protocol_seed)
-    fit = load_part(cfg.dataset, "fit", **common)
-    val = load_part(cfg.dataset, "val", **common)
+    fit, val = load_parts(cfg.dataset, ("fit", "val"), **common)
     if fit.labels.ndim != 1:
         raise DataError(f"{cfg.dataset}: training needs class labels (multi-label sets are not wired in yet)")
     channels, height, width = (int(v) for v in fit.images.shape[1:])

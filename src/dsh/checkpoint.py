@@ -7,6 +7,8 @@ temporary name and renamed, so an interrupted write never replaces a good checkp
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import pickle
 import zipfile
@@ -16,7 +18,9 @@ from typing import Any
 
 import torch
 
-from .fileio import DataError, atomic_write, one_line
+from .errors import DataError, ModelFileError, one_line
+from .fileio import atomic_write
+from .modelinfo import ModelInfo
 from .models import create_model
 
 FORMAT = "dsh-checkpoint"
@@ -48,19 +52,45 @@ def resolve_checkpoint_path(run_or_file: str | os.PathLike, which: str = BEST) -
 
 
 def read_checkpoint(run_or_file: str | os.PathLike, which: str = BEST) -> tuple[Path, dict[str, Any]]:
+    """Load a checkpoint's contents without ever running code from it.
+
+    ``torch.load(weights_only=True)`` unpickles only tensors and plain data (dicts, lists, strings, numbers), which
+    is all a dsh checkpoint holds; a file whose pickle asks for anything else (a class, a function: the way a
+    crafted file runs code) is refused with a one-line :class:`ModelFileError` and nothing of it is executed.
+    """
     path = resolve_checkpoint_path(run_or_file, which)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, OSError, ValueError) as e:
-        raise DataError(f"{path}: not a readable checkpoint ({one_line(e)})") from None
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        # weights_only's refusal: the pickle wants a global that is not plain data
+        raise ModelFileError(f"{path}: refused: the file holds Python objects other than tensors and plain data, "
+                             f"and loading them could run code ({one_line(e, 120)})") from None
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, KeyError,
+            AttributeError, IndexError) as e:
+        raise ModelFileError(f"{path}: not a readable checkpoint ({one_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise DataError(f"{path}: not a dsh checkpoint")
-    if int(ckpt.get("version", 0)) > VERSION:
-        raise DataError(f"{path}: checkpoint format version {ckpt['version']} is newer than this dsh ({VERSION})")
+        raise ModelFileError(f"{path}: not a dsh checkpoint")
+    if not isinstance(ckpt.get("version", 0), int) or ckpt.get("version", 0) > VERSION:
+        raise ModelFileError(f"{path}: checkpoint format version {ckpt.get('version')!r} is not one this dsh reads "
+                             f"(up to {VERSION})")
     for key in ("model_config", "nbits", "state_dict", "normalizer", "input_shape"):
         if key not in ckpt:
-            raise DataError(f"{path}: checkpoint lacks '{key}'")
+            raise ModelFileError(f"{path}: checkpoint lacks '{key}'")
     return path, ckpt
+
+
+def weights_fingerprint(state_dict: dict[str, torch.Tensor], normalizer: dict, model_config: dict) -> str:
+    """sha256 (hex) of an architecture, its weights and its normaliser: equal fingerprints make equal codes.
+
+    Tensors are hashed by name, dtype, shape and raw bytes, in sorted name order, so the digest does not depend on
+    how the state_dict was saved or loaded (checkpoint, safetensors) or on its memory layout.
+    """
+    h = hashlib.sha256(json.dumps({"model_config": model_config, "normalizer": normalizer}, sort_keys=True).encode())
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"\0{name}\0{t.dtype}\0{list(t.shape)}\0".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 @dataclass
@@ -76,6 +106,19 @@ class LoadedModel:
     path: Path
     epoch: int
 
+    def info(self) -> ModelInfo:
+        """The model's description, as exported model files carry it (fingerprint included)."""
+        return ModelInfo(
+            nbits=self.nbits,
+            input_shape=tuple(self.input_shape),
+            class_names=tuple(self.class_names),
+            fingerprint=weights_fingerprint(self.model.state_dict(), self.normalizer.to_dict(), self.model.config),
+            model_config=dict(self.model.config),
+            normalizer=self.normalizer.to_dict(),
+            train_config=dict(self.config),
+            epoch=self.epoch + 1,
+        )
+
 
 def build_model(ckpt: dict[str, Any]) -> torch.nn.Module:
     """The architecture a checkpoint was trained with (``model.config`` of :func:`dsh.models.create_model`)."""
@@ -83,27 +126,40 @@ def build_model(ckpt: dict[str, Any]) -> torch.nn.Module:
 
 
 def load_model(run_or_file: str | os.PathLike, which: str = BEST) -> LoadedModel:
-    """Rebuild the model of a checkpoint in eval mode on the CPU; a mismatched state raises :class:`DataError`."""
+    """Rebuild the model of a checkpoint in eval mode on the CPU; a checkpoint whose parts do not fit together
+    raises a one-line :class:`ModelFileError`."""
     from .data import Normalizer
 
     path, ckpt = read_checkpoint(run_or_file, which)
+    model_config = ckpt["model_config"]
+    if not isinstance(model_config, dict) or not isinstance(model_config.get("name"), str):
+        raise ModelFileError(f"{path}: the checkpoint's model_config is not a model description")
     try:
         model = build_model(ckpt)
     except (ValueError, TypeError) as e:
-        raise DataError(f"{path}: cannot rebuild model ({e})") from None
+        raise ModelFileError(f"{path}: cannot rebuild model ({one_line(e)})") from None
+    state = ckpt["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ModelFileError(f"{path}: the checkpoint's state_dict is not a mapping of tensors")
     try:
-        model.load_state_dict(ckpt["state_dict"])
+        model.load_state_dict(state)
     except RuntimeError as e:
-        name = ckpt["model_config"].get("name")
-        raise DataError(f"{path}: weights do not match model '{name}' ({one_line(e)})") from None
+        raise ModelFileError(f"{path}: weights do not match model '{model_config['name']}' ({one_line(e)})") from None
     model.eval()
-    return LoadedModel(
-        model=model,
-        nbits=int(ckpt["nbits"]),
-        normalizer=Normalizer.from_dict(ckpt["normalizer"]),
-        input_shape=tuple(int(v) for v in ckpt["input_shape"]),
-        class_names=list(ckpt.get("class_names") or []),
-        config=dict(ckpt.get("config") or {}),
-        path=path,
-        epoch=int(ckpt.get("epoch", -1)),
-    )
+    try:
+        loaded = LoadedModel(
+            model=model,
+            nbits=int(ckpt["nbits"]),
+            normalizer=Normalizer.from_dict(ckpt["normalizer"]),
+            input_shape=tuple(int(v) for v in ckpt["input_shape"]),
+            class_names=[str(c) for c in ckpt.get("class_names") or []],
+            config=dict(ckpt.get("config") or {}),
+            path=path,
+            epoch=int(ckpt.get("epoch", -1)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: malformed checkpoint field ({one_line(e)})") from None
+    if len(loaded.input_shape) != 3 or loaded.nbits != model_config.get("nbits"):
+        raise ModelFileError(f"{path}: the checkpoint's input_shape {list(loaded.input_shape)} or nbits "
+                             f"{loaded.nbits} do not fit its model")
+    return loaded

@@ -1,4 +1,4 @@
-"""Atomic file writing and the one error type users see for bad files."""
+"""Atomic file writing. (``DataError`` and ``one_line`` live in :mod:`dsh.errors`; they are re-exported here.)"""
 
 from __future__ import annotations
 
@@ -8,16 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterator, IO
 
-
-class DataError(ValueError):
-    """A user-facing problem with an input (a file, a folder, a flag). Its message is one line and names the
-    file or setting at fault; the command line prints it without a traceback and exits non-zero."""
-
-
-def one_line(e: BaseException, limit: int = 200) -> str:
-    """An exception's message squeezed onto one line (its type's name if it has none), at most ``limit`` chars."""
-    text = " ".join(str(e).split()) or type(e).__name__
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+from .errors import DataError, UserError, one_line  # noqa: F401  (re-exported)
 
 
 @contextlib.contextmanager
@@ -27,8 +18,11 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     A crash mid-write therefore never leaves a half-written file where a good one used to be.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise DataError(f"{path}: cannot write here ({e.strerror or one_line(e)})") from None
     # mkstemp makes the file private (0600); give it the permissions a plain open() would have
     umask = os.umask(0)
     os.umask(umask)
@@ -39,7 +33,9 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(e, OSError) and e.errno is not None:  # disk full, a folder in the way, permissions
+            raise DataError(f"{path}: cannot write ({e.strerror or one_line(e)})") from e
         raise

@@ -461,6 +461,7 @@ def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, keep_u: bool =
     the query file with ``keep_u``). Returns the figures, the codes and labels (``"arrays"``) and the timings.
     """
     from dsh.experiment import encode_and_evaluate
+    from dsh.metrics import mean_average_precision
     from dsh.train import train
 
     set_threads(cfg.threads)
@@ -469,6 +470,10 @@ def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, keep_u: bool =
     q, db, metrics = judged.query, judged.database, judged.metrics
     return {
         "map": metrics["map"],
+        "ties": metrics["ties"],
+        # beside the tie-aware figure, the one a stable sort gives, for comparison with tools that sort so
+        "map_position_ties": mean_average_precision(q.codes, db.codes, q.labels, db.labels, q.nbits,
+                                                    ties="position"),
         "precision_at_radius_2": metrics["precision_at_radius_2"],
         "recall_at_radius_2": metrics["recall_at_radius_2"],
         "n_queries": metrics["n_queries"],

@@ -3,6 +3,7 @@
     python benchmarks/make_readme_results.py            # rewrite README.md between the results markers
     python benchmarks/make_readme_results.py --check    # exit 1 where README.md is not up to date
     python benchmarks/make_readme_results.py --print    # print the section, write nothing
+    python benchmarks/make_readme_results.py --remake-metrics   # first re-make every row's figures from its codes
 
 Reads, under ``--results`` (default ``benchmarks/results``), whichever exist of:
 
@@ -14,7 +15,15 @@ Reads, under ``--results`` (default ``benchmarks/results``), whichever exist of:
 - ``search.json`` / ``.md`` (``benchmarks/search.py``): Hamming search speed against faiss.
 
 Each table comes with the one-line command that re-makes it and the machine it was measured on; figures are
-embedded with paths relative to the README. A missing results file gives a section that says "not yet run", with
+embedded with paths relative to the README.
+
+**Ties.** The mAP column is the tie-aware figure (``dsh.metrics``' default ``ties="expected"``: the exact expected
+value when items at equal Hamming distance come in random order) for every row whose record says ``"ties":
+"expected"``; beside it, ``map_position_ties`` is the same codes' figure with ties broken by database position.
+``--remake-metrics`` recomputes, from each row's committed code files (``query_file``, ``database_file``), mAP,
+precision@k and the radius figures under both rules, and rewrites the row in ``results.json``, in its length's
+``result.json`` and in ``results.md``; the old figure is kept as ``map_position_ties``. A row without its code files
+cannot be re-made, and its table says so. A missing results file gives a section that says "not yet run", with
 the command. The text between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced; where those
 markers are absent, a line ``RESULTS_PLACEHOLDER`` is replaced by them and the section. Written atomically.
 """
@@ -101,6 +110,172 @@ def demote_headings(markdown: str, levels: int = 3) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# ties: which rule each mAP uses, and re-making the figures from the committed code files
+
+REMAKE_COMMAND = "python benchmarks/make_readme_results.py --remake-metrics"
+POSITION_HEADER = "mAP, ties by position"
+
+
+def has_codes(r: dict, base: Path) -> bool:
+    """Whether a row's query and database code files are there (so its figures can be re-made)."""
+    return all(r.get(k) and (base / r[k]).is_file() for k in ("query_file", "database_file"))
+
+
+def position_cell(r: dict, base: Path) -> str:
+    """The ``mAP, ties by position`` cell of a row, or why the row has no tie-aware mAP."""
+    if r.get("ties") == "expected":
+        return common.fmt_float(r.get("map_position_ties"))
+    if not has_codes(r, base):
+        return "could not be re-made (no database codes)"
+    return "not re-made yet"
+
+
+def add_column(lines: list[str], after: int, header: str, cells: list[str]) -> list[str]:
+    """A Markdown table (header, alignment, rows) with one more column after column ``after`` (0-based)."""
+    def split(line: str) -> list[str]:
+        return line.strip().strip("|").split("|")
+
+    def join(parts: list[str]) -> str:
+        return "|" + "|".join(parts) + "|"
+
+    out = []
+    for i, line in enumerate(lines):
+        parts = split(line)
+        extra = f" {header} " if i == 0 else " ---: " if i == 1 else f" {cells[i - 2]} "
+        out.append(join(parts[: after + 1] + [extra] + parts[after + 1:]))
+    return out
+
+
+def paper_table(rows: list[dict], base: Path) -> list[str]:
+    """``paper_cifar10.table_lines`` with the position figure after the comparison with the paper."""
+    rows = common.sort_runs(rows)
+    return add_column(paper_cifar10.table_lines(rows), 5, POSITION_HEADER, [position_cell(r, base) for r in rows])
+
+
+def seed_table(rows: list[dict], base: Path) -> list[str]:
+    """``seed_mnist.results_table`` with the position figure beside the mAP."""
+    rows = common.sort_runs(rows)
+    return add_column(seed_mnist.results_table(rows), 2, POSITION_HEADER, [position_cell(r, base) for r in rows])
+
+
+def ties_lines(rows: list[dict], base: Path) -> list[str]:
+    """The sentence(s) saying which rule each figure of a table uses."""
+    remade = [r for r in rows if r.get("ties") == "expected"]
+    missing = [r for r in rows if r.get("ties") != "expected" and not has_codes(r, base)]
+    stale = [r for r in rows if r.get("ties") != "expected" and has_codes(r, base)]
+    out = []
+    if remade:
+        order = {r.get("database_sorted_by_class") for r in remade}
+        order = (": this database is stored class by class, which biases it" if order == {True} else
+                 ": this database is in the dataset's own order, not sorted by class" if order == {False} else "")
+        text = ("**Ties.** Hamming distances take few values, so many database items tie. mAP is tie-aware: its "
+                "exact expected value when items at equal distance come in random order (`dsh eval`'s default, "
+                "`--ties expected`); it does not depend on the order of the database file. *mAP, ties by "
+                "position* is the same codes' figure with ties broken by database position (`--ties position`, "
+                f"the rule of these tables before), which does{order}. Precision within radius 2 takes whole "
+                "distance buckets, so it is the same under both rules.")
+        if any(r.get("val_map_ties") == "position" for r in remade):
+            text += (" The validation mAP that chose the best epoch is the one logged during training, with ties "
+                     "by position, and is not re-made (the validation codes are not kept).")
+        out.append(text)
+    if missing:
+        out.append("Rows marked *could not be re-made* have no committed database codes: their mAP is the figure "
+                   "recorded when they ran, under that time's tie rule (database position before dsh's "
+                   "tie-aware metrics), and is not comparable with tie-aware rows.")
+    if stale:
+        out.append(f"Rows marked *not re-made yet* show the mAP as recorded, whose tie rule the results file does "
+                   f"not say: re-make them from their code files with `{REMAKE_COMMAND}`.")
+    return [" ".join(out), ""] if out else []
+
+
+def _results_markdown(folder: Path, results: dict) -> str:
+    """``results.md`` as its benchmark script writes it, with this module's table (the position column) and the
+    ties sentence in place of the script's table."""
+    rows = common.sort_runs(results["runs"])
+    if "paper_map" in results or results.get("protocol") == paper_cifar10.PROTOCOL:
+        md, theirs, ours = paper_cifar10.markdown(results), paper_cifar10.table_lines(rows), paper_table(rows, folder)
+    else:
+        md, theirs, ours = seed_mnist.markdown(results), seed_mnist.results_table(rows), seed_table(rows, folder)
+    block = "\n".join(theirs)
+    if block not in md:
+        return md
+    return md.replace(block, "\n".join(ours + [""] + ties_lines(rows, folder)).rstrip("\n"), 1)
+
+
+def remake_metrics(results_root: Path, log: Callable[[str], None] = print) -> int:
+    """Re-make every row of ``results_root/*/results.json`` whose code files are there: mAP (and mAP@k where the
+    protocol has a cut-off), precision@k and the radius figures with ``ties="expected"``, the position figures
+    beside them; rewrite ``results.json``, the rows' ``result.json`` and ``results.md``. Returns the rows re-made."""
+    import numpy as np
+
+    import dsh
+    from dsh.codefile import load_codes
+    from dsh.metrics import evaluate
+    from dsh.protocols import get_protocol
+
+    done = 0
+    for path in sorted(results_root.glob("*/results.json")):
+        results = common.read_json(path)
+        if not results or not results.get("runs"):
+            continue
+        base = path.parent
+        for r in results["runs"]:
+            what = f"{base.name}: {r['bits']} bits, seed {common.seed_of(r)}"
+            if not has_codes(r, base):
+                log(f"{what}: no code files ({r.get('query_file')}, {r.get('database_file')}): not re-made")
+                continue
+            q, db = load_codes(base / r["query_file"]), load_codes(base / r["database_file"])
+            topk = get_protocol(r["protocol"]).topk if r.get("protocol") else None
+            exp, pos = (evaluate(q.codes, db.codes, q.labels, db.labels, q.nbits, topk=topk, ties=t)
+                        for t in ("expected", "position"))
+            # a record without "ties" was made either before dsh's tie-aware metrics (by position) or after, by a
+            # script that did not record the rule: its mAP says which, and must be one of the two
+            legacy = r.get("ties") is None
+            if legacy:
+                made_with = next((t for t, res in (("position", pos), ("expected", exp))
+                                  if abs(res["map"] - r["map"]) <= 1e-9), None)
+                if made_with is None:
+                    raise SystemExit(f"{what}: the code files give mAP {pos['map']:.6f} by position and "
+                                     f"{exp['map']:.6f} tie-aware, the record says {r['map']:.6f}: not the codes "
+                                     f"of this row")
+            labels = np.asarray(db.labels)
+            update = {
+                "ties": "expected",
+                "database_sorted_by_class": bool(labels.ndim == 1 and np.all(np.diff(labels) >= 0)),
+                "map": exp["map"],
+                "map_position_ties": pos["map"],
+                "precision_at_radius_2": exp["precision_at_radius_2"],
+                "recall_at_radius_2": exp["recall_at_radius_2"],
+                "pr_curve": exp["pr_curve"],
+                "precision_at_k": exp["precision_at_k"],
+                "precision_at_k_position_ties": pos["precision_at_k"],
+            }
+            if topk is not None:
+                update.update(topk=exp["topk"], map_at_k=exp["map_at_k"], map_at_k_position_ties=pos["map_at_k"])
+            if r.get("paper_map") is not None:
+                update.update(map_minus_paper=exp["map"] - r["paper_map"], map_over_paper=exp["map"] / r["paper_map"])
+            if legacy:  # training's validation mAP used the rule its test mAP was evaluated with
+                update["val_map_ties"] = made_with
+            if any(r.get(k) != v for k, v in update.items()):
+                update["metrics_remade"] = {"command": REMAKE_COMMAND, "finished": common.utc_now(),
+                                            "dsh": getattr(dsh, "__version__", "?")}
+                recorded = r["map"] if legacy and made_with == "position" else r.get("map_position_ties")
+                log(f"{what}: mAP {exp['map']:.4f} (ties expected), {pos['map']:.4f} (ties by position; recorded "
+                    f"{common.fmt_float(recorded)}); precision r<=2 {exp['precision_at_radius_2']:.4f} (recorded "
+                    f"{common.fmt_float(r.get('precision_at_radius_2'))})")
+            r.update(update)
+            length_file = base / Path(r["query_file"]).parent / "result.json"
+            length = common.read_json(length_file)
+            if length is not None and (length.get("bits"), common.seed_of(length)) == (r["bits"], common.seed_of(r)):
+                length.update(r)
+                common.write_json(length_file, length)
+            done += 1
+        common.write_json(path, results)
+        common.write_text(base / "results.md", _results_markdown(base, results))
+    return done
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # sections
 
 
@@ -123,12 +298,13 @@ def paper_section(ctx: Context) -> list[str]:
         paper_cifar10.describe(rows), "",
         *code_block(commands_by_row(rows)), "",
         *smoke_warning(results, rows),
-        *paper_cifar10.table_lines(rows), "",
+        *paper_table(rows, base), "",
+        *ties_lines(rows, base),
         *paper_cifar10.spread_lines(rows),
         *paper_cifar10.settings_lines(rows),
         *common.machine_lines(rows), "",
         f"Each row's code files (`dsh encode`'s `.npz`) sit beside its results; re-check its mAP with "
-        f"`{recheck}`{likewise}.",
+        f"`{recheck}`{likewise}; `--ties position` gives the position figure.",
     ]
 
 
@@ -161,7 +337,8 @@ def seed_recipe_lines(ctx: Context, folder: str, detail: bool) -> list[str]:
         f"{how}; class tables on the test codes.", "",
         *code_block(commands_by_row(rows)), "",
         *smoke_warning(results, rows),
-        *seed_mnist.results_table(rows), "",
+        *seed_table(rows, path.parent), "",
+        *ties_lines(rows, path.parent),
     ]
     spread = seed_mnist.spread_lines(rows)
     lines += [*spread, ""] if spread else []
@@ -263,11 +440,20 @@ def build_parser() -> argparse.ArgumentParser:
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--check", action="store_true", help="write nothing; exit 1 where the README is out of date")
     mode.add_argument("--print", dest="print_only", action="store_true", help="print the section, write nothing")
+    p.add_argument("--remake-metrics", action="store_true",
+                   help="first re-make every row's mAP (tie-aware, and by position beside it), precision@k and "
+                        "radius figures from its committed code files, rewriting the results files")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.remake_metrics:
+        if args.check:
+            print("make_readme_results: error: --remake-metrics rewrites results files; not with --check",
+                  file=sys.stderr)
+            return 2
+        print(f"re-made the figures of {remake_metrics(args.results)} rows from their code files")
     section = render(Context(args.results, args.readme))
     if args.print_only:
         print(section, end="")

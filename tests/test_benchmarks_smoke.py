@@ -1,5 +1,6 @@
 """The benchmark scripts' bookkeeping, on fake results files (no training): the README section generator, the
-results merging, the settings parser and the smoke-test subsets. Seconds, not minutes."""
+results merging, the settings parser and the smoke-test subsets. Seconds, not minutes. Where the offline datasets
+are found, also ``encode_throughput.py`` end to end on a few hundred images (about half a minute on 2 cores)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
+import encode_throughput  # noqa: E402
 import make_readme_results as mrr  # noqa: E402
 import paper_cifar10  # noqa: E402
 import seed_mnist  # noqa: E402
@@ -237,3 +239,52 @@ def test_fmt_seconds():
     assert common.fmt_seconds(41.04) == "41.0 s"
     assert common.fmt_seconds(452.3) == "7 min 32 s"
     assert common.fmt_seconds(None) == "—"
+
+
+def test_encode_throughput_smoke_on_a_subset(tmp_path, shared_data, monkeypatch, capsys):
+    """The encoding benchmark end to end on a few hundred images: one model, both backends, both sources, each in
+    its own process; the streaming encode; one short run trained by the script and one run given to it."""
+    torch = pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from dsh.checkpoint import BEST, save_checkpoint
+    from dsh.data import Normalizer
+    from dsh.models import create_model
+
+    monkeypatch.setenv("DSH_TEST_DATA", str(shared_data))
+    given = tmp_path / "given-cifar-run"  # an untrained CIFAR-sized run, so only the MNIST run is trained here
+    model = create_model("paper-bn", 16, in_channels=3, image_size=32).eval()
+    save_checkpoint(given / BEST, {
+        "model_config": dict(model.config), "nbits": 16, "input_shape": [3, 32, 32],
+        "normalizer": Normalizer([0.5] * 3, [0.25] * 3).to_dict(), "class_names": [str(i) for i in range(10)],
+        "config": {"dataset": "folder"}, "epoch": 0, "state_dict": model.state_dict()})
+    out = tmp_path / "out"
+    threads = torch.get_num_threads()  # the script sets torch's (and numba's) threads for this process
+    numba = sys.modules.get("numba")
+    numba_threads = numba.get_num_threads() if numba else None
+    try:
+        assert encode_throughput.main(["--smoke", "--configs", "paper-1x28x28", "--limit-test", "100",
+                                       "--run-cifar", str(given), "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
+        if numba_threads:
+            numba.set_num_threads(numba_threads)
+    result = json.loads((out / "encode_throughput.json").read_text())
+    assert result["benchmark"] is False and result["limits"] == {"train": 300, "test": 100}
+    rows = result["throughput"]
+    assert {(r["backend"], r["source"]) for r in rows} == {(b, s) for b in ("torch", "onnxruntime")
+                                                          for s in ("array", "files")}
+    assert all(r["images"] == 100 and r["images_per_s"] > 0 and r["peak_rss_mb"] > 0 for r in rows)
+    assert not any(r["torch_imported"] for r in rows if r["backend"] == "onnxruntime")
+    assert [r["images"] for r in result["stream"]] == [100, 300]
+    mnist, cifar = result["agreement"]
+    assert mnist["run"] == "trained by this script" and mnist["nbits"] == 8 and mnist["images"] == 100
+    assert cifar["run"] == str(given) and cifar["nbits"] == 16
+    assert all(r["met"] and r["max_abs_u_difference"] <= 1e-4 for r in (mnist, cifar))
+    md = (out / "encode_throughput.md").read_text()
+    assert "NOT a benchmark" in md and "--smoke" in md and "Load average at start" in md
+    assert md.count("| paper | 1x28x28 | MNIST test |") == 4 and "## Agreement" in md
+    # a smoke test never overwrites benchmark results
+    common.write_json(out / "encode_throughput.json", {**result, "benchmark": True})
+    capsys.readouterr()
+    assert encode_throughput.main(["--smoke", "--out", str(out)]) == 2
+    assert "holds benchmark results" in capsys.readouterr().err

@@ -43,7 +43,8 @@ def test_encode_eval_report(run_dir, tmp_path, capsys):
     np.testing.assert_array_equal(np.unpackbits(qc.codes, axis=1, bitorder="little").astype(bool), qc.u >= 0)
     capsys.readouterr()
 
-    assert main(["eval", "--query", str(q), "--database", str(db), "--json", "--topk", "100"]) == 0
+    assert main(["eval", "--query", str(q), "--database", str(db), "--json", "--topk", "100", "--ties",
+                 "position"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert set(result) >= {"map", "precision_at_radius_2", "map_at_k"} and result["topk"] == 100
     # mAP against a slow reference: stable sort by distance, ties by database position
@@ -136,10 +137,14 @@ def test_search_by_image(run_dir, tmp_path, capsys):
     assert len(res) == 6 and [r["distance"] for r in res] == sorted(r["distance"] for r in res)
     # the query image itself is in the index, so it is found at distance 0 (maybe tied with look-alikes)
     assert any(r["path"] == str(one.resolve()) and r["distance"] == 0 for r in res)
-    # an image of the wrong size for the model is refused in one line
+    # an image of another size is resized to the trained size by default (the one input policy) and searched;
+    # with --no-resize it is refused in one line
     big = tmp_path / "big.png"
-    Image.fromarray(np.zeros((20, 20), np.uint8), mode="L").save(big)
-    assert main(["search", "--index", str(idx), "--image", str(big)]) == 2
+    Image.open(one).resize((20, 20), Image.NEAREST).save(big)
+    assert main(["search", "--index", str(idx), "--image", str(big), "-k", "6", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)["queries"][0]["results"]
+    assert len(res) == 6
+    assert main(["search", "--index", str(idx), "--image", str(big), "--no-resize"]) == 2
     err = capsys.readouterr().err
     assert "big.png" in err and "--resize" in err and len(err.strip().splitlines()) == 1
 
@@ -154,12 +159,12 @@ def test_resume_and_determinism(tmp_path, capsys):
     train(cfg, b, progress=False, log=lambda m: None)
     # c: stopped after one epoch, then resumed from the command line: must end where a did
     train(cfg, c, progress=False, log=lambda m: None, stop_after=1)
-    assert torch.load(c / "last.pt", weights_only=False)["epoch"] == 0
+    assert torch.load(c / "last.pt", weights_only=True)["epoch"] == 0
     capsys.readouterr()
     assert main(["train", "--out", str(c), "--resume", "--epochs", "5"]) == 2  # the saved settings rule a resume
     assert "--epochs" in one_error_line(capsys)
     assert main(["train", "--out", str(c), "--resume", "--quiet"]) == 0
-    final = {p: torch.load(p / "last.pt", weights_only=False) for p in (a, b, c)}
+    final = {p: torch.load(p / "last.pt", weights_only=True) for p in (a, b, c)}
     assert final[c]["epoch"] == 1
     for k, v in final[a]["state_dict"].items():
         assert torch.equal(v, final[b]["state_dict"][k]), f"same seed, different weights at {k}"
@@ -203,7 +208,7 @@ def test_corrupt_and_mismatched_checkpoints(run_dir, tmp_path, capsys):
     assert main(["encode", "--run", str(bad), "--out", str(tmp_path / "x.npz")]) == 2
     assert "bad.pt" in one_error_line(capsys)
 
-    ckpt = torch.load(run_dir / "best.pt", weights_only=False)
+    ckpt = torch.load(run_dir / "best.pt", weights_only=True)
     ckpt["model_config"] = {**ckpt["model_config"], "nbits": 16}  # weights of an 8-bit head
     mismatched = tmp_path / "mismatched.pt"
     torch.save(ckpt, mismatched)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from dsh.config import PRESETS, resolve_config
-from dsh.fileio import DataError
+from dsh.errors import ConfigError, DataError
 from dsh.models import list_models
 
 
@@ -29,9 +29,9 @@ def test_precedence_and_errors(tmp_path):
     with pytest.raises(DataError, match="bad.json: cannot parse"):
         resolve_config(config_file=tmp_path / "bad.json")
     (tmp_path / "typo.json").write_text(json.dumps({"learning_rate": 1}))
-    with pytest.raises(DataError, match="unknown setting"):
+    with pytest.raises(ConfigError, match="unknown setting"):
         resolve_config(config_file=tmp_path / "typo.json")
-    with pytest.raises(DataError, match="unknown preset"):
+    with pytest.raises(ConfigError, match="unknown preset"):
         resolve_config(preset="nope")
-    with pytest.raises(DataError, match="eval_every"):
+    with pytest.raises(ConfigError, match="eval_every"):
         resolve_config({"eval_every": 0})

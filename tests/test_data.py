@@ -26,7 +26,7 @@ from dsh.data import (
     load_split,
     stratified_subset,
 )
-from dsh.data.decode import decode_files
+from dsh.imageio import decode_files
 from dsh.fileio import DataError
 
 TINY_CLASSES = ["ant", "bee", "cat"]  # the classes of the tiny_image_tree fixture

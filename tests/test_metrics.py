@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+import math
 import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
 from dsh.codes import pack_bits, unpack_codes
 from dsh.metrics import (
+    _stats,
     average_precision,
     evaluate,
     mean_average_precision,
@@ -54,21 +58,23 @@ DBL1 = np.array([0, 1, 0, 0, 1, 0])
 
 
 def test_ap_hand_example_all_and_topk():
-    assert average_precision(Q1, DB1, QL1, DBL1, 8)[0] == pytest.approx(193 / 240)
-    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=3)[0] == pytest.approx(5 / 6)
-    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=2)[0] == pytest.approx(1.0)
-    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=1)[0] == pytest.approx(1.0)
+    P = "position"
+    assert average_precision(Q1, DB1, QL1, DBL1, 8, ties=P)[0] == pytest.approx(193 / 240)
+    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=3, ties=P)[0] == pytest.approx(5 / 6)
+    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=2, ties=P)[0] == pytest.approx(1.0)
+    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=1, ties=P)[0] == pytest.approx(1.0)
     # topk = n and topk > n both mean the whole database
-    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=6)[0] == pytest.approx(193 / 240)
-    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=1000)[0] == pytest.approx(193 / 240)
+    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=6, ties=P)[0] == pytest.approx(193 / 240)
+    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=1000, ties=P)[0] == pytest.approx(193 / 240)
 
 
 def test_precision_at_k_hand_example():
     # relevant flags in rank order 1 0 1 1 1 0: hits within the top k = 1 1 2 3 4 4
-    got = precision_at_k(Q1, DB1, QL1, DBL1, 8, ks=[1, 2, 3, 4, 5, 6])
+    got = precision_at_k(Q1, DB1, QL1, DBL1, 8, ks=[1, 2, 3, 4, 5, 6], ties="position")
     np.testing.assert_allclose(got, [1 / 1, 1 / 2, 2 / 3, 3 / 4, 4 / 5, 4 / 6])
     # order of ks is kept, duplicates allowed
-    np.testing.assert_allclose(precision_at_k(Q1, DB1, QL1, DBL1, 8, ks=[6, 3, 3]), [4 / 6, 2 / 3, 2 / 3])
+    np.testing.assert_allclose(precision_at_k(Q1, DB1, QL1, DBL1, 8, ks=[6, 3, 3], ties="position"),
+                               [4 / 6, 2 / 3, 2 / 3])
     with pytest.raises(ValueError, match="1..6"):
         precision_at_k(Q1, DB1, QL1, DBL1, 8, ks=[7])
     for bad in ([0], 3, [], [2.0]):
@@ -87,12 +93,13 @@ DBL2 = np.array([1, 1, 0])
 
 
 def test_last_database_item_counts():
-    assert average_precision(Q2, DB2, QL2, DBL2, 8)[0] == pytest.approx(1 / 3)
-    assert average_precision(Q2, DB2, QL2, DBL2, 8, topk=3)[0] == pytest.approx(1 / 3)
-    assert average_precision(Q2, DB2, QL2, DBL2, 8, topk=4)[0] == pytest.approx(1 / 3)
+    P = "position"
+    assert average_precision(Q2, DB2, QL2, DBL2, 8, ties=P)[0] == pytest.approx(1 / 3)
+    assert average_precision(Q2, DB2, QL2, DBL2, 8, topk=3, ties=P)[0] == pytest.approx(1 / 3)
+    assert average_precision(Q2, DB2, QL2, DBL2, 8, topk=4, ties=P)[0] == pytest.approx(1 / 3)
     # within the top 2 there is no relevant item: AP@2 = 0
-    assert average_precision(Q2, DB2, QL2, DBL2, 8, topk=2)[0] == 0.0
-    np.testing.assert_allclose(precision_at_k(Q2, DB2, QL2, DBL2, 8, ks=[2, 3]), [0.0, 1 / 3])
+    assert average_precision(Q2, DB2, QL2, DBL2, 8, topk=2, ties=P)[0] == 0.0
+    np.testing.assert_allclose(precision_at_k(Q2, DB2, QL2, DBL2, 8, ks=[2, 3], ties=P), [0.0, 1 / 3])
 
 
 def test_topk_below_one_is_an_error():
@@ -105,11 +112,11 @@ def test_query_without_relevant_item_counts_as_zero():
     # second query has label 7, which no database item has: AP 0, and it stays in the mean
     q = np.concatenate([Q1, Q1])
     ql = np.array([0, 7])
-    ap = average_precision(q, DB1, ql, DBL1, 8)
+    ap = average_precision(q, DB1, ql, DBL1, 8, ties="position")
     np.testing.assert_allclose(ap, [193 / 240, 0.0])
-    assert mean_average_precision(q, DB1, ql, DBL1, 8) == pytest.approx(193 / 480)
+    assert mean_average_precision(q, DB1, ql, DBL1, 8, ties="position") == pytest.approx(193 / 480)
     # same with topk: the first query has relevant items in its top 3, the second none
-    assert mean_average_precision(q, DB1, ql, DBL1, 8, topk=3) == pytest.approx(5 / 12)
+    assert mean_average_precision(q, DB1, ql, DBL1, 8, topk=3, ties="position") == pytest.approx(5 / 12)
     res = evaluate(q, DB1, ql, DBL1, 8)
     assert res["queries_without_relevant"] == 1
 
@@ -123,9 +130,10 @@ def test_multi_label_relevance_hand_example():
     ql = np.array([[1, 0, 1]], dtype=np.uint8)
     dl = np.array([[0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 0, 0]], dtype=np.uint8)
     np.testing.assert_array_equal(relevance(ql, dl), [[False, True, True, False]])
-    assert average_precision(q, db, ql, dl, 8)[0] == pytest.approx(0.5)
-    assert average_precision(q, db, ql.astype(bool), dl.astype(bool), 8)[0] == pytest.approx(0.5)
-    assert average_precision(q, db, ql, dl, 8, topk=2)[0] == pytest.approx(0.5)  # only rank 2 within top 2
+    assert average_precision(q, db, ql, dl, 8, ties="position")[0] == pytest.approx(0.5)
+    assert average_precision(q, db, ql.astype(bool), dl.astype(bool), 8, ties="position")[0] == pytest.approx(0.5)
+    # only rank 2 within top 2
+    assert average_precision(q, db, ql, dl, 8, topk=2, ties="position")[0] == pytest.approx(0.5)
     assert evaluate(q, db, ql, dl, 8)["labels"] == "multi"
 
 
@@ -254,16 +262,18 @@ def test_fast_path_matches_reference(nbits, multi):
     ref = reference(q, db, ql, dl, nbits, topk, ks, radius)
     assert ref["ap"].max() > 0 and ref["ap"].min() < 1
 
-    np.testing.assert_allclose(average_precision(q, db, ql, dl, nbits), ref["ap"], rtol=1e-12, atol=0)
-    np.testing.assert_allclose(average_precision(q, db, ql, dl, nbits, topk=topk), ref["ap_k"], rtol=1e-12, atol=0)
-    np.testing.assert_allclose(precision_at_k(q, db, ql, dl, nbits, ks), ref["pk"], rtol=1e-12)
+    P = "position"  # the reference sorts stably: ties by database position
+    np.testing.assert_allclose(average_precision(q, db, ql, dl, nbits, ties=P), ref["ap"], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(average_precision(q, db, ql, dl, nbits, topk=topk, ties=P), ref["ap_k"],
+                               rtol=1e-12, atol=0)
+    np.testing.assert_allclose(precision_at_k(q, db, ql, dl, nbits, ks, ties=P), ref["pk"], rtol=1e-12)
     assert precision_at_radius(q, db, ql, dl, nbits, radius) == pytest.approx(ref["prec_r"], rel=1e-12)
     assert recall_at_radius(q, db, ql, dl, nbits, radius) == pytest.approx(ref["rec_r"], rel=1e-12)
     c = pr_curve_by_radius(q, db, ql, dl, nbits)
     np.testing.assert_allclose(c["precision"], ref["curve_p"], rtol=1e-12)
     np.testing.assert_allclose(c["recall"], ref["curve_r"], rtol=1e-12)
 
-    res = evaluate(q, db, ql, dl, nbits, topk=topk, radius=radius, ks=ks)
+    res = evaluate(q, db, ql, dl, nbits, topk=topk, radius=radius, ks=ks, ties=P)
     assert res["map"] == pytest.approx(ref["ap"].mean(), rel=1e-12)
     assert res["map_at_k"] == pytest.approx(ref["ap_k"].mean(), rel=1e-12)
     assert res[f"precision_at_radius_{radius}"] == pytest.approx(ref["prec_r"], rel=1e-12)
@@ -273,9 +283,12 @@ def test_database_order_breaks_ties():
     # moving an irrelevant item from after a tied relevant one to before it lowers AP: the order is the tie-break
     q = codes8(0b0)
     ql = np.array([0])
-    after = average_precision(q, codes8(0b1, 0b1), ql, np.array([0, 1]), 8)[0]  # rel at rank 1
-    before = average_precision(q, codes8(0b1, 0b1), ql, np.array([1, 0]), 8)[0]  # rel at rank 2
+    after = average_precision(q, codes8(0b1, 0b1), ql, np.array([0, 1]), 8, ties="position")[0]  # rel at rank 1
+    before = average_precision(q, codes8(0b1, 0b1), ql, np.array([1, 0]), 8, ties="position")[0]  # rel at rank 2
     assert (after, before) == (1.0, 0.5)
+    # the expectation over both orders is the same whichever order the file has: (1 + 1/2) / 2
+    for labels in ([0, 1], [1, 0]):
+        assert average_precision(q, codes8(0b1, 0b1), ql, np.array(labels), 8)[0] == pytest.approx(0.75)
 
 
 def test_pr_curve_recall_monotone_and_reaches_one():
@@ -292,6 +305,217 @@ def test_pr_curve_recall_monotone_and_reaches_one():
 
 
 # ----------------------------------------------------------------------------------------------------------------
+# tie-aware figures (ties="expected", the default): the expectation over a random order of equal distances
+
+
+def test_expected_hand_example():
+    # Q1/DB1 by distance bucket: d0 {j2 rel} | d1 {j1 -, j3 rel, j5 rel} | d2 {j0 rel} | d3 {j4 -}
+    # AP@all: the d1 bucket's three orders give precision sums 2/3+3/4, 2/2+3/4, 2/2+3/3, mean 31/18, so
+    #   E[AP] = (1 + 31/18 + 4/5) / 4 = 317/360
+    # AP@3 cuts d1 after 2 of its 3 items: X (relevant among them) is 2 with prob. 1/3 -> (1 + 1 + 1) / 3 = 1,
+    #   and 1 with prob. 2/3 -> (1 + (1 + 2/3)/2) / 2 = 11/12: E[AP@3] = 1/3 + (2/3)(11/12) = 17/18
+    # precision@k: expected hits 1, 1 + 2/3, 1 + 4/3, 3, 4, 4 in the top 1..6
+    assert average_precision(Q1, DB1, QL1, DBL1, 8)[0] == pytest.approx(317 / 360, rel=1e-14)
+    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=3)[0] == pytest.approx(17 / 18, rel=1e-14)
+    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=1)[0] == 1.0
+    # AP@2: X ~ 1 relevant in 1 draw of d1 w.p. 2/3 -> (1 + 1)/2 = 1; else AP = 1: E = 1
+    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=2)[0] == pytest.approx(1.0, rel=1e-14)
+    assert average_precision(Q1, DB1, QL1, DBL1, 8, topk=6)[0] == average_precision(Q1, DB1, QL1, DBL1, 8)[0]
+    np.testing.assert_allclose(precision_at_k(Q1, DB1, QL1, DBL1, 8, ks=[1, 2, 3, 4, 5, 6]),
+                               [1, (5 / 3) / 2, (7 / 3) / 3, 3 / 4, 4 / 5, 4 / 6], rtol=1e-14)
+    res = evaluate(Q1, DB1, QL1, DBL1, 8, topk=3, ks=[2])
+    assert res["ties"] == "expected" and res["map"] == pytest.approx(317 / 360, rel=1e-14)
+    assert res["map_at_k"] == pytest.approx(17 / 18, rel=1e-14)
+    assert res["precision_at_k"]["precision"] == [pytest.approx(5 / 6, rel=1e-14)]
+
+
+def position_figures(dist, rel, ks):
+    """AP@all, AP@k for each k, precision@k for each k of one query whose database is in the order given, ties by
+    that order: the plain definitions, in Python."""
+    order = sorted(range(len(dist)), key=lambda j: (dist[j], j))
+    flags = [bool(rel[j]) for j in order]
+
+    def ap(cut):
+        hits, s = 0, 0.0
+        for r, f in enumerate(flags[:cut], start=1):
+            if f:
+                hits += 1
+                s += hits / r
+        return s / hits if hits else 0.0
+
+    return [ap(len(flags))] + [ap(k) for k in ks] + [sum(flags[:k]) / k for k in ks]
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["single", "multi"])
+def test_expected_equals_mean_over_every_ordering(multi):
+    # 6 items: all 720 orders of the database, each ranked with ties by position, averaged; every k from 1 to 6
+    rng = np.random.default_rng(5 + multi)
+    n, nbits, ks = 6, 8, list(range(1, 7))
+    for _ in range(12):
+        db = codes8(*rng.integers(0, 8, n))  # bits 0-2 only: distances 0..3 to a query, heavy ties
+        q = codes8(*rng.integers(0, 8, 3))
+        if multi:
+            dl = (rng.random((n, 3)) < 0.4).astype(np.uint8)
+            ql = (rng.random((3, 3)) < 0.5).astype(np.uint8)
+        else:
+            dl, ql = rng.integers(0, 2, n), rng.integers(0, 2, 3)
+        rel = relevance(ql, dl)
+        dist = (unpack_codes(q, nbits)[:, None, :] != unpack_codes(db, nbits)[None, :, :]).sum(axis=2)
+        want = np.array([np.mean([position_figures(dist[i][list(p)], rel[i][list(p)], ks)
+                                  for p in itertools.permutations(range(n))], axis=0) for i in range(len(q))])
+        got_ap = average_precision(q, db, ql, dl, nbits)
+        got_apk = np.stack([average_precision(q, db, ql, dl, nbits, topk=k) for k in ks], axis=1)
+        np.testing.assert_allclose(got_ap, want[:, 0], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(got_apk, want[:, 1:1 + n], rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(precision_at_k(q, db, ql, dl, nbits, ks), want[:, 1 + n:].mean(axis=0),
+                                   rtol=1e-12, atol=1e-15)
+
+
+def heavy_ties(rng, nq, n, n_codes=5, n_classes=3):
+    """8-bit codes drawn from ``n_codes`` distinct values, labels that agree with the code most of the time, and
+    the database sorted by class, as an image-folder dataset comes: position ties are biased here."""
+    values = rng.choice(256, n_codes, replace=False)
+    cls = rng.integers(0, n_classes, nq + n)
+    pick = np.where(rng.random(nq + n) < 0.6, cls % n_codes, rng.integers(0, n_codes, nq + n))
+    codes = codes8(*values[pick])
+    order = np.argsort(cls[nq:], kind="stable")
+    return codes[:nq], codes[nq:][order], cls[:nq], cls[nq:][order]
+
+
+@pytest.mark.parametrize("nq, n, topk", [(8, 240, 37), (2, 3000, 1100)], ids=["small", "large-buckets"])
+def test_expected_is_the_mean_over_random_permutations(nq, n, topk):
+    """Monte Carlo: the expected figures against the mean of the position figures over P random permutations of
+    the database. The tolerance is 5 standard errors, each from the observed spread of that figure over the
+    permutations (std / sqrt(P)): for a mean of P = 1500 independent draws the CLT makes a 5-SE miss a
+    6e-7 event per figure, so a failure means a wrong expectation, not bad luck (and the seed is fixed). The
+    position figure on the class-sorted file is many SEs off the expectation: the test is not vacuous."""
+    rng = np.random.default_rng(n)
+    q, db, ql, dl = heavy_ties(rng, nq, n)
+    ks = [1, topk, n // 2]
+    # not vacuous: for most queries k lands strictly inside a distance bucket that mixes relevant and irrelevant
+    # items (so AP@k's denominator is random)
+    dist = (unpack_codes(q, 8)[:, None, :] != unpack_codes(db, 8)[None, :, :]).sum(axis=2)
+    rel = relevance(ql, dl)
+    inside = 0
+    for i in range(nq):
+        d_k = np.sort(dist[i])[topk - 1]
+        closer, bucket = (dist[i] < d_k).sum(), dist[i] == d_k
+        inside += closer < topk < closer + bucket.sum() and 0 < rel[i, bucket].sum() < bucket.sum()
+    assert inside >= max(1, nq // 2)
+
+    P = 1500
+    draws = []  # per permutation: AP@all and AP@topk of each query, mean precision@k for each k
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)  # many tiny calls: no thread hand-offs (the cores may be busy with other work)
+    try:
+        for _ in range(P):
+            perm = rng.permutation(n)
+            s = _stats(q, db[perm], ql, dl[perm], 8, topk, np.array(ks), ties="position")  # one pass for all
+            draws.append(np.concatenate([s.ap, s.ap_at_k, s.precision_at_k()[np.searchsorted(s.ks, ks)]]))
+    finally:
+        numba.set_num_threads(threads)
+    draws = np.array(draws)
+    mean, se = draws.mean(axis=0), draws.std(axis=0, ddof=1) / np.sqrt(P)
+    got = np.concatenate([average_precision(q, db, ql, dl, 8), average_precision(q, db, ql, dl, 8, topk=topk),
+                          precision_at_k(q, db, ql, dl, 8, ks)])
+    assert np.all(np.abs(got - mean) <= 5 * se + 1e-12), np.max(np.abs(got - mean) / (se + 1e-300))
+    # the position figures of the class-sorted file are far off: sorted by class, ties favour class 0's queries
+    pos = np.concatenate([average_precision(q, db, ql, dl, 8, ties="position"),
+                          average_precision(q, db, ql, dl, 8, topk=topk, ties="position")])
+    assert np.max(np.abs(pos - got[: 2 * nq]) / (se[: 2 * nq] + 1e-300)) > 20
+
+
+@pytest.mark.parametrize("nbits", [64, 128])
+def test_expected_equals_position_without_ties(nbits):
+    # each query gets a database whose distances to it are 0, 1, ..., nbits, all distinct, in a shuffled order:
+    # with no ties the two rules are the same ranking
+    rng = np.random.default_rng(nbits)
+    for _ in range(4):
+        qbits = rng.random(nbits) < 0.5
+        masks = np.zeros((nbits + 1, nbits), bool)
+        for j in range(nbits + 1):
+            masks[j, rng.permutation(nbits)[:j]] = True  # popcount j: distance j
+        db = pack_bits(masks[rng.permutation(nbits + 1)] ^ qbits)
+        q = pack_bits(qbits[None])
+        dl, ql = rng.integers(0, 3, nbits + 1), np.array([1])
+        assert len(np.unique((unpack_codes(db, nbits) != qbits).sum(axis=1))) == nbits + 1
+        ks = [1, 7, nbits // 2, nbits + 1]
+        for t in (None, 5, nbits // 3, nbits + 1):
+            np.testing.assert_allclose(average_precision(q, db, ql, dl, nbits, topk=t),
+                                       average_precision(q, db, ql, dl, nbits, topk=t, ties="position"), rtol=1e-12)
+        np.testing.assert_allclose(precision_at_k(q, db, ql, dl, nbits, ks),
+                                   precision_at_k(q, db, ql, dl, nbits, ks, ties="position"), rtol=1e-12)
+
+
+@pytest.mark.parametrize("multi", [False, True], ids=["single", "multi"])
+def test_expected_does_not_change_when_database_rows_are_permuted(multi):
+    rng = np.random.default_rng(11 + multi)
+    q, db, ql, dl = tied_data(rng, 12, 10, 300, multi)
+    perm = rng.permutation(len(db))
+    a = evaluate(q, db, ql, dl, 12, topk=45, ks=[1, 10, 45, 100])
+    b = evaluate(q, db[perm], ql, dl[perm], 12, topk=45, ks=[1, 10, 45, 100])
+    assert a == b  # the same counts give bit-identical figures
+    p_a = evaluate(q, db, ql, dl, 12, topk=45, ties="position")
+    p_b = evaluate(q, db[perm], ql, dl[perm], 12, topk=45, ties="position")
+    assert p_a["map"] != p_b["map"]  # whereas the position rule moves with the file order
+    # radius figures and the curve over radii are the same under both rules
+    for key in ("precision_at_radius_2", "recall_at_radius_2", "pr_curve"):
+        assert a[key] == p_a[key] == p_b[key]
+
+
+def test_ties_argument_is_checked():
+    for bad in ("random", "Position", None, 1):
+        for call in (
+            lambda t: average_precision(Q1, DB1, QL1, DBL1, 8, ties=t),
+            lambda t: precision_at_k(Q1, DB1, QL1, DBL1, 8, [1], ties=t),
+            lambda t: precision_at_radius(Q1, DB1, QL1, DBL1, 8, ties=t),
+            lambda t: evaluate(Q1, DB1, QL1, DBL1, 8, ties=t),
+        ):
+            with pytest.raises(ValueError, match="ties must be one of 'expected', 'position'"):
+                call(bad)
+
+
+def test_expected_topk_at_least_n_is_ap_all_and_precision_at_n_is_the_share_relevant():
+    rng = np.random.default_rng(2)
+    q, db, ql, dl = tied_data(rng, 8, 15, 200, multi=False)
+    ap = average_precision(q, db, ql, dl, 8)
+    np.testing.assert_array_equal(average_precision(q, db, ql, dl, 8, topk=200), ap)
+    np.testing.assert_array_equal(average_precision(q, db, ql, dl, 8, topk=10**6), ap)
+    assert precision_at_k(q, db, ql, dl, 8, [200])[0] == pytest.approx(relevance(ql, dl).mean(), rel=1e-14)
+
+
+def test_harmonic_difference_is_accurate():
+    from dsh.metrics import _harmonic_diff
+
+    rng = np.random.default_rng(0)
+    cases = [(N, m) for N in (0, 1, 63, 64, 65, 1000, 49_999) for m in (0, 1, 32, 33, 100, 60_000)]
+    cases += [tuple(int(v) for v in rng.integers(0, 100_000, 2)) for _ in range(50)]
+    for N, m in cases:
+        want = math.fsum(1.0 / (N + t) for t in range(1, m + 1))
+        assert _harmonic_diff(N, m) == pytest.approx(want, rel=2e-15, abs=0), (N, m)
+
+
+def test_cli_eval_ties(tmp_path, capsys):
+    from dsh.cli import main
+    from dsh.codefile import CodeFile, save_codes
+
+    rng = np.random.default_rng(4)
+    q, db, ql, dl = heavy_ties(rng, 20, 300)
+    save_codes(tmp_path / "q.npz", CodeFile(q, 8, ql))
+    save_codes(tmp_path / "db.npz", CodeFile(db, 8, dl))
+    args = ["eval", "--query", str(tmp_path / "q.npz"), "--database", str(tmp_path / "db.npz"), "--topk", "50"]
+    for extra, ties in (([], "expected"), (["--ties", "expected"], "expected"), (["--ties", "position"], "position")):
+        assert main(args + extra + ["--json"]) == 0
+        got = json.loads(capsys.readouterr().out)
+        want = evaluate(q, db, ql, dl, 8, topk=50, ties=ties)
+        assert got["ties"] == ties and got["map"] == want["map"] and got["map_at_k"] == want["map_at_k"]
+    assert main(args) == 0
+    assert "expected" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(args + ["--ties", "random"])
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # evaluate, plots, JSON, no torch
 
 
@@ -304,10 +528,11 @@ def test_evaluate_keys_and_json():
     assert {"map", "precision_at_radius_3", "recall_at_radius_3", "pr_curve", "precision_at_k"} <= res.keys()
     assert res["precision_at_k"]["k"] == [1]  # default ks larger than the 6-item database are dropped
     assert len(res["pr_curve"]["radius"]) == 9
-    res_k = evaluate(Q1, DB1, QL1, DBL1, 8, topk=3)
+    assert res["ties"] == "expected"
+    res_k = evaluate(Q1, DB1, QL1, DBL1, 8, topk=3, ties="position")
     assert res_k["topk"] == 3 and res_k["map_at_k"] == pytest.approx(5 / 6)
-    assert res_k["map"] == pytest.approx(193 / 240)
-    assert evaluate(Q1, DB1, QL1, DBL1, 8, topk=50)["map_at_k"] == pytest.approx(193 / 240)
+    assert res_k["map"] == pytest.approx(193 / 240) and res_k["ties"] == "position"
+    assert evaluate(Q1, DB1, QL1, DBL1, 8, topk=50, ties="position")["map_at_k"] == pytest.approx(193 / 240)
 
 
 def test_plots_and_json_files(tmp_path):

@@ -1,8 +1,9 @@
 """The ``dsh`` command line: each command a thin layer over one library call. Imported by nothing.
 
 ``main(argv)`` returns the exit status, so tests call it directly. Problems with the user's input (a missing file,
-a corrupt checkpoint, a bad flag value) print one line, ``dsh: error: ...``, and exit 2 without a traceback;
-set ``DSH_DEBUG=1`` to see the traceback.
+a corrupt checkpoint, a bad flag value: a :class:`dsh.errors.UserError`) print one line, ``dsh: error: ...``, and
+exit 2 without a traceback; set ``DSH_DEBUG=1`` to see the traceback. Any other exception is a bug in dsh and keeps
+its traceback.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from . import config as config_mod
-from .fileio import DataError, one_line
+from .errors import DataError, UserError, one_line
 
 # ----------------------------------------------------------------------------------------------------------------
 # train
@@ -78,16 +79,24 @@ def cmd_train(args: argparse.Namespace) -> int:
 # encode
 
 
-def _encode_source(args: argparse.Namespace, loaded):
-    """(images uint8[N,C,H,W], labels, class_names, paths) from a dataset split or an image folder."""
-    from .data import load_image_folder
+def _encoder(args: argparse.Namespace):
+    """The :class:`dsh.encoder.Encoder` that the flags describe (``--run``/``--model``, backend, threads, ...)."""
+    from .encoder import Encoder
+
+    source = getattr(args, "model", None) or args.run
+    return Encoder.from_file(source, backend=args.backend, threads=args.threads, batch_size=args.batch_size,
+                             workers=args.workers, resize=args.resize)
+
+
+def _split_images(args: argparse.Namespace, encoder):
+    """A dataset split or protocol part for ``encoder``: (images uint8[N,C,H,W], labels, class_names, paths).
+    The dataset and its settings default to those the model was trained with."""
     from .splits import load_part
 
-    if args.images is not None:
-        s = load_image_folder(args.images, loaded.input_shape, class_names=loaded.class_names)
-        return s.images, s.labels.numpy(), list(s.class_names), s.paths
-    cfg = loaded.config
+    cfg = encoder.info.train_config
     dataset = args.dataset or cfg.get("dataset")
+    if dataset is None:
+        raise DataError(f"{encoder.source} does not say which dataset it was trained on: pass --dataset")
     same_dataset = dataset == cfg.get("dataset")
     data_root = args.data_root or (cfg.get("data_root") if same_dataset else None)
     # the run's protocol by default, so `--split query` / `--split database` follow what the run trained on
@@ -97,35 +106,43 @@ def _encode_source(args: argparse.Namespace, loaded):
     s = load_part(dataset, args.split, protocol=protocol, protocol_seed=int(cfg.get("protocol_seed", 0)),
                   data_root=data_root, val_size=cfg.get("val_size"), seed=int(cfg.get("seed", 0)),
                   download=not args.no_download, image_size=cfg.get("image_size"))
-    return s.images, s.labels.numpy(), list(s.class_names), s.paths
-
-
-def _check_input_shape(images, loaded, source: str) -> None:
-    got = tuple(int(v) for v in images.shape[1:])
-    if got != tuple(loaded.input_shape):
-        c, h, w = loaded.input_shape
-        raise DataError(f"{source}: images are {got[0]}x{got[1]}x{got[2]} (CxHxW) but the model in {loaded.path} "
-                        f"takes {c}x{h}x{w}")
+    return s.images.numpy(), s.labels.numpy(), list(s.class_names), s.paths
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .checkpoint import load_model
     from .codefile import CodeFile, save_codes
-    from .encode import encode_images
 
-    loaded = load_model(args.run)
-    images, labels, class_names, paths = _encode_source(args, loaded)
-    _check_input_shape(images, loaded, args.images or f"{args.dataset or loaded.config.get('dataset')}:{args.split}")
-    u, codes = encode_images(loaded.model, images, loaded.normalizer, batch_size=args.batch_size,
+    encoder = _encoder(args)
+    if args.images is not None:
+        from .folder_encode import encode_folder
+
+        done = encode_folder(encoder, args.images, args.out, keep_u=args.keep_u, resume=args.resume,
                              progress=not args.quiet)
-    cf = CodeFile(codes=codes, nbits=loaded.nbits, labels=np.asarray(labels), u=u if args.keep_u else None,
+        again = f" ({done.resumed_parts} parts were done before)" if done.resumed_parts else ""
+        print(f"wrote {done.count} codes of {done.nbits} bits to {args.out}{again}")
+        return 0
+    if args.resume:
+        raise DataError("--resume continues an interrupted encode of an image folder (--images); a split is "
+                        "encoded in one go")
+    images, labels, class_names, paths = _split_images(args, encoder)
+    u, codes = encoder.encode(images, layout="NCHW", progress=not args.quiet)
+    cf = CodeFile(codes=codes, nbits=encoder.nbits, labels=np.asarray(labels), u=u if args.keep_u else None,
                   paths=None if paths is None else np.asarray(paths), class_names=np.asarray(class_names))
     save_codes(args.out, cf)
     print(f"wrote {len(cf)} codes of {cf.nbits} bits to {args.out}")
     return 0
 
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    info = export_model(args.run, args.out, fmt=args.format, opset=args.opset)
+    c, h, w = info.input_shape
+    print(f"wrote {args.out}: uint8 images [N, {c}, {h}, {w}] -> u float32[N, {info.nbits}], "
+          f"fingerprint {info.fingerprint[:12]}")
+    return 0
 
 # ----------------------------------------------------------------------------------------------------------------
 # eval / report
@@ -149,7 +166,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .splits import protocol_topk
 
         args.topk = protocol_topk(args.protocol)
-    result = evaluate(q.codes, db.codes, q.labels, db.labels, q.nbits, topk=args.topk, radius=args.radius)
+    result = evaluate(q.codes, db.codes, q.labels, db.labels, q.nbits, topk=args.topk, radius=args.radius,
+                      ties=args.ties)
     if args.curves:
         from .plots import plot_pr_curve, plot_precision_at_k, save_curves_json
 
@@ -163,6 +181,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
         return 0
     r = args.radius
     print(f"queries {len(q)}, database {len(db)}, {q.nbits} bits")
+    rule = ("the exact mean over random orders of items at equal distance" if args.ties == "expected"
+            else "broken by database position")
+    print(f"ties               {args.ties}: {rule} (precision within a radius is the same either way)")
     print(f"mAP@all            {result['map']:.4f}")
     if args.topk is not None:
         print(f"mAP@{args.topk:<14d}{result['map_at_k']:.4f}")
@@ -190,6 +211,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_viz(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .viz import plot_u_maps
 
     if args.codes is not None:
@@ -203,20 +226,22 @@ def cmd_viz(args: argparse.Namespace) -> int:
     else:
         if args.run is None:
             raise DataError("viz needs --run RUN (with a dataset split) or --codes FILE.npz written with --keep-u")
-        from .checkpoint import load_model
-        from .encode import compute_u
+        encoder = _encoder(args)
+        if args.images is not None:
+            from .imageio import ImageList
 
-        loaded = load_model(args.run)
-        images, labels, names, _ = _encode_source(args, loaded)
-        _check_input_shape(images, loaded, args.images or f"{args.dataset}:{args.split}")
-        u = compute_u(loaded.model, images, loaded.normalizer)
+            listing = ImageList(args.images, encoder.class_names or None)
+            u = np.concatenate([e.u for _, e in encoder.iter_encode_files(listing.full_paths())])
+            labels, names = listing.labels, listing.class_names
+        else:
+            images, labels, names, _ = _split_images(args, encoder)
+            u = encoder.encode(images, layout="NCHW").u
     out = Path(args.out) if args.out else (Path(args.run) / "plots" if args.run else Path("plots"))
     paths = plot_u_maps(u, labels, out, methods=tuple(args.method), class_names=names,
                         max_points=args.max_points, seed=args.seed)
     for p in paths:
         print(f"wrote {p}")
     return 0
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # demo
@@ -235,133 +260,68 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    import numpy as np
-
     from .index import HammingIndex
+    from .searcher import index_folder, model_record
 
-    metadata: dict[str, Any] = {}
     if args.codes is not None:
         from .codefile import load_codes
 
         cf = load_codes(args.codes)
-        codes, nbits, labels, paths, names = cf.codes, cf.nbits, cf.labels, cf.paths, cf.class_names
-        metadata["source"] = str(Path(args.codes).resolve())
-        if args.run:
-            metadata["run"] = str(Path(args.run).resolve())
+        index = HammingIndex(cf.nbits)
+        index.add(cf.codes, labels=cf.labels, paths=None if cf.paths is None else [str(p) for p in cf.paths],
+                  class_names=None if cf.class_names is None else [str(n) for n in cf.class_names])
+        index.metadata["source"] = str(Path(args.codes).resolve())
+        if args.run or args.model:
+            encoder = _encoder(args)
+            if encoder.nbits != cf.nbits:
+                raise DataError(f"{encoder.source} makes {encoder.nbits}-bit codes but {args.codes} holds "
+                                f"{cf.nbits}-bit codes")
+            index.metadata["model"] = model_record(encoder)
     else:
-        if args.run is None:
-            raise DataError("index --images needs --run RUN to encode them")
-        from .checkpoint import load_model
-        from .data import load_image_folder
-        from .encode import encode_images
-
-        loaded = load_model(args.run)
-        s = load_image_folder(args.images, loaded.input_shape, class_names=loaded.class_names)
-        _, codes = encode_images(loaded.model, s.images, loaded.normalizer, progress=not args.quiet)
-        nbits, labels, names = loaded.nbits, s.labels.numpy(), s.class_names
-        root = Path(args.images).resolve()
-        paths = [str(root / p) for p in s.paths]
-        metadata.update(source=str(root), run=str(Path(args.run).resolve()))
-    index = HammingIndex(nbits)
-    index.add(codes)
-    # per-item labels and paths ride along in the index file's JSON metadata, in id order
-    if labels is not None:
-        metadata["labels"] = np.asarray(labels).tolist()
-    if paths is not None:
-        metadata["paths"] = [str(p) for p in paths]
-    if names is not None:
-        metadata["class_names"] = [str(n) for n in names]
-    index.save(args.out, metadata=metadata)
-    print(f"indexed {index.ntotal} codes of {nbits} bits into {args.out}")
+        if not (args.run or args.model):
+            raise DataError("index --images needs --run RUN (or --model FILE) to encode them")
+        index = index_folder(_encoder(args), args.images, progress=not args.quiet)
+    index.save(args.out)
+    print(f"indexed {index.ntotal} codes of {index.nbits} bits into {args.out}")
     return 0
 
 
-def _query_codes(args: argparse.Namespace, index) -> tuple[Any, list[str]]:
-    """(uint8[nq, w] query codes, a display name per query)."""
-    import numpy as np
-
-    from .codes import check_codes, from_hex
-
-    if args.hex is not None:
-        return np.concatenate([from_hex(h, index.nbits) for h in args.hex]), [f"0x{h}" for h in args.hex]
-    if args.codes is not None:
-        from .codefile import load_codes
-
-        cf = load_codes(args.codes)
-        if cf.nbits != index.nbits:
-            raise DataError(f"{args.codes} has {cf.nbits}-bit codes but {args.index} holds {index.nbits}-bit codes")
-        names = [str(p) for p in cf.paths] if cf.paths is not None else [f"{args.codes}[{i}]" for i in range(len(cf))]
-        return cf.codes, names
-    run = args.run or index.metadata.get("run")
-    if run is None:
-        raise DataError(f"{args.index} does not name the run that made it: pass --run RUN to encode the images")
-    from .checkpoint import load_model
-    from .data import load_image_files
-    from .encode import encode_images
-
-    loaded = load_model(run)
-    if loaded.nbits != index.nbits:
-        raise DataError(f"{loaded.path} makes {loaded.nbits}-bit codes but {args.index} holds {index.nbits}-bit codes")
-    c, h, w = loaded.input_shape
-    images = load_image_files(args.image, image_size=(h, w) if args.resize else None, channels=c)
-    if tuple(images.shape[2:]) != (h, w):
-        raise DataError(f"{args.image[0]}: image is {images.shape[3]}x{images.shape[2]} pixels but the model "
-                        f"takes {w}x{h} (pass --resize to resize)")
-    _, codes = encode_images(loaded.model, images, loaded.normalizer)
-    return check_codes(codes, index.nbits), list(args.image)
-
-
 def cmd_search(args: argparse.Namespace) -> int:
-    import numpy as np
+    from .searcher import Searcher
 
-    from .codes import to_hex
-    from .index import HammingIndex
-
-    index = HammingIndex.load(args.index, mmap=True)
     if args.radius is None and args.k < 1:
         raise DataError(f"-k must be >= 1, got {args.k}")
     if args.radius is not None and args.radius < 0:
         raise DataError(f"--radius must be >= 0, got {args.radius}")
-    q, names = _query_codes(args, index)
-    meta = index.metadata
-    labels, paths, class_names = meta.get("labels"), meta.get("paths"), meta.get("class_names")
-    ids = index.ids  # strictly ascending: a result's row is found by binary search, no per-id table
+    searcher = Searcher.open(args.index, model=args.model or args.run, force=args.force, backend=args.backend,
+                             threads=args.threads, batch_size=args.batch_size, workers=args.workers,
+                             resize=args.resize)
+    k = None if args.radius is not None else args.k
+    if args.hex is not None:
+        names = [f"0x{h}" for h in args.hex]
+        results = searcher.search_hex(args.hex, k=k, radius=args.radius)
+    elif args.codes is not None:
+        from .codefile import load_codes
 
-    def describe(i: int, d: int) -> dict[str, Any]:
-        row: dict[str, Any] = {"id": i, "distance": d}
-        p = int(np.searchsorted(ids, i))
-        p = p if p < len(ids) and ids[p] == i else None
-        if p is not None and labels is not None:
-            lab = labels[p]
-            row["label"] = lab
-            if class_names is not None and isinstance(lab, int) and 0 <= lab < len(class_names):
-                row["class"] = class_names[lab]
-        if p is not None and paths is not None:
-            row["path"] = paths[p]
-        return row
-
-    results = []
-    if args.radius is not None:
-        lims, D, I = index.range_search(q, args.radius)
-        for j in range(q.shape[0]):
-            s = slice(int(lims[j]), int(lims[j + 1]))
-            results.append([describe(int(i), int(d)) for d, i in zip(D[s], I[s])])
+        cf = load_codes(args.codes)
+        if cf.nbits != searcher.index.nbits:
+            raise DataError(f"{args.codes} has {cf.nbits}-bit codes but {args.index} holds "
+                            f"{searcher.index.nbits}-bit codes")
+        names = [str(p) for p in cf.paths] if cf.paths is not None else [f"{args.codes}[{i}]" for i in range(len(cf))]
+        results = searcher.search_codes(cf.codes, k=k, radius=args.radius)
     else:
-        D, I = index.search(q, args.k)
-        for j in range(q.shape[0]):
-            results.append([describe(int(i), int(d)) for d, i in zip(D[j], I[j]) if i >= 0])
-    hexes = to_hex(q, index.nbits)
+        names = list(args.image)
+        results = searcher.search(args.image, k=k, radius=args.radius)
     if args.json:
-        print(json.dumps({"queries": [{"query": n, "code": f"0x{h}", "results": r}
-                                      for n, h, r in zip(names, hexes, results)]}))
+        print(json.dumps({"queries": [{"query": n, **r.to_dict()} for n, r in zip(names, results)]}))
         return 0
-    for name, h, rows in zip(names, hexes, results):
-        print(f"query {name} (code 0x{h}): {len(rows)} result{'s' if len(rows) != 1 else ''}")
-        for rank, row in enumerate(rows, 1):
-            label = row.get("class", row.get("label", ""))
-            print(f"  {rank:>4}  d={row['distance']:<3} id={row['id']:<8} {label!s:<12} {row.get('path', '')}")
+    for name, r in zip(names, results):
+        count = len(r.neighbors)
+        print(f"query {name} (code 0x{r.hex}): {count} result{'s' if count != 1 else ''}")
+        for rank, hit in enumerate(r.neighbors, 1):
+            label = hit.class_name if hit.class_name is not None else ("" if hit.label is None else hit.label)
+            print(f"  {rank:>4}  d={hit.distance:<3} id={hit.id:<8} {label!s:<12} {hit.path or ''}")
     return 0
-
 
 # ----------------------------------------------------------------------------------------------------------------
 # parser
@@ -380,6 +340,28 @@ def _add_data_source(p: argparse.ArgumentParser, images_help: str) -> None:
                    "run's, 'none' for the dataset's own splits)")
     p.add_argument("--images", help=images_help)
     p.add_argument("--no-download", action="store_true", help="never try to download a missing dataset")
+
+
+def _add_model_source(p: argparse.ArgumentParser, required: bool, what: str) -> None:
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("--run", help=f"run folder (its best checkpoint) or checkpoint file {what}")
+    g.add_argument("--model", help=f"model file {what}: .onnx (runs without torch), .safetensors or .pt")
+
+
+def _add_encoder_flags(p: argparse.ArgumentParser) -> None:
+    from .encoder import BACKENDS, DEFAULT_BATCH_SIZE
+
+    g = p.add_argument_group("encoding")
+    g.add_argument("--backend", default="auto", choices=BACKENDS,
+                   help="where the network runs: onnxruntime where installed (several times faster on a CPU), "
+                        "else torch (default: auto)")
+    g.add_argument("--threads", type=int, help="threads for the network (default: the runtime's)")
+    g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                   help=f"images per forward pass (default {DEFAULT_BATCH_SIZE})")
+    g.add_argument("--workers", type=int, help="processes decoding image files (default: the CPUs, at most 8)")
+    g.add_argument("--resize", action=argparse.BooleanOptionalAction, default=True,
+                   help="scale images of another size to the trained size (cover, then centre-crop; default); "
+                        "--no-resize refuses them")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -402,13 +384,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("encode", help="turn a dataset split or an image folder into a .npz of codes")
-    p.add_argument("--run", required=True, help="run folder or checkpoint file")
-    _add_data_source(p, "encode the images under this folder instead (class subfolders give labels)")
+    _add_model_source(p, True, "to encode with")
+    _add_data_source(p, "encode the images under this folder instead, streaming (class subfolders give labels)")
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--keep-u", action="store_true", help="also store the real outputs u (float32)")
-    p.add_argument("--batch-size", type=int, default=512)
+    p.add_argument("--resume", action="store_true", help="continue an interrupted encode of --images into --out")
     p.add_argument("--quiet", action="store_true")
+    _add_encoder_flags(p)
     p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser("export", help="write a run's model as ONNX (uint8 images in, u out) or safetensors")
+    p.add_argument("--run", required=True, help="run folder, checkpoint or .safetensors file")
+    p.add_argument("--out", required=True, help="MODEL.onnx or MODEL.safetensors")
+    p.add_argument("--format", choices=("onnx", "safetensors"), help="default: from the suffix of --out")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="retrieval quality of query codes against database codes")
     p.add_argument("--query", required=True, help="query .npz (from dsh encode)")
@@ -416,6 +406,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topk", type=int, help="also report mAP@K")
     p.add_argument("--protocol", help="report the mAP cut-off of this protocol (e.g. cifar10: mAP@54000)")
     p.add_argument("--radius", type=int, default=2, help="Hamming radius for precision within radius (default 2)")
+    p.add_argument("--ties", choices=("expected", "position"), default="expected",
+                   help="items at equal Hamming distance: 'expected' (default) reports mAP, mAP@K and precision@k "
+                        "as their exact expected value over random orders of the ties, independent of the "
+                        "database order; 'position' breaks ties by database position (a stable sort)")
     p.add_argument("--curves", help="folder for PR / precision@k curves (PNG and JSON)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=cmd_eval)
@@ -427,8 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("viz", help="UMAP and t-SNE maps of the real outputs u, coloured by class")
-    p.add_argument("--run", help="run folder or checkpoint file")
+    p.add_argument("--run", help="run folder, checkpoint or model file")
     p.add_argument("--codes", help="a .npz written with --keep-u, instead of --run")
+    _add_encoder_flags(p)
     _add_data_source(p, "map the images under this folder instead")
     p.add_argument("--out", help="folder for the PNG files (default: RUN/plots)")
     p.add_argument("--method", nargs="+", default=["umap", "tsne"], choices=["umap", "tsne"])
@@ -449,25 +444,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("index", help="build a Hamming index file from codes, or from a run and an image folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--codes", help=".npz of codes (from dsh encode)")
-    src.add_argument("--images", help="image folder to encode with --run (paths are stored)")
-    p.add_argument("--run", help="run folder or checkpoint (with --images; also remembered for search by image)")
-    p.add_argument("--out", required=True, help="index file to write")
+    src.add_argument("--images", help="image folder to encode with --run or --model (paths are stored)")
+    _add_model_source(p, False, "(with --images; also remembered for search by image)")
+    p.add_argument("--out", required=True, help="index file to write (its catalog goes beside it, OUT.catalog)")
     p.add_argument("--quiet", action="store_true")
+    _add_encoder_flags(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="nearest codes in an index, by image, by codes file or by hex code")
     p.add_argument("--index", required=True, help="index file (from dsh index)")
     q = p.add_mutually_exclusive_group(required=True)
-    q.add_argument("--image", nargs="+", help="query image file(s), encoded with the index's run (or --run)")
+    q.add_argument("--image", nargs="+", help="query image file(s), encoded with the index's model (or --run)")
     q.add_argument("--codes", help="query .npz of codes")
     q.add_argument("--hex", nargs="+", help="query code(s) in hex, as printed by dsh report")
-    p.add_argument("--run", help="model for --image (default: the run the index was built with)")
-    p.add_argument("--resize", action="store_true", help="resize query images to the model's input size")
+    _add_model_source(p, False, "for --image (default: the one the index was built with)")
+    p.add_argument("--force", action="store_true",
+                   help="search by image with a model other than the one that made the index's codes")
     p.add_argument("-k", "--k", type=int, default=10, help="neighbours per query (default 10)")
     p.add_argument("--radius", type=int, help="return everything within this Hamming radius instead of k")
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    _add_encoder_flags(p)
     p.set_defaults(func=cmd_search)
     return parser
+
+
+# optional packages and the extra that installs each (pyproject.toml): a missing one is the installation's fault
+_EXTRA_OF = {"torch": "train", "torchvision": "train", "tensorboard": "train", "matplotlib": "train",
+             "sklearn": "train", "umap": "train", "safetensors": "train", "onnx": "train", "onnxruntime": "onnx",
+             "faiss": "faiss"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -475,10 +479,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (DataError, ValueError, OSError) as e:
+    except UserError as e:  # only the user's mistakes: a bug inside dsh keeps its traceback
         if os.environ.get("DSH_DEBUG"):
             raise
         print(f"dsh: error: {one_line(e, limit=1000)}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:
+        extra = _EXTRA_OF.get((e.name or "").split(".")[0])
+        if extra is None or os.environ.get("DSH_DEBUG"):
+            raise
+        print(f"dsh: error: this needs the {e.name} package: pip install 'dsh[{extra}]'", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dsh: interrupted", file=sys.stderr)

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .codes import check_codes
-from .fileio import DataError, atomic_write
+from .errors import DataError, InputError
+from .fileio import atomic_write
 
 
 @dataclass
@@ -55,7 +56,7 @@ def save_codes(path: str | os.PathLike, cf: CodeFile) -> None:
             continue
         value = np.asarray(value)
         if name != "class_names" and value.shape[0] != n:
-            raise ValueError(f"{name} has {value.shape[0]} rows but codes have {n}")
+            raise InputError(f"{name} has {value.shape[0]} rows but codes have {n}")
         arrays[name] = value
     if "labels" in arrays:
         arrays["labels"] = arrays["labels"].astype(np.uint8 if arrays["labels"].ndim == 2 else np.int64)

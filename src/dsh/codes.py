@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = [
     "nbytes_for",
     "bits_from_u",
@@ -31,7 +33,7 @@ __all__ = [
 def nbytes_for(nbits: int) -> int:
     """Bytes per packed code: ``ceil(nbits / 8)``."""
     if int(nbits) < 1:
-        raise ValueError(f"nbits must be >= 1, got {nbits}")
+        raise InputError(f"nbits must be >= 1, got {nbits}")
     return (int(nbits) + 7) // 8
 
 
@@ -39,7 +41,7 @@ def bits_from_u(u: np.ndarray) -> np.ndarray:
     """``float[n, nbits]`` -> ``bool[n, nbits]``, 1 where ``u >= 0``."""
     u = np.asarray(u)
     if u.ndim != 2:
-        raise ValueError(f"u must be 2-D (n, nbits), got shape {u.shape}")
+        raise InputError(f"u must be 2-D (n, nbits), got shape {u.shape}")
     return u >= 0
 
 
@@ -47,7 +49,7 @@ def pack_bits(bits: np.ndarray) -> np.ndarray:
     """``bool[n, nbits]`` -> ``uint8[n, ceil(nbits/8)]``, least significant bit first, padding bits 0."""
     bits = np.asarray(bits)
     if bits.ndim != 2:
-        raise ValueError(f"bits must be 2-D (n, nbits), got shape {bits.shape}")
+        raise InputError(f"bits must be 2-D (n, nbits), got shape {bits.shape}")
     return np.packbits(bits.astype(bool), axis=1, bitorder="little")
 
 
@@ -69,19 +71,19 @@ def check_codes(codes: np.ndarray, nbits: int, name: str = "codes") -> np.ndarra
     """
     codes = np.asarray(codes)
     if codes.dtype != np.uint8:
-        raise ValueError(f"{name} must be uint8 packed codes, got dtype {codes.dtype}")
+        raise InputError(f"{name} must be uint8 packed codes, got dtype {codes.dtype}")
     if codes.ndim == 1:
         codes = codes[None, :]
     if codes.ndim != 2:
-        raise ValueError(f"{name} must be 2-D (n, nbytes), got shape {codes.shape}")
+        raise InputError(f"{name} must be 2-D (n, nbytes), got shape {codes.shape}")
     width = nbytes_for(nbits)
     if codes.shape[1] != width:
-        raise ValueError(
+        raise InputError(
             f"{name} have {codes.shape[1]} bytes per code, but nbits={nbits} needs {width}"
         )
     pad = width * 8 - int(nbits)
     if pad and codes.size and np.any(codes[:, -1] >> (8 - pad)):
-        raise ValueError(f"{name} have bits set past nbits={nbits}: they were not made for {nbits} bits")
+        raise InputError(f"{name} have bits set past nbits={nbits}: they were not made for {nbits} bits")
     return np.ascontiguousarray(codes)
 
 
@@ -103,9 +105,9 @@ def from_hex(text: str, nbits: int) -> np.ndarray:
     try:
         value = int(cleaned, 16)
     except ValueError:
-        raise ValueError(f"not a hex code: {text!r}") from None
+        raise InputError(f"not a hex code: {text!r}") from None
     if value >> int(nbits):
-        raise ValueError(f"hex code {text!r} has more than nbits={nbits} bits")
+        raise InputError(f"hex code {text!r} has more than nbits={nbits} bits")
     raw = value.to_bytes(nbytes_for(nbits), "little")
     return np.frombuffer(raw, dtype=np.uint8)[None, :].copy()
 

@@ -15,7 +15,8 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from .fileio import DataError, atomic_write, one_line
+from .errors import ConfigError, DataError, one_line
+from .fileio import atomic_write
 
 
 @dataclass
@@ -58,19 +59,23 @@ class TrainConfig:
     tensorboard: bool = True
 
     def validate(self) -> "TrainConfig":
+        from .models import list_models  # the registry is the one list of model names
+
+        if self.model not in list_models():
+            raise ConfigError(f"model must be one of {', '.join(list_models())}, got {self.model!r}")
         if int(self.nbits) < 1:
-            raise DataError(f"nbits must be >= 1, got {self.nbits}")
+            raise ConfigError(f"nbits must be >= 1, got {self.nbits}")
         if self.epochs < 1:
-            raise DataError(f"epochs must be >= 1, got {self.epochs}")
+            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
         if self.batch_size < 2:
-            raise DataError(f"batch_size must be >= 2 (the loss needs pairs), got {self.batch_size}")
+            raise ConfigError(f"batch_size must be >= 2 (the loss needs pairs), got {self.batch_size}")
         if self.lr <= 0:
-            raise DataError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"lr must be > 0, got {self.lr}")
         for name in ("eval_every", "log_every"):
             if getattr(self, name) < 1:
-                raise DataError(f"{name} must be >= 1, got {getattr(self, name)}")
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 <= self.warmup_fraction < 1:
-            raise DataError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
+            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
         for name, value, choices in (
             ("optimizer", self.optimizer, ("adamw", "sgd")),
             ("schedule", self.schedule, ("onecycle", "cosine", "constant")),
@@ -78,7 +83,7 @@ class TrainConfig:
             ("amp", self.amp, ("auto", "bf16", "off")),
         ):
             if value not in choices:
-                raise DataError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -89,7 +94,7 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise DataError(f"{source}: unknown setting(s) {', '.join(unknown)}")
+            raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
         return cls(**data)
 
 
@@ -190,7 +195,7 @@ def resolve_config(
     data: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
-            raise DataError(f"unknown preset {preset!r}; choose from: {', '.join(sorted(PRESETS)) or '(none)'}")
+            raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(sorted(PRESETS)) or '(none)'}")
         data.update(PRESETS[preset])
     if config_file is not None:
         data.update(read_config_file(config_file))

@@ -26,7 +26,7 @@ def compute_u(
     if progress:
         from tqdm.auto import tqdm
 
-        batches = tqdm(batches, desc="encode", unit="batch", leave=False)
+        batches = tqdm(batches, desc="encode", unit="batch", leave=False, disable=None)  # None: off unless a terminal
     try:
         for start in batches:
             x = normalizer(images[start : start + batch_size].to(device))

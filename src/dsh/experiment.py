@@ -14,9 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import load_model
 from .codefile import CodeFile, save_codes
-from .encode import encode_images
+from .encoder import Encoder
 from .metrics import evaluate
 from .splits import load_parts, protocol_topk
 
@@ -39,8 +38,8 @@ def encode_and_evaluate(
     """Encode the run's query and database parts with its best checkpoint and evaluate them (mAP with the
     protocol's cut-off, precision within radius 2, curves). With ``out_dir``, write ``query.npz`` and
     ``database.npz`` there; ``keep_u`` keeps the query's real outputs ``u`` (float32[n, nbits]) for maps."""
-    loaded = load_model(run_dir)
-    cfg = loaded.config
+    encoder = Encoder.from_run(run_dir)
+    cfg = encoder.info.train_config
     protocol = cfg.get("protocol")
     common = dict(protocol=protocol, protocol_seed=int(cfg.get("protocol_seed", 0)),
                   data_root=data_root or cfg.get("data_root"), val_size=cfg.get("val_size"),
@@ -48,15 +47,15 @@ def encode_and_evaluate(
     parts = ("query", "database") if protocol else ("test", "train")
     t0 = time.perf_counter()
     query, database = load_parts(cfg["dataset"], parts, **common)
-    q_u, q_codes = encode_images(loaded.model, query.images, loaded.normalizer)
-    _, db_codes = encode_images(loaded.model, database.images, loaded.normalizer)
+    q_u, q_codes = encoder.encode_array(query.images.numpy())
+    db_codes = encoder.encode_array(database.images.numpy()).codes
     encode_seconds = time.perf_counter() - t0
     names = np.asarray(list(query.class_names))
-    q = CodeFile(q_codes, loaded.nbits, query.labels.numpy(), u=q_u if keep_u else None, class_names=names)
-    db = CodeFile(db_codes, loaded.nbits, database.labels.numpy(), class_names=names)
+    q = CodeFile(q_codes, encoder.nbits, query.labels.numpy(), u=q_u if keep_u else None, class_names=names)
+    db = CodeFile(db_codes, encoder.nbits, database.labels.numpy(), class_names=names)
     if out_dir is not None:
         save_codes(Path(out_dir) / "query.npz", q)
         save_codes(Path(out_dir) / "database.npz", db)
     t0 = time.perf_counter()
-    metrics = evaluate(q.codes, db.codes, q.labels, db.labels, loaded.nbits, topk=protocol_topk(protocol))
+    metrics = evaluate(q.codes, db.codes, q.labels, db.labels, encoder.nbits, topk=protocol_topk(protocol))
     return RunEvaluation(q, db, metrics, encode_seconds, time.perf_counter() - t0)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InputError
+
 __all__ = ["pairwise_hamming", "pairwise_hamming_reference"]
 
 # popcount of every byte value
@@ -19,7 +21,7 @@ def _check(q: np.ndarray, db: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q = np.ascontiguousarray(q, dtype=np.uint8)
     db = np.ascontiguousarray(db, dtype=np.uint8)
     if q.ndim != 2 or db.ndim != 2 or q.shape[1] != db.shape[1]:
-        raise ValueError(f"code arrays must be 2-D with equal widths, got {q.shape} and {db.shape}")
+        raise InputError(f"code arrays must be 2-D with equal widths, got {q.shape} and {db.shape}")
     return q, db
 
 

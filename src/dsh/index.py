@@ -28,18 +28,30 @@ File format (``save`` / ``load``), all integers little-endian::
             n*w   codes, uint8[n, w], the layout of dsh.codes, rows in ascending id order
             ...   zero padding up to the ids offset
             8n    ids, int64[n], strictly ascending
-            m     metadata, a UTF-8 JSON object (the command line keeps labels, paths and the run here)
+            m     metadata, a UTF-8 JSON object (the run, the source; see below for "catalog")
             4     CRC-32 (zlib) of every byte before it
             4     end magic b"DSHE"
 
 The file is written atomically (:func:`dsh.fileio.atomic_write`). ``load`` refuses a file that is not an index,
 is truncated or padded, or whose checksum does not match, with a one-line :class:`dsh.fileio.DataError`.
+
+Per-item records (labels, paths, user keys) live in ``index.catalog``, a :class:`dsh.catalog.Catalog` aligned row
+by row with the codes and kept in step by ``add``, ``remove`` and ``reset``; ``index.lookup(ids)`` reads them.
+``save`` writes the catalog to its own file beside the index, :func:`catalog_path` (``db.dshidx.catalog``), first,
+then the index, whose metadata names it: ``{"catalog": {"file": name, "uid": random hex, "count": n}}``. ``load``
+takes the catalog only if its uid and ids are the index's. The ``"catalog"`` metadata key belongs to ``save``.
+
+Older index files kept per-item ``labels`` / ``paths`` lists (and ``class_names``) in the metadata, in id order.
+``load`` builds the catalog from those lists that have one entry per item (others are left alone) and keeps the
+lists in ``metadata`` for readers that still use them; ``save`` with a catalog drops them, since the catalog then
+supersedes them and they would go stale after a ``remove``.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import secrets
 import struct
 import zlib
 from pathlib import Path
@@ -47,21 +59,24 @@ from pathlib import Path
 import numpy as np
 
 from . import _kernels as K
+from .catalog import Catalog, catalog_path
 from .codes import check_codes, nbytes_for
-from .fileio import DataError, atomic_write
+from .errors import InputError
+from .fileio import END_MARKER, TRAILER, DataError, atomic_write, check_trailer
 from .hamming import pairwise_hamming_reference
 from .mih import MIHTables, prefer_mih
 
-__all__ = ["HammingIndex", "ENGINES"]
+__all__ = ["HammingIndex", "ENGINES", "catalog_path"]
 
 ENGINES = ("auto", "numba", "faiss", "numpy")
 
 _MAGIC = b"DSHINDEX"
-_END = b"DSHE"
+_END = END_MARKER
 _VERSION = 1
 _HEADER = struct.Struct("<8sIIIIQQQQQ")  # 64 bytes, fields as in the module docstring
-_TRAILER = struct.Struct("<I4s")
+_TRAILER = TRAILER
 _ALIGN = 64
+_LEGACY_KEYS = ("labels", "paths", "class_names")  # per-item lists older files kept in the metadata
 
 
 def _align(x: int) -> int:
@@ -78,9 +93,9 @@ class HammingIndex:
 
     def __init__(self, nbits: int, engine: str = "auto"):
         if isinstance(nbits, bool) or int(nbits) != nbits or int(nbits) < 1:
-            raise ValueError(f"nbits must be a positive integer, got {nbits!r}")
+            raise InputError(f"nbits must be a positive integer, got {nbits!r}")
         if engine not in ENGINES:
-            raise ValueError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+            raise InputError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         if engine == "faiss":
             try:
                 import faiss  # noqa: F401
@@ -89,13 +104,14 @@ class HammingIndex:
         self._nbits = int(nbits)
         self._engine = "numba" if engine == "auto" else engine
         self.metadata: dict = {}
-        self._set(np.zeros((0, nbytes_for(nbits)), np.uint8), np.zeros(0, np.int64))
+        self._set(np.zeros((0, nbytes_for(nbits)), np.uint8), np.zeros(0, np.int64), None)
 
     # -- state ---------------------------------------------------------------------------------------------------
 
-    def _set(self, codes: np.ndarray, ids: np.ndarray) -> None:
+    def _set(self, codes: np.ndarray, ids: np.ndarray, catalog: Catalog | None) -> None:
         self._codes = codes  # uint8[n, nbytes], rows in ascending id order
         self._ids = ids  # int64[n], strictly ascending
+        self._catalog = catalog  # row i is the record of ids[i]
         self._words = None  # uint64[n, W], built on first search
         self._mih: MIHTables | None = None
         self._faiss = None
@@ -130,6 +146,20 @@ class HammingIndex:
         return v
 
     @property
+    def catalog(self) -> Catalog | None:
+        """Per-item records aligned with the rows (``index.ids[i]``'s is row ``i``), or ``None``."""
+        return self._catalog
+
+    @catalog.setter
+    def catalog(self, catalog: Catalog | None) -> None:
+        if catalog is not None:
+            if not isinstance(catalog, Catalog):
+                raise InputError(f"catalog must be a dsh.catalog.Catalog or None, got {type(catalog).__name__}")
+            if len(catalog) != self.ntotal:
+                raise InputError(f"the catalog has {len(catalog)} records, but the index holds {self.ntotal}")
+        self._catalog = catalog
+
+    @property
     def mih(self) -> MIHTables | None:
         """The multi-index hashing tables, if built (they are dropped by ``add``, ``remove`` and ``reset``)."""
         return self._mih
@@ -138,14 +168,22 @@ class HammingIndex:
         return f"HammingIndex(nbits={self._nbits}, ntotal={self.ntotal}, engine={self._engine!r})"
 
     def reset(self) -> None:
-        """Remove everything (metadata stays)."""
-        self._set(self._codes[:0].copy(), np.zeros(0, np.int64))
+        """Remove everything (metadata stays; a catalog keeps its columns and class names, with no rows)."""
+        cat = None if self._catalog is None else self._catalog.take(np.zeros(0, np.int64))
+        self._set(self._codes[:0].copy(), np.zeros(0, np.int64), cat)
 
-    def add(self, codes: np.ndarray, ids: np.ndarray | None = None) -> None:
+    def add(self, codes: np.ndarray, ids: np.ndarray | None = None, *, labels=None, paths=None, keys=None,
+            class_names=None) -> None:
         """Add ``codes`` (``uint8[n, nbytes]``) with ``ids`` (``int64[n]``, >= 0, new and distinct).
 
         Default ids count on from one more than the largest id held (0 for an empty index): ``ntotal ..`` as long
         as no id was removed, and never a clash after a removal.
+
+        ``labels`` (``int[n]`` class ids, -1 = unlabelled, or ``[n, C]`` multi-hot rows), ``paths``, ``keys``
+        (``n`` strings each) and ``class_names`` go to the catalog (see :meth:`dsh.catalog.Catalog.from_columns`),
+        row for row with ``codes``. Once an index has a catalog every ``add`` extends it; a column not given here
+        gets its fill value (label -1, an all-zero multi-hot row, ``""``) for these rows, as earlier rows do for
+        a column first given now. Nothing changes if any argument is refused.
         """
         codes = check_codes(codes, self._nbits)
         n = codes.shape[0]
@@ -155,25 +193,31 @@ class HammingIndex:
         else:
             ids = np.asarray(ids)
             if ids.ndim != 1 or ids.shape[0] != n:
-                raise ValueError(f"ids must be 1-D with one id per code ({n}), got shape {ids.shape}")
+                raise InputError(f"ids must be 1-D with one id per code ({n}), got shape {ids.shape}")
             if n and ids.dtype.kind not in "iu":
-                raise ValueError(f"ids must be integers, got dtype {ids.dtype}")
+                raise InputError(f"ids must be integers, got dtype {ids.dtype}")
             ids = ids.astype(np.int64)
             if n and ids.min() < 0:
-                raise ValueError("ids must be >= 0 (-1 marks a missing result)")
+                raise InputError("ids must be >= 0 (-1 marks a missing result)")
             if np.unique(ids).shape[0] != n:
-                raise ValueError("ids contain duplicates")
+                raise InputError("ids contain duplicates")
             clash = ids[np.isin(ids, self._ids)]
             if clash.size:
-                raise ValueError(f"{clash.size} ids are already in the index, e.g. {clash[:5].tolist()}")
+                raise InputError(f"{clash.size} ids are already in the index, e.g. {clash[:5].tolist()}")
+        catalog = self._catalog
+        if catalog is not None or any(x is not None for x in (labels, paths, keys, class_names)):
+            new = Catalog.from_columns(n, labels=labels, paths=paths, keys=keys, class_names=class_names)
+            catalog = (catalog if catalog is not None else Catalog.from_columns(self.ntotal)).concat(new)
         if n == 0:
+            self._catalog = catalog  # class names alone may have been given
             return
         all_codes = np.concatenate([self._codes, codes])
         all_ids = np.concatenate([self._ids, ids])
         if not (np.all(ids[1:] > ids[:-1]) and (self.ntotal == 0 or ids[0] > self._ids[-1])):
             order = np.argsort(all_ids, kind="stable")  # keep rows in id order (see the module docstring)
             all_codes, all_ids = all_codes[order], all_ids[order]
-        self._set(all_codes, all_ids)
+            catalog = None if catalog is None else catalog.take(order)
+        self._set(all_codes, all_ids, catalog)
 
     def remove(self, ids) -> int:
         """Remove the codes with these ids (ids not held are ignored); returns how many were removed."""
@@ -182,18 +226,31 @@ class HammingIndex:
         removed = int(drop.sum())
         if removed:
             keep = ~drop
-            self._set(np.ascontiguousarray(self._codes[keep]), self._ids[keep])
+            cat = None if self._catalog is None else self._catalog.take(np.flatnonzero(keep))
+            self._set(np.ascontiguousarray(self._codes[keep]), self._ids[keep], cat)
         return removed
 
-    def reconstruct(self, ids) -> np.ndarray:
-        """Codes ``uint8[len(ids), nbytes]`` of the given ids; ``KeyError`` for an id not held."""
+    def _positions(self, ids) -> np.ndarray:
+        """Rows of ``ids`` by binary search on the ascending ids; ``KeyError`` for an id not held."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
         pos = np.searchsorted(self._ids, ids)
         ok = pos < self.ntotal
         ok[ok] = self._ids[pos[ok]] == ids[ok]
         if not ok.all():
             raise KeyError(f"ids not in the index: {ids[~ok][:5].tolist()}")
-        return np.asarray(self._codes[pos])
+        return pos
+
+    def reconstruct(self, ids) -> np.ndarray:
+        """Codes ``uint8[len(ids), nbytes]`` of the given ids; ``KeyError`` for an id not held."""
+        return np.asarray(self._codes[self._positions(ids)])
+
+    def lookup(self, ids) -> list[dict]:
+        """The record of each id: ``{"id": id}`` plus the catalog's fields (see
+        :meth:`dsh.catalog.Catalog.record`); ``KeyError`` for an id not held."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        pos = self._positions(ids)
+        cat = self._catalog
+        return [{"id": int(i), **(cat.record(int(p)) if cat is not None else {})} for i, p in zip(ids, pos)]
 
     # -- search --------------------------------------------------------------------------------------------------
 
@@ -219,7 +276,7 @@ class HammingIndex:
         """
         q = self._queries(q)
         if isinstance(k, bool) or int(k) != k or int(k) < 1:
-            raise ValueError(f"k must be an integer >= 1, got {k!r}")
+            raise InputError(f"k must be an integer >= 1, got {k!r}")
         k = int(k)
         nq, n = q.shape[0], self.ntotal
         D = np.full((nq, k), -1, np.int32)
@@ -247,9 +304,9 @@ class HammingIndex:
         """
         q = self._queries(q)
         if isinstance(radius, bool) or int(radius) != radius or int(radius) < 0:
-            raise ValueError(f"radius must be an integer >= 0, got {radius!r}")
+            raise InputError(f"radius must be an integer >= 0, got {radius!r}")
         if method not in ("auto", "mih", "flat"):
-            raise ValueError(f"method must be 'auto', 'mih' or 'flat', got {method!r}")
+            raise InputError(f"method must be 'auto', 'mih' or 'flat', got {method!r}")
         radius = int(radius)
         nq, n = q.shape[0], self.ntotal
         if nq == 0 or n == 0:
@@ -350,13 +407,31 @@ class HammingIndex:
         """Write the index to ``path`` (format in the module docstring), atomically.
 
         ``metadata``: a JSON-serialisable dict stored with it (default: ``self.metadata``); it becomes
-        ``self.metadata``.
+        ``self.metadata``. With a catalog, the catalog is first written to :func:`catalog_path` ``(path)`` and the
+        metadata gets ``"catalog": {"file", "uid", "count"}`` naming it, while ``labels`` / ``paths`` /
+        ``class_names`` lists of older files are dropped from it (the catalog holds them now). Without one, any
+        ``"catalog"`` key is dropped, so the file never names a catalog that is not its own.
         """
         if metadata is not None:
             if not isinstance(metadata, dict):
-                raise ValueError(f"metadata must be a dict, got {type(metadata).__name__}")
+                raise InputError(f"metadata must be a dict, got {type(metadata).__name__}")
             self.metadata = metadata
-        meta = json.dumps(self.metadata, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        out = self.metadata
+        if self._catalog is not None:
+            cpath = catalog_path(path)
+            uid = secrets.token_hex(16)  # fresh each save: an older catalog left beside this index never matches
+            kept = {k: v for k, v in out.items() if k not in _LEGACY_KEYS}
+            out = {**kept, "catalog": {"file": cpath.name, "uid": uid, "count": self.ntotal}}
+        elif "catalog" in out:
+            out = {k: v for k, v in out.items() if k != "catalog"}
+        # serialised before any file is touched: metadata that is not JSON must not leave a new catalog beside
+        # an old index (which would then refuse it)
+        meta = json.dumps(out, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        if self._catalog is not None:
+            # written first, so a new index is never in place without its catalog; a crash between the two
+            # writes leaves the old index, which refuses the new catalog by its uid (a clear error, not wrong data)
+            self._catalog.save(cpath, self._ids, uid)
+        self.metadata = out
         n, w = self._codes.shape
         codes_off = _align(_HEADER.size)
         ids_off = _align(codes_off + n * w)
@@ -382,11 +457,13 @@ class HammingIndex:
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False, verify: bool = True,
              engine: str = "auto") -> "HammingIndex":
-        """Read an index written by :meth:`save`.
+        """Read an index written by :meth:`save`, with its catalog if it names one.
 
         ``mmap=True`` maps the codes and ids read-only instead of reading them (for databases larger than
-        memory; ``add``/``remove`` then make in-memory copies). ``verify=False`` skips the checksum (which reads
-        the whole file), keeping the structural checks. Problems raise a one-line :class:`DataError`.
+        memory; ``add``/``remove`` then make in-memory copies); the catalog's columns too, so no record is
+        decoded until looked up. ``verify=False`` skips the checksums (which read the whole files), keeping the
+        structural checks. Problems raise a one-line :class:`DataError`, among them a missing catalog file or
+        one that is not this index's (another uid or other ids).
         """
         path = Path(path)
         if not path.is_file():
@@ -404,24 +481,7 @@ class HammingIndex:
             if hsize != _HEADER.size or nbits < 1 or w != nbytes_for(nbits) or flags != 0 \
                     or codes_off < hsize or codes_off % _ALIGN or ids_off != _align(codes_off + n * w):
                 raise DataError(f"{path}: corrupt index header")
-            expected = ids_off + 8 * n + mlen + _TRAILER.size
-            if size != expected:
-                what = "truncated" if size < expected else "has trailing bytes"
-                raise DataError(f"{path}: {what}: {size} bytes, the header says {expected}")
-            f.seek(size - _TRAILER.size)
-            crc, end = _TRAILER.unpack(f.read(_TRAILER.size))
-            if end != _END:
-                raise DataError(f"{path}: corrupt index file (no end marker)")
-            if verify:
-                f.seek(0)
-                got = 0
-                left = size - _TRAILER.size
-                while left:
-                    buf = f.read(min(left, 1 << 24))
-                    got = zlib.crc32(buf, got)
-                    left -= len(buf)
-                if got != crc:
-                    raise DataError(f"{path}: checksum mismatch: the index file is corrupt or was altered")
+            check_trailer(f, path, size, ids_off + 8 * n + mlen + _TRAILER.size, "index", verify)
             f.seek(ids_off + 8 * n)
             meta_bytes = f.read(mlen)
         if mmap and n:
@@ -442,7 +502,58 @@ class HammingIndex:
             raise DataError(f"{path}: {e}") from None
         if n and (ids[0] < 0 or np.any(ids[1:] <= ids[:-1])):
             raise DataError(f"{path}: ids are not strictly ascending and >= 0")
+        ids = ids.astype(np.int64, copy=False)
+        if "catalog" in metadata:
+            catalog = _load_catalog(path, metadata["catalog"], ids, mmap, verify)
+        else:
+            catalog = _legacy_catalog(metadata, int(n))
         index = cls(nbits, engine=engine)
-        index._set(codes, ids.astype(np.int64, copy=False))
+        index._set(codes, ids, catalog)
         index.metadata = metadata
         return index
+
+
+def _load_catalog(path: Path, entry, ids: np.ndarray, mmap: bool, verify: bool) -> Catalog:
+    """The catalog an index file's metadata names, checked to be that index's."""
+    if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("uid"), str)
+            and isinstance(entry.get("count"), int)) or entry["file"] in ("", ".", "..") \
+            or Path(entry["file"]).name != entry["file"]:
+        raise DataError(f"{path}: corrupt catalog entry in the index metadata")
+    cpath = path.with_name(entry["file"])
+    if not cpath.is_file():
+        raise DataError(f"{cpath}: no such catalog file (the index {path} names it)")
+    catalog, cids, uid = Catalog.load(cpath, mmap=mmap, verify=verify)
+    why = None
+    if uid != entry["uid"]:
+        why = "the catalog was written with another index (its uid differs)"
+    elif entry["count"] != ids.shape[0] or cids.shape != ids.shape:
+        why = f"the index holds {ids.shape[0]} items, the catalog {cids.shape[0]}"
+    elif not np.array_equal(cids, ids):
+        why = "the catalog is for other ids"
+    if why:
+        raise DataError(f"{path} and {cpath} do not belong together: {why}")
+    return catalog
+
+
+def _legacy_catalog(metadata: dict, n: int) -> Catalog | None:
+    """A catalog from the per-item lists older index files kept in their metadata; a list that is not one entry
+    per item (or not of the right kind) is left out, as nothing says which item each entry is for."""
+    if n == 0 or not any(isinstance(metadata.get(k), list) for k in ("labels", "paths")):
+        return None
+    labels, paths = metadata.get("labels"), metadata.get("paths")
+    names = metadata.get("class_names")
+    names = names if isinstance(names, list) and all(isinstance(x, str) for x in names) else None
+    try:
+        lab = Catalog.from_columns(n, labels=labels).labels if isinstance(labels, list) else None
+    except (InputError, ValueError, TypeError):  # ragged lists make numpy raise ValueError
+        lab = None
+    try:
+        pth = Catalog.from_columns(n, paths=paths).paths if isinstance(paths, list) else None
+    except InputError:
+        pth = None
+    if lab is None and pth is None:
+        return None
+    try:
+        return Catalog.from_columns(n, labels=lab, paths=pth, class_names=names)
+    except InputError:  # class names that do not fit multi-hot labels
+        return Catalog.from_columns(n, labels=lab, paths=pth)

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _kernels as K
+from .errors import InputError
 
 __all__ = ["MIHTables", "default_nsub", "split_bits", "search_radii", "prefer_mih"]
 
@@ -39,11 +40,11 @@ def split_bits(nbits: int, nsub: int) -> tuple[np.ndarray, np.ndarray]:
     longer."""
     nbits, nsub = int(nbits), int(nsub)
     if not 1 <= nsub <= nbits:
-        raise ValueError(f"nsub must be between 1 and nbits={nbits}, got {nsub}")
+        raise InputError(f"nsub must be between 1 and nbits={nbits}, got {nsub}")
     lengths = np.full(nsub, nbits // nsub, np.int64)
     lengths[: nbits % nsub] += 1
     if lengths.max() > 32:
-        raise ValueError(f"nsub={nsub} gives {int(lengths.max())}-bit substrings; use nsub >= {-(-nbits // 32)}")
+        raise InputError(f"nsub={nsub} gives {int(lengths.max())}-bit substrings; use nsub >= {-(-nbits // 32)}")
     starts = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
     return starts, lengths
 

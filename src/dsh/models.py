@@ -33,6 +33,8 @@ import torch.nn as nn
 import torchvision
 from torchvision.models.resnet import BasicBlock
 
+from .errors import InputError
+
 __all__ = ["create_model", "list_models", "register_model"]
 
 # name -> builder(nbits, in_channels, image_size, **kwargs) -> nn.Module
@@ -76,11 +78,11 @@ def create_model(
     carries the weights itself and the file may not exist where the checkpoint is loaded.
     """
     if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
+        raise InputError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
     if int(nbits) != nbits or int(nbits) < 1:
-        raise ValueError(f"nbits must be an integer >= 1, got {nbits!r}")
+        raise InputError(f"nbits must be an integer >= 1, got {nbits!r}")
     if int(in_channels) < 1:
-        raise ValueError(f"in_channels must be >= 1, got {in_channels!r}")
+        raise InputError(f"in_channels must be >= 1, got {in_channels!r}")
     h, w = _as_hw(image_size)
     # builders and model.config get a plain int for square images (the common case), (H, W) otherwise
     nbits, in_channels = int(nbits), int(in_channels)

@@ -7,8 +7,8 @@ dataset's own train and test sets with a fixed seed.
 **Index convention.** Every index returned refers to the concatenation ``[train; test]`` of the dataset's two
 sets: ``i < n_train`` is training item ``i``, ``i >= n_train`` is test item ``i - n_train``. :func:`to_source`
 maps indices back to ``(is_test, index within its set)``, and :func:`gather` takes the rows of any array pair
-(images, labels) without building the concatenation. Each index array is sorted ascending, so the database order,
-which breaks ties in the ranking (:mod:`dsh.metrics`), is the dataset's own order.
+(images, labels) without building the concatenation. Each index array is sorted ascending, so the database keeps the
+dataset's own order (which only matters for metrics computed with ``ties="position"``, see :mod:`dsh.metrics`).
 
 **Sampling.** Protocols that sample do it per class, from the pool of all ``n_train + n_test`` items, with
 ``numpy.random.default_rng(seed)``: classes are visited in increasing id order, each class's pool indices are

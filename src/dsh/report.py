@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .codes import check_codes, to_binary_string, to_hex
+from .errors import InputError
 from .hamming import pairwise_hamming
 
 
@@ -59,9 +60,9 @@ def class_code_table(
     codes = check_codes(codes, nbits)
     labels = np.asarray(labels)
     if labels.ndim != 1:
-        raise ValueError("the class table needs single-label class ids (a 1-D labels array)")
+        raise InputError("the class table needs single-label class ids (a 1-D labels array)")
     if labels.shape[0] != codes.shape[0]:
-        raise ValueError(f"{labels.shape[0]} labels for {codes.shape[0]} codes")
+        raise InputError(f"{labels.shape[0]} labels for {codes.shape[0]} codes")
     present = np.unique(labels)
 
     def name_of(c: int) -> str:

@@ -26,7 +26,8 @@ from .codes import to_hex
 from .config import TrainConfig, save_config
 from .data import BatchLoader, Normalizer, default_augment
 from .encode import encode_images
-from .fileio import DataError, atomic_write
+from .errors import DataError, TrainingError
+from .fileio import atomic_write
 from .loss import DSHLoss
 from .metrics import mean_average_precision
 from .models import create_model
@@ -249,8 +250,10 @@ def train(
         if progress:
             from tqdm.auto import tqdm
 
+            # disable=None: a bar only on a terminal; a log file gets the one line per epoch below instead of
+            # a line per step
             batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                           leave=False, dynamic_ncols=True)
+                           leave=False, dynamic_ncols=True, disable=None)
         t_epoch = time.perf_counter()
         for x, y in batches:
             with autocast_for(cfg, device):
@@ -272,7 +275,7 @@ def train(
             if progress:
                 batches.set_postfix(loss=f"{values['total']:.3f}")
             if not math.isfinite(values["total"]):
-                raise DataError(f"loss became {values['total']} at step {step}; try a lower --lr")
+                raise TrainingError(f"loss became {values['total']} at step {step}; try a lower --lr")
         train_seconds += time.perf_counter() - t_epoch
 
         record: dict[str, Any] = {"epoch": epoch + 1, **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()}}

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
+
 PAD_MODES = ("reflect", "zeros")
 
 
@@ -28,7 +30,7 @@ class Augment:
 
     def __post_init__(self) -> None:
         if self.crop_padding < 0:
-            raise ValueError(f"crop_padding must be >= 0, got {self.crop_padding}")
+            raise InputError(f"crop_padding must be >= 0, got {self.crop_padding}")
         if self.pad_mode not in PAD_MODES:
             raise ValueError(f"pad_mode must be one of {PAD_MODES}, got {self.pad_mode!r}")
 
@@ -56,7 +58,7 @@ class Augment:
         if p == 0 and not bool(flips.any()):
             return x
         if p >= min(h, w) and self.pad_mode == "reflect":
-            raise ValueError(f"reflect padding of {p} needs images larger than {p} pixels, got {h}x{w}")
+            raise InputError(f"reflect padding of {p} needs images larger than {p} pixels, got {h}x{w}")
         dev = x.device
         dy, dx, flips = dy.to(dev), dx.to(dev), flips.to(dev)
         if p > 0:

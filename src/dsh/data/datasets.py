@@ -13,8 +13,8 @@ from ..fileio import DataError
 from . import sources
 from .cache import cache_dir as resolve_cache_dir
 from .cache import cached, file_fingerprint
-from .decode import as_size, cover_size, decode_files
-from .folder import channel_mode, class_names_of, first_image, read_folder, scan_folder
+from ..imageio import as_size, channel_mode, cover_size, decode_files
+from .folder import class_names_of, first_image, read_folder, scan_folder
 from .imageset import ImageSet, carve_val
 
 DATASETS = ("digits", "mnist", "cifar10", "folder")

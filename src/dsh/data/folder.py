@@ -6,7 +6,6 @@ folders under ``train/``. Images may sit in nested folders inside a class folder
 
 from __future__ import annotations
 
-import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,8 @@ import numpy as np
 import torch
 
 from ..fileio import DataError
-from .decode import IMAGE_EXTENSIONS, decode_files
+from ..imageio import (IMAGE_EXTENSIONS, ImageList, channel_mode, decode_files, files_fingerprint, subfolders,
+                       walk_images)
 from .imageset import ImageSet
 
 
@@ -32,27 +32,7 @@ class FolderScan:
 
     def fingerprint(self) -> str:
         """A digest of the class names and of every file's name, size and modification time."""
-        h = hashlib.sha256("\n".join(self.class_names).encode())
-        for f, (size, mtime) in zip(self.files, self.stats):
-            h.update(f"\0{f}\0{size}\0{mtime}".encode())
-        return h.hexdigest()
-
-
-def _subdirs(d: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(d) if e.is_dir() and not e.name.startswith("."))
-
-
-def _walk_images(d: str, rel: str, out: list[tuple[str, int, int]]) -> None:
-    """Append ``(path relative to the root, size, mtime_ns)`` for every image under folder ``d`` (itself at
-    ``rel``, posix style, "" for the root), recursively, in sorted order."""
-    for e in sorted(os.scandir(d), key=lambda e: e.name):
-        if e.name.startswith("."):
-            continue
-        if e.is_dir():
-            _walk_images(e.path, f"{rel}{e.name}/", out)
-        elif e.name.lower().endswith(IMAGE_EXTENSIONS) and e.is_file():
-            st = e.stat()
-            out.append((rel + e.name, st.st_size, st.st_mtime_ns))
+        return files_fingerprint(self.class_names, self.files, self.stats)
 
 
 def class_names_of(root: Path) -> list[str]:
@@ -64,7 +44,7 @@ def class_names_of(root: Path) -> list[str]:
     if not train_dir.is_dir():
         raise DataError(f"folder: {root} has no train/ subfolder (expected {root}/train/<class>/<image> and "
                         f"{root}/test/<class>/<image>)")
-    names = _subdirs(train_dir)
+    names = subfolders(train_dir)
     if not names:
         raise DataError(f"folder: no class folders in {train_dir}")
     return names
@@ -77,7 +57,7 @@ def scan_folder(root: Path, split: str) -> FolderScan:
     split_dir = root / split
     if not split_dir.is_dir():
         raise DataError(f"folder: {root} has no {split}/ subfolder (expected {split_dir}/<class>/<image>)")
-    unknown = sorted(set(_subdirs(split_dir)) - set(class_names))
+    unknown = sorted(set(subfolders(split_dir)) - set(class_names))
     if unknown:
         raise DataError(f"folder: {split_dir} has classes that {root / 'train'} lacks: {', '.join(unknown[:5])}"
                         + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else ""))
@@ -88,7 +68,7 @@ def scan_folder(root: Path, split: str) -> FolderScan:
         if not d.is_dir():
             continue  # a class may be absent from the test split
         before = len(found)
-        _walk_images(str(d), f"{split}/{name}/", found)
+        walk_images(str(d), f"{split}/{name}/", found)
         if split == "train" and len(found) == before:
             raise DataError(f"folder: class folder {d} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
         labels.extend([c] * (len(found) - before))
@@ -131,32 +111,16 @@ def load_image_folder(
     class_names: list[str] | None = None,
     workers: int | None = None,
 ) -> ImageSet:
-    """Every image under ``root`` (recursively), e.g. to encode with a trained model.
+    """Every image under ``root`` (recursively), decoded, e.g. to train or evaluate on.
 
     ``input_shape`` ``(C, H, W)``: decode to C channels (1: grey, 3: RGB) and resize to ``H x W`` (cover, then
     centre-crop); ``None``: RGB at the native size, which all images must share. Labels come from the first
-    folder level: an image under ``root/<name>/`` gets the id of ``<name>`` in ``class_names`` (default: the sorted
-    sub-folder names); other images get -1. ``paths`` are relative to ``root``.
+    folder level (:class:`dsh.imageio.ImageList`); ``paths`` are relative to ``root``.
     """
-    root = Path(root)
-    if not root.is_dir():
-        raise DataError(f"no such folder {root}")
-    found: list[tuple[str, int, int]] = []
-    _walk_images(str(root), "", found)
-    if not found:
-        raise DataError(f"no images in {root} ({', '.join(IMAGE_EXTENSIONS)})")
-    rel = [f for f, _, _ in found]
-    names = list(class_names) if class_names is not None else _subdirs(root)
-    ids = {n: i for i, n in enumerate(names)}
-    labels = np.asarray([ids.get(r.split("/")[0], -1) if "/" in r else -1 for r in rel], dtype=np.int64)
+    listing = ImageList(root, class_names)
     channels, size = 3, None
     if input_shape is not None:
         channels, size = int(input_shape[0]), (int(input_shape[1]), int(input_shape[2]))
-    images = decode_files([os.path.join(root, f) for f in rel], size, channel_mode(channels), workers)
-    return ImageSet(torch.from_numpy(images), torch.from_numpy(labels), names, rel, f"images:{root}")
-
-
-def channel_mode(channels: int) -> str:
-    if channels not in (1, 3):
-        raise DataError(f"images can be decoded to 1 (grey) or 3 (RGB) channels, not {channels}")
-    return "L" if channels == 1 else "RGB"
+    images = decode_files(listing.full_paths(), size, channel_mode(channels), workers)
+    return ImageSet(torch.from_numpy(images), torch.from_numpy(listing.labels), listing.class_names,
+                    listing.files, f"images:{root}")

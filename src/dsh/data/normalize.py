@@ -57,6 +57,12 @@ class Normalizer:
             self._consts[key] = (scale.float().reshape(shape).to(device), shift.float().reshape(shape).to(device))
         return self._consts[key]
 
+    def uint8_affine(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(scale, shift)``, each ``float32[1, C, 1, 1]`` on the CPU, such that the normalised image is
+        ``uint8_pixels * scale + shift``: the exact constants :meth:`__call__` uses (an exported model folds them
+        in, so it computes the same float32 values)."""
+        return self._scale_shift(torch.device("cpu"), True)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         """``uint8[B, C, H, W]`` (0..255) or float (0..1) -> normalised ``float32[B, C, H, W]``, on ``x``'s device
         and in its memory format (channels_last stays channels_last)."""

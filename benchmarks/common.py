@@ -119,6 +119,20 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def proc_status_kb(pid: int | str, keys: tuple[str, ...]) -> dict[str, int]:
+    """Fields of ``/proc/PID/status`` given in kB (e.g. ``VmHWM``, the peak resident set); absent ones left out."""
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in keys:
+                    out[key] = int(value.split()[0])
+    except (OSError, ValueError):
+        pass
+    return out
+
+
 def load_average() -> list[float] | None:
     """The 1/5/15-minute load averages: other jobs on a shared machine slow a benchmark, so it is recorded."""
     try:

@@ -73,19 +73,6 @@ TARGET_DU = 1e-4
 # the measuring process
 
 
-def _status_kb(pid: int | str, keys: tuple[str, ...]) -> dict[str, int]:
-    out = {}
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                if key in keys:
-                    out[key] = int(value.split()[0])
-    except (OSError, ValueError):
-        pass
-    return out
-
-
 def _pss_kb(pid: int | str) -> int:
     try:
         with open(f"/proc/{pid}/smaps_rollup") as f:
@@ -129,7 +116,7 @@ class TreeSampler:
         kids = _children(me)
         self.workers_seen.update(kids)
         for k in kids:
-            self.worker_peak_kb = max(self.worker_peak_kb, _status_kb(k, ("VmHWM",)).get("VmHWM", 0))
+            self.worker_peak_kb = max(self.worker_peak_kb, common.proc_status_kb(k, ("VmHWM",)).get("VmHWM", 0))
         self.tree_pss_kb = max(self.tree_pss_kb, _pss_kb(me) + sum(_pss_kb(k) for k in kids))
 
     def _run(self) -> None:
@@ -153,7 +140,7 @@ class TreeSampler:
 
 def memory_mb() -> dict[str, float]:
     """This process's peak and current resident set (VmHWM, VmRSS) in MB."""
-    got = _status_kb("self", ("VmHWM", "VmRSS"))
+    got = common.proc_status_kb("self", ("VmHWM", "VmRSS"))
     peak = got.get("VmHWM", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
     return {"peak_rss_mb": peak / 1024, "rss_mb": got.get("VmRSS", 0) / 1024}
 

@@ -227,6 +227,13 @@ def test_demo_end_to_end_short(tmp_path, capsys):
     assert "Class hash table" in text and "mAP@all" in text
     summary = json.loads((out / "demo.json").read_text())
     assert summary["nbits"] == 8 and 0 <= summary["map"] <= 1 and len(summary["class_table"]["classes"]) == 10
+    # it ends by saying how to search the run in a browser, and the index it names searches like the codes
+    assert f"dsh serve --index {out / 'database.dshidx'}" in text
+    from dsh.searcher import Searcher
+
+    db_codes = load_codes(out / "database.npz")
+    hit = Searcher.open(out / "database.dshidx").search_codes(db_codes.codes[:1], k=3)[0]
+    assert hit.neighbors[0].distance == 0 and hit.neighbors[0].label is not None
     assert load_codes(out / "query.npz").u is not None and load_codes(out / "database.npz").u is None
     # a second demo keeps the first run and writes beside it
     assert main(["demo", "--out", str(out), "--epochs", "1", "--no-plots", "--quiet"]) == 0

@@ -83,8 +83,17 @@ def test_check_codes_errors():
         check_codes(np.zeros((2, 2), dtype=np.uint8), 8)
     with pytest.raises(ValueError, match="past nbits"):
         check_codes(np.full((2, 2), 255, dtype=np.uint8), 12)
-    with pytest.raises(ValueError, match="more than nbits"):
+    with pytest.raises(ValueError, match="8-bit codes have exactly 2"):
         from_hex("1FF", 8)
+    with pytest.raises(ValueError, match="bits set past nbits=5"):
+        from_hex("3F", 5)
+    # nothing is padded or guessed: another length, a doubled prefix, signs, inner blanks, non-ASCII digits
+    for bad, why in (("6F", "16-bit codes have exactly 4"), ("0x0x6F", "not a hex code"), ("-6F", "not a hex code"),
+                     ("6 F", "not a hex code"), ("\uff16F", "not a hex code"), ("", "not a hex code"),
+                     ("0x", "not a hex code")):
+        with pytest.raises(ValueError, match=why):
+            from_hex(bad, 16 if why.startswith("16") else 8)
+    np.testing.assert_array_equal(from_hex(" 0XaBcD ", 16), from_hex("ABCD", 16))
     with pytest.raises(ValueError):
         nbytes_for(0)
 

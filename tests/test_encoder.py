@@ -149,9 +149,12 @@ def test_bad_images_are_refused_in_one_line(tmp_path, encoders, monkeypatch):
     # the pixel limit is read from the header, before decoding (a decompression bomb costs nothing)
     p = tmp_path / "large.png"
     Image.fromarray(np.zeros((40, 40), np.uint8), "L").save(p)
-    monkeypatch.setenv("DSH_MAX_PIXELS", "1000")
     with pytest.raises(InputError, match="1,600 pixels, over the limit of 1,000"):
-        enc.encode([p])
+        Encoder(enc.runtime, enc.info, source=enc.source, max_pixels=1000).encode([p])
+    monkeypatch.setenv("DSH_MAX_PIXELS", "1599")  # the setting's default comes from the environment
+    with pytest.raises(InputError, match="over the limit of 1,599"):
+        Encoder(enc.runtime, enc.info, source=enc.source).encode([p])
+    assert Encoder(enc.runtime, enc.info, source=enc.source, max_pixels=1600).encode([p]).u.shape == (1, 8)
 
 
 def test_exports_make_the_same_codes(digits_run, digits_test, exported, encoders):

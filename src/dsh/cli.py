@@ -324,6 +324,36 @@ def cmd_search(args: argparse.Namespace) -> int:
     return 0
 
 # ----------------------------------------------------------------------------------------------------------------
+# serve
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from .serve import ServeSettings, create_app
+    except ModuleNotFoundError as e:
+        raise DataError(f"dsh serve needs the {e.name} package: pip install 'dsh[serve]'") from None
+    from .searcher import Searcher
+
+    token = args.token or os.environ.get("DSH_TOKEN") or None
+    searcher = Searcher.open(args.index, model=args.model or args.run, force=args.force, backend=args.backend,
+                             threads=args.threads, batch_size=args.batch_size, workers=1, resize=args.resize)
+    map_image = args.map
+    if map_image is None and args.run and (Path(args.run) / "plots" / "umap.png").is_file():
+        map_image = str(Path(args.run) / "plots" / "umap.png")
+    settings = ServeSettings(token=token, max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+                             max_pixels=args.max_pixels, max_k=args.max_k, map_image=map_image)
+    app = create_app(searcher, settings)
+    host = "127.0.0.1" if args.host == "localhost" else args.host
+    print(f"dsh serve: {searcher.index.ntotal:,} items, model {searcher.encoder.source} "
+          f"({searcher.encoder.backend}); open http://{host}:{args.port}/", file=sys.stderr, flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+                access_log=not args.quiet)
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------------------------
 # parser
 
 
@@ -465,13 +495,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     _add_encoder_flags(p)
     p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("serve", help="HTTP API and web page: search the index by image")
+    p.add_argument("--index", required=True, help="index file (from dsh index)")
+    _add_model_source(p, False, "(default: the one the index was built with)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on the API (or set $DSH_TOKEN)")
+    p.add_argument("--map", help="a PNG (e.g. a UMAP of the index) for the page (default: RUN/plots/umap.png)")
+    p.add_argument("--max-upload-mb", type=int, default=10, help="largest request body in MB (default 10)")
+    p.add_argument("--max-pixels", type=int, help="largest image in pixels (default: $DSH_MAX_PIXELS or 50M)")
+    p.add_argument("--max-k", type=int, default=1000, help="largest k a client may ask for (default 1000)")
+    p.add_argument("--force", action="store_true", help="serve with a model other than the index's")
+    p.add_argument("--quiet", action="store_true", help="no access log")
+    _add_encoder_flags(p)
+    p.set_defaults(func=cmd_serve)
     return parser
 
 
 # optional packages and the extra that installs each (pyproject.toml): a missing one is the installation's fault
 _EXTRA_OF = {"torch": "train", "torchvision": "train", "tensorboard": "train", "matplotlib": "train",
              "sklearn": "train", "umap": "train", "safetensors": "train", "onnx": "train", "onnxruntime": "onnx",
-             "faiss": "faiss"}
+             "faiss": "faiss", "fastapi": "serve", "uvicorn": "serve", "multipart": "serve",
+             "fastapi_offline": "serve"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

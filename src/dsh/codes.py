@@ -100,14 +100,26 @@ def to_hex(codes: np.ndarray, nbits: int) -> list[str]:
 
 
 def from_hex(text: str, nbits: int) -> np.ndarray:
-    """Parse one hex string written by :func:`to_hex` into ``uint8[1, ceil(nbits/8)]``."""
-    cleaned = text.strip().lower().removeprefix("0x").replace("_", "").replace(" ", "")
-    try:
-        value = int(cleaned, 16)
-    except ValueError:
-        raise InputError(f"not a hex code: {text!r}") from None
+    """Parse one hex string written by :func:`to_hex` into ``uint8[1, ceil(nbits/8)]``.
+
+    The string is exactly ``ceil(nbits / 4)`` ASCII hex digits (either case), optionally after one ``0x`` and with
+    surrounding blanks; anything else (another length, ``0x0x``, a sign, inner spaces, non-ASCII digits, bits set
+    past ``nbits``) raises :class:`InputError` saying what is expected, rather than being padded or guessed at.
+    """
+    digits = (int(nbits) + 3) // 4
+    if not isinstance(text, str):
+        raise InputError(f"a hex code must be a string, got {type(text).__name__}")
+    body = text.strip()
+    if body[:2].lower() == "0x":
+        body = body[2:]
+    if not body or not all(c in "0123456789abcdefABCDEF" for c in body):
+        raise InputError(f"not a hex code: {text!r} (expected {digits} hex digits, 0-9 and A-F)")
+    if len(body) != digits:
+        raise InputError(f"hex code {text!r} has {len(body)} digits; {nbits}-bit codes have exactly {digits}")
+    value = int(body, 16)
     if value >> int(nbits):
-        raise InputError(f"hex code {text!r} has more than nbits={nbits} bits")
+        raise InputError(f"hex code {text!r} has bits set past nbits={nbits} (the top digit allows at most "
+                         f"{(1 << (int(nbits) - 4 * (digits - 1))) - 1:X})")
     raw = value.to_bytes(nbytes_for(nbits), "little")
     return np.frombuffer(raw, dtype=np.uint8)[None, :].copy()
 

@@ -72,6 +72,9 @@ def run_demo(
         for p in plot_paths:
             print_fn(f"wrote {p}")
     print_fn(f"TensorBoard logs: tensorboard --logdir {out_dir / 'tb'}")
+    index_path = _write_index(out_dir, judged.database)
+    print_fn(f"Search it in a browser: dsh serve --index {index_path}  (then open http://127.0.0.1:8000/; "
+             f"needs dsh[serve])")
     summary = {
         "dataset": dataset,
         "nbits": nbits,
@@ -84,7 +87,22 @@ def run_demo(
         "class_table": table.to_dict(),
         "plots": [str(p) for p in plot_paths],
         "run": str(out_dir),
+        "index": str(index_path),
     }
     with atomic_write(out_dir / "demo.json", "w") as f:
         json.dump(summary, f, indent=2)
     return summary
+
+
+def _write_index(out_dir: Path, database) -> Path:
+    """The database codes as an index beside the run, with labels and the run's model, ready for ``dsh serve``."""
+    from .encoder import Encoder
+    from .index import HammingIndex
+    from .searcher import model_record
+
+    index = HammingIndex(database.nbits)
+    index.add(database.codes, labels=database.labels, class_names=[str(c) for c in database.class_names])
+    index.metadata["model"] = model_record(Encoder.from_run(out_dir, backend="torch"))
+    path = out_dir / "database.dshidx"
+    index.save(path)
+    return path

@@ -57,17 +57,19 @@ class Encoder:
 
     Build it with :meth:`from_run` or :meth:`from_file`. ``resize``: scale images of another size to the trained
     size (default) or refuse them; ``batch_size``: images per forward pass; ``workers``: processes that decode
-    image files (default: the usable CPUs, at most 8; 1 decodes in this process).
+    image files (default: the usable CPUs, at most 8; 1 decodes in this process); ``max_pixels``: images larger
+    than this are refused from their header (default: :func:`dsh.imageio.max_pixels_setting`).
     """
 
     def __init__(self, runtime, info: ModelInfo, *, source: str, resize: bool = True,
-                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, max_pixels: int | None = None):
         self.runtime = runtime
         self.info = info
         self.source = source
         self.resize = bool(resize)
         self.batch_size = _positive("batch_size", batch_size)
         self.workers = _positive("workers", workers)
+        self.max_pixels = max_pixels_setting(max_pixels)  # images above this are refused from their header
 
     # -- construction ------------------------------------------------------------------------------------------
 
@@ -144,7 +146,8 @@ class Encoder:
 
     def prepare(self, images: Any, *, layout: str = "auto") -> np.ndarray:
         """Images -> ``uint8[N, C, H, W]`` as the model takes them (the input policy of :mod:`dsh.imageio`)."""
-        return to_model_input(images, self.input_shape, resize=self.resize, layout=layout, workers=self.workers)
+        return to_model_input(images, self.input_shape, resize=self.resize, layout=layout, workers=self.workers,
+                              max_pixels=self.max_pixels)
 
     def encode(self, images: Any, *, layout: str = "auto", progress: bool = False) -> Encoded:
         """Images (paths, bytes, PIL images, or a uint8 array ``[N, C, H, W]`` / ``[N, H, W, C]``) -> ``(u,
@@ -176,7 +179,7 @@ class Encoder:
         """
         c, h, w = self.input_shape
         mode, size = channel_mode(c), (h, w)
-        limit = max_pixels_setting()
+        limit = self.max_pixels
         paths = [os.fspath(p) for p in paths]
         workers = self.workers or default_workers()
         bar = None

@@ -144,6 +144,9 @@ def decode_image(source: Any, size: tuple[int, int] | None, mode: str, *, resize
                 im.close()
     except (InputError, DataError):
         raise
+    except Image.DecompressionBombError as e:  # PIL's own guard, at open, for images far past any sane size
+        raise InputError(f"image {name} is over the limit of {limit:,} pixels (DSH_MAX_PIXELS): {one_line(e, 80)}"
+                         ) from None
     except FileNotFoundError:
         raise DataError(f"no such image file {name}") from None
     except IsADirectoryError:

@@ -1,0 +1,292 @@
+"""The FastAPI application: routes, limits and error answers. See :mod:`dsh.serve`."""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+
+from .. import __version__
+from ..errors import DataError, InputError, UserError, one_line
+from ..imageio import max_pixels_setting
+from ..searcher import Searcher
+
+log = logging.getLogger("dsh.serve")
+STATIC = Path(__file__).with_name("static")
+
+
+@dataclass
+class ServeSettings:
+    """Limits and options of a server.
+
+    - ``token``: when set, every ``/api`` route needs ``Authorization: Bearer <token>`` (401 otherwise);
+    - ``max_upload_bytes``: the largest request body (413 past it), checked before anything is parsed;
+    - ``max_pixels``: the largest image (413 past it), read from the image header before decoding;
+    - ``max_k``: the largest ``k`` (and ``max_radius``, default ``nbits``) a client may ask for (422 past it);
+    - ``max_images``: images per ``/api/encode`` request;
+    - ``map_image``: a PNG (e.g. the UMAP of the index) that the page shows, if any.
+    """
+
+    token: str | None = None
+    max_upload_bytes: int = 10 * 1024 * 1024
+    max_pixels: int | None = None
+    max_k: int = 1000
+    max_radius: int | None = None
+    max_images: int = 64
+    map_image: str | None = None
+
+
+class HexQuery(BaseModel):
+    hex: str = Field(description="a code in hex, most significant bit first, as `dsh report` prints it")
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"status": status, "message": message}}, status_code=status)
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over ``limit`` bytes is answered 413 before it is parsed, whether it
+    declares its length or streams it in chunks."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await _error(413, f"request body over the limit of {self.limit:,} bytes")(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _TooLarge()
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _TooLarge:
+            await _error(413, f"request body over the limit of {self.limit:,} bytes")(scope, receive, send)
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _status_of(e: UserError) -> int:
+    text = str(e)
+    if "over the limit of" in text and "pixels" in text:
+        return 413
+    if isinstance(e, DataError) and ("cannot decode image" in text or "cannot read an image" in text):
+        return 415
+    return 422 if isinstance(e, InputError) else 400
+
+
+def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> FastAPI:
+    """The ASGI app over ``searcher`` (whose encoder is loaded here, once)."""
+    from fastapi_offline import FastAPIOffline
+
+    settings = settings or ServeSettings()
+    encoder = searcher.encoder  # load the model now, not on the first request
+    if settings.max_pixels is not None:
+        encoder.max_pixels = max_pixels_setting(settings.max_pixels)
+    index = searcher.index
+    max_radius = settings.max_radius if settings.max_radius is not None else index.nbits
+    info = _info(searcher, settings)
+
+    app = FastAPIOffline(title="dsh", version=__version__,
+                         description="Deep supervised hashing: image -> binary code -> nearest items by Hamming "
+                                     "distance.")
+    app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, e: HTTPException):
+        return _error(e.status_code, str(e.detail))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, e: RequestValidationError):
+        parts = []
+        for err in e.errors()[:3]:
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body") or "request"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        return _error(422, "; ".join(parts))
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, e: UserError):
+        return _error(_status_of(e), _client_message(e))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, e: Exception):
+        log.exception("internal error on %s", request.url.path)  # the traceback stays in the server's log
+        return _error(500, "internal error")
+
+    def authorised(request: Request) -> None:
+        if settings.token is None:
+            return
+        given = request.headers.get("authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {settings.token}".encode()):
+            raise HTTPException(401, "missing or wrong token (send Authorization: Bearer <token>)")
+
+    api = [Depends(authorised)]
+
+    def check_k_radius(k: int | None, radius: int | None) -> None:
+        if radius is not None and not 0 <= radius <= max_radius:
+            raise HTTPException(422, f"radius must be between 0 and {max_radius}, got {radius}")
+        if radius is None and not 1 <= k <= settings.max_k:
+            raise HTTPException(422, f"k must be between 1 and {settings.max_k}, got {k}")
+
+    async def read_upload(upload: UploadFile) -> bytes:
+        data = await upload.read()
+        if not data:
+            raise HTTPException(400, f"the uploaded file {upload.filename or ''!s} is empty".replace("  ", " "))
+        return data
+
+    def item_dict(n) -> dict[str, Any]:
+        d = n.to_dict()
+        if n.path is not None:
+            d["image_url"] = f"/api/items/{n.id}/image"
+        return d
+
+    def search_answer(result) -> dict[str, Any]:
+        return {"query": {"code": f"0x{result.hex}", "hex": result.hex, "bits": result.bits},
+                "results": [item_dict(n) for n in result.neighbors]}
+
+    @app.get("/healthz", tags=["service"])
+    def healthz() -> dict:
+        return {"status": "ok", "items": index.ntotal}
+
+    @app.get("/api/info", dependencies=api, tags=["service"])
+    def api_info() -> dict:
+        return info
+
+    @app.post("/api/search", dependencies=api, tags=["search"])
+    async def api_search(request: Request, k: int = Query(10, description="neighbours to return"),
+                         radius: int | None = Query(None, description="every item within this Hamming distance "
+                                                                      "instead of k")):
+        """An uploaded image (multipart field ``image``) or JSON ``{"hex": "..."}`` -> the query's code and its
+        nearest items, ordered by (distance, id)."""
+        check_k_radius(k, radius)
+        kind = request.headers.get("content-type", "")
+        if kind.startswith("application/json"):
+            try:
+                body = HexQuery.model_validate(await request.json())
+            except ValueError as e:
+                raise HTTPException(422, f"expected JSON {{\"hex\": \"...\"}} ({one_line(e, 120)})") from None
+            results = await run_in_threadpool(searcher.search_hex, [body.hex], k, radius)
+        elif kind.startswith("multipart/form-data"):
+            form = await request.form()
+            upload = form.get("image")
+            if upload is None or isinstance(upload, str):
+                raise HTTPException(422, "multipart field 'image' (a file) is missing")
+            data = await read_upload(upload)
+            results = await run_in_threadpool(lambda: searcher.search([data], k=k, radius=radius))
+        else:
+            raise HTTPException(415, "send an image as multipart/form-data (field 'image') or JSON {\"hex\": ...}")
+        return search_answer(results[0])
+
+    @app.post("/api/encode", dependencies=api, tags=["encode"])
+    async def api_encode(image: list[UploadFile] = File(..., description="one or more image files"),
+                         u: bool = Query(False, description="also return the real outputs u")):
+        """Images (multipart field ``image``, repeated) -> their codes (hex and bits) and optionally ``u``."""
+        if len(image) > settings.max_images:
+            raise HTTPException(413, f"at most {settings.max_images} images per request, got {len(image)}")
+        data = [await read_upload(f) for f in image]
+        enc = await run_in_threadpool(encoder.encode, data)
+        from ..codes import to_binary_string, to_hex
+
+        hexes, bits = to_hex(enc.codes, encoder.nbits), to_binary_string(enc.codes, encoder.nbits)
+        out = [{"code": f"0x{h}", "hex": h, "bits": b} for h, b in zip(hexes, bits)]
+        if u:
+            for row, values in zip(out, enc.u.tolist()):
+                row["u"] = values
+        return {"nbits": encoder.nbits, "codes": out}
+
+    def record_of(item_id: int) -> dict[str, Any]:
+        if index.catalog is None or item_id < 0:
+            raise HTTPException(404, f"no item {item_id}")
+        try:
+            return index.lookup([item_id])[0]
+        except KeyError:
+            raise HTTPException(404, f"no item {item_id}") from None
+
+    @app.get("/api/items/{item_id}", dependencies=api, tags=["items"])
+    def api_item(item_id: int) -> dict:
+        rec = record_of(item_id)
+        if rec.get("path") is not None:
+            rec["image_url"] = f"/api/items/{item_id}/image"
+        return rec
+
+    @app.get("/api/items/{item_id}/image", dependencies=api, tags=["items"])
+    def api_item_image(item_id: int):
+        # only a path the catalog lists for this id is ever opened: nothing a client sends becomes a path
+        path = record_of(item_id).get("path")
+        if not path or not os.path.isfile(path):
+            raise HTTPException(404, f"item {item_id} has no image file")
+        return FileResponse(path)
+
+    @app.get("/api/map.png", dependencies=api, tags=["service"])
+    def api_map():
+        if not settings.map_image or not os.path.isfile(settings.map_image):
+            raise HTTPException(404, "this server has no map image")
+        return FileResponse(settings.map_image, media_type="image/png")
+
+    @app.get("/", include_in_schema=False)
+    def page():
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.state.searcher, app.state.settings = searcher, settings
+    return app
+
+
+def _client_message(e: UserError) -> str:
+    """The error's one line, with server paths cut down to their file names (a client learns no server path)."""
+    words = []
+    for w in one_line(e, 300).split(" "):
+        core = w.strip(",;:()'\"")
+        words.append(w.replace(core, os.path.basename(core)) if "/" in core and len(core) > 1 else w)
+    return " ".join(words)
+
+
+def _info(searcher: Searcher, settings: ServeSettings) -> dict[str, Any]:
+    """What /api/info answers; computed once (the class table scans the whole index)."""
+    from ..report import class_code_table
+
+    enc, index = searcher.encoder, searcher.index
+    table = None
+    catalog = index.catalog
+    if catalog is not None and catalog.label_kind == "class" and index.ntotal:
+        labels = np.asarray(catalog.labels)
+        known = labels >= 0
+        if known.any():
+            names = catalog.class_names or None
+            table = class_code_table(np.asarray(index.codes)[known], labels[known], index.nbits, names).to_dict()
+    return {
+        "dsh_version": __version__,
+        "model": {"nbits": enc.nbits, "input_shape": list(enc.input_shape), "class_names": enc.class_names,
+                  "fingerprint": enc.fingerprint, "backend": enc.backend, "file": Path(enc.source).name},
+        "index": {"items": index.ntotal, "nbits": index.nbits, "has_catalog": catalog is not None},
+        "class_table": table,
+        "map_image": "/api/map.png" if settings.map_image and os.path.isfile(settings.map_image) else None,
+        "limits": {"max_upload_bytes": settings.max_upload_bytes, "max_k": settings.max_k,
+                   "max_radius": settings.max_radius if settings.max_radius is not None else index.nbits,
+                   "max_pixels": max_pixels_setting(settings.max_pixels), "max_images": settings.max_images},
+        "auth": settings.token is not None,
+    }

@@ -69,3 +69,41 @@ def image_tree_writer():
 def tiny_image_tree(tmp_path: Path) -> Path:
     """A 3-class (ant, bee, cat) image folder dataset, 12 train and 6 test PNGs of 6x8, in a temporary folder."""
     return write_tiny_image_tree(tmp_path / "tiny")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a trained run and image files, shared by the library, service and browser tests
+
+
+def train_digits_run(out: Path, epochs: int = 3, seed: int = 0) -> Path:
+    """A short digits run (8x8 grey, 8-bit codes) in ``out``."""
+    from dsh.config import TrainConfig
+    from dsh.train import train
+
+    train(TrainConfig(dataset="digits", nbits=8, epochs=epochs, batch_size=64, tensorboard=False, seed=seed), out,
+          progress=False, log=lambda m: None)
+    return out
+
+
+def write_digit_folder(folder: Path, n: int, scale: int = 1) -> list[Path]:
+    """The first ``n`` digits test images as PNG files ``folder/<class>/NNN.png`` (scaled up ``scale`` times with
+    nearest-neighbour, so a page shows them); returns the files in sorted order."""
+    from PIL import Image
+
+    from dsh.data import load_split
+
+    test = load_split("digits", "test")
+    for i in range(n):
+        d = folder / test.class_names[int(test.labels[i])]
+        d.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(test.images[i, 0].numpy(), "L")
+        if scale != 1:
+            img = img.resize((8 * scale, 8 * scale), Image.NEAREST)
+        img.save(d / f"{i:03d}.png")
+    return sorted(folder.rglob("*.png"))
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    """One short digits run for every test that only needs some trained model (3 epochs, seed 0)."""
+    return train_digits_run(tmp_path_factory.mktemp("digits-run") / "run")

@@ -15,24 +15,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_digit_folder
 from dsh.codes import codes_from_u
 from dsh.encoder import Encoder
 from dsh.errors import DataError, InputError, ModelFileError
 
 # ONNX and torch run the same float32 graph; their kernels sum in different orders (measured: <= 4e-7)
 U_TOLERANCE = 1e-4
-
-
-@pytest.fixture(scope="module")
-def digits_run(tmp_path_factory):
-    """A short digits run (8x8 grey, 8 bits)."""
-    from dsh.config import TrainConfig
-    from dsh.train import train
-
-    out = tmp_path_factory.mktemp("enc") / "run"
-    train(TrainConfig(dataset="digits", nbits=8, epochs=3, batch_size=64, tensorboard=False), out,
-          progress=False, log=lambda m: None)
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -228,21 +217,10 @@ def test_model_files_that_are_not_dsh_models(tmp_path, exported):
         Encoder.from_file(exported / "model.onnx", backend="torch")
 
 
-def write_digit_folder(root: Path, images: np.ndarray, labels: np.ndarray, names: list[str]) -> list[Path]:
-    paths = []
-    for i, (img, lab) in enumerate(zip(images, labels)):
-        d = root / names[int(lab)]
-        d.mkdir(parents=True, exist_ok=True)
-        paths.append(d / f"{i:04d}.png")
-        Image.fromarray(img[0], "L").save(paths[-1])
-    return paths
-
-
-def test_torch_free_encoding(tmp_path, exported, digits_test):
+def test_torch_free_encoding(tmp_path, exported):
     """With torch unimportable, an ONNX model encodes files from the API and the command line."""
-    images, labels, names = digits_test
     folder = tmp_path / "imgs"
-    write_digit_folder(folder, images[:40], labels[:40], names)
+    write_digit_folder(folder, 40)
     out = tmp_path / "codes.npz"
     script = f"""
 import sys
@@ -274,9 +252,9 @@ def test_streaming_folder_encode_and_resume(tmp_path, exported, digits_test, mon
     from dsh.codefile import load_codes
     from dsh.folder_encode import encode_folder, parts_dir
 
-    images, labels, names = digits_test
+    names = digits_test[2]
     folder = tmp_path / "imgs"
-    write_digit_folder(folder, images[:90], labels[:90], names)
+    write_digit_folder(folder, 90)
     enc = Encoder.from_file(exported / "model.onnx", batch_size=16, workers=2)
     whole = tmp_path / "whole.npz"
     done = encode_folder(enc, folder, whole, keep_u=True, part_size=25)

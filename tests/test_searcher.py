@@ -8,8 +8,8 @@ import shutil
 
 import numpy as np
 import pytest
-from PIL import Image
 
+from conftest import train_digits_run, write_digit_folder
 from dsh.cli import main
 from dsh.encoder import Encoder
 from dsh.errors import InputError
@@ -18,28 +18,12 @@ from dsh.index import HammingIndex
 from dsh.searcher import Searcher, index_folder
 
 
-def train_digits(out, seed=0):
-    from dsh.config import TrainConfig
-    from dsh.train import train
-
-    train(TrainConfig(dataset="digits", nbits=8, epochs=2, batch_size=64, tensorboard=False, seed=seed), out,
-          progress=False, log=lambda m: None)
-    return out
-
-
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    from dsh.data import load_split
-
+def setup(tmp_path_factory, digits_run):
     root = tmp_path_factory.mktemp("search")
-    run = train_digits(root / "run")
-    test = load_split("digits", "test")
     folder = root / "imgs"
-    for i in range(60):
-        d = folder / test.class_names[int(test.labels[i])]
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(test.images[i, 0].numpy(), "L").save(d / f"{i:03d}.png")
-    return root, run, folder
+    write_digit_folder(folder, 60)
+    return root, digits_run, folder
 
 
 def brute_force(q_codes, db_codes, db_ids, k):
@@ -100,7 +84,7 @@ def test_cli_index_search_and_library_agree(setup, capsys, tmp_path):
     assert str(query.resolve()) in [n.path for n in Searcher.open(idx).search([query], radius=0)[0].neighbors]
 
     # a different model is refused (its codes mean something else) unless forced
-    other = train_digits(tmp_path / "other", seed=1)
+    other = train_digits_run(tmp_path / "other", epochs=2, seed=1)
     assert main(["search", "--index", str(idx), "--image", str(query), "--run", str(other)]) == 2
     err = capsys.readouterr().err.strip()
     assert "not the model that made the codes" in err and len(err.splitlines()) == 1

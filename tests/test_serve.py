@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import struct
 import zlib
 
@@ -15,6 +16,7 @@ pytest.importorskip("fastapi", reason="the serve extra is not installed (pip ins
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from conftest import write_digit_folder  # noqa: E402
 from dsh.cli import main  # noqa: E402
 from dsh.encoder import Encoder  # noqa: E402
 from dsh.searcher import Searcher  # noqa: E402
@@ -24,21 +26,13 @@ TOKEN = "s3cret-token"
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory):
-    """A digits run, an index of 80 test images with their paths, and an app over them (with and without token)."""
-    from dsh.config import TrainConfig
-    from dsh.data import load_split
-    from dsh.train import train
-
+def served(tmp_path_factory, digits_run):
+    """An index of 80 digit images (paths in its catalog) made with a short run, and an app over it (with and
+    without a token)."""
     root = tmp_path_factory.mktemp("serve")
-    train(TrainConfig(dataset="digits", nbits=8, epochs=3, batch_size=64, tensorboard=False), root / "run",
-          progress=False, log=lambda m: None)
-    test = load_split("digits", "test")
+    shutil.copytree(digits_run, root / "run")
     folder = root / "imgs"
-    for i in range(80):
-        d = folder / test.class_names[int(test.labels[i])]
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(test.images[i, 0].numpy(), "L").save(d / f"{i:03d}.png")
+    write_digit_folder(folder, 80)
     index = root / "db.dshidx"
     assert main(["index", "--images", str(folder), "--run", str(root / "run"), "--out", str(index), "--quiet"]) == 0
     settings = ServeSettings(max_upload_bytes=200_000, max_pixels=100_000, max_k=50, max_images=4)

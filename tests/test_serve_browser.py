@@ -40,25 +40,15 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> Non
 
 
 @pytest.fixture(scope="module")
-def live_server(tmp_path_factory):
-    from PIL import Image
-
+def live_server(tmp_path_factory, digits_run):
+    from conftest import write_digit_folder
     from dsh.cli import main
-    from dsh.config import TrainConfig
-    from dsh.data import load_split
-    from dsh.train import train
 
     root = tmp_path_factory.mktemp("browser")
-    train(TrainConfig(dataset="digits", nbits=8, epochs=3, batch_size=64, tensorboard=False), root / "run",
-          progress=False, log=lambda m: None)
-    test = load_split("digits", "test")
     folder = root / "imgs"
-    for i in range(60):
-        d = folder / test.class_names[int(test.labels[i])]
-        d.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(test.images[i, 0].numpy(), "L").resize((64, 64), Image.NEAREST).save(d / f"{i:03d}.png")
+    write_digit_folder(folder, 60, scale=8)
     index = root / "db.dshidx"
-    assert main(["index", "--images", str(folder), "--run", str(root / "run"), "--out", str(index), "--quiet"]) == 0
+    assert main(["index", "--images", str(folder), "--run", str(digits_run), "--out", str(index), "--quiet"]) == 0
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "dsh.cli", "serve", "--index", str(index), "--host", "127.0.0.1",
                              "--port", str(port), "--quiet"], stderr=subprocess.PIPE, text=True,

@@ -238,3 +238,30 @@ def test_demo_end_to_end_short(tmp_path, capsys):
     # a second demo keeps the first run and writes beside it
     assert main(["demo", "--out", str(out), "--epochs", "1", "--no-plots", "--quiet"]) == 0
     assert len(list(tmp_path.glob("demo-*"))) == 1 and (out / "best.pt").is_file()
+
+
+def test_unlabelled_codes_are_left_out_of_eval_and_report(tmp_path, capsys):
+    """label -1 is "no class": it must not form a class of its own (that gave mAP 1.0 on unlabelled codes)."""
+    from dsh.codefile import CodeFile, save_codes
+    from dsh.metrics import mean_average_precision
+
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (40, 1), dtype=np.uint8)
+    labels = rng.integers(0, 3, 40)
+    labels[::4] = -1
+    save_codes(tmp_path / "q.npz", CodeFile(codes[:20], 8, labels=labels[:20]))
+    save_codes(tmp_path / "db.npz", CodeFile(codes[20:], 8, labels=labels[20:]))
+    assert main(["eval", "--query", str(tmp_path / "q.npz"), "--database", str(tmp_path / "db.npz"), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["excluded_unlabelled"] == {"queries": 5, "database": 5}
+    keep_q, keep_db = labels[:20] >= 0, labels[20:] >= 0
+    want = mean_average_precision(codes[:20][keep_q], codes[20:][keep_db], labels[:20][keep_q], labels[20:][keep_db],
+                                  nbits=8)
+    assert result["n_queries"] == 15 and result["n_database"] == 15 and result["map"] == pytest.approx(want)
+    assert main(["report", "--codes", str(tmp_path / "q.npz"), "--json"]) == 0
+    table = json.loads(capsys.readouterr().out)
+    assert table["excluded_unlabelled"] == 5 and all(row["label"] >= 0 for row in table["classes"])
+    # nothing labelled at all: refused in one line
+    save_codes(tmp_path / "none.npz", CodeFile(codes[:5], 8, labels=np.full(5, -1)))
+    assert main(["eval", "--query", str(tmp_path / "none.npz"), "--database", str(tmp_path / "db.npz")]) == 2
+    assert "no row has a label" in one_error_line(capsys)

@@ -160,6 +160,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise DataError(f"{name}: no 'labels' array, so relevance is unknown")
     if q.multi_label != db.multi_label:
         raise DataError(f"{args.query} and {args.database}: one has class ids, the other multi-hot labels")
+    # unlabelled rows (class -1, or a multi-hot row with no label) would count as a class of their own: leave them
+    # out, and say how many
+    excluded = {}
+    for role, name, cf in (("queries", args.query, q), ("database", args.database, db)):
+        keep = cf.labelled()
+        if not keep.any():
+            raise DataError(f"{name}: no row has a label (-1 marks an unlabelled image), so nothing can be judged")
+        excluded[role] = int((~keep).sum())
+    q, db = q.subset(q.labelled()), db.subset(db.labelled())
     if args.topk is not None and args.topk < 1:
         raise DataError(f"--topk must be >= 1, got {args.topk}")
     if args.protocol is not None and args.topk is None:
@@ -176,9 +185,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         label = f"{q.nbits} bits"
         plot_pr_curve({label: result}, out / "pr_curve.png", title="precision-recall over Hamming radius")
         plot_precision_at_k({label: result}, out / "precision_at_k.png", title="precision@k")
+    result["excluded_unlabelled"] = excluded
     if args.json:
         print(json.dumps(result))
         return 0
+    if any(excluded.values()):
+        print(f"excluded {excluded['queries']} unlabelled queries and {excluded['database']} unlabelled database "
+              f"items (label -1)")
     r = args.radius
     print(f"queries {len(q)}, database {len(db)}, {q.nbits} bits")
     rule = ("the exact mean over random orders of items at equal distance" if args.ties == "expected"
@@ -200,9 +213,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     cf = load_codes(args.codes)
     if cf.labels is None or cf.multi_label:
         raise DataError(f"{args.codes}: the class table needs single-label class ids in 'labels'")
+    unlabelled = int((~cf.labelled()).sum())
+    if unlabelled == len(cf):
+        raise DataError(f"{args.codes}: no row has a class (-1 marks an unlabelled image)")
+    cf = cf.subset(cf.labelled())  # -1 is "no class", not a class of its own
     names = None if cf.class_names is None else [str(s) for s in cf.class_names]
     table = class_code_table(cf.codes, cf.labels, cf.nbits, names, close_bits=args.close_bits)
-    print(json.dumps(table.to_dict(), indent=2) if args.json else format_markdown(table))
+    print(json.dumps({**table.to_dict(), "excluded_unlabelled": unlabelled}, indent=2) if args.json
+          else format_markdown(table) + (f"\n\n({unlabelled} unlabelled codes left out)" if unlabelled else ""))
     return 0
 
 

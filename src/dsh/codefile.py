@@ -42,6 +42,19 @@ class CodeFile:
     def multi_label(self) -> bool:
         return self.labels is not None and self.labels.ndim == 2
 
+    def labelled(self) -> np.ndarray:
+        """``bool[n]``: the rows with a label: a class id >= 0 (``-1`` marks an unlabelled image, as ``dsh encode
+        --images`` writes for images outside a class folder), or a multi-hot row with at least one label."""
+        if self.labels is None:
+            return np.zeros(len(self), bool)
+        return self.labels.any(axis=1) if self.multi_label else self.labels >= 0
+
+    def subset(self, rows: np.ndarray) -> "CodeFile":
+        """The rows selected by ``rows`` (a boolean mask or indices), every per-row array alike."""
+        pick = (lambda a: None if a is None else a[rows])
+        return CodeFile(self.codes[rows], self.nbits, pick(self.labels), pick(self.u), pick(self.paths),
+                        self.class_names)
+
 
 def save_codes(path: str | os.PathLike, cf: CodeFile) -> None:
     """Write ``cf`` to ``path`` atomically (a temporary file, then a rename)."""

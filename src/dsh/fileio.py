@@ -5,24 +5,59 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-import zlib
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator, IO
 
 from .errors import DataError, one_line  # noqa: F401  (re-exported)
 
 
+def _temp_prefix(path: Path) -> str:
+    # the writer's pid is in the name, so a later write can tell a temporary left by a killed process (remove it)
+    # from one another live writer is still filling (leave it)
+    return f".{path.name}.dsh-{os.getpid()}-"
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries that :func:`atomic_write` left beside ``path`` when its process was killed (their
+    writer's pid no longer runs); returns what was removed. Other files are never touched."""
+    path = Path(path)
+    removed = []
+    try:
+        candidates = list(path.parent.glob(f".{path.name}.dsh-*-*.tmp"))
+    except OSError:
+        return removed
+    for tmp in candidates:
+        pid_text = tmp.name[len(f".{path.name}.dsh-"):].split("-", 1)[0]
+        if not pid_text.isdigit():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+            continue  # its writer still runs
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OverflowError):
+            continue  # a process of another user runs under that pid: not ours to judge
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+            removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     """Open a temporary file beside ``path``; on success rename it over ``path``, on failure remove it.
 
-    A crash mid-write therefore never leaves a half-written file where a good one used to be.
+    A crash mid-write therefore never leaves a half-written file where a good one used to be. A process killed
+    outright (``kill -9``) cannot remove its temporary: the next write to the same ``path`` does
+    (:func:`remove_stale_temporaries`).
     """
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        remove_stale_temporaries(path)
+        fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as e:
         raise DataError(f"{path}: cannot write here ({e.strerror or one_line(e)})") from None
     # mkstemp makes the file private (0600); give it the permissions a plain open() would have

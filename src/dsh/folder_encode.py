@@ -96,8 +96,6 @@ def encode_folder(encoder, folder: str | Path, out: str | Path, *, keep_u: bool 
         if found != manifest:
             raise DataError(f"{parts}: the interrupted encode there was of other files, another model or other "
                             f"settings; remove that folder to start again")
-        for stale in parts.glob(".*.tmp"):  # a part being written when the process was killed
-            stale.unlink(missing_ok=True)
     else:
         with atomic_write(manifest_path, "w") as f:
             json.dump(manifest, f, indent=2)

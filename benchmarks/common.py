@@ -202,10 +202,11 @@ def utc_now() -> str:
 def coerce_setting(name: str, text: str) -> Any:
     """``text`` as the type of TrainConfig field ``name`` (``none`` for None; ``true``/``false`` for booleans)."""
     from dsh.config import field_types
+    from dsh.errors import ConfigError
 
     try:
         types, nullable = field_types(name)
-    except DataError as e:
+    except ConfigError as e:
         raise DataError(f"--set {name}=...: {e}") from None
     low = text.strip().lower()
     if nullable and low in ("none", "null"):

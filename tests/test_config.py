@@ -35,3 +35,37 @@ def test_precedence_and_errors(tmp_path):
         resolve_config(preset="nope")
     with pytest.raises(ConfigError, match="eval_every"):
         resolve_config({"eval_every": 0})
+
+
+@pytest.mark.parametrize("settings, needle", [
+    ({"tensorboard": "false"}, "tensorboard (--tensorboard) must be bool"),
+    ({"epochs": "1"}, "epochs (--epochs) must be int"),
+    ({"epochs": 2.5}, "epochs (--epochs) must be int"),
+    ({"nbits": True}, "nbits (--nbits) must be int"),
+    ({"nbits": [8]}, "nbits (--nbits) must be int"),
+    ({"nbits": 10_000_000}, "between 1 and 4096"),
+    ({"lr": float("nan")}, "lr (--lr) must be a finite number > 0"),
+    ({"lr": "0.1"}, "lr (--lr) must be float"),
+    ({"alpha": -0.5}, "alpha (--alpha) must be a finite number >= 0"),
+    ({"margin": -1.0}, "margin (--margin)"),
+    ({"crop_padding": -2}, "crop_padding (--crop-padding) must be >= 0"),
+    ({"threads": -2}, "threads (--threads) must be >= 1"),
+    ({"threads": 0}, "threads (--threads) must be >= 1"),
+    ({"momentum": 1.5}, "momentum"),
+    ({"val_size": -3}, "val_size"),
+    ({"model": 3}, "model (--model) must be str"),
+])
+def test_every_setting_is_checked_by_type_and_range(settings, needle):
+    from dsh.config import TrainConfig
+
+    with pytest.raises(ConfigError) as info:
+        TrainConfig.from_dict(settings).validate()
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_valid_values_of_every_kind_pass():
+    from dsh.config import TrainConfig
+
+    cfg = TrainConfig.from_dict({"val_size": 0.1, "margin": 16, "threads": 2, "crop_padding": 0, "lr": 1,
+                                 "tensorboard": False}).validate()
+    assert cfg.margin == 16 and cfg.lr == 1

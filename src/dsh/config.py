@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, fields
@@ -59,31 +60,41 @@ class TrainConfig:
     tensorboard: bool = True
 
     def validate(self) -> "TrainConfig":
+        """Check every setting's type (from its annotation) and range; a one-line :class:`ConfigError` naming the
+        setting and its flag otherwise. Returns ``self``."""
         from .models import list_models  # the registry is the one list of model names
 
+        for f in fields(self):
+            _check_type(f.name, getattr(self, f.name))
+
+        def need(ok: bool, name: str, rule: str) -> None:
+            if not ok:
+                raise ConfigError(f"{name} ({_flag(name)}) must be {rule}, got {getattr(self, name)!r}")
+
         if self.model not in list_models():
-            raise ConfigError(f"model must be one of {', '.join(list_models())}, got {self.model!r}")
-        if int(self.nbits) < 1:
-            raise ConfigError(f"nbits must be >= 1, got {self.nbits}")
-        if self.epochs < 1:
-            raise ConfigError(f"epochs must be >= 1, got {self.epochs}")
-        if self.batch_size < 2:
-            raise ConfigError(f"batch_size must be >= 2 (the loss needs pairs), got {self.batch_size}")
-        if self.lr <= 0:
-            raise ConfigError(f"lr must be > 0, got {self.lr}")
+            raise ConfigError(f"model ({_flag('model')}) must be one of {', '.join(list_models())}, got "
+                              f"{self.model!r}")
+        need(1 <= self.nbits <= MAX_NBITS, "nbits", f"between 1 and {MAX_NBITS}")
+        need(self.epochs >= 1, "epochs", ">= 1")
+        need(self.batch_size >= 2, "batch_size", ">= 2 (the loss needs pairs)")
+        need(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
+        need(self.alpha >= 0 and math.isfinite(self.alpha), "alpha", "a finite number >= 0")
+        need(self.margin is None or (self.margin > 0 and math.isfinite(self.margin)), "margin",
+             "a finite number > 0 (or unset for 2 * nbits)")
+        need(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "weight_decay", "a finite number >= 0")
+        need(0 <= self.momentum < 1, "momentum", "in [0, 1)")
+        need(0 <= self.warmup_fraction < 1, "warmup_fraction", "in [0, 1)")
+        need(self.crop_padding is None or self.crop_padding >= 0, "crop_padding", ">= 0")
+        need(self.threads is None or self.threads >= 1, "threads", ">= 1 (or unset for torch's default)")
+        need(self.image_size is None or self.image_size >= 1, "image_size", ">= 1")
+        need(self.val_size is None or self.val_size >= 0, "val_size", "a count >= 0 or a fraction in (0, 1)")
+        need(self.protocol_seed >= 0 and self.seed >= 0, "seed" if self.seed < 0 else "protocol_seed", ">= 0")
+        need(self.projector_samples >= 0, "projector_samples", ">= 0")
         for name in ("eval_every", "log_every"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0 <= self.warmup_fraction < 1:
-            raise ConfigError(f"warmup_fraction must be in [0, 1), got {self.warmup_fraction}")
-        for name, value, choices in (
-            ("optimizer", self.optimizer, ("adamw", "sgd")),
-            ("schedule", self.schedule, ("onecycle", "cosine", "constant")),
-            ("sampler", self.sampler, ("random", "balanced")),
-            ("amp", self.amp, ("auto", "bf16", "off")),
-        ):
-            if value not in choices:
-                raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+            need(getattr(self, name) >= 1, name, ">= 1")
+        for name, choices in (("optimizer", ("adamw", "sgd")), ("schedule", ("onecycle", "cosine", "constant")),
+                              ("sampler", ("random", "balanced")), ("amp", ("auto", "bf16", "off"))):
+            need(getattr(self, name) in choices, name, f"one of {', '.join(choices)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -96,6 +107,34 @@ class TrainConfig:
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
         return cls(**data)
+
+
+# Longer codes than any hashing method uses; past this a typo (--bits 10000000) would only fail on allocation.
+MAX_NBITS = 4096
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _check_type(name: str, value: Any) -> None:
+    """``value`` must be of the field's annotated type: a JSON ``"false"`` is not a bool, ``"1"`` not an int, a
+    bool not a number; ints are accepted where floats are."""
+    kinds, nullable = field_types(name)
+    if value is None:
+        if nullable:
+            return
+    elif isinstance(value, bool):
+        if bool in kinds:
+            return
+    elif isinstance(value, int) and (int in kinds or float in kinds):
+        return
+    elif isinstance(value, float) and float in kinds:
+        return
+    elif isinstance(value, str) and str in kinds:
+        return
+    names = " or ".join(k.__name__ for k in kinds) + (" or null" if nullable else "")
+    raise ConfigError(f"{name} ({_flag(name)}) must be {names}, got {value!r} ({type(value).__name__})")
 
 
 # One line of help per setting, for `dsh train --help`.
@@ -157,7 +196,7 @@ def field_types(name: str) -> tuple[list[type], bool]:
     """The non-None types of TrainConfig field ``name`` (from its annotation), and whether None is allowed."""
     hints = typing.get_type_hints(TrainConfig)
     if name not in hints:
-        raise DataError(f"unknown setting {name!r}; known: {', '.join(hints)}")
+        raise ConfigError(f"unknown setting {name!r}; known: {', '.join(hints)}")
     args = typing.get_args(hints[name]) or (hints[name],)
     return [a for a in args if a is not type(None)], type(None) in args
 

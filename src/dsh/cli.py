@@ -278,8 +278,40 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    import numpy as np
+
     from .index import HammingIndex
     from .searcher import index_folder, model_record
+
+    # where the index goes, checked before anything is encoded
+    milvus = args.store == "milvus"
+    if milvus:
+        if not (args.uri and args.collection):
+            raise DataError("index --store milvus needs --uri URI and --collection NAME")
+        if args.out is not None or args.format != "dsh":
+            raise DataError("--out and --format are for index files; --store milvus writes to --uri / --collection")
+        if args.overwrite and args.append:
+            raise DataError("--overwrite replaces the collection and --append adds to it: give one of them")
+    else:
+        if args.out is None:
+            raise DataError("index needs --out FILE (or --store milvus --uri URI --collection NAME)")
+        stray = [f for f, v in (("--uri", args.uri), ("--collection", args.collection),
+                                ("--overwrite", args.overwrite), ("--append", args.append)) if v]
+        if stray:
+            raise DataError(f"{stray[0]} is for --store milvus")
+    if args.format != "faiss":
+        stray = [f for f, v in (("--faiss-index", args.faiss_index != "flat"), ("--nlist", args.nlist is not None),
+                                ("--hash-bits", args.hash_bits is not None)) if v]
+        if stray:
+            raise DataError(f"{stray[0]} is for --format faiss")
+    if milvus:
+        import logging
+
+        from .milvus_index import MilvusIndex
+
+        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its errors reach the user as one line
+        MilvusIndex.check_writable(args.uri, args.collection, overwrite=args.overwrite, append=args.append,
+                                   timeout=args.timeout)
 
     if args.codes is not None:
         from .codefile import load_codes
@@ -299,37 +331,87 @@ def cmd_index(args: argparse.Namespace) -> int:
         if not (args.run or args.model):
             raise DataError("index --images needs --run RUN (or --model FILE) to encode them")
         index = index_folder(_encoder(args), args.images, progress=not args.quiet)
-    index.save(args.out)
-    print(f"indexed {index.ntotal} codes of {index.nbits} bits into {args.out}")
+
+    if milvus and args.append:
+        with MilvusIndex.open(args.uri, args.collection, timeout=args.timeout) as target:
+            if target.nbits != index.nbits:
+                raise DataError(f"{target} holds {target.nbits}-bit codes; these are {index.nbits}-bit")
+            made_by = (target.metadata.get("model") or {}).get("fingerprint")
+            new_by = (index.metadata.get("model") or {}).get("fingerprint")
+            if made_by and new_by and made_by != new_by:
+                raise DataError(f"{target} holds codes of another model (fingerprint {made_by[:12]} vs "
+                                f"{new_by[:12]}); they would not be comparable")
+            cat = index.catalog
+            target.add(np.asarray(index.codes), labels=None if cat is None else cat.labels,
+                       paths=None if cat is None else cat.paths, keys=None if cat is None else cat.keys,
+                       class_names=None if cat is None or not cat.class_names else cat.class_names)
+            print(f"added {index.ntotal} codes of {index.nbits} bits to {target} (now {target.ntotal})")
+    elif milvus:
+        with MilvusIndex.from_index(index, args.uri, args.collection, overwrite=args.overwrite,
+                                    timeout=args.timeout) as target:
+            print(f"indexed {index.ntotal} codes of {index.nbits} bits into {target}")
+    elif args.format == "faiss":
+        from .faiss_export import write_faiss
+
+        settings = {k: v for k, v in (("nlist", args.nlist), ("hash_bits", args.hash_bits)) if v is not None}
+        fidx = write_faiss(args.out, index, kind=args.faiss_index, **settings)
+        print(f"wrote {index.ntotal} codes of {index.nbits} bits as a faiss {type(fidx).__name__} "
+              f"({fidx.d} dimensions; no catalog) into {args.out}")
+    else:
+        index.save(args.out)
+        print(f"indexed {index.ntotal} codes of {index.nbits} bits into {args.out}")
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
+    from contextlib import ExitStack
+
     from .searcher import Searcher
 
     if args.radius is None and args.k < 1:
         raise DataError(f"-k must be >= 1, got {args.k}")
     if args.radius is not None and args.radius < 0:
         raise DataError(f"--radius must be >= 0, got {args.radius}")
-    searcher = Searcher.open(args.index, model=args.model or args.run, force=args.force, backend=args.backend,
-                             threads=args.threads, batch_size=args.batch_size, workers=args.workers,
-                             resize=args.resize)
-    k = None if args.radius is not None else args.k
-    if args.hex is not None:
-        names = [f"0x{h}" for h in args.hex]
-        results = searcher.search_hex(args.hex, k=k, radius=args.radius)
-    elif args.codes is not None:
-        from .codefile import load_codes
+    milvus = args.store == "milvus"
+    if milvus:
+        if not (args.uri and args.collection):
+            raise DataError("search --store milvus needs --uri URI and --collection NAME")
+        if args.index is not None:
+            raise DataError("--index is an index file; --store milvus searches --uri / --collection")
+    elif args.index is None:
+        raise DataError("search needs --index FILE (or --store milvus --uri URI --collection NAME)")
+    elif args.uri or args.collection:
+        raise DataError(f"{'--uri' if args.uri else '--collection'} is for --store milvus")
+    with ExitStack() as stack:
+        where = args.index
+        if milvus:
+            import logging
 
-        cf = load_codes(args.codes)
-        if cf.nbits != searcher.index.nbits:
-            raise DataError(f"{args.codes} has {cf.nbits}-bit codes but {args.index} holds "
-                            f"{searcher.index.nbits}-bit codes")
-        names = [str(p) for p in cf.paths] if cf.paths is not None else [f"{args.codes}[{i}]" for i in range(len(cf))]
-        results = searcher.search_codes(cf.codes, k=k, radius=args.radius)
-    else:
-        names = list(args.image)
-        results = searcher.search(args.image, k=k, radius=args.radius)
+            from .milvus_index import MilvusIndex
+
+            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its errors reach the user as one line
+            index = stack.enter_context(MilvusIndex.open(args.uri, args.collection, timeout=args.timeout))
+            where = str(index)
+        searcher = Searcher.open(index if milvus else args.index, model=args.model or args.run, force=args.force,
+                                 backend=args.backend, threads=args.threads, batch_size=args.batch_size,
+                                 workers=args.workers, resize=args.resize)
+        k = None if args.radius is not None else args.k
+        if args.hex is not None:
+            names = [f"0x{h}" for h in args.hex]
+            results = searcher.search_hex(args.hex, k=k, radius=args.radius)
+        elif args.codes is not None:
+            from .codefile import load_codes
+
+            cf = load_codes(args.codes)
+            if cf.nbits != searcher.index.nbits:
+                raise DataError(f"{args.codes} has {cf.nbits}-bit codes but {where} holds "
+                                f"{searcher.index.nbits}-bit codes")
+            names = [str(p) for p in cf.paths] if cf.paths is not None else \
+                [f"{args.codes}[{i}]" for i in range(len(cf))]
+            results = searcher.search_codes(cf.codes, k=k, radius=args.radius)
+        else:
+            names = list(args.image)
+            results = searcher.search(args.image, k=k, radius=args.radius)
     if args.json:
         print(json.dumps({"queries": [{"query": n, **r.to_dict()} for n, r in zip(names, results)]}))
         return 0
@@ -489,18 +571,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("index", help="build a Hamming index file from codes, or from a run and an image folder")
+    p = sub.add_parser("index", help="build a Hamming index (a dsh or faiss file, or a Milvus collection) from "
+                       "codes, or from a run and an image folder")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--codes", help=".npz of codes (from dsh encode)")
     src.add_argument("--images", help="image folder to encode with --run or --model (paths are stored)")
     _add_model_source(p, False, "(with --images; also remembered for search by image)")
-    p.add_argument("--out", required=True, help="index file to write (its catalog goes beside it, OUT.catalog)")
+    p.add_argument("--out", help="index file to write (its catalog goes beside it, OUT.catalog); with --format "
+                   "faiss a faiss binary index file")
     p.add_argument("--quiet", action="store_true")
+    g = p.add_argument_group("where the index goes")
+    g.add_argument("--store", choices=("file", "milvus"), default="file",
+                   help="file: --out (default); milvus: a Milvus collection, --uri and --collection "
+                        "(pip install 'dsh[milvus]')")
+    g.add_argument("--format", choices=("dsh", "faiss"), default="dsh",
+                   help="the file --out: dsh's index with its catalog (default), or a faiss binary index that "
+                        "faiss.read_index_binary loads (codes and ids, no catalog)")
+    g.add_argument("--faiss-index", choices=("flat", "ivf", "hash"), default="flat",
+                   help="with --format faiss: IndexBinaryFlat (exact; default), IndexBinaryIVF or IndexBinaryHash")
+    g.add_argument("--nlist", type=int, help="--faiss-index ivf: inverted lists (default sqrt(n))")
+    g.add_argument("--hash-bits", type=int, help="--faiss-index hash: bits hashed (default min(nbits, 16))")
+    g.add_argument("--uri", help="--store milvus: a Milvus Lite file (NAME.db, created if absent; a file name of at "
+                   "most 36 characters) or a server, http://host:19530 (its token from $DSH_MILVUS_TOKEN)")
+    g.add_argument("--collection", help="--store milvus: the collection to write")
+    g.add_argument("--overwrite", action="store_true", help="--store milvus: replace the collection if it exists")
+    g.add_argument("--append", action="store_true",
+                   help="--store milvus: add to an existing collection (ids continue after its largest)")
+    g.add_argument("--timeout", type=float, default=10.0,
+                   help="--store milvus: seconds to wait for the connection (default 10)")
     _add_encoder_flags(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="nearest codes in an index, by image, by codes file or by hex code")
-    p.add_argument("--index", required=True, help="index file (from dsh index)")
+    p.add_argument("--index", help="index file (from dsh index)")
+    g = p.add_argument_group("a Milvus collection instead of --index")
+    g.add_argument("--store", choices=("file", "milvus"), default="file",
+                   help="file: --index (default); milvus: a collection written by dsh index --store milvus")
+    g.add_argument("--uri", help="--store milvus: a Milvus Lite file (NAME.db) or a server, http://host:19530 "
+                   "(its token from $DSH_MILVUS_TOKEN)")
+    g.add_argument("--collection", help="--store milvus: the collection to search")
+    g.add_argument("--timeout", type=float, default=10.0,
+                   help="--store milvus: seconds to wait for the connection (default 10)")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", nargs="+", help="query image file(s), encoded with the index's model (or --run)")
     q.add_argument("--codes", help="query .npz of codes")

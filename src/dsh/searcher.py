@@ -7,6 +7,10 @@
 
 ``dsh search`` and the HTTP service both stand on this class, and so can a user's program. Results are exact and
 ordered by (distance, id), as :meth:`HammingIndex.search` gives them. No torch here (an ONNX model searches too).
+
+The index may be any object with HammingIndex's searching interface (``nbits``, ``ntotal``, ``search``,
+``range_search``, ``lookup``, ``metadata``), e.g. a :class:`dsh.milvus_index.MilvusIndex`:
+``Searcher.open(MilvusIndex.open(uri, collection))``.
 """
 
 from __future__ import annotations
@@ -70,7 +74,7 @@ class Searcher:
     be compared with codes of another model, and the results would mean nothing.
     """
 
-    def __init__(self, index: HammingIndex, encoder=None, *, force: bool = False, name: str = "index",
+    def __init__(self, index, encoder=None, *, force: bool = False, name: str = "index",
                  model_source: str | os.PathLike | None = None, encoder_options: dict | None = None):
         self.index = index
         self.name = name
@@ -82,11 +86,15 @@ class Searcher:
             self._set_encoder(encoder)
 
     @classmethod
-    def open(cls, index_path: str | os.PathLike, model: str | os.PathLike | None = None, *, mmap: bool = True,
+    def open(cls, index_path, model: str | os.PathLike | None = None, *, mmap: bool = True,
              force: bool = False, **encoder_options: Any) -> "Searcher":
-        """Load an index file (memory-mapped by default) and remember which model encodes image queries: ``model``
-        (a run folder, checkpoint or exported model file), else the one the index was built with."""
-        index = HammingIndex.load(index_path, mmap=mmap)
+        """Load an index file (memory-mapped by default), or take an index already open (a HammingIndex, a
+        MilvusIndex), and remember which model encodes image queries: ``model`` (a run folder, checkpoint or
+        exported model file), else the one the index was built with."""
+        if isinstance(index_path, (str, os.PathLike)):
+            index = HammingIndex.load(index_path, mmap=mmap)
+        else:
+            index = index_path
         return cls(index, force=force, name=str(index_path), model_source=model or recorded_model(index),
                    encoder_options=encoder_options)
 
@@ -150,13 +158,27 @@ class Searcher:
             D, I = self.index.search(codes, kk)
             rows = [(D[j][I[j] >= 0], I[j][I[j] >= 0]) for j in range(codes.shape[0])]
         hexes, bits = to_hex(codes, nbits), to_binary_string(codes, nbits)
-        return [QueryResult(codes[j].copy(), hexes[j], bits[j], self.neighbors(d, i))
+        # one lookup for all the queries (a remote index answers it in one round trip)
+        all_ids = [int(x) for _, i in rows for x in i]
+        records = self._records(all_ids)
+        bounds = np.concatenate([[0], np.cumsum([len(i) for _, i in rows])]).astype(int)
+        return [QueryResult(codes[j].copy(), hexes[j], bits[j],
+                            self.neighbors(d, i, records[bounds[j] : bounds[j + 1]]))
                 for j, (d, i) in enumerate(rows)]
 
-    def neighbors(self, distances: np.ndarray, ids: np.ndarray) -> list[Neighbor]:
-        """Result arrays -> :class:`Neighbor` records, with the catalog's fields where the index has a catalog."""
+    def _records(self, ids: list[int]) -> list[dict]:
+        # an index without a catalog attribute (a MilvusIndex) always has records to look up
+        if ids and getattr(self.index, "catalog", True) is not None:
+            return self.index.lookup(ids)
+        return [{} for _ in ids]
+
+    def neighbors(self, distances: np.ndarray, ids: np.ndarray, records: list[dict] | None = None
+                  ) -> list[Neighbor]:
+        """Result arrays -> :class:`Neighbor` records, with the catalog's fields where the index has a catalog
+        (``records``: those of ``ids`` already looked up)."""
         ids = [int(i) for i in ids]
-        records = self.index.lookup(ids) if self.index.catalog is not None and ids else [{} for _ in ids]
+        if records is None:
+            records = self._records(ids)
         return [Neighbor(id=i, distance=int(d), label=r.get("label"), class_name=r.get("class"),
                          path=r.get("path"), key=r.get("key"))
                 for i, d, r in zip(ids, distances, records)]

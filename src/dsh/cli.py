@@ -67,11 +67,18 @@ def cmd_train(args: argparse.Namespace) -> int:
             raise DataError(f"--resume continues {args.out} with its saved settings; drop --"
                             f"{given[0].replace('_', '-')}")
     cfg = config_mod.resolve_config(overrides, config_file=args.config, preset=args.preset)
+    if args.nproc is not None:  # one machine, N processes: torchrun's launcher runs this command in each
+        if "LOCAL_RANK" in os.environ:
+            raise DataError("--nproc launches torchrun itself; under torchrun leave it out")
+        from .distributed import launch_train
+
+        return launch_train(cfg, args.out, nproc=args.nproc, resume=args.resume, quiet=args.quiet)
     result = train(cfg, args.out, resume=args.resume, progress=not args.quiet, log=_log(args))
-    print(
-        f"best epoch {result.best_epoch}: validation mAP {result.best_val_map:.4f}; "
-        f"{result.train_seconds:.1f}s of training ({result.images_per_second:.0f} images/s); run in {result.run_dir}"
-    )
+    if result.rank == 0:
+        print(
+            f"best epoch {result.best_epoch}: validation mAP {result.best_val_map:.4f}; {result.train_seconds:.1f}s "
+            f"of training ({result.images_per_second:.0f} images/s); run in {result.run_dir}"
+        )
     return 0
 
 
@@ -510,6 +517,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", help="named set of tuned settings (see README)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--quiet", action="store_true", help="no progress bars or per-epoch lines")
+    p.add_argument("--nproc", type=int, metavar="N",
+                   help="train in N processes on this machine (torchrun on 127.0.0.1; gloo on CPUs, one process "
+                        "per GPU with nccl); --batch-size is the global batch. Several machines: torchrun ... -m dsh "
+                        "train")
     _add_train_flags(p)
     p.set_defaults(func=cmd_train)
 

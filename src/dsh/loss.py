@@ -70,8 +70,9 @@ class DSHLoss(nn.Module):
     same weight (the paper uses alpha = 0.01).
 
     ``forward(u, labels, ref_u=None, ref_labels=None)``: ``u`` ``[B, nbits]`` (any float dtype; the loss is
-    computed in float32 with autocast off), ``labels`` ``int64[B]`` or multi-hot ``[B, C]``; ``ref_u`` ``[R, nbits]``
-    and ``ref_labels`` (given together) to compare ``u`` against another set, e.g. a memory bank.
+    computed in float32 with autocast off, in float64 for float64 inputs), ``labels`` ``int64[B]`` or multi-hot
+    ``[B, C]``; ``ref_u`` ``[R, nbits]`` and ``ref_labels`` (given together) to compare ``u`` against another set,
+    e.g. a memory bank.
     """
 
     def __init__(self, nbits: int, margin: float | None = None, alpha: float = 0.01):
@@ -104,9 +105,11 @@ class DSHLoss(nn.Module):
             if x.shape[0] != y.shape[0]:
                 raise ValueError(f"{name} has {x.shape[0]} rows for {y.shape[0]} outputs")
 
-        # float32 even under bf16/fp16 autocast: the Gram trick below subtracts numbers of size ~nbits.
+        # float32 even under bf16/fp16 autocast (float64 stays float64): the Gram trick below subtracts numbers
+        # of size ~nbits.
         with torch.autocast(device_type=u.device.type, enabled=False):
-            u32, ref32 = u.float(), ref_u.float()
+            dtype = torch.promote_types(torch.promote_types(u.dtype, ref_u.dtype), torch.float32)
+            u32, ref32 = u.to(dtype), ref_u.to(dtype)
             labels, ref_labels = labels.to(u.device), ref_labels.to(u.device)
             similar = similarity_matrix(labels, ref_labels)  # (B, R)
 

@@ -1,5 +1,10 @@
 """The training loop: data, model and loss brought together, readable top to bottom in :func:`train`.
 
+:func:`train` is a few lines over its parts: :func:`setup` (settings, data, model, optimiser, a resume's state),
+:func:`train_step`, :func:`train_epoch`, :func:`validate`, :func:`save` and :func:`finish`. Run under torchrun it
+trains in several processes (:mod:`dsh.distributed`): the few lines that make it so are in :func:`train`,
+:func:`setup` and :func:`train_step`, each with its comment.
+
 A run folder ``RUN/`` receives ``config.json`` (the resolved config), ``last.pt`` every epoch, ``best.pt`` at the
 epoch with the best validation mAP, ``history.json`` and TensorBoard logs under ``tb/``. The validation split is
 carved from the training split; the test split is never looked at here.
@@ -22,6 +27,7 @@ import numpy as np
 import torch
 
 from . import checkpoint as ckpt_io
+from . import distributed
 from .codes import to_hex
 from .config import TrainConfig, save_config
 from .data import BatchLoader, Normalizer, default_augment
@@ -44,6 +50,8 @@ class TrainResult:
     train_seconds: float  # wall time of the optimisation steps alone, over the whole run (resumes included)
     images_per_second: float
     history: list[dict[str, Any]] = field(default_factory=list)
+    rank: int = 0  # this process's rank in a distributed run (0 in one process)
+    world_size: int = 1
 
 
 def resolve_device(prefer: str = "auto") -> torch.device:
@@ -127,41 +135,79 @@ def validation_map(model, val_images, val_labels, normalizer, device, channels_l
     return float(score), u
 
 
-def train(
-    cfg: TrainConfig,
-    run_dir: str | os.PathLike,
-    resume: bool = False,
-    progress: bool = True,
-    log: Callable[[str], None] = print,
-    stop_after: int | None = None,
-) -> TrainResult:
-    """Train DSH as configured, writing checkpoints and logs into ``run_dir``; returns the best epoch's figures.
+@dataclass
+class Run:
+    """A training run once set up (:func:`setup`): what the loop needs, and where it stands.
 
-    ``stop_after``: run at most this many epochs in this call (the run can be continued with ``resume=True``
-    and ends exactly as an uninterrupted one would).
+    In a distributed run every process holds one, alike but for ``batches`` (its share of each global batch) and
+    for what only rank 0 keeps up to date (``history``, ``best_*``, the ``writer``).
     """
-    run_dir = Path(run_dir)
-    device = resolve_device()
 
-    state = None
+    cfg: TrainConfig
+    run_dir: Path
+    ctx: distributed.Context
+    fit: Any  # ImageSet
+    val: Any  # ImageSet
+    normalizer: Normalizer
+    generator: torch.Generator  # the loader's: every batch and augmentation comes from it
+    batches: Any  # BatchLoader, or this rank's ShardedBatches of it
+    steps_per_epoch: int
+    raw_model: torch.nn.Module  # the network itself: validation and checkpoints use it
+    model: torch.nn.Module  # the one trained: raw_model, or DistributedDataParallel(raw_model)
+    loss_fn: DSHLoss
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    writer: Any = None  # TensorBoard, rank 0 only
+    start_epoch: int = 0
+    best_map: float = -1.0
+    best_epoch: int = -1
+    history: list[dict[str, Any]] = field(default_factory=list)
+    # totals over the whole run, carried through --resume so an interrupted run reports its full cost
+    train_seconds: float = 0.0
+    images_seen: int = 0
+    step: int = 0
+    t_start: float = 0.0
+
+    @property
+    def device(self) -> torch.device:
+        return self.ctx.device
+
+
+def resolve_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> tuple[TrainConfig, dict[str, Any] | None]:
+    """The settings a run trains with and the checkpoint state it resumes from (``None`` for a new run); reads,
+    writes nothing. A resume takes the run's own settings from ``last.pt``."""
     if resume:
         last = run_dir / ckpt_io.LAST
         if not last.is_file():
             raise DataError(f"{run_dir}: nothing to resume (no {ckpt_io.LAST})")
         _, state = ckpt_io.read_checkpoint(last)
-        cfg = TrainConfig.from_dict(state["config"], source=str(last)).validate()
-    elif (run_dir / ckpt_io.LAST).exists():
+        return TrainConfig.from_dict(state["config"], source=str(last)).validate(), state
+    if (run_dir / ckpt_io.LAST).exists():
         raise DataError(f"{run_dir}: already holds a run; use --resume to continue it or choose another --out")
+    return cfg, None
+
+
+def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], None],
+          ctx: distributed.Context) -> Run:
+    """Settings, data, model, loss, optimiser and schedule; a resume's state restored; TensorBoard opened."""
+    # rank 0 reads the run folder; every rank gets the same settings and state (or the same error)
+    cfg, state = ctx.on_master(lambda: resolve_run(cfg, run_dir, resume))
     if cfg.threads:  # after a resume has restored the run's own settings
         torch.set_num_threads(int(cfg.threads))
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.json")
+    distributed.check_batch_size(cfg.batch_size, ctx.world_size)
+    if ctx.ddp:
+        distributed.share_cores()  # rank 0's validation (numba) keeps to this process's threads
+    if ctx.master:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run_dir / "config.json")
     seed_everything(cfg.seed)
+    device = ctx.device
 
     # --- data: decoded once to uint8 tensors; val carved from train, test untouched ---
     common = dict(data_root=cfg.data_root, val_size=cfg.val_size, seed=cfg.seed, download=cfg.download,
                   image_size=cfg.image_size, protocol=cfg.protocol, protocol_seed=cfg.protocol_seed)
-    fit, val = load_parts(cfg.dataset, ("fit", "val"), **common)
+    with ctx.local_master_first():  # one download and one cache entry per machine
+        fit, val = load_parts(cfg.dataset, ("fit", "val"), **common)
     if fit.labels.ndim != 1:
         raise DataError(f"{cfg.dataset}: training needs class labels (multi-label sets are not wired in yet)")
     channels, height, width = (int(v) for v in fit.images.shape[1:])
@@ -183,135 +229,214 @@ def train(
     if len(val.labels) < 2:
         raise DataError(f"{cfg.dataset}: the validation split has {len(val.labels)} image(s), it needs 2 or more "
                         f"to choose the best epoch; raise --val-size")
-    total_steps = steps_per_epoch * cfg.epochs
+    batches = distributed.shard(loader, ctx)  # this rank's rows of every global batch
 
     # --- model, loss, optimiser ---
     model = create_model(cfg.model, cfg.nbits, in_channels=channels, image_size=(height, width)).to(device)
-    model_config = dict(model.config)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     loss_fn = DSHLoss(cfg.nbits, margin=cfg.margin, alpha=cfg.alpha)
     optimizer = make_optimizer(cfg, model)
-    scheduler = make_scheduler(cfg, optimizer, total_steps)
-    start_epoch, best_map, best_epoch, history = 0, -1.0, -1, []
+    scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
+    run = Run(cfg=cfg, run_dir=run_dir, ctx=ctx, fit=fit, val=val, normalizer=normalizer, generator=generator,
+              batches=batches, steps_per_epoch=steps_per_epoch, raw_model=model, model=model, loss_fn=loss_fn,
+              optimizer=optimizer, scheduler=scheduler)
     if state is not None:
-        model.load_state_dict(state["state_dict"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"]["torch"])
-        generator.set_state(state["rng"]["loader"])
-        start_epoch = int(state["epoch"]) + 1
-        best_map, best_epoch = float(state["best_val_map"]), int(state["best_epoch"])
-        history = list(state["history"])
-        log(f"resuming {run_dir} at epoch {start_epoch + 1}/{cfg.epochs}")
+        restore(run, state)
+        log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{cfg.epochs}")
+    if ctx.ddp:  # gradients averaged over the processes; the network itself stays run.raw_model
+        from torch.nn.parallel import DistributedDataParallel as DDP
 
-    writer = None
-    if cfg.tensorboard:
+        run.model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    if cfg.tensorboard and ctx.master:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=start_epoch * steps_per_epoch)
-
-    def payload(epoch: int) -> dict[str, Any]:
-        return {
-            "model_config": model_config,
-            "nbits": cfg.nbits,
-            "input_shape": [channels, height, width],
-            "normalizer": normalizer.to_dict(),
-            "class_names": list(fit.class_names),
-            "config": cfg.to_dict(),
-            "epoch": epoch,
-            "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "loader": generator.get_state()},
-            "best_val_map": best_map,
-            "best_epoch": best_epoch,
-            "history": history,
-            "train_seconds": train_seconds,
-            "images_seen": images_seen,
-        }
-
+        run.writer = SummaryWriter(log_dir=str(run_dir / "tb"), purge_step=run.start_epoch * steps_per_epoch)
+    world = f", {ctx.world_size} processes ({ctx.backend})" if ctx.ddp else ""
     log(
         f"training {cfg.model} ({sum(p.numel() for p in model.parameters()):,} parameters), {cfg.nbits} bits, on "
         f"{cfg.dataset}: {len(fit.labels):,} fit / {len(val.labels):,} val images of {channels}x{height}x{width}, "
         f"{cfg.epochs} epochs x {steps_per_epoch} steps, device {device}, {torch.get_num_threads()} threads"
-        f"{', bf16 autocast' if use_bf16(cfg, device) else ''}"
+        f"{', bf16 autocast' if use_bf16(cfg, device) else ''}{world}"
     )
-    t_start = time.perf_counter()
-    # totals over the whole run, carried through --resume so an interrupted run reports its full cost
-    train_seconds = float(state.get("train_seconds", 0.0)) if state else 0.0
-    images_seen = int(state.get("images_seen", 0)) if state else 0
-    step = start_epoch * steps_per_epoch
-    end_epoch = cfg.epochs if stop_after is None else min(cfg.epochs, start_epoch + stop_after)
-    for epoch in range(start_epoch, end_epoch):
-        model.train()
-        sums = {"total": 0.0, "similar": 0.0, "dissimilar": 0.0, "quantization": 0.0}
-        batches = iter(loader)
-        if progress:
-            from tqdm.auto import tqdm
+    run.t_start = time.perf_counter()
+    return run
 
-            # disable=None: a bar only on a terminal; a log file gets the one line per epoch below instead of
-            # a line per step
-            batches = tqdm(batches, total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-                           leave=False, dynamic_ncols=True, disable=None)
-        t_epoch = time.perf_counter()
-        for x, y in batches:
-            with autocast_for(cfg, device):
-                u = model(x)  # (B, nbits)
-            terms = loss_fn(u.float(), y)
-            optimizer.zero_grad(set_to_none=True)
-            terms.total.backward()
-            optimizer.step()
-            scheduler.step()
-            step += 1
-            images_seen += x.shape[0]
-            values = {k: float(getattr(terms, k).detach()) for k in sums}
+
+def restore(run: Run, state: dict[str, Any]) -> None:
+    """Continue from a checkpoint's state: weights, optimiser, schedule, random streams and the run's totals."""
+    run.raw_model.load_state_dict(state["state_dict"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scheduler.load_state_dict(state["scheduler"])
+    torch.set_rng_state(state["rng"]["torch"])
+    run.generator.set_state(state["rng"]["loader"])
+    run.start_epoch = int(state["epoch"]) + 1
+    run.best_map, run.best_epoch = float(state["best_val_map"]), int(state["best_epoch"])
+    run.history = list(state["history"])
+    run.train_seconds = float(state.get("train_seconds", 0.0))
+    run.images_seen = int(state.get("images_seen", 0))
+    run.step = run.start_epoch * run.steps_per_epoch
+
+
+LOSS_TERMS = ("total", "similar", "dissimilar", "quantization")
+
+
+def train_step(run: Run, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """One optimisation step on this process's rows ``x, y``; the loss is over the pairs of the global batch
+    (in one process, the batch itself). Returns the loss terms as numbers."""
+    with autocast_for(run.cfg, run.device):
+        u = run.model(x)  # (B / world size, nbits)
+    u, y = distributed.global_batch(u.float(), y)  # (B, nbits): every process's rows
+    terms = run.loss_fn(u, y)
+    run.optimizer.zero_grad(set_to_none=True)
+    terms.total.backward()
+    run.optimizer.step()
+    run.scheduler.step()
+    return {k: float(getattr(terms, k).detach()) for k in LOSS_TERMS}
+
+
+def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
+    """One pass over the training images; returns the epoch's record (its mean loss terms)."""
+    run.model.train()
+    sums = dict.fromkeys(LOSS_TERMS, 0.0)
+    batches = iter(run.batches)
+    if progress:
+        from tqdm.auto import tqdm
+
+        # disable=None: a bar only on a terminal; a log file gets the one line per epoch instead of a line per step
+        batches = tqdm(batches, total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{run.cfg.epochs}", unit="step",
+                       leave=False, dynamic_ncols=True, disable=None)
+    t_epoch = time.perf_counter()
+    for x, y in batches:
+        values = train_step(run, x, y)
+        run.step += 1
+        run.images_seen += x.shape[0] * run.ctx.world_size
+        for k, v in values.items():
+            sums[k] += v
+        if run.writer is not None and run.step % run.cfg.log_every == 0:
             for k, v in values.items():
-                sums[k] += v
-            if writer is not None and step % cfg.log_every == 0:
-                for k, v in values.items():
-                    writer.add_scalar(f"loss/{k}", v, step)
-                writer.add_scalar("lr", scheduler.get_last_lr()[0], step)
-            if progress:
-                batches.set_postfix(loss=f"{values['total']:.3f}")
-            if not math.isfinite(values["total"]):
-                raise TrainingError(f"loss became {values['total']} at step {step}; try a lower --lr")
-        train_seconds += time.perf_counter() - t_epoch
+                run.writer.add_scalar(f"loss/{k}", v, run.step)
+            run.writer.add_scalar("lr", run.scheduler.get_last_lr()[0], run.step)
+        if progress:
+            batches.set_postfix(loss=f"{values['total']:.3f}")
+        if not math.isfinite(values["total"]):  # the global loss: every rank stops at the same step
+            raise TrainingError(f"loss became {values['total']} at step {run.step}; try a lower --lr")
+    run.train_seconds += time.perf_counter() - t_epoch
+    return {"epoch": epoch + 1, **{f"loss_{k}": v / run.steps_per_epoch for k, v in sums.items()}}
 
-        record: dict[str, Any] = {"epoch": epoch + 1, **{f"loss_{k}": v / steps_per_epoch for k, v in sums.items()}}
-        is_last = epoch + 1 == cfg.epochs
-        if (epoch + 1) % cfg.eval_every == 0 or is_last:
-            val_map, val_u = validation_map(model, val.images, val.labels, normalizer, device, cfg.channels_last)
-            record["val_map"] = val_map
-            if writer is not None:
-                writer.add_scalar("val/map", val_map, step)
-                writer.add_histogram("u", val_u, step)
-                # share of outputs already near +-1: how far the quantisation term has pulled u
-                writer.add_scalar("val/near_binary", float(np.mean(np.abs(np.abs(val_u) - 1) < 0.1)), step)
-            if val_map > best_map:
-                best_map, best_epoch = val_map, epoch + 1
-                ckpt_io.save_checkpoint(run_dir / ckpt_io.BEST, payload(epoch))
-        record["seconds"] = time.perf_counter() - t_start
-        history.append(record)
-        ckpt_io.save_checkpoint(run_dir / ckpt_io.LAST, payload(epoch))
-        vm = f", val mAP {record['val_map']:.4f}" if "val_map" in record else ""
-        log(f"epoch {epoch + 1}/{cfg.epochs}: loss {record['loss_total']:.4f}{vm} ({record['seconds']:.1f}s)")
 
-    with atomic_write(run_dir / "history.json", "w") as f:
-        json.dump(history, f, indent=2)
-    seconds = time.perf_counter() - t_start
-    if writer is not None:
-        _write_final_logs(writer, run_dir, val, normalizer, device, cfg, step)
-        writer.close()
+def validate(run: Run, epoch: int, record: dict[str, Any]) -> None:
+    """Validation mAP into ``record`` and TensorBoard; ``best.pt`` when it is the best so far. Rank 0 only."""
+    val_map, val_u = validation_map(run.raw_model, run.val.images, run.val.labels, run.normalizer, run.device,
+                                    run.cfg.channels_last)
+    record["val_map"] = val_map
+    if run.writer is not None:
+        run.writer.add_scalar("val/map", val_map, run.step)
+        run.writer.add_histogram("u", val_u, run.step)
+        # share of outputs already near +-1: how far the quantisation term has pulled u
+        run.writer.add_scalar("val/near_binary", float(np.mean(np.abs(np.abs(val_u) - 1) < 0.1)), run.step)
+    if val_map > run.best_map:
+        run.best_map, run.best_epoch = val_map, epoch + 1
+        save(run, epoch, ckpt_io.BEST)
+
+
+def checkpoint_payload(run: Run, epoch: int) -> dict[str, Any]:
+    """What a checkpoint holds: the model (the network's own state_dict, never DDP's ``module.`` names), how to
+    feed it, the settings, and all a resume needs."""
+    return {
+        "model_config": dict(run.raw_model.config),
+        "nbits": run.cfg.nbits,
+        "input_shape": [int(v) for v in run.fit.images.shape[1:]],
+        "normalizer": run.normalizer.to_dict(),
+        "class_names": list(run.fit.class_names),
+        "config": run.cfg.to_dict(),
+        "epoch": epoch,
+        "state_dict": {k: v.detach().cpu() for k, v in run.raw_model.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "rng": {"torch": torch.get_rng_state(), "loader": run.generator.get_state()},
+        "best_val_map": run.best_map,
+        "best_epoch": run.best_epoch,
+        "history": run.history,
+        "train_seconds": run.train_seconds,
+        "images_seen": run.images_seen,
+    }
+
+
+def save(run: Run, epoch: int, name: str) -> None:
+    """Write ``RUN/name`` (``best.pt`` or ``last.pt``) atomically. Rank 0 only."""
+    ckpt_io.save_checkpoint(run.run_dir / name, checkpoint_payload(run, epoch))
+
+
+def end_epoch(run: Run, epoch: int, record: dict[str, Any], log: Callable[[str], None]) -> None:
+    """After an epoch, on rank 0: validation when due, the history, ``last.pt`` and the epoch's log line."""
+    if (epoch + 1) % run.cfg.eval_every == 0 or epoch + 1 == run.cfg.epochs:
+        validate(run, epoch, record)
+    record["seconds"] = time.perf_counter() - run.t_start
+    run.history.append(record)
+    save(run, epoch, ckpt_io.LAST)
+    vm = f", val mAP {record['val_map']:.4f}" if "val_map" in record else ""
+    log(f"epoch {epoch + 1}/{run.cfg.epochs}: loss {record['loss_total']:.4f}{vm} ({record['seconds']:.1f}s)")
+
+
+def finish(run: Run) -> TrainResult:
+    """``history.json`` and the final TensorBoard extras (rank 0); every rank returns rank 0's figures."""
+    if run.ctx.master:
+        with atomic_write(run.run_dir / "history.json", "w") as f:
+            json.dump(run.history, f, indent=2)
+    seconds = time.perf_counter() - run.t_start
+    if run.writer is not None:
+        _write_final_logs(run.writer, run.run_dir, run.val, run.normalizer, run.device, run.cfg, run.step)
+        run.writer.close()
+    best_epoch, best_map, history = run.ctx.broadcast((run.best_epoch, run.best_map, run.history))
     return TrainResult(
-        run_dir=run_dir,
+        run_dir=run.run_dir,
         best_epoch=best_epoch,
         best_val_map=best_map,
         seconds=seconds,
-        train_seconds=train_seconds,
-        images_per_second=images_seen / train_seconds if train_seconds > 0 else float("nan"),
+        train_seconds=run.train_seconds,
+        images_per_second=run.images_seen / run.train_seconds if run.train_seconds > 0 else float("nan"),
         history=history,
+        rank=run.ctx.rank,
+        world_size=run.ctx.world_size,
     )
+
+
+def train(
+    cfg: TrainConfig,
+    run_dir: str | os.PathLike,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+    stop_after: int | None = None,
+) -> TrainResult:
+    """Train DSH as configured, writing checkpoints and logs into ``run_dir``; returns the best epoch's figures.
+
+    ``stop_after``: run at most this many epochs in this call (the run can be continued with ``resume=True``
+    and ends exactly as an uninterrupted one would).
+
+    Under torchrun (``RANK`` set; :mod:`dsh.distributed`) each process trains on its share of every global batch
+    of ``cfg.batch_size`` and the loss is over the pairs of the whole global batch; rank 0 alone validates, logs and
+    writes the run folder. In one plain process this is ordinary single-process training.
+    """
+    ctx = distributed.setup(resolve_device())  # torchrun's process group, or a world of one
+    try:
+        log = log if ctx.master else _silent
+        run = setup(cfg, Path(run_dir), resume, log, ctx)
+        last = run.cfg.epochs if stop_after is None else min(run.cfg.epochs, run.start_epoch + stop_after)
+        for epoch in range(run.start_epoch, last):
+            record = train_epoch(run, epoch, progress=progress and ctx.master)
+            if ctx.master:
+                end_epoch(run, epoch, record, log)
+            ctx.barrier()  # the others wait while rank 0 validates and writes last.pt
+        return finish(run)
+    finally:
+        distributed.teardown(ctx)
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _write_final_logs(writer, run_dir: Path, val, normalizer, device, cfg: TrainConfig, step: int) -> None:

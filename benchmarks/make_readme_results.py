@@ -399,7 +399,33 @@ def search_section(ctx: Context) -> list[str]:
                                           "--queries", "1000", out=""))
 
 
-SECTIONS: list[Callable[[Context], list[str]]] = [paper_section, seed_section, throughput_section, search_section]
+def encode_section(ctx: Context) -> list[str]:
+    return md_section(ctx, "encode_throughput", "Encoding throughput: torch against onnxruntime",
+                      "Images/s and peak memory of `Encoder` on each backend (arrays in memory and JPEG files with "
+                      "decoding), streaming folder encodes at two sizes, and ONNX-vs-torch code agreement on real "
+                      "test images with trained runs.",
+                      ctx.default_command("encode_throughput.py", "--threads", "2", out=""))
+
+
+def serve_section(ctx: Context) -> list[str]:
+    lines = md_section(ctx, "serve_load", "Serving under load", "`dsh serve` on 127.0.0.1 with concurrent clients "
+                       "uploading real images; torch checkpoint and ONNX export side by side.",
+                       ctx.default_command("serve_load.py", "--run", "RUN", "--threads", "2", out=""))
+    shot = ctx.results / "serve_page.png"
+    if shot.is_file():
+        lines += ["", f"![the page of dsh serve: a CIFAR-10 test image and its nearest training images]"
+                      f"({ctx.rel(shot)})"]
+    return lines
+
+
+def scale_section(ctx: Context) -> list[str]:
+    return md_section(ctx, "scale_search", "Milvus Lite against HammingIndex", "Insert and search queries/s at "
+                      "1M codes of 64 bits, exactness checked against `HammingIndex`.",
+                      ctx.default_command("scale_search.py", "--n", "1000000", "--bits", "64", out=""))
+
+
+SECTIONS: list[Callable[[Context], list[str]]] = [paper_section, seed_section, throughput_section, search_section,
+                                                  encode_section, serve_section, scale_section]
 
 
 def render(ctx: Context) -> str:

@@ -418,6 +418,16 @@ def serve_section(ctx: Context) -> list[str]:
     return lines
 
 
+def scale_train_section(ctx: Context) -> list[str]:
+    lines = md_section(ctx, "scale_train", "Training with 1 and 2 processes", "`dsh train --nproc 2` (torchrun, "
+                       "gloo on 127.0.0.1) against one process, the same global batch, on this 2-core machine.",
+                       ctx.default_command("scale_train.py", "--dataset", "mnist", "--epochs", "2", out=""))
+    plot = ctx.results / "scale_train_loss.png"
+    if plot.is_file():
+        lines += ["", f"![loss curves of the same training with 1 and 2 processes]({ctx.rel(plot)})"]
+    return lines
+
+
 def scale_section(ctx: Context) -> list[str]:
     return md_section(ctx, "scale_search", "Milvus Lite against HammingIndex", "Insert and search queries/s at "
                       "1M codes of 64 bits, exactness checked against `HammingIndex`.",
@@ -425,7 +435,7 @@ def scale_section(ctx: Context) -> list[str]:
 
 
 SECTIONS: list[Callable[[Context], list[str]]] = [paper_section, seed_section, throughput_section, search_section,
-                                                  encode_section, serve_section, scale_section]
+                                                  encode_section, serve_section, scale_train_section, scale_section]
 
 
 def render(ctx: Context) -> str:

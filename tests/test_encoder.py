@@ -336,3 +336,63 @@ def test_onnx_equals_torch_on_real_images(dataset, shared_data, tmp_path):
     assert len(got.u) == 2000
     assert float(np.abs(got.u - ref.u).max()) <= U_TOLERANCE
     assert (got.codes == ref.codes).all(axis=1).mean() >= 0.999
+
+
+def test_sharded_encoding_reads_back_as_one_file(tmp_path, exported, capsys):
+    """Shards written by separate processes (--shard I/N, or torchrun's RANK/WORLD_SIZE) read as the one file a
+    single process writes: by dsh eval and dsh index alike."""
+    from dsh.cli import main
+    from dsh.codefile import load_codes
+    from dsh.errors import DataError
+
+    folder = tmp_path / "imgs"
+    write_digit_folder(folder, 50)
+    model = str(exported / "model.onnx")
+    whole, sharded = tmp_path / "whole.npz", tmp_path / "sharded.npz"
+    assert main(["encode", "--model", model, "--images", str(folder), "--out", str(whole), "--quiet"]) == 0
+    for rank in range(3):
+        assert main(["encode", "--model", model, "--images", str(folder), "--out", str(sharded), "--shard",
+                     f"{rank}/3", "--quiet"]) == 0
+    assert sorted(p.name for p in tmp_path.glob("sharded*")) == [f"sharded-0000{r}-of-00003.npz" for r in range(3)]
+    a, b = load_codes(whole), load_codes(sharded)
+    for field in ("codes", "labels", "paths"):
+        np.testing.assert_array_equal(getattr(a, field), getattr(b, field))
+    assert [len(load_codes(p)) for p in sorted(tmp_path.glob("sharded-*"))] == [17, 17, 16]
+    capsys.readouterr()
+    assert main(["eval", "--query", str(whole), "--database", str(sharded), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["n_database"] == 50
+    assert main(["index", "--codes", str(sharded), "--out", str(tmp_path / "db.dshidx")]) == 0
+    # an incomplete set is refused in one line
+    (tmp_path / "sharded-00001-of-00003.npz").unlink()
+    with pytest.raises(DataError, match="shard 1 of 3 is missing"):
+        load_codes(sharded)
+    with pytest.raises(InputError, match="--shard must be I/N"):
+        from dsh.shards import parse_shard
+
+        parse_shard("3/3")
+
+
+@pytest.mark.slow
+def test_torchrun_launch_encodes_disjoint_shards(tmp_path, exported):
+    """The same torchrun launch as training: each rank encodes its own shard (no collective is needed)."""
+    from dsh.codefile import load_codes
+
+    folder = tmp_path / "imgs"
+    write_digit_folder(folder, 30)
+    out = tmp_path / "codes.npz"
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "GLOO_SOCKET_IFNAME": "lo"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr",
+                        "127.0.0.1", "--master-port", str(port), "-m", "dsh", "encode", "--model",
+                        str(exported / "model.onnx"), "--images", str(folder), "--out", str(out), "--quiet"],
+                       capture_output=True, text=True, timeout=180, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert sorted(p.name for p in tmp_path.glob("codes-*")) == ["codes-00000-of-00002.npz", "codes-00001-of-00002.npz"]
+    joined = load_codes(out)
+    ref = Encoder.from_file(exported / "model.onnx").encode([folder / p for p in joined.paths])
+    np.testing.assert_array_equal(joined.codes, ref.codes)
+    assert len(joined) == 30 and list(joined.paths) == sorted(joined.paths)

@@ -125,11 +125,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
     if args.images is not None:
         from .folder_encode import encode_folder
 
+        from .shards import parse_shard, shard_from_environment
+
+        # under torchrun each process encodes its own slice into a shard; the shards read back as one file
+        shard = parse_shard(args.shard) if args.shard else shard_from_environment()
         done = encode_folder(encoder, args.images, args.out, keep_u=args.keep_u, resume=args.resume,
-                             progress=not args.quiet)
+                             progress=not args.quiet, shard=shard)
         again = f" ({done.resumed_parts} parts were done before)" if done.resumed_parts else ""
-        print(f"wrote {done.count} codes of {done.nbits} bits to {args.out}{again}")
+        print(f"wrote {done.count} codes of {done.nbits} bits to {done.out}{again}")
         return 0
+    if args.shard:
+        raise DataError("--shard splits an image folder (--images); a split is encoded in one go")
     if args.resume:
         raise DataError("--resume continues an interrupted encode of an image folder (--images); a split is "
                         "encoded in one go")
@@ -530,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .npz")
     p.add_argument("--keep-u", action="store_true", help="also store the real outputs u (float32)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted encode of --images into --out")
+    p.add_argument("--shard", metavar="I/N", help="encode only part I of N of --images, into OUT-0000I-of-0000N.npz "
+                   "(under torchrun: the process's rank and the world size); dsh eval and dsh index read the "
+                   "complete set of shards as OUT")
     p.add_argument("--quiet", action="store_true")
     _add_encoder_flags(p)
     p.set_defaults(func=cmd_encode)

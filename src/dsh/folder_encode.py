@@ -69,19 +69,32 @@ def _read_part(path: Path, rows: int, nbits: int, keep_u: bool) -> dict[str, np.
 
 
 def encode_folder(encoder, folder: str | Path, out: str | Path, *, keep_u: bool = False, resume: bool = False,
-                  part_size: int = DEFAULT_PART_SIZE, progress: bool = False) -> FolderEncoding:
+                  part_size: int = DEFAULT_PART_SIZE, progress: bool = False,
+                  shard: tuple[int, int] | None = None) -> FolderEncoding:
     """Encode every image under ``folder`` (recursively, sorted) into the code file ``out``.
 
     Labels come from the first folder level, as ids into ``encoder.class_names`` (-1 outside a known class
     folder); ``paths`` are relative to ``folder``; ``keep_u`` also stores ``u``. Without ``resume`` an existing
     ``OUT.parts/`` from an interrupted encode is refused (one line saying to resume or remove it); with it, the
     parts must come from the same files, model and settings.
+
+    ``shard=(rank, world)``: encode only that process's contiguous slice of the sorted files
+    (:func:`dsh.shards.shard_bounds`) into :func:`dsh.shards.shard_path` of ``out``; the shards read back as one.
     """
     if isinstance(part_size, bool) or int(part_size) != part_size or part_size < 1:
         raise InputError(f"part_size must be a whole number >= 1, got {part_size!r}")
     t0 = time.perf_counter()
     out = Path(out)
     listing = ImageList(folder, encoder.class_names or None)
+    if shard is not None:
+        from .shards import shard_bounds, shard_path
+
+        rank, world = shard
+        a, b = shard_bounds(len(listing), rank, world)
+        if a == b:
+            raise DataError(f"{folder}: {len(listing)} images are too few for {world} shards")
+        listing = listing.slice(a, b)
+        out = shard_path(out, rank, world)
     manifest = _manifest(listing, encoder, keep_u, int(part_size))
     parts = parts_dir(out)
     manifest_path = parts / "manifest.json"

@@ -281,6 +281,14 @@ class ImageList:
     def __len__(self) -> int:
         return len(self.files)
 
+    def slice(self, start: int, stop: int) -> "ImageList":
+        """The files ``[start, stop)`` of this listing (same root and class names), without listing again."""
+        part = object.__new__(ImageList)
+        part.root, part.class_names = self.root, self.class_names
+        part.files, part.stats = self.files[start:stop], self.stats[start:stop]
+        part.labels = self.labels[start:stop]
+        return part
+
     def full_paths(self, start: int = 0, stop: int | None = None) -> list[str]:
         root = str(self.root)
         return [os.path.join(root, f) for f in self.files[start:stop]]

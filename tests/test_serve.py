@@ -178,3 +178,31 @@ def test_bad_input_gets_a_json_4xx_and_the_server_stays_healthy(served, bomb):
     assert c.get("/healthz").status_code == 200
     ok = c.post("/api/search?k=3", files={"image": ("q.png", served["files"][0].read_bytes(), "image/png")})
     assert ok.status_code == 200 and len(ok.json()["results"]) == 3
+
+
+def test_a_torch_free_server(served, tmp_path):
+    """With an ONNX model the whole service runs where torch cannot even be imported."""
+    import subprocess
+    import sys
+
+    from dsh.export import export_model
+
+    export_model(served["root"] / "run", tmp_path / "m.onnx")
+    query = served["files"][2]
+    script = f"""
+import sys
+sys.modules["torch"] = None
+sys.modules["torchvision"] = None
+from fastapi.testclient import TestClient
+from dsh.searcher import Searcher
+from dsh.serve import create_app
+app = create_app(Searcher.open({str(served["index"])!r}, model={str(tmp_path / "m.onnx")!r}))
+r = TestClient(app).post("/api/search?k=4", files={{"image": ("q.png", open({str(query)!r}, "rb").read())}})
+assert r.status_code == 200, r.text
+print(r.json()["query"]["hex"], [n["id"] for n in r.json()["results"]])
+"""
+    out = subprocess.run([sys.executable, "-W", "ignore", "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    ref = served["client"].post("/api/search?k=4", files={"image": ("q.png", query.read_bytes(), "image/png")}).json()
+    assert out.stdout.split()[0] == ref["query"]["hex"]
+    assert out.stdout.strip().split(" ", 1)[1] == str([n["id"] for n in ref["results"]])

@@ -453,18 +453,11 @@ def limited_data_root(dataset: str, data_root: Path, dest: Path, limit_train: in
 
 
 def set_threads(threads: int | None) -> None:
-    """torch's and numba's thread counts (numba runs the metrics); ``None`` leaves both as they are."""
-    if not threads:
-        return
-    import torch
+    """torch's and numba's thread counts (numba runs the metrics); ``None`` leaves both as they are. The library's
+    :func:`dsh.threads.set_threads`, which ``dsh train --threads`` uses too."""
+    from dsh.threads import set_threads as library_set_threads
 
-    torch.set_num_threads(int(threads))
-    try:
-        import numba
-
-        numba.set_num_threads(min(int(threads), numba.config.NUMBA_NUM_THREADS))
-    except ImportError:
-        pass
+    library_set_threads(threads)
 
 
 def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, keep_u: bool = False, resume: bool = False,

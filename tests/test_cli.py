@@ -211,6 +211,10 @@ def test_corrupt_and_mismatched_checkpoints(run_dir, tmp_path, capsys):
     ckpt = torch.load(run_dir / "best.pt", weights_only=True)
     ckpt["model_config"] = {**ckpt["model_config"], "nbits": 16}  # weights of an 8-bit head
     mismatched = tmp_path / "mismatched.pt"
+    torch.save(ckpt, mismatched)  # altered after it was written: its digest no longer matches
+    assert main(["encode", "--run", str(mismatched), "--out", str(tmp_path / "x.npz")]) == 2
+    assert "checksum mismatch" in one_error_line(capsys)
+    del ckpt["digest"]  # made so by hand (as before checkpoints had a digest): the weights do not fit the model
     torch.save(ckpt, mismatched)
     assert main(["encode", "--run", str(mismatched), "--out", str(tmp_path / "x.npz")]) == 2
     assert "do not match" in one_error_line(capsys)

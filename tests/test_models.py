@@ -186,3 +186,56 @@ def test_non_square_images(name):
     rebuilt = create_model(**model.config)
     assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
     assert create_model(name, nbits=10, image_size=(32, 32)).config["image_size"] == 32
+
+
+# --------------------------------------------------------------------------------------------------- airbench
+
+
+@pytest.mark.parametrize("image_size", [(8, 8), (28, 28), (32, 32), (2, 9)])
+def test_airbench_sizes(image_size):
+    # a side of 1 pixel is not pooled again, so 8x8 digits and thin images keep a feature map
+    model = create_model("airbench", 8, 1, image_size, widths=(4, 8, 8)).eval()
+    assert model(torch.randn(2, 1, *image_size)).shape == (2, 8)
+    with pytest.raises(ValueError, match="at least 2x2"):
+        create_model("airbench", 8, 1, (1, 5))
+
+
+def test_airbench_config_round_trip():
+    model = create_model("airbench", 16, 3, 32, widths=[48, 192, 192])  # a list, as JSON gives it back
+    again = create_model(**model.config)
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    assert again.groups[2][0].out_channels == 192 and again.whiten.out_channels == 24
+
+
+def test_airbench_whitening_init_whitens_patches():
+    from dsh.data import Normalizer
+
+    g = torch.Generator().manual_seed(0)
+    base = torch.randint(0, 256, (300, 3, 12, 12), generator=g).float()
+    images = ((base + base.roll(1, 3) + base.roll(1, 1)) / 3).round().to(torch.uint8)  # correlated pixels
+    normalizer = Normalizer.fit(images)
+    model = create_model("airbench", 8, 3, 12, widths=(4, 8, 8)).to(memory_format=torch.channels_last)
+    model.init_whitening(images, normalizer, eps=0.0)
+    assert model.whiten.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        z = model.whiten(normalizer(images))  # (N, 24, 11, 11)
+    rows = z.permute(0, 2, 3, 1).reshape(-1, 24).double()
+    half = rows[:, :12]
+    torch.testing.assert_close(torch.cov(half.T), torch.eye(12, dtype=torch.double), atol=1e-4, rtol=0)
+    torch.testing.assert_close(half.mean(0), torch.zeros(12, dtype=torch.double), atol=1e-4, rtol=0)
+    torch.testing.assert_close(rows[:, 12:], -half)  # each direction with both signs
+    with pytest.raises(ValueError, match="init_whitening needs"):
+        model.init_whitening(images[:, :1], normalizer)
+
+
+def test_airbench_optimizer_groups():
+    model = create_model("airbench", 8, 1, 28, widths=(4, 8, 8))
+    groups = model.optimizer_groups(0.1, 5e-4, bias_lr_scale=8.0)
+    ids = [id(p) for g in groups for p in g["params"]]
+    assert len(ids) == len(set(ids)) == len(list(model.parameters()))  # a partition of the parameters
+    by_name = {g["name"]: g for g in groups}
+    assert by_name["biases"]["lr"] == pytest.approx(0.8) and by_name["biases"]["weight_decay"] == 0
+    assert by_name["whitening"]["lr"] == 0 and by_name["weights"]["weight_decay"] == 5e-4
+    assert all(p.ndim == 1 for g in groups if g["name"] != "weights" and g["name"] != "whitening"
+               for p in g["params"])
+    torch.optim.SGD([{k: v for k, v in g.items() if k != "name"} for g in groups], lr=0.1, momentum=0.9)

@@ -3,6 +3,10 @@
 A run folder holds ``last.pt`` (written every epoch, used by ``--resume``), ``best.pt`` (the epoch with the best
 validation mAP, used by ``encode``/``search``), ``config.json`` and TensorBoard's ``tb/``. Files are written to a
 temporary name and renamed, so an interrupted write never replaces a good checkpoint with a broken one.
+
+A checkpoint carries a sha256 of its own content (:func:`content_digest`, under ``"digest"``): PyTorch's reader
+does not check the zip container's CRC-32, so without it a flipped bit in a weight (or in the pickled settings)
+would load silently as another value. Checkpoints written before the digest load as they did.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import hashlib
 import json
 import os
 import pickle
-import zipfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +33,51 @@ BEST = "best.pt"
 LAST = "last.pt"
 
 
+DIGEST = "digest"
+
+
+def content_digest(obj: Any) -> str:
+    """sha256 (hex) of a checkpoint's content: tensors by dtype, shape and raw bytes; dicts in key order (by repr),
+    lists and tuples in order; plain values by type and repr. Equal content, equal digest, however it was saved."""
+    h = hashlib.sha256()
+    _feed(h, obj)
+    return h.hexdigest()
+
+
+def _feed(h, obj: Any) -> None:
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().cpu().contiguous()
+        h.update(f"T{t.dtype}{list(t.shape)}\0".encode())
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(obj, dict):
+        h.update(f"D{len(obj)}\0".encode())
+        for k in sorted(obj, key=repr):
+            h.update(f"K{type(k).__name__}:{k!r}\0".encode())
+            _feed(h, obj[k])
+    elif isinstance(obj, (list, tuple)):
+        h.update(f"L{len(obj)}\0".encode())
+        for v in obj:
+            _feed(h, v)
+    else:
+        h.update(f"V{type(obj).__name__}:{obj!r}\0".encode())
+
+
 def save_checkpoint(path: str | os.PathLike, payload: dict[str, Any]) -> None:
-    """Write ``payload`` (see :func:`make_payload`) atomically."""
+    """Write ``payload`` (see :func:`make_payload`) atomically, with its :func:`content_digest`."""
+    content = {"format": FORMAT, "version": VERSION, **{k: v for k, v in payload.items() if k != DIGEST}}
     with atomic_write(path) as f:
-        torch.save({"format": FORMAT, "version": VERSION, **payload}, f)
+        torch.save({**content, DIGEST: content_digest(content)}, f)
+
+
+def verify_digest(path: Path, ckpt: dict[str, Any]) -> None:
+    """Raise :class:`ModelFileError` where the checkpoint's content is not what its digest says (damaged or
+    altered); a checkpoint without a digest (written before there was one) passes."""
+    if DIGEST not in ckpt:
+        return
+    want = ckpt[DIGEST]
+    if not isinstance(want, str) or content_digest({k: v for k, v in ckpt.items() if k != DIGEST}) != want:
+        raise ModelFileError(f"{path}: checksum mismatch: the checkpoint is damaged or was altered")
 
 
 def resolve_checkpoint_path(run_or_file: str | os.PathLike, which: str = BEST) -> Path:
@@ -51,8 +96,9 @@ def resolve_checkpoint_path(run_or_file: str | os.PathLike, which: str = BEST) -
     return p
 
 
-def read_checkpoint(run_or_file: str | os.PathLike, which: str = BEST) -> tuple[Path, dict[str, Any]]:
-    """Load a checkpoint's contents without ever running code from it.
+def read_checkpoint(run_or_file: str | os.PathLike, which: str = BEST, verify: bool = True
+                    ) -> tuple[Path, dict[str, Any]]:
+    """Load a checkpoint's contents without ever running code from it (and, with ``verify``, check its digest).
 
     ``torch.load(weights_only=True)`` unpickles only tensors and plain data (dicts, lists, strings, numbers), which
     is all a dsh checkpoint holds; a file whose pickle asks for anything else (a class, a function: the way a
@@ -60,13 +106,16 @@ def read_checkpoint(run_or_file: str | os.PathLike, which: str = BEST) -> tuple[
     """
     path = resolve_checkpoint_path(run_or_file, which)
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # a damaged file makes torch warn (an odd pickle protocol): the error says it
+            warnings.simplefilter("ignore")
+            ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         # weights_only's refusal: the pickle wants a global that is not plain data
         raise ModelFileError(f"{path}: refused: the file holds Python objects other than tensors and plain data, "
                              f"and loading them could run code ({one_line(e, 120)})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, TypeError, KeyError,
-            AttributeError, IndexError) as e:
+    except MemoryError:
+        raise ModelFileError(f"{path}: not a readable checkpoint (it asks for more memory than there is)") from None
+    except Exception as e:  # torch's zip and pickle readers raise many kinds for a damaged file: all its fault
         raise ModelFileError(f"{path}: not a readable checkpoint ({one_line(e)})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not a dsh checkpoint")
@@ -76,6 +125,8 @@ def read_checkpoint(run_or_file: str | os.PathLike, which: str = BEST) -> tuple[
     for key in ("model_config", "nbits", "state_dict", "normalizer", "input_shape"):
         if key not in ckpt:
             raise ModelFileError(f"{path}: checkpoint lacks '{key}'")
+    if verify:
+        verify_digest(path, ckpt)
     return path, ckpt
 
 
@@ -130,6 +181,7 @@ def load_model(run_or_file: str | os.PathLike, which: str = BEST) -> LoadedModel
     raises a one-line :class:`ModelFileError`."""
     from .data import Normalizer
 
+    # the digest is checked before the model is built: damaged settings could ask for a network of any size
     path, ckpt = read_checkpoint(run_or_file, which)
     model_config = ckpt["model_config"]
     if not isinstance(model_config, dict) or not isinstance(model_config.get("name"), str):

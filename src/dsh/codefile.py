@@ -22,8 +22,11 @@ from pathlib import Path
 import numpy as np
 
 from .codes import check_codes
-from .errors import DataError, InputError
+from .errors import DataError, InputError, one_line
 from .fileio import atomic_write
+
+# the longest code a file may claim (dsh.config's limit on --bits): past it a damaged 'nbits' would only fail later
+MAX_NBITS = 4096
 
 
 @dataclass
@@ -82,17 +85,32 @@ def save_codes(path: str | os.PathLike, cf: CodeFile) -> None:
         np.savez(f, **arrays)
 
 
+def _listed_members(zf: zipfile.ZipFile) -> int | None:
+    """How many members the zip's end record says it has (``None`` where this Python's zipfile cannot say)."""
+    try:
+        end = zipfile._EndRecData(zf.fp)  # the record zipfile itself reads; private, but unchanged since Python 2
+        return None if end is None else int(end[zipfile._ECD_ENTRIES_TOTAL])
+    except (AttributeError, IndexError, TypeError, ValueError, OSError):
+        return None
+
+
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
     """The ``NAME.npy`` arrays of a ``.npz`` file, each read to the end of its zip member, so that the member's
     CRC-32 is always checked: ``np.load`` stops where an array's header says the data ends, and a damaged header
     that asks for fewer bytes (a shape of 14 rows for 24, ``<U10`` for ``<U12``) would load misread values."""
     arrays: dict[str, np.ndarray] = {}
     with zipfile.ZipFile(path) as zf:
+        listed = _listed_members(zf)
+        if listed is not None and listed != len(zf.infolist()):
+            # a damaged length in the zip's directory makes zipfile stop reading it early: arrays would vanish
+            raise DataError(f"{path}: the zip directory says {listed} arrays but {len(zf.infolist())} can be read "
+                            f"(a damaged file)")
         for info in zf.infolist():
-            if not info.filename.endswith(".npy"):
-                continue
+            if not info.filename.endswith(".npy"):  # not skipped: a damaged name must not hide an array
+                raise DataError(f"{path}: holds {info.filename!r}, which is not a .npy array (not a code file, or "
+                                f"a damaged one)")
             name = info.filename[: -len(".npy")]
-            with zf.open(info) as member:
+            with zf.open(info) as member:  # zipfile checks the name against the member's own header here
                 arrays[name] = np.lib.format.read_array(member, allow_pickle=False)
                 if member.read(1):
                     raise DataError(f"{path}: array '{name}' holds more bytes than its header says (corrupt file)")

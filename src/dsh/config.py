@@ -103,7 +103,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "TrainConfig":
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(str(k) for k in set(data) - known)  # a YAML key can be of any type
         if unknown:
             raise ConfigError(f"{source}: unknown setting(s) {', '.join(unknown)}")
         return cls(**data)
@@ -134,7 +134,16 @@ def _check_type(name: str, value: Any) -> None:
     elif isinstance(value, str) and str in kinds:
         return
     names = " or ".join(k.__name__ for k in kinds) + (" or null" if nullable else "")
-    raise ConfigError(f"{name} ({_flag(name)}) must be {names}, got {value!r} ({type(value).__name__})")
+    raise ConfigError(f"{name} ({_flag(name)}) must be {names}, got {_short_repr(value)} ({type(value).__name__})")
+
+
+def _short_repr(value: Any) -> str:
+    """``repr`` cut short: a config file's value can be a huge or deeply shared structure (a YAML alias bomb)."""
+    import reprlib
+
+    r = reprlib.Repr()
+    r.maxlevel, r.maxstring, r.maxother = 2, 60, 60
+    return r.repr(value)
 
 
 # One line of help per setting, for `dsh train --help`.
@@ -206,12 +215,15 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such config file")
-    text = path.read_text()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise DataError(f"{path}: cannot read config ({e.__class__.__name__}: {one_line(e)})") from None
     try:
         if path.suffix.lower() in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
+            data = yaml.safe_load(text)  # plain data only: a !!python/object tag is refused, never constructed
         else:
             data = json.loads(text)
     except Exception as e:  # any parser error is the file's fault
@@ -236,10 +248,21 @@ def resolve_config(
         if preset not in PRESETS:
             raise ConfigError(f"unknown preset {preset!r}; choose from: {', '.join(sorted(PRESETS)) or '(none)'}")
         data.update(PRESETS[preset])
+    from_file: set[str] = set()
     if config_file is not None:
-        data.update(read_config_file(config_file))
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return TrainConfig.from_dict(data, source=str(config_file or "settings")).validate()
+        file_data = read_config_file(config_file)
+        data.update(file_data)
+        from_file = {str(k) for k in file_data}
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(given)
+    try:
+        return TrainConfig.from_dict(data, source=str(config_file or "settings")).validate()
+    except ConfigError as e:
+        # a bad value that came from the file: say which file (the message names the setting and its flag)
+        culprit = next((k for k in from_file - set(given) if str(e).startswith(f"{k} (")), None)
+        if culprit is not None:
+            raise ConfigError(f"{config_file}: {e}") from None
+        raise
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:

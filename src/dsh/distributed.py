@@ -202,11 +202,9 @@ def share_cores() -> None:
     the OpenMP thread count torch shares with them to all cores as well: on 2 cores the training steps of 2
     processes were 10-30x slower after rank 0's first validation. They are started here, at this process's share.
     """
-    import numba
+    from .threads import set_threads
 
-    threads = torch.get_num_threads()
-    numba.set_num_threads(max(1, min(numba.get_num_threads(), threads)))  # the first call starts numba's threads
-    torch.set_num_threads(threads)
+    set_threads(torch.get_num_threads())  # numba's threads started at torch's count, torch's count set again
 
 
 def shard(loader, ctx: Context):
@@ -248,8 +246,11 @@ def launch_train(cfg, run_dir: str | os.PathLike, nproc: int, resume: bool = Fal
     from .config import save_config
     from .train import resolve_run
 
+    from .runlock import check_unlocked
+
     if nproc < 1:
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
+    check_unlocked(run_dir)  # a folder another training holds: one line here (rank 0 claims it for real)
     cfg, _ = resolve_run(cfg, Path(run_dir), resume)
     check_batch_size(cfg.batch_size, nproc)
     env = {"MASTER_ADDR": "127.0.0.1"}  # the workers' environment is this process's

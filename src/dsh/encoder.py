@@ -25,7 +25,7 @@ from .codes import codes_from_u, nbytes_for
 from .errors import InputError
 from .imageio import (channel_mode, decode_chunk, default_workers, iter_chunks, max_pixels_setting, pool_context,
                       to_model_input)
-from .modelinfo import ModelInfo
+from .modelinfo import ModelInfo, tta_flip_fingerprint
 
 BACKENDS = ("auto", "onnxruntime", "torch")
 DEFAULT_BATCH_SIZE = 256
@@ -59,10 +59,17 @@ class Encoder:
     size (default) or refuse them; ``batch_size``: images per forward pass; ``workers``: processes that decode
     image files (default: the usable CPUs, at most 8; 1 decodes in this process); ``max_pixels``: images larger
     than this are refused from their header (default: :func:`dsh.imageio.max_pixels_setting`).
+
+    ``tta_flip``: flip test-time augmentation: ``u`` is ``(u(x) + u(x[..., ::-1])) * 0.5``, the mean of the
+    outputs for each image and its horizontal mirror, on every encode path and either runtime (twice the network
+    time). ``None`` (default): as the model file says (an ONNX export made with ``tta_flip=True`` has it in its
+    graph, and then it cannot be turned off). With it, :attr:`fingerprint` is
+    :func:`dsh.modelinfo.tta_flip_fingerprint` of the weights' (the codes differ from the plain model's).
     """
 
     def __init__(self, runtime, info: ModelInfo, *, source: str, resize: bool = True,
-                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, max_pixels: int | None = None):
+                 batch_size: int = DEFAULT_BATCH_SIZE, workers: int | None = None, max_pixels: int | None = None,
+                 tta_flip: bool | None = None):
         self.runtime = runtime
         self.info = info
         self.source = source
@@ -70,6 +77,13 @@ class Encoder:
         self.batch_size = _positive("batch_size", batch_size)
         self.workers = _positive("workers", workers)
         self.max_pixels = max_pixels_setting(max_pixels)  # images above this are refused from their header
+        if tta_flip is not None and not isinstance(tta_flip, bool):
+            raise InputError(f"tta_flip must be True, False or None, got {tta_flip!r}")
+        if tta_flip is False and info.tta_flip:
+            raise InputError(f"{source}: flip test-time augmentation is part of this model's graph (exported with "
+                             f"tta_flip); it cannot be turned off here (export the model again without it)")
+        self.tta_flip = bool(info.tta_flip or tta_flip)
+        self._flip_here = self.tta_flip and not info.tta_flip  # the graph does not do it itself
 
     # -- construction ------------------------------------------------------------------------------------------
 
@@ -130,8 +144,9 @@ class Encoder:
 
     @property
     def fingerprint(self) -> str:
-        """Equal for every file of the same weights (run, ONNX and safetensors exports): see :class:`ModelInfo`."""
-        return self.info.fingerprint
+        """Equal for every file of the same weights (run, ONNX and safetensors exports): see :class:`ModelInfo`;
+        with flip TTA, :func:`dsh.modelinfo.tta_flip_fingerprint` of it (as a TTA ONNX export records)."""
+        return tta_flip_fingerprint(self.info.fingerprint) if self._flip_here else self.info.fingerprint
 
     @property
     def backend(self) -> str:
@@ -140,7 +155,8 @@ class Encoder:
 
     def __repr__(self) -> str:
         c, h, w = self.input_shape
-        return f"Encoder({self.source!r}, nbits={self.nbits}, input={c}x{h}x{w}, backend={self.backend!r})"
+        tta = ", tta_flip=True" if self.tta_flip else ""
+        return f"Encoder({self.source!r}, nbits={self.nbits}, input={c}x{h}x{w}, backend={self.backend!r}{tta})"
 
     # -- encoding ----------------------------------------------------------------------------------------------
 
@@ -167,8 +183,17 @@ class Encoder:
 
             batches = tqdm(batches, desc="encode", unit="batch", leave=False, disable=None)  # None: off unless a terminal
         for start in batches:
-            u[start : start + self.batch_size] = self.runtime(x[start : start + self.batch_size])
+            u[start : start + self.batch_size] = self._forward(x[start : start + self.batch_size])
         return Encoded(u, codes_from_u(u))
+
+    def _forward(self, x: np.ndarray) -> np.ndarray:
+        """One batch through the runtime; with flip TTA (where the graph does not do it), the mean of the image's
+        and its mirror's ``u``, computed as the exported graph computes it."""
+        if not self._flip_here:
+            return self.runtime(x)
+        n = x.shape[0]
+        both = self.runtime(np.concatenate([x, x[..., ::-1]]))  # one pass of 2n images, as the graph does
+        return ((both[:n] + both[n:]) * np.float32(0.5)).astype(np.float32, copy=False)
 
     def iter_encode_files(self, paths: Sequence[str | os.PathLike], *, progress: bool = False
                           ) -> Iterator[tuple[int, Encoded]]:

@@ -1,8 +1,8 @@
 """A trained run judged the standard way: encode its query and database with the best checkpoint, then evaluate.
 
 The query and database are the run's protocol's parts (``dsh.protocols``), or, without a protocol, the test split
-against the train split. The code files written are exactly those of ``dsh encode``, so ``dsh eval`` re-checks
-the figures.
+against the train split (a ``list`` dataset: against its own ``database`` split). The code files written are
+exactly those of ``dsh encode``, so ``dsh eval`` re-checks the figures.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ def encode_and_evaluate(
     common = dict(protocol=protocol, protocol_seed=int(cfg.get("protocol_seed", 0)),
                   data_root=data_root or cfg.get("data_root"), val_size=cfg.get("val_size"),
                   seed=int(cfg.get("seed", 0)), download=False, image_size=cfg.get("image_size"))
-    parts = ("query", "database") if protocol else ("test", "train")
+    own_database = str(cfg["dataset"]).lower() == "list"  # multi-label lists have their own database.txt
+    parts = ("query", "database") if protocol else ("test", "database") if own_database else ("test", "train")
     t0 = time.perf_counter()
     query, database = load_parts(cfg["dataset"], parts, **common)
     q_u, q_codes = encoder.encode_array(query.images.numpy())

@@ -27,6 +27,7 @@ import io
 import math
 import multiprocessing
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -152,7 +153,8 @@ def decode_image(source: Any, size: tuple[int, int] | None, mode: str, *, resize
     except IsADirectoryError:
         raise DataError(f"{name} is a folder, not an image file") from None
     except Exception as e:  # PIL raises many types for bad files: name the file, keep one line
-        raise DataError(f"cannot decode image {name}: {one_line(e)}") from None
+        why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", one_line(e))  # no memory address
+        raise DataError(f"cannot decode image {name}: {why}") from None
     return a[:, :, None] if a.ndim == 2 else a
 
 

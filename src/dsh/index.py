@@ -427,10 +427,6 @@ class HammingIndex:
         # serialised before any file is touched: metadata that is not JSON must not leave a new catalog beside
         # an old index (which would then refuse it)
         meta = json.dumps(out, ensure_ascii=False, sort_keys=True).encode("utf-8")
-        if self._catalog is not None:
-            # written first, so a new index is never in place without its catalog; a crash between the two
-            # writes leaves the old index, which refuses the new catalog by its uid (a clear error, not wrong data)
-            self._catalog.save(cpath, self._ids, uid)
         self.metadata = out
         n, w = self._codes.shape
         codes_off = _align(_HEADER.size)
@@ -453,6 +449,12 @@ class HammingIndex:
             put(memoryview(self._ids.astype("<i8")).cast("B"))
             put(meta)
             f.write(_TRAILER.pack(crc, _END))
+            if self._catalog is not None:
+                # put in place once the new index is fully written, just before it is renamed over the old one:
+                # a new index is never in place without its catalog, a crash while either is written leaves the
+                # old pair as it was, and only a crash between the two renames leaves the old index beside the
+                # new catalog, which it refuses by its uid (a clear error, never wrong data)
+                self._catalog.save(cpath, self._ids, uid)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False, verify: bool = True,

@@ -6,6 +6,7 @@ object, so a model file is usable on its own, without torch and without the run 
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -37,7 +38,11 @@ class ModelInfo:
     - ``model_config``: what :func:`dsh.models.create_model` rebuilds the architecture from;
     - ``normalizer``: ``{"mean": [...], "std": [...]}`` per channel, on the 0..1 scale;
     - ``train_config``: the run's training settings (dataset, protocol, ...), so ``--split`` works from a model
-      file too; ``epoch``: the epoch the weights are from (1-based, 0 if unknown).
+      file too; ``epoch``: the epoch the weights are from (1-based, 0 if unknown);
+    - ``tta_flip``: the model's ``u`` is the mean of ``u`` of the image and of its horizontal mirror (flip
+      test-time augmentation), folded into the file's graph (an ONNX export with ``tta_flip=True``); a consumer
+      runs the graph as is. Its fingerprint is then :func:`tta_flip_fingerprint` of the weights' fingerprint,
+      since its codes differ from theirs.
     """
 
     nbits: int
@@ -48,6 +53,7 @@ class ModelInfo:
     normalizer: dict = field(default_factory=dict)
     train_config: dict = field(default_factory=dict)
     epoch: int = 0
+    tta_flip: bool = False
 
     def to_json(self) -> str:
         from . import __version__
@@ -84,12 +90,25 @@ class ModelInfo:
                 normalizer=dict(d.get("normalizer") or {}),
                 train_config=dict(d.get("train_config") or {}),
                 epoch=int(d.get("epoch") or 0),
+                tta_flip=_bool(d.get("tta_flip", False)),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise ModelFileError(f"{source}: malformed dsh metadata ({type(e).__name__}: {e})") from None
         if len(info.input_shape) != 3 or info.input_shape[0] not in (1, 3):
             raise ModelFileError(f"{source}: input_shape {list(info.input_shape)} is not (C, H, W) with C = 1 or 3")
         return info
+
+
+def tta_flip_fingerprint(fingerprint: str) -> str:
+    """The fingerprint of a model's codes under flip test-time augmentation: as a fingerprint, equal for equal
+    codes, and different from the weights' own (whose codes differ)."""
+    return hashlib.sha256(f"{fingerprint}+tta_flip".encode()).hexdigest()
+
+
+def _bool(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"expected true or false, got {v!r}")
+    return v
 
 
 def _positive_int(v: Any) -> int:

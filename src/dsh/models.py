@@ -12,7 +12,9 @@ Models:
 - ``paper``: the network of Liu et al., "Deep Supervised Hashing for Fast Image Retrieval", CVPR 2016
   (https://openaccess.thecvf.com/content_cvpr_2016/papers/Liu_Deep_Supervised_Hashing_CVPR_2016_paper.pdf);
 - ``resnet-small``: a small ResNet of BasicBlock stages, fast on a CPU, for 8x8 to 32x32 images;
-- ``resnet18`` / ``resnet50``: torchvision backbones with a linear hash head, optionally loading a local state_dict.
+- ``resnet18`` / ``resnet50``: torchvision backbones with a linear hash head, optionally loading a local state_dict;
+- ``airbench``: a fast CIFAR-10 network after Keller Jordan's airbench (2x2 patch-whitening conv, three conv
+  groups, global max pooling), with :meth:`AirbenchNet.init_whitening` and :meth:`AirbenchNet.optimizer_groups`.
 
 All models are friendly to ``model.to(memory_format=torch.channels_last)`` with channels_last inputs (no ``.view``
 on feature maps; flattening is done with ``torch.flatten``, which copies when the layout needs it). On a 2-core
@@ -30,6 +32,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 import torchvision
 from torchvision.models.resnet import BasicBlock
 
@@ -337,3 +340,120 @@ def _resnet18(nbits: int, in_channels: int, image_size, weights_path=None) -> nn
 @register_model("resnet50")
 def _resnet50(nbits: int, in_channels: int, image_size, weights_path=None) -> nn.Module:
     return TorchvisionHashNet("resnet50", nbits, in_channels, image_size, weights_path=weights_path)
+
+
+# --------------------------------------------------------------------------------------------------- airbench
+
+
+class AirbenchNet(nn.Module):
+    """A fast CIFAR-10 network in the manner of Keller Jordan's airbench ("94% on CIFAR-10 in 3.29 seconds"),
+    written here from its published description, with a linear hash head:
+
+    - ``whiten``: a 2x2 convolution (no padding) with ``8 * in_channels`` filters, then GELU. Its filters are meant
+      to be set from the training images by :meth:`init_whitening`: the eigenvectors of the covariance of the
+      images' 2x2 patches, each scaled by ``1 / sqrt(eigenvalue + eps)`` (so the layer whitens patches), once with
+      each sign (GELU then passes both halves of every direction). Until then they are random (Kaiming).
+    - three groups, each ``conv 3x3 -> max-pool 2 -> BN -> GELU -> conv 3x3 -> BN -> GELU`` of ``widths`` channels
+      (default 64/256/256, the recipe's; ``(48, 192, 192)`` costs ~0.56x the FLOPs);
+    - global max pooling and a linear hash head (``nbits`` outputs).
+
+    Any channel count and any size of at least 2x2: a pool whose input is already 1 pixel along a side does not
+    pool that side (8x8 digits: 7 -> 3 -> 1 -> 1), so nothing vanishes. 32x32 CIFAR: 31 -> 15 -> 7 -> 3, as in the
+    recipe. :meth:`optimizer_groups` gives the recipe's parameter groups (batch-norm and whitening biases at a
+    higher learning rate, whitening filters frozen).
+    """
+
+    def __init__(self, nbits: int, in_channels: int = 3, image_size: int | tuple[int, int] = 32,
+                 widths: tuple[int, ...] = (64, 256, 256)):
+        super().__init__()
+        h, w = _as_hw(image_size)
+        if h < 2 or w < 2:
+            raise InputError(f"airbench needs images of at least 2x2 pixels, got {h}x{w}")
+        widths = tuple(int(v) for v in widths)
+        if len(widths) != 3 or min(widths) < 1:
+            raise InputError(f"airbench widths must be three channel counts >= 1, got {widths!r}")
+        self.whiten = nn.Conv2d(in_channels, 8 * in_channels, 2, padding=0, bias=True)
+        self.act = nn.GELU()
+        h, w = h - 1, w - 1
+        groups: list[nn.Module] = []
+        cin = self.whiten.out_channels
+        for width in widths:
+            kernel = (2 if h >= 2 else 1, 2 if w >= 2 else 1)
+            pool = nn.MaxPool2d(kernel) if kernel != (1, 1) else nn.Identity()
+            h, w = h // kernel[0], w // kernel[1]
+            groups.append(nn.Sequential(
+                nn.Conv2d(cin, width, 3, padding=1, bias=False), pool, nn.BatchNorm2d(width), nn.GELU(),
+                nn.Conv2d(width, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.GELU(),
+            ))  # fmt: skip
+            cin = width
+        self.groups = nn.Sequential(*groups)
+        self.pool = nn.AdaptiveMaxPool2d(1)
+        self.hash = nn.Linear(cin, nbits)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+        nn.init.zeros_(self.whiten.bias)
+        _init_hash_layer(self.hash)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.groups(self.act(self.whiten(x)))
+        return self.hash(torch.flatten(self.pool(x), 1))  # (B, nbits)
+
+    @torch.no_grad()
+    def init_whitening(self, images: torch.Tensor, normalizer=None, max_images: int = 5000, eps: float = 5e-4,
+                       seed: int = 0) -> None:
+        """Set the 2x2 whitening filters from the images' patch statistics.
+
+        ``images``: ``uint8[N, C, H, W]`` training images (at most ``max_images`` of them, drawn with ``seed``,
+        are used); ``normalizer``: the :class:`dsh.data.Normalizer` the model's inputs go through (``None``:
+        images already float and normalised). The patch covariance (``4C x 4C``) is eigendecomposed; filter ``k``
+        is eigenvector ``k`` over ``sqrt(eigenvalue_k + eps)`` and filter ``4C + k`` its negative; the biases
+        centre the mean patch at 0.
+        """
+        if images.ndim != 4 or images.shape[1] != self.whiten.in_channels or images.shape[0] == 0:
+            raise InputError(f"init_whitening needs [N, {self.whiten.in_channels}, H, W] images, got "
+                             f"{list(images.shape)}")
+        if images.shape[0] > max_images:
+            g = torch.Generator().manual_seed(seed)
+            images = images[torch.randperm(images.shape[0], generator=g)[:max_images].sort().values]
+        x = normalizer(images.cpu()) if normalizer is not None else images.cpu().float()
+        c = x.shape[1]
+        # every 2x2 patch as a row of 4C values, in the order of the conv weight's (C, 2, 2) flattening
+        patches = F.unfold(x.double(), kernel_size=2).transpose(1, 2).reshape(-1, 4 * c)
+        mean = patches.mean(0)
+        cov = torch.cov(patches.T)
+        eigenvalues, eigenvectors = torch.linalg.eigh(cov)  # ascending; columns are eigenvectors
+        filters = (eigenvectors.T / torch.sqrt(eigenvalues.clamp_min(0) + eps)[:, None])  # (4C, 4C)
+        weight = torch.cat([filters, -filters]).reshape(8 * c, c, 2, 2)
+        dev, dtype = self.whiten.weight.device, self.whiten.weight.dtype
+        # copy_ keeps the parameter's own memory format (channels_last stays channels_last)
+        self.whiten.weight.copy_(weight.to(dev, dtype))
+        self.whiten.bias.copy_((-weight.reshape(8 * c, -1) @ mean).to(dev, dtype))
+
+    def optimizer_groups(self, lr: float, weight_decay: float, bias_lr_scale: float = 8.0,
+                         train_whitening: bool = False) -> list[dict]:
+        """Parameter groups for a torch optimiser, as the recipe trains: conv and head weights at ``lr`` with
+        ``weight_decay``; batch-norm biases and the whitening biases at ``bias_lr_scale * lr`` without decay;
+        batch-norm weights and the head bias at ``lr`` without decay; the whitening filters frozen (``lr`` 0, since
+        they come from :meth:`init_whitening`) unless ``train_whitening``. Every parameter is in exactly one
+        group; each group has ``params``, ``lr``, ``weight_decay`` and a ``name``."""
+        bn_bias, no_decay, decay = [], [], []
+        for m in self.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                bn_bias.append(m.bias)
+                no_decay.append(m.weight)
+        decay += [m.weight for m in self.groups.modules() if isinstance(m, nn.Conv2d)] + [self.hash.weight]
+        no_decay.append(self.hash.bias)
+        groups = [
+            {"name": "weights", "params": decay, "lr": lr, "weight_decay": weight_decay},
+            {"name": "norm_weights", "params": no_decay, "lr": lr, "weight_decay": 0.0},
+            {"name": "biases", "params": bn_bias + [self.whiten.bias], "lr": bias_lr_scale * lr, "weight_decay": 0.0},
+            {"name": "whitening", "params": [self.whiten.weight], "lr": lr if train_whitening else 0.0,
+             "weight_decay": 0.0},
+        ]
+        return groups
+
+
+@register_model("airbench")
+def _airbench(nbits: int, in_channels: int, image_size, widths: tuple[int, ...] = (64, 256, 256)) -> nn.Module:
+    return AirbenchNet(nbits, in_channels, image_size, widths=tuple(widths))

@@ -79,7 +79,10 @@ def load_safetensors(path: str | os.PathLike) -> tuple[LoadedModel, ModelInfo]:
         model.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{path}: weights do not match the model it describes ({one_line(e)})") from None
-    normalizer = Normalizer.from_dict(info.normalizer)
+    try:
+        normalizer = Normalizer.from_dict(info.normalizer)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ModelFileError(f"{path}: malformed normaliser in its dsh metadata ({one_line(e)})") from None
     if weights_fingerprint(model.state_dict(), normalizer.to_dict(), model.config) != info.fingerprint:
         raise ModelFileError(f"{path}: the weights do not match the fingerprint in its header (damaged or altered)")
     model.eval()

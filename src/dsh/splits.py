@@ -3,7 +3,8 @@
 Without a protocol the parts are the dataset's splits (``train``, ``test``, and ``val`` / ``fit`` carved from
 ``train``). With one (:mod:`dsh.protocols`, e.g. DeepHash-pytorch's ``cifar10``: 1,000 queries, 5,000 training
 images, 54,000 database images sampled from train + test), the parts are ``query``, ``database`` and ``train``,
-and ``val`` / ``fit`` are carved from the protocol's ``train`` part the same way.
+and ``val`` / ``fit`` are carved from the protocol's ``train`` part the same way. A ``list`` dataset (multi-label,
+:mod:`dsh.data.listfile`) also has its own ``database`` part without a protocol (its ``database.txt``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,8 @@ def load_parts(
     ``database``, come from one load of ``train`` and ``test``."""
     common = dict(data_root=data_root, download=download, image_size=image_size)
     for part in parts:
-        if protocol is None and part in ("query", "database"):
+        own_database = part == "database" and str(dataset).lower() == "list"  # a list dataset has its own
+        if protocol is None and part in ("query", "database") and not own_database:
             raise DataError(f"split {part!r} needs a protocol (--protocol NAME); without one use train/test")
         if protocol is not None and part not in PROTOCOL_PARTS:
             raise DataError(f"protocol {protocol!r} has parts {', '.join(PROTOCOL_PARTS)}, not {part!r}")

@@ -6,7 +6,8 @@ trains in several processes (:mod:`dsh.distributed`): the few lines that make it
 :func:`setup` and :func:`train_step`, each with its comment.
 
 A run folder ``RUN/`` receives ``config.json`` (the resolved config), ``last.pt`` every epoch, ``best.pt`` at the
-epoch with the best validation mAP, ``history.json`` and TensorBoard logs under ``tb/``. The validation split is
+epoch with the best validation mAP, ``history.json``, ``summary.json`` (the best epoch's figures and any warning:
+a collapsed model, one training class) and TensorBoard logs under ``tb/``; ``RUN/.lock`` while a training holds it. The validation split is
 carved from the training split; the test split is never looked at here.
 """
 
@@ -17,8 +18,9 @@ import json
 import math
 import os
 import random
+import shutil
 import time
-from contextlib import nullcontext
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -28,17 +30,19 @@ import torch
 
 from . import checkpoint as ckpt_io
 from . import distributed
-from .codes import to_hex
+from .codes import codes_from_u, to_hex
 from .config import TrainConfig, save_config
 from .data import BatchLoader, Normalizer, default_augment
 from .encode import encode_images
-from .errors import DataError, TrainingError
+from .errors import DataError, ModelFileError, TrainingError, one_line
 from .fileio import atomic_write
 from .loss import DSHLoss
 from .metrics import mean_average_precision
 from .models import create_model
 from .report import class_code_table, format_markdown
+from .runlock import RunLock
 from .splits import load_parts
+from .threads import set_threads
 
 
 @dataclass
@@ -52,6 +56,9 @@ class TrainResult:
     history: list[dict[str, Any]] = field(default_factory=list)
     rank: int = 0  # this process's rank in a distributed run (0 in one process)
     world_size: int = 1
+    # what makes the run useless though it ended: a model that collapsed (every class the same code), a training
+    # set of one class; also in RUN/summary.json and the command line's last line
+    warnings: list[str] = field(default_factory=list)
 
 
 def resolve_device(prefer: str = "auto") -> torch.device:
@@ -67,6 +74,14 @@ def seed_everything(seed: int) -> None:
 
 
 def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    if hasattr(model, "optimizer_groups"):
+        # a model with a recipe of its own (airbench: batch-norm biases at a higher rate, the whitening frozen);
+        # the higher bias rate is the SGD recipe's, so AdamW keeps one rate
+        groups = model.optimizer_groups(cfg.lr, cfg.weight_decay,
+                                        bias_lr_scale=8.0 if cfg.optimizer == "sgd" else 1.0)
+        if cfg.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=cfg.lr)
     # No weight decay on biases and norm parameters: decaying them only fights the normalisation.
     decay, no_decay = [], []
     for p in model.parameters():
@@ -80,8 +95,11 @@ def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Opti
 
 def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     if cfg.schedule == "onecycle":
+        # each group's own peak (they differ only for models with groups of their own)
+        peaks = [g.get("lr", cfg.lr) for g in optimizer.param_groups]
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=max(1, total_steps), pct_start=cfg.warmup_fraction,
+            optimizer, max_lr=peaks if len(set(peaks)) > 1 else cfg.lr, total_steps=max(1, total_steps),
+            pct_start=cfg.warmup_fraction,
             anneal_strategy="cos", cycle_momentum=False,
         )
     if cfg.schedule == "cosine":
@@ -167,6 +185,7 @@ class Run:
     images_seen: int = 0
     step: int = 0
     t_start: float = 0.0
+    log: Callable[[str], None] | None = None  # rank 0's log (warnings at the end)
 
     @property
     def device(self) -> torch.device:
@@ -181,10 +200,18 @@ def resolve_run(cfg: TrainConfig, run_dir: Path, resume: bool) -> tuple[TrainCon
         if not last.is_file():
             raise DataError(f"{run_dir}: nothing to resume (no {ckpt_io.LAST})")
         _, state = ckpt_io.read_checkpoint(last)
+        missing = [k for k in RESUME_KEYS if k not in state]
+        if missing or not isinstance(state["config"], dict):
+            what = f"lacks '{missing[0]}'" if missing else "has no settings ('config' is not a mapping)"
+            raise ModelFileError(f"{last}: cannot resume from it: the checkpoint {what}")
         return TrainConfig.from_dict(state["config"], source=str(last)).validate(), state
     if (run_dir / ckpt_io.LAST).exists():
         raise DataError(f"{run_dir}: already holds a run; use --resume to continue it or choose another --out")
     return cfg, None
+
+
+# what last.pt must hold for --resume, besides what every checkpoint holds
+RESUME_KEYS = ("config", "epoch", "optimizer", "scheduler", "rng", "best_val_map", "best_epoch", "history")
 
 
 def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], None],
@@ -192,8 +219,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], No
     """Settings, data, model, loss, optimiser and schedule; a resume's state restored; TensorBoard opened."""
     # rank 0 reads the run folder; every rank gets the same settings and state (or the same error)
     cfg, state = ctx.on_master(lambda: resolve_run(cfg, run_dir, resume))
-    if cfg.threads:  # after a resume has restored the run's own settings
-        torch.set_num_threads(int(cfg.threads))
+    if cfg.threads:  # after a resume has restored the run's own settings; torch's and numba's pools alike, or
+        set_threads(cfg.threads)  # numba's start at the first validation would reset torch's count to all cores
     distributed.check_batch_size(cfg.batch_size, ctx.world_size)
     if ctx.ddp:
         distributed.share_cores()  # rank 0's validation (numba) keeps to this process's threads
@@ -235,6 +262,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], No
     model = create_model(cfg.model, cfg.nbits, in_channels=channels, image_size=(height, width)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if state is None and hasattr(model, "init_whitening"):  # airbench: its first layer from the training patches
+        model.init_whitening(fit.images, normalizer, seed=cfg.seed)
     loss_fn = DSHLoss(cfg.nbits, margin=cfg.margin, alpha=cfg.alpha)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
@@ -242,7 +271,11 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], No
               batches=batches, steps_per_epoch=steps_per_epoch, raw_model=model, model=model, loss_fn=loss_fn,
               optimizer=optimizer, scheduler=scheduler)
     if state is not None:
-        restore(run, state)
+        try:
+            restore(run, state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a last.pt of other settings or damaged
+            raise ModelFileError(f"{run_dir / ckpt_io.LAST}: cannot resume from it ({e.__class__.__name__}: "
+                                 f"{one_line(e, 160)})") from None
         log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{cfg.epochs}")
     if ctx.ddp:  # gradients averaged over the processes; the network itself stays run.raw_model
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -331,6 +364,7 @@ def validate(run: Run, epoch: int, record: dict[str, Any]) -> None:
     val_map, val_u = validation_map(run.raw_model, run.val.images, run.val.labels, run.normalizer, run.device,
                                     run.cfg.channels_last)
     record["val_map"] = val_map
+    record.update(code_spread(val_u, run.val.labels.numpy(), run.cfg.nbits))
     if run.writer is not None:
         run.writer.add_scalar("val/map", val_map, run.step)
         run.writer.add_histogram("u", val_u, run.step)
@@ -339,6 +373,37 @@ def validate(run: Run, epoch: int, record: dict[str, Any]) -> None:
     if val_map > run.best_map:
         run.best_map, run.best_epoch = val_map, epoch + 1
         save(run, epoch, ckpt_io.BEST)
+
+
+def code_spread(u: np.ndarray, labels: np.ndarray, nbits: int) -> dict[str, Any]:
+    """How many different codes the validation images got (``val_codes``), and how many different typical codes
+    their classes have (``val_class_codes``, out of ``val_classes``): 1 of several means the model collapsed."""
+    codes = codes_from_u(u)
+    table = class_code_table(codes, labels, nbits)
+    return {"val_codes": int(np.unique(codes, axis=0).shape[0]), "val_classes": len(table.rows),
+            "val_class_codes": len({r.code_hex for r in table.rows}),
+            "val_class_code": table.rows[0].code_hex if table.rows else None}
+
+
+def run_warnings(run: Run) -> list[str]:
+    """Plain words for a run that ended but is of no use: one training class, or a collapsed best model."""
+    out = []
+    classes = np.unique(run.fit.labels.numpy())
+    if classes.size < 2:
+        names = list(run.fit.class_names)
+        name = names[int(classes[0])] if classes.size and 0 <= int(classes[0]) < len(names) else "?"
+        out.append(f"the training set has a single class ({name}): the codes cannot learn to tell classes apart and "
+                   f"the validation mAP ({run.best_map:.4f}) means nothing")
+    best = next((r for r in run.history if r.get("epoch") == run.best_epoch and "val_class_codes" in r), None)
+    if best is not None and classes.size >= 2:
+        if best["val_codes"] == 1:
+            out.append(f"the model collapsed: every validation image has the same code 0x{best['val_class_code']} "
+                       f"(best.pt, epoch {run.best_epoch}); try a lower --lr, more --epochs or another --seed")
+        elif best["val_classes"] >= 2 and best["val_class_codes"] == 1:
+            out.append(f"the model collapsed: all {best['val_classes']} classes have the same typical code "
+                       f"0x{best['val_class_code']} on the validation images (best.pt, epoch {run.best_epoch}); try "
+                       f"a lower --lr, more --epochs or another --seed")
+    return out
 
 
 def checkpoint_payload(run: Run, epoch: int) -> dict[str, Any]:
@@ -381,15 +446,29 @@ def end_epoch(run: Run, epoch: int, record: dict[str, Any], log: Callable[[str],
 
 
 def finish(run: Run) -> TrainResult:
-    """``history.json`` and the final TensorBoard extras (rank 0); every rank returns rank 0's figures."""
+    """``history.json``, ``summary.json`` and the final TensorBoard extras (rank 0); every rank returns rank 0's
+    figures. A collapsed model or a one-class training set is a warning: logged, in the summary and the result."""
+    warnings: list[str] = []
     if run.ctx.master:
+        warnings = run_warnings(run)
         with atomic_write(run.run_dir / "history.json", "w") as f:
             json.dump(run.history, f, indent=2)
+        best = next((r for r in run.history if r.get("epoch") == run.best_epoch), {})
+        summary = {"best_epoch": run.best_epoch, "best_val_map": run.best_map, "epochs": run.cfg.epochs,
+                   "epochs_run": len(run.history), "train_seconds": run.train_seconds,
+                   "images_seen": run.images_seen, "classes": int(np.unique(run.fit.labels.numpy()).size),
+                   **{k: best[k] for k in ("val_codes", "val_classes", "val_class_codes") if k in best},
+                   "warnings": warnings}
+        with atomic_write(run.run_dir / "summary.json", "w") as f:
+            json.dump(summary, f, indent=2)
+        for w in warnings:
+            (run.log or print)(f"warning: {w}")
     seconds = time.perf_counter() - run.t_start
     if run.writer is not None:
         _write_final_logs(run.writer, run.run_dir, run.val, run.normalizer, run.device, run.cfg, run.step)
         run.writer.close()
-    best_epoch, best_map, history = run.ctx.broadcast((run.best_epoch, run.best_map, run.history))
+    best_epoch, best_map, history, warnings = run.ctx.broadcast((run.best_epoch, run.best_map, run.history,
+                                                                 warnings))
     return TrainResult(
         run_dir=run.run_dir,
         best_epoch=best_epoch,
@@ -400,6 +479,7 @@ def finish(run: Run) -> TrainResult:
         history=history,
         rank=run.ctx.rank,
         world_size=run.ctx.world_size,
+        warnings=warnings,
     )
 
 
@@ -419,11 +499,28 @@ def train(
     Under torchrun (``RANK`` set; :mod:`dsh.distributed`) each process trains on its share of every global batch
     of ``cfg.batch_size`` and the loss is over the pairs of the whole global batch; rank 0 alone validates, logs and
     writes the run folder. In one plain process this is ordinary single-process training.
+
+    The run folder is claimed for the whole call (:class:`dsh.runlock.RunLock`, by rank 0): a second training into
+    it meanwhile is refused with a one-line :class:`DataError`. A call that fails before the first ``last.pt``
+    removes what it wrote (``config.json``, ``tb/``, and the folder itself if it made it), since nothing of it can
+    be resumed; once there is a ``last.pt`` the folder is kept for ``resume=True``.
     """
     ctx = distributed.setup(resolve_device())  # torchrun's process group, or a world of one
+    run_dir = Path(run_dir)
+    lock = RunLock(run_dir)
+    before: set[str] = set()  # what the folder held before this call (a failed call removes only what it added)
+
+    def claim() -> None:
+        lock.acquire()
+        before.update(p.name for p in run_dir.iterdir())
+
+    run = None
+    remove_dir = False
     try:
         log = log if ctx.master else _silent
-        run = setup(cfg, Path(run_dir), resume, log, ctx)
+        ctx.on_master(claim)  # rank 0 claims the folder; a busy one stops every rank with the same one line
+        run = setup(cfg, run_dir, resume, log, ctx)
+        run.log = log
         last = run.cfg.epochs if stop_after is None else min(run.cfg.epochs, run.start_epoch + stop_after)
         for epoch in range(run.start_epoch, last):
             record = train_epoch(run, epoch, progress=progress and ctx.master)
@@ -431,8 +528,37 @@ def train(
                 end_epoch(run, epoch, record, log)
             ctx.barrier()  # the others wait while rank 0 validates and writes last.pt
         return finish(run)
+    except BaseException:
+        if lock.held:
+            remove_dir = _remove_failed_run(run, lock, before)
+        raise
     finally:
+        lock.release()
+        if remove_dir:
+            with suppress(OSError):
+                run_dir.rmdir()  # only if empty
         distributed.teardown(ctx)
+
+
+def _remove_failed_run(run: Run | None, lock: RunLock, before: set[str]) -> bool:
+    """After a failed call: with no ``last.pt`` there is nothing to resume, so remove what this call added (and
+    ``config.json``, of no use without a checkpoint); returns whether the folder itself should go (this call
+    made it). With a ``last.pt`` nothing is touched."""
+    run_dir = lock.run_dir
+    if (run_dir / ckpt_io.LAST).exists():
+        return False
+    if run is not None and run.writer is not None:
+        with suppress(Exception):
+            run.writer.close()
+    for p in list(run_dir.iterdir()):
+        if p.name == lock.path.name or (p.name in before and p.name != "config.json"):
+            continue
+        with suppress(OSError):
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p)
+            else:
+                p.unlink()
+    return lock.created_dir
 
 
 def _silent(message: str) -> None:

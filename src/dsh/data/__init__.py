@@ -2,9 +2,10 @@
 
 - :func:`load_split` ``(name, split, data_root, ...) -> ImageSet``: ``images`` ``uint8[N, C, H, W]``, ``labels``
   ``int64[N]``, ``class_names``, ``paths``. Datasets (:data:`DATASETS`): ``digits`` (scikit-learn's 8x8 digits,
-  no files needed), ``mnist``, ``cifar10`` (torchvision's files, downloaded if absent) and ``folder`` (a
-  ``train/<class>/`` + ``test/<class>/`` image tree). Splits: ``train``, ``test``, and ``val`` / ``fit`` carved
-  from ``train``.
+  no files needed), ``mnist``, ``cifar10`` (torchvision's files, downloaded if absent), ``folder`` (a
+  ``train/<class>/`` + ``test/<class>/`` image tree) and ``list`` (multi-label: ``train.txt``, ``test.txt``,
+  ``database.txt`` of ``path l1 ... lC`` lines, DeepHash-pytorch's format; :mod:`dsh.data.listfile`).
+  Splits: ``train``, ``test``, and ``val`` / ``fit`` carved from ``train`` (``list`` also has ``database``).
 - :func:`dataset_info` ``(name) -> (channels, height, width, n_classes)`` without decoding.
 - :func:`load_image_files` / :func:`load_image_folder`: arbitrary images, to encode or search them.
 - :class:`Normalizer`, :class:`Augment` (:func:`default_augment`), :class:`BatchLoader`: the training batches.

@@ -15,10 +15,13 @@ from .cache import cache_dir as resolve_cache_dir
 from .cache import cached, file_fingerprint
 from ..imageio import as_size, channel_mode, cover_size, decode_files
 from .folder import class_names_of, first_image, read_folder, scan_folder
+from . import listfile
 from .imageset import ImageSet, carve_val
 
-DATASETS = ("digits", "mnist", "cifar10", "folder")
+DATASETS = ("digits", "mnist", "cifar10", "folder", "list")
 SPLITS = ("train", "val", "fit", "test")
+# the list dataset also has a retrieval database split (DeepHash-pytorch's database.txt)
+LIST_SPLITS = SPLITS + ("database",)
 
 
 class DatasetInfo(NamedTuple):
@@ -47,7 +50,8 @@ def resolve_root(name: str, data_root: str | os.PathLike | None) -> Path | None:
 
     For ``mnist`` and ``cifar10`` the root is the folder that holds ``MNIST/`` or ``cifar-10-batches-py/`` (those
     folders themselves also work); for ``folder`` it is the image tree itself, the one with ``train/`` and
-    ``test/``.
+    ``test/``; for ``list`` the folder with ``train.txt``, ``test.txt`` and ``database.txt``
+    (:mod:`dsh.data.listfile`).
     """
     if name == "digits":
         return None
@@ -66,6 +70,12 @@ def dataset_info(name: str, data_root: str | os.PathLike | None = None, *, image
     size = as_size(image_size)
     if name in _NATIVE:
         c, h, w, n = _NATIVE[name]
+    elif name == "list":
+        root = resolve_root(name, data_root)
+        n, c = listfile.n_classes_of(root), listfile.channels_of(root)
+        files, _ = listfile.parse_list(listfile.list_file(root, "train"))
+        mode = "L" if c == 1 else "RGB"
+        h, w = size or decode_files([str(root / files[0])], None, mode, 1).shape[2:]
     else:
         root = resolve_root(name, data_root)
         n = len(class_names_of(root))
@@ -92,7 +102,8 @@ def load_split(
     ``split``: ``train`` and ``test`` are the dataset's own (digits, which has none, gets a fixed stratified 20%
     test split); ``val`` is a fixed, seeded, stratified subset of ``train`` (``val_size``: a count, a fraction,
     or ``None`` for ``min(5000, 10% of train)``) for choosing models and settings; ``fit`` is ``train`` minus
-    ``val``, what training sees. Never choose anything on ``test``.
+    ``val``, what training sees. Never choose anything on ``test``. The ``list`` dataset (multi-label, labels
+    ``uint8[N, C]`` multi-hot) also has ``database``, its retrieval database.
 
     ``data_root``: see :func:`resolve_root`. ``download``: fetch ``mnist`` / ``cifar10`` with torchvision when
     their files are absent. ``image_size``: ``s`` or ``(h, w)``: resize every image (cover, then centre-crop);
@@ -101,8 +112,8 @@ def load_split(
     Problems with the data raise :class:`~dsh.fileio.DataError` with a one-line message naming the path.
     """
     name = _check_name(name)
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r} (choose from {', '.join(SPLITS)})")
+    if split not in (LIST_SPLITS if name == "list" else SPLITS):
+        raise DataError(f"unknown split {split!r} (choose from {', '.join(LIST_SPLITS if name == 'list' else SPLITS)})")
     base = "train" if split in ("val", "fit") else split
     s = _load_official(name, base, data_root, cache_dir, download, as_size(image_size), workers)
     return carve_val(s, split, val_size, seed, name) if split != base else s
@@ -118,6 +129,11 @@ def _load_official(name, split, data_root, cache_dir, download, size, workers) -
         where["image_size"] = list(size) if size else None
         return cached(resolve_cache_dir(cache_dir), where, scan.fingerprint(),
                       lambda: read_folder(scan, size, workers))
+    if name == "list":
+        lscan = listfile.scan_list(root, split)
+        where["image_size"] = list(size) if size else None
+        return cached(resolve_cache_dir(cache_dir), where, lscan.fingerprint(),
+                      lambda: listfile.read_list(lscan, size, workers))
     find, read = {"mnist": (sources.find_mnist, sources.read_mnist),
                   "cifar10": (sources.find_cifar10, sources.read_cifar10)}[name]
     files = find(root, split, download)

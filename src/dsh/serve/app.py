@@ -196,7 +196,10 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
             if upload is None or isinstance(upload, str):
                 raise HTTPException(422, "multipart field 'image' (a file) is missing")
             data = await read_upload(upload)
-            results = await run_in_threadpool(lambda: searcher.search([data], k=k, radius=radius))
+            try:
+                results = await run_in_threadpool(lambda: searcher.search([data], k=k, radius=radius))
+            except UserError as e:
+                raise _naming_upload(e, data, upload.filename) from None
         else:
             raise HTTPException(415, "send an image as multipart/form-data (field 'image') or JSON {\"hex\": ...}")
         return search_answer(results[0])
@@ -208,7 +211,16 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         if len(image) > settings.max_images:
             raise HTTPException(413, f"at most {settings.max_images} images per request, got {len(image)}")
         data = [await read_upload(f) for f in image]
-        enc = await run_in_threadpool(encoder.encode, data)
+        try:
+            enc = await run_in_threadpool(encoder.encode, data)
+        except UserError as e:
+            # which upload it was (the error path alone decodes them one by one), named by its file name
+            for d, f in zip(data, image):
+                try:
+                    await run_in_threadpool(encoder.prepare, [d])
+                except UserError as one:
+                    raise _naming_upload(one, d, f.filename) from None
+            raise e
         from ..codes import to_binary_string, to_hex
 
         hexes, bits = to_hex(enc.codes, encoder.nbits), to_binary_string(enc.codes, encoder.nbits)
@@ -254,6 +266,17 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.searcher, app.state.settings = searcher, settings
     return app
+
+
+def _naming_upload(e: UserError, data: bytes, filename: str | None) -> UserError:
+    """``e`` with the image it names as ``<N bytes>`` named by the upload's file name instead."""
+    if not filename:
+        return e
+    text = str(e).replace(f"<{len(data)} bytes>", f"upload {os.path.basename(filename)!r}", 1)
+    try:
+        return type(e)(text)
+    except TypeError:  # a UserError kind with other arguments: keep it as it is
+        return e
 
 
 def _client_message(e: UserError) -> str:

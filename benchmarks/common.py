@@ -263,6 +263,13 @@ def _finite(obj: Any) -> Any:
     return obj
 
 
+def write_results(out: str | os.PathLike, stem: str, result: dict, markdown_text: str) -> None:
+    """A benchmark's ``stem.json`` and ``stem.md`` in ``out`` (atomically), and the table on stdout."""
+    write_json(Path(out) / f"{stem}.json", result)
+    write_text(Path(out) / f"{stem}.md", markdown_text)
+    print(markdown_text)
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     with atomic_write(path, "w") as f:
         f.write(text)

@@ -123,9 +123,7 @@ def main(argv: list[str] | None = None) -> int:
               "dataset": args.dataset, "bits": args.bits, "epochs": args.epochs, "batch_size": args.batch_size,
               "threads": args.threads, "rows": rows, "plot": "scale_train_loss.png"}
     plot(rows, out / "scale_train_loss.png")
-    common.write_json(out / f"{STEM}.json", result)
-    common.write_text(out / f"{STEM}.md", markdown(result))
-    print(markdown(result))
+    common.write_results(args.out, STEM, result, markdown(result))
     return 0
 
 

@@ -215,10 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         print(f"{r['server']}: {r['queries_per_s']:.1f} q/s, p50 {r['p50_ms']:.1f} ms, p95 {r['p95_ms']:.1f} ms, "
               f"p99 {r['p99_ms']:.1f} ms, errors {r['errors']}, server peak RSS {r['server_peak_rss_mb']:.0f} MB")
-    out = Path(args.out)
-    common.write_json(out / f"{STEM}.json", result)
-    common.write_text(out / f"{STEM}.md", markdown(result))
-    print(markdown(result))
+    common.write_results(args.out, STEM, result, markdown(result))
     return 0
 
 

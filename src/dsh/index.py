@@ -83,6 +83,22 @@ def _align(x: int) -> int:
     return -(-x // _ALIGN) * _ALIGN
 
 
+def check_new_ids(ids, n: int) -> np.ndarray:
+    """Ids given for ``n`` new codes -> ``int64[n]``: 1-D, integers, >= 0 and distinct, else a one-line
+    :class:`InputError` (every index kind, e.g. :class:`dsh.milvus_index.MilvusIndex`, takes ids by these rules)."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.shape[0] != n:
+        raise InputError(f"ids must be 1-D with one id per code ({n}), got shape {ids.shape}")
+    if n and ids.dtype.kind not in "iu":
+        raise InputError(f"ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    if n and ids.min() < 0:
+        raise InputError("ids must be >= 0 (-1 marks a missing result)")
+    if np.unique(ids).shape[0] != n:
+        raise InputError("ids contain duplicates")
+    return ids
+
+
 class HammingIndex:
     """Exact search over ``nbits``-bit packed codes ``uint8[n, ceil(nbits / 8)]``.
 
@@ -191,16 +207,7 @@ class HammingIndex:
             start = int(self._ids[-1]) + 1 if self.ntotal else 0
             ids = np.arange(start, start + n, dtype=np.int64)
         else:
-            ids = np.asarray(ids)
-            if ids.ndim != 1 or ids.shape[0] != n:
-                raise InputError(f"ids must be 1-D with one id per code ({n}), got shape {ids.shape}")
-            if n and ids.dtype.kind not in "iu":
-                raise InputError(f"ids must be integers, got dtype {ids.dtype}")
-            ids = ids.astype(np.int64)
-            if n and ids.min() < 0:
-                raise InputError("ids must be >= 0 (-1 marks a missing result)")
-            if np.unique(ids).shape[0] != n:
-                raise InputError("ids contain duplicates")
+            ids = check_new_ids(ids, n)
             clash = ids[np.isin(ids, self._ids)]
             if clash.size:
                 raise InputError(f"{clash.size} ids are already in the index, e.g. {clash[:5].tolist()}")

@@ -65,6 +65,7 @@ import numpy as np
 from .catalog import Catalog
 from .codes import check_codes, nbytes_for
 from .errors import DataError, InputError, UserError, one_line
+from .index import check_new_ids
 
 __all__ = ["MilvusIndex", "MissingExtraError", "META_COLLECTION", "TOPK_MAX", "check_uri", "check_collection_name"]
 
@@ -507,16 +508,7 @@ class MilvusIndex:
             start = int(self._meta["next_id"])
             ids = np.arange(start, start + n, dtype=np.int64)
         else:
-            ids = np.asarray(ids)
-            if ids.ndim != 1 or ids.shape[0] != n:
-                raise InputError(f"ids must be 1-D with one id per code ({n}), got shape {ids.shape}")
-            if n and ids.dtype.kind not in "iu":
-                raise InputError(f"ids must be integers, got dtype {ids.dtype}")
-            ids = ids.astype(np.int64)
-            if n and ids.min() < 0:
-                raise InputError("ids must be >= 0 (-1 marks a missing result)")
-            if np.unique(ids).shape[0] != n:
-                raise InputError("ids contain duplicates")
+            ids = check_new_ids(ids, n)
             clash = self._held(ids) if check_ids else ids[:0]  # from_index: a new collection holds none
             if clash.size:
                 raise InputError(f"{clash.size} ids are already in the index, e.g. {clash[:5].tolist()}")

@@ -21,12 +21,10 @@ from dsh.data import (
     balanced_batches,
     dataset_info,
     default_augment,
-    load_image_files,
-    load_image_folder,
     load_split,
     stratified_subset,
 )
-from dsh.imageio import decode_files
+from dsh.imageio import ImageList, decode_files, to_model_input
 from dsh.fileio import DataError
 
 TINY_CLASSES = ["ant", "bee", "cat"]  # the classes of the tiny_image_tree fixture
@@ -340,19 +338,20 @@ def test_parallel_decode_and_worker_errors(tmp_path):
         paths.append(p)
     images = decode_files(paths, mode="L", workers=2)
     assert images.shape == (520, 1, 3, 4) and images[:, 0, 0, 0].tolist() == [i % 256 for i in range(520)]
-    rgb = load_image_files(paths[:3], image_size=(2, 2), channels=3)
-    assert rgb.shape == (3, 3, 2, 2) and rgb.dtype == torch.uint8 and int(rgb[2, 1, 1, 1]) == 2
+    rgb = to_model_input(paths[:3], (3, 2, 2))
+    assert rgb.shape == (3, 3, 2, 2) and rgb.dtype == np.uint8 and int(rgb[2, 1, 1, 1]) == 2
     paths[400].write_bytes(b"\x89PNG garbage")
     with pytest.raises(DataError, match=str(paths[400])):
         decode_files(paths, mode="L", workers=2)
     with pytest.raises(DataError, match="no such image file"):
-        load_image_files([tmp_path / "missing.png"])
+        to_model_input([tmp_path / "missing.png"], (3, 2, 2))
 
 
-def test_load_image_folder_labels_from_subfolders(tiny_image_tree):
-    s = load_image_folder(tiny_image_tree / "test", (1, 3, 3), class_names=["bee", "ant"])
-    assert s.images.shape == (6, 1, 3, 3) and s.class_names == ["bee", "ant"]
-    assert s.labels.tolist() == [1, 1, 0, 0, -1, -1] and s.paths[0] == "ant/00.png"
+def test_image_list_labels_from_subfolders(tiny_image_tree):
+    listing = ImageList(tiny_image_tree / "test", class_names=["bee", "ant"])
+    images = to_model_input(listing.full_paths(), (1, 3, 3))
+    assert images.shape == (6, 1, 3, 3) and listing.class_names == ["bee", "ant"]
+    assert listing.labels.tolist() == [1, 1, 0, 0, -1, -1] and listing.files[0] == "ant/00.png"
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@
   ``database.txt`` of ``path l1 ... lC`` lines, DeepHash-pytorch's format; :mod:`dsh.data.listfile`).
   Splits: ``train``, ``test``, and ``val`` / ``fit`` carved from ``train`` (``list`` also has ``database``).
 - :func:`dataset_info` ``(name) -> (channels, height, width, n_classes)`` without decoding.
-- :func:`load_image_files` / :func:`load_image_folder`: arbitrary images, to encode or search them.
+- arbitrary images, to encode or search them, go through :mod:`dsh.imageio` (the one input policy).
 - :class:`Normalizer`, :class:`Augment` (:func:`default_augment`), :class:`BatchLoader`: the training batches.
 
 Errors with the data raise :class:`dsh.fileio.DataError` (one line, naming the path). This package does not
@@ -18,8 +18,7 @@ from __future__ import annotations
 
 from .augment import Augment, default_augment
 from .cache import cache_dir
-from .datasets import DATASETS, SPLITS, DatasetInfo, dataset_info, load_image_files, load_split, resize_images
-from .folder import load_image_folder
+from .datasets import DATASETS, SPLITS, DatasetInfo, dataset_info, load_split, resize_images
 from .imageset import ImageSet, stratified_subset
 from .loader import BatchLoader, balanced_batches
 from .normalize import Normalizer
@@ -36,8 +35,6 @@ __all__ = [
     "cache_dir",
     "dataset_info",
     "default_augment",
-    "load_image_files",
-    "load_image_folder",
     "load_split",
     "resize_images",
     "stratified_subset",

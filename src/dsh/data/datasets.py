@@ -13,7 +13,7 @@ from ..fileio import DataError
 from . import sources
 from .cache import cache_dir as resolve_cache_dir
 from .cache import cached, file_fingerprint
-from ..imageio import as_size, channel_mode, cover_size, decode_files
+from ..imageio import as_size, cover_size, decode_files
 from .folder import class_names_of, first_image, read_folder, scan_folder
 from . import listfile
 from .imageset import ImageSet, carve_val
@@ -161,21 +161,5 @@ def resize_images(images: torch.Tensor, size: tuple[int, int], chunk: int = 4096
     return out
 
 
-def load_image_files(
-    paths: list[str | os.PathLike],
-    image_size: int | tuple[int, int] | None = None,
-    channels: int = 3,
-    workers: int | None = None,
-) -> torch.Tensor:
-    """Image files -> ``uint8[N, C, H, W]`` (C = ``channels``: 1 grey or 3 RGB), e.g. to encode or search them.
-
-    With ``image_size`` every image is resized (cover, then centre-crop); without, they must share one size.
-    DataError (naming the file) for a missing or unreadable file or a size that differs.
-    """
-    if len(paths) == 0:
-        raise DataError("no image files given")
-    return torch.from_numpy(decode_files([os.fspath(p) for p in paths], image_size, channel_mode(channels), workers))
-
-
-__all__ = ["DATASETS", "SPLITS", "DatasetInfo", "dataset_info", "load_split", "load_image_files", "resolve_root",
+__all__ = ["DATASETS", "SPLITS", "DatasetInfo", "dataset_info", "load_split", "resolve_root",
            "resize_images"]

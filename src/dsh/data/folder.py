@@ -14,8 +14,7 @@ import numpy as np
 import torch
 
 from ..fileio import DataError
-from ..imageio import (IMAGE_EXTENSIONS, ImageList, channel_mode, decode_files, files_fingerprint, subfolders,
-                       walk_images)
+from ..imageio import IMAGE_EXTENSIONS, decode_files, files_fingerprint, subfolders, walk_images
 from .imageset import ImageSet
 
 
@@ -102,25 +101,3 @@ def first_image(root: Path) -> Path:
                 if f.lower().endswith(IMAGE_EXTENSIONS) and not f.startswith("."):
                     return Path(dirpath) / f
     raise DataError(f"folder: no images in {train_dir}")
-
-
-def load_image_folder(
-    root: str | os.PathLike,
-    input_shape: tuple[int, int, int] | None = None,
-    *,
-    class_names: list[str] | None = None,
-    workers: int | None = None,
-) -> ImageSet:
-    """Every image under ``root`` (recursively), decoded, e.g. to train or evaluate on.
-
-    ``input_shape`` ``(C, H, W)``: decode to C channels (1: grey, 3: RGB) and resize to ``H x W`` (cover, then
-    centre-crop); ``None``: RGB at the native size, which all images must share. Labels come from the first
-    folder level (:class:`dsh.imageio.ImageList`); ``paths`` are relative to ``root``.
-    """
-    listing = ImageList(root, class_names)
-    channels, size = 3, None
-    if input_shape is not None:
-        channels, size = int(input_shape[0]), (int(input_shape[1]), int(input_shape[2]))
-    images = decode_files(listing.full_paths(), size, channel_mode(channels), workers)
-    return ImageSet(torch.from_numpy(images), torch.from_numpy(listing.labels), listing.class_names,
-                    listing.files, f"images:{root}")

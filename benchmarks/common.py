@@ -352,6 +352,15 @@ def fmt_seconds(seconds: float | None) -> str:
     return f"{minutes} min {secs:02d} s"
 
 
+def fmt_cell(x, digits=0) -> str:
+    """A table cell: a number with thousands separators, ``yes``/``NO`` for a bool, a dash for ``None``."""
+    if x is None:
+        return "—"
+    if isinstance(x, bool):
+        return "yes" if x else "NO"
+    return f"{x:,.{digits}f}"
+
+
 def fmt_float(value: float | None, digits: int = 4) -> str:
     if value is None or (isinstance(value, float) and not math.isfinite(value)):
         return "—"

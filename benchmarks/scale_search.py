@@ -110,14 +110,6 @@ def path_bytes(path: Path) -> int | None:
     return None
 
 
-def fmt(x, digits=0):
-    if x is None:
-        return "—"
-    if isinstance(x, bool):
-        return "yes" if x else "NO"
-    return f"{x:,.{digits}f}"
-
-
 def markdown(r: dict) -> str:
     s = r["settings"]
     lines = [
@@ -133,16 +125,16 @@ def markdown(r: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in r["rows"]:
-        lines.append(f"| {row['method']} | {fmt(row.get('build_s'), 2)} | {fmt(row.get('knn_qps_batch'))} | "
-                     f"{fmt(row.get('knn_qps_single'))} | {fmt(row.get('range_qps_batch'))} | "
-                     f"{fmt(row.get('range_qps_single'))} | {row['exact']} |")
+        lines.append(f"| {row['method']} | {common.fmt_cell(row.get('build_s'), 2)} | {common.fmt_cell(row.get('knn_qps_batch'))} | "
+                     f"{common.fmt_cell(row.get('knn_qps_single'))} | {common.fmt_cell(row.get('range_qps_batch'))} | "
+                     f"{common.fmt_cell(row.get('range_qps_single'))} | {row['exact']} |")
     m = r["milvus"]
     lines += [
         "",
         f"Writing into Milvus (`MilvusIndex.from_index`: create the collection, insert {s['insert_batch']:,} rows "
         f"a call, codes with labels and paths, flush): {m['insert_s']:.1f} s, {m['insert_rows_per_s']:,.0f} rows/s; opening the collection again "
-        f"(connect + load): {m['open_s']:.2f} s. On disk: {fmt(m['db_mb'], 1)} MB. Memory (RSS): this process "
-        f"{fmt(r['memory_mb']['python'])} MB, the Milvus Lite server {fmt(r['memory_mb']['milvus_server'])} MB.",
+        f"(connect + load): {m['open_s']:.2f} s. On disk: {common.fmt_cell(m['db_mb'], 1)} MB. Memory (RSS): this process "
+        f"{common.fmt_cell(r['memory_mb']['python'])} MB, the Milvus Lite server {common.fmt_cell(r['memory_mb']['milvus_server'])} MB.",
         "",
         "*exact*: every result (distances, and ids ordered by (distance, id)) equals HammingIndex's; Milvus's plain "
         "search gives the right distances but its own order among ties (*distances only*), which MilvusIndex "
@@ -221,7 +213,7 @@ def main(argv=None) -> dict:
         _, t_mih = timed(index.build_mih)
         mih_ok = all(np.array_equal(a, b) for a, b in zip(index.range_search(queries, radius, method="mih"),
                                                            ref_range))
-        row = {"method": "dsh HammingIndex (multi-index hashing)", "build_s": t_mih, "exact": fmt(mih_ok),
+        row = {"method": "dsh HammingIndex (multi-index hashing)", "build_s": t_mih, "exact": common.fmt_cell(mih_ok),
                "range_qps_batch": qps(lambda b: index.range_search(b, radius, method="mih"), queries,
                                       args.target_s, False),
                "range_qps_single": qps(lambda b: index.range_search(b, radius, method="mih"), queries,
@@ -240,7 +232,7 @@ def main(argv=None) -> dict:
         exact = all(np.array_equal(a, b) for a, b in zip(knn, ref_knn)) and \
             all(np.array_equal(a, b) for a, b in zip(rng_res, ref_range))
         lookup_ok = m.lookup(knn[1][:3].ravel()) == index.lookup(knn[1][:3].ravel())
-        row = {"method": "dsh MilvusIndex (exact, ties by id)", "build_s": t_insert, "exact": fmt(exact and lookup_ok),
+        row = {"method": "dsh MilvusIndex (exact, ties by id)", "build_s": t_insert, "exact": common.fmt_cell(exact and lookup_ok),
                "knn_qps_batch": qps(lambda b: m.search(b, k), queries, args.target_s, False),
                "knn_qps_single": qps(lambda b: m.search(b, k), queries, args.target_s, True),
                "range_qps_batch": qps(lambda b: m.range_search(b, radius), queries, args.target_s, False),

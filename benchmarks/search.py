@@ -22,6 +22,7 @@ from pathlib import Path
 import numba
 import numpy as np
 
+import common
 from dsh import HammingIndex
 from dsh.fileio import atomic_write
 from dsh.hamming import pairwise_hamming_reference
@@ -178,14 +179,6 @@ def bench_clustered(n, nbits, rng, args) -> dict:
             "exact": all(np.array_equal(a, b) for a, b in zip(flat, mih))}
 
 
-def fmt(x, digits=0):
-    if x is None:
-        return "—"
-    if isinstance(x, bool):
-        return "yes" if x else "NO"
-    return f"{x:,.{digits}f}"
-
-
 def markdown(result: dict) -> str:
     lines = [
         f"# Hamming search benchmark ({result['machine']['cpu']}, {result['threads']} threads)",
@@ -198,8 +191,8 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         lines.append(
             f"| {r['n']:,} | {r['nbits']} | {r['method']} | {r['build_s']:.2f} | {r['memory_bytes'] / 1e6:,.0f} | "
-            + " | ".join(fmt(r.get(f"k{k}_qps")) for k in KS)
-            + f" | {fmt(r.get(f'r{RADIUS}_qps'))} | {fmt(r['exact'])} |"
+            + " | ".join(common.fmt_cell(r.get(f"k{k}_qps")) for k in KS)
+            + f" | {common.fmt_cell(r.get(f'r{RADIUS}_qps'))} | {common.fmt_cell(r['exact'])} |"
         )
     bw = result["bandwidth_gbs"]
     lines += ["", f"Memory bandwidth (one pass over 1 GiB): {bw:.1f} GB/s. An unblocked flat scan reads the whole "
@@ -218,8 +211,8 @@ def markdown(result: dict) -> str:
                   "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
         for c in result["clustered"]:
             lines.append(f"| {c['n']:,} | {c['nbits']} | {c['flip_p']} | {c['results_per_query']:,.1f} | "
-                         f"{fmt(c['flat_qps'])} | {fmt(c['mih_qps'])} | {c['speedup']:,.1f}x | {c['auto_picks']} | "
-                         f"{fmt(c['exact'])} |")
+                         f"{common.fmt_cell(c['flat_qps'])} | {common.fmt_cell(c['mih_qps'])} | {c['speedup']:,.1f}x | {c['auto_picks']} | "
+                         f"{common.fmt_cell(c['exact'])} |")
     la = result["loadavg"]
     lines += ["", f"Load average at start {la['start']}, at end {la['end']} (other jobs share this machine); "
               f"total {result['total_s']:.0f} s."]

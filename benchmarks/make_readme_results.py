@@ -374,14 +374,19 @@ def _machine_note(data: dict) -> str:
     return f"Measured on {', '.join(parts)}" + (f" ({', '.join(versions)})" if versions else "") + "."
 
 
-def md_section(ctx: Context, stem: str, title: str, what: str, command: str) -> list[str]:
-    """A section made from a script's own ``stem.md`` table and the machine in ``stem.json``."""
+def md_section(ctx: Context, stem: str, title: str, what: str, command: str,
+               image: tuple[str, str] | None = None) -> list[str]:
+    """A section made from a script's own ``stem.md`` table and the machine in ``stem.json``; ``image``: ``(file
+    in the results folder, alt text)`` of a picture shown after it when the script made one."""
     data = common.read_json(ctx.results / f"{stem}.json")
     md = ctx.results / f"{stem}.md"
     if data is None or not md.is_file():
         return not_yet_run(title, what, command)
-    return [f"### {title}", "", what, "", *code_block([data.get("command") or command]), "",
-            _machine_note(data), "", *demote_headings(md.read_text())]
+    lines = [f"### {title}", "", what, "", *code_block([data.get("command") or command]), "",
+             _machine_note(data), "", *demote_headings(md.read_text())]
+    if image is not None and (ctx.results / image[0]).is_file():
+        lines += ["", f"![{image[1]}]({ctx.rel(ctx.results / image[0])})"]
+    return lines
 
 
 def throughput_section(ctx: Context) -> list[str]:
@@ -408,24 +413,18 @@ def encode_section(ctx: Context) -> list[str]:
 
 
 def serve_section(ctx: Context) -> list[str]:
-    lines = md_section(ctx, "serve_load", "Serving under load", "`dsh serve` on 127.0.0.1 with concurrent clients "
-                       "uploading real images; torch checkpoint and ONNX export side by side.",
-                       ctx.default_command("serve_load.py", "--run", "RUN", "--threads", "2", out=""))
-    shot = ctx.results / "serve_page.png"
-    if shot.is_file():
-        lines += ["", f"![the page of dsh serve: a CIFAR-10 test image and its nearest training images]"
-                      f"({ctx.rel(shot)})"]
-    return lines
+    return md_section(ctx, "serve_load", "Serving under load", "`dsh serve` on 127.0.0.1 with concurrent clients "
+                      "uploading real images; torch checkpoint and ONNX export side by side.",
+                      ctx.default_command("serve_load.py", "--run", "RUN", "--threads", "2", out=""),
+                      image=("serve_page.png", "the page of dsh serve: a CIFAR-10 test image and its nearest "
+                                               "training images"))
 
 
 def scale_train_section(ctx: Context) -> list[str]:
-    lines = md_section(ctx, "scale_train", "Training with 1 and 2 processes", "`dsh train --nproc 2` (torchrun, "
-                       "gloo on 127.0.0.1) against one process, the same global batch, on this 2-core machine.",
-                       ctx.default_command("scale_train.py", "--dataset", "mnist", "--epochs", "2", out=""))
-    plot = ctx.results / "scale_train_loss.png"
-    if plot.is_file():
-        lines += ["", f"![loss curves of the same training with 1 and 2 processes]({ctx.rel(plot)})"]
-    return lines
+    return md_section(ctx, "scale_train", "Training with 1 and 2 processes", "`dsh train --nproc 2` (torchrun, "
+                      "gloo on 127.0.0.1) against one process, the same global batch, on this 2-core machine.",
+                      ctx.default_command("scale_train.py", "--dataset", "mnist", "--epochs", "2", out=""),
+                      image=("scale_train_loss.png", "loss curves of the same training with 1 and 2 processes"))
 
 
 def scale_section(ctx: Context) -> list[str]:

@@ -72,7 +72,7 @@ def run_demo(
         for p in plot_paths:
             print_fn(f"wrote {p}")
     print_fn(f"TensorBoard logs: tensorboard --logdir {out_dir / 'tb'}")
-    index_path = _write_index(out_dir, judged.database)
+    index_path = _write_index(out_dir, judged.database, judged.model)
     print_fn(f"Search it in a browser: dsh serve --index {index_path}  (then open http://127.0.0.1:8000/; "
              f"needs dsh[serve])")
     summary = {
@@ -94,15 +94,14 @@ def run_demo(
     return summary
 
 
-def _write_index(out_dir: Path, database) -> Path:
-    """The database codes as an index beside the run, with labels and the run's model, ready for ``dsh serve``."""
-    from .encoder import Encoder
+def _write_index(out_dir: Path, database, model: dict) -> Path:
+    """The database codes as an index beside the run, with labels and the model that made them (``model``, as
+    :func:`dsh.searcher.model_record` gives it), ready for ``dsh serve``."""
     from .index import HammingIndex
-    from .searcher import model_record
 
     index = HammingIndex(database.nbits)
     index.add(database.codes, labels=database.labels, class_names=[str(c) for c in database.class_names])
-    index.metadata["model"] = model_record(Encoder.from_run(out_dir, backend="torch"))
+    index.metadata["model"] = model
     path = out_dir / "database.dshidx"
     index.save(path)
     return path

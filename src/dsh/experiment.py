@@ -27,6 +27,7 @@ class RunEvaluation:
     metrics: dict  # dsh.metrics.evaluate's result (mAP, precision within radius 2, curves)
     encode_seconds: float
     eval_seconds: float
+    model: dict  # dsh.searcher.model_record of the encoder used: what an index of these codes records
 
 
 def encode_and_evaluate(
@@ -59,4 +60,6 @@ def encode_and_evaluate(
         save_codes(Path(out_dir) / "database.npz", db)
     t0 = time.perf_counter()
     metrics = evaluate(q.codes, db.codes, q.labels, db.labels, encoder.nbits, topk=protocol_topk(protocol))
-    return RunEvaluation(q, db, metrics, encode_seconds, time.perf_counter() - t0)
+    from .searcher import model_record
+
+    return RunEvaluation(q, db, metrics, encode_seconds, time.perf_counter() - t0, model_record(encoder))

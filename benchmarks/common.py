@@ -199,49 +199,6 @@ def utc_now() -> str:
 # settings
 
 
-def coerce_setting(name: str, text: str) -> Any:
-    """``text`` as the type of TrainConfig field ``name`` (``none`` for None; ``true``/``false`` for booleans)."""
-    from dsh.config import field_types
-    from dsh.errors import ConfigError
-
-    try:
-        types, nullable = field_types(name)
-    except ConfigError as e:
-        raise DataError(f"--set {name}=...: {e}") from None
-    low = text.strip().lower()
-    if nullable and low in ("none", "null"):
-        return None
-    for typ in types:
-        if typ is bool:
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            continue
-        try:
-            return typ(text)
-        except ValueError:
-            continue
-    raise DataError(f"--set {name}={text}: not a valid {' or '.join(t.__name__ for t in types)}")
-
-
-def parse_set(items: list[str] | None, reserved: tuple[str, ...] = ()) -> dict[str, Any]:
-    """``["lr=0.01", "sampler=balanced"]`` -> ``{"lr": 0.01, "sampler": "balanced"}``, typed as TrainConfig's
-    fields. ``reserved`` fields are set by the script itself and refused here."""
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise DataError(f"--set {item}: expected key=value")
-        key, value = item.split("=", 1)
-        key = key.strip().replace("-", "_")
-        if key == "bits":
-            key = "nbits"
-        if key in reserved:
-            raise DataError(f"--set {key}=...: this script sets {key} itself (see --help)")
-        out[key] = coerce_setting(key, value)
-    return out
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # output
 
@@ -261,6 +218,53 @@ def _finite(obj: Any) -> Any:
     if isinstance(obj, (list, tuple)):
         return [_finite(v) for v in obj]
     return obj
+
+
+def recipe_name(preset: str | None) -> str:
+    return f"preset {preset}" if preset else "library defaults"
+
+
+def check_same_recipe(out: Path, preset: str | None, fresh: bool) -> None:
+    """One results folder holds one recipe: refuse (before any training) to add runs of ``preset`` to a folder
+    whose ``results.json`` holds runs of another, unless ``fresh``; their rows would be read as this one's."""
+    old = read_json(Path(out) / "results.json")
+    if old is None or fresh or not old.get("runs"):
+        return
+    others = sorted({recipe_name(r.get("preset")) for r in old["runs"]} - {recipe_name(preset)})
+    if others:
+        raise DataError(f"{out}/results.json holds runs of {', '.join(others)}, not {recipe_name(preset)}: pass "
+                        f"another --out, or --fresh to replace them")
+
+
+def run_sweep(bits: list[int], seeds: list[int], run_one: Callable[[int, int], dict],
+              save: Callable[[list[dict]], dict]) -> dict:
+    """Every (length, seed) pair in order: ``run_one(nbits, seed)`` gives its record, and ``save(records so
+    far)`` rewrites the results files after each one (so an interrupted sweep keeps what it finished). Returns the
+    last saved results."""
+    done: list[dict] = []
+    results: dict = {}
+    for nbits in dict.fromkeys(bits):
+        for seed in dict.fromkeys(seeds):
+            done.append(run_one(nbits, seed))
+            results = save(done)
+    return results
+
+
+def run_benchmark(name: str, sweep: Callable[[], tuple[Path, str, list[str]]]) -> int:
+    """A sweep script's ``main``: ``sweep()`` runs it and returns (its results folder, the Markdown table, lines
+    to print after it); a user's mistake (:class:`UserError`) is one line ``NAME: error: ...`` and status 2."""
+    from dsh.errors import UserError
+
+    try:
+        out, markdown_text, after = sweep()
+    except UserError as e:
+        print(f"{name}: error: {e}", file=sys.stderr)
+        return 2
+    print("\n" + markdown_text, flush=True)
+    print(f"wrote {Path(out) / 'results.json'} and {Path(out) / 'results.md'}")
+    for line in after:
+        print(line)
+    return 0
 
 
 def write_results(out: str | os.PathLike, stem: str, result: dict, markdown_text: str) -> None:

@@ -279,14 +279,32 @@ def remake_metrics(results_root: Path, log: Callable[[str], None] = print) -> in
 # sections
 
 
+# the CIFAR-10 results folders of benchmarks/paper_cifar10.py: (folder, heading, what it shows, its command's flags)
+CIFAR_TABLES = (
+    ("paper_cifar10", "the DSH paper's protocol, preset cifar10-cpu (airbench network)",
+     "DSH at 12, 24, 32, 48 and 64 bits, 10,000 test queries against the 50,000 training images, mAP@all, next to "
+     "the paper's figures.", ()),
+    ("paper_cifar10_cifar10-1", "DeepHash-pytorch's protocol `cifar10-1`, preset cifar10-cpu",
+     "DSH at 48 bits on DeepHash-pytorch's split, next to their DSH figure.", ("--protocol", "cifar10-1")),
+    ("paper_cifar10_paper_bn", "the DSH paper's protocol, the paper's network (preset cifar10-paper-bn-cpu)",
+     "The paper's network with batch norm at 12, 24, 36 and 48 bits.",
+     ("--preset", "cifar10-paper-bn-cpu", "--bits", "12", "24", "36", "48")),
+)
+
+
 def paper_section(ctx: Context) -> list[str]:
-    path = ctx.results / "paper_cifar10" / "results.json"
-    title = "CIFAR-10: the DSH paper's protocol"
+    out: list[str] = []
+    for folder, heading, what, flags in CIFAR_TABLES:
+        out += paper_table_section(ctx, folder, heading, what, flags) + [""]
+    return out[:-1]
+
+
+def paper_table_section(ctx: Context, folder: str, heading: str, what: str, flags: tuple[str, ...]) -> list[str]:
+    path = ctx.results / folder / "results.json"
+    title = f"CIFAR-10: {heading}"
     results = common.read_json(path)
     if not results or not results.get("runs"):
-        return not_yet_run(title, "DSH at 12, 24, 36 and 48 bits, 10,000 test queries against the 50,000 training "
-                           "images, mAP@all, next to the paper's figures.",
-                           ctx.default_command("paper_cifar10.py", out="paper_cifar10"))
+        return not_yet_run(title, what, ctx.default_command("paper_cifar10.py", *flags, out=folder))
     rows = common.sort_runs(results["runs"])
     first, base = rows[0], path.parent
     recheck = (f"dsh eval --query {ctx.rel(base / first['query_file'])} "
@@ -294,7 +312,7 @@ def paper_section(ctx: Context) -> list[str]:
     others = [f"`{Path(r['query_file']).parent.as_posix()}/`" for r in rows[1:]]
     likewise = f" (likewise in {', '.join(others)})" if others else ""
     return [
-        f"### {results['dataset']}: the DSH paper's protocol (`{results['protocol']}`)", "",
+        f"### {results['dataset']}: {heading}", "",
         paper_cifar10.describe(rows), "",
         *code_block(commands_by_row(rows)), "",
         *smoke_warning(results, rows),
@@ -320,7 +338,7 @@ def seed_recipe_lines(ctx: Context, folder: str, detail: bool) -> list[str]:
     side-by-side with the seed's table, the class hash table and the UMAP / t-SNE maps."""
     path = ctx.results / folder / "results.json"
     preset = seed_mnist.PREFERRED_PRESET if detail else None
-    title = f"MNIST: the seed experiment ({seed_mnist.recipe_name(preset)})"
+    title = f"MNIST: the seed experiment ({common.recipe_name(preset)})"
     results = common.read_json(path)
     if not results or not results.get("runs"):
         args = ["--preset", "none"] if preset is None else []
@@ -332,7 +350,7 @@ def seed_recipe_lines(ctx: Context, folder: str, detail: bool) -> list[str]:
     how = (f"`dsh train --dataset mnist --preset {preset}`" if preset
            else "`dsh train --dataset mnist` with no other setting")
     lines = [
-        f"### MNIST: the seed experiment ({seed_mnist.recipe_name(preset)})", "",
+        f"### MNIST: the seed experiment ({common.recipe_name(preset)})", "",
         f"{rows[0]['n_queries']:,} test queries against {rows[0]['n_database']:,} training images, mAP@all; "
         f"{how}; class tables on the test codes.", "",
         *code_block(commands_by_row(rows)), "",
@@ -396,6 +414,12 @@ def throughput_section(ctx: Context) -> list[str]:
                       ctx.default_command("train_throughput.py", "--threads", "2", out=""))
 
 
+def mosaic_section(ctx: Context) -> list[str]:
+    return md_section(ctx, "mosaic_mnist/results", "MNIST 2x2 mosaics: multi-label training",
+                      "DSH trained on multi-hot labels (similar = sharing a digit) and scored with the multi-label, "
+                      "tie-aware mAP@all.", ctx.default_command("mosaic_mnist.py", "--threads", "2"))
+
+
 def search_section(ctx: Context) -> list[str]:
     return md_section(ctx, "search", "Hamming search speed",
                       "`HammingIndex` (flat scan and multi-index hashing) against faiss `IndexBinaryFlat` and "
@@ -433,8 +457,9 @@ def scale_section(ctx: Context) -> list[str]:
                       ctx.default_command("scale_search.py", "--n", "1000000", "--bits", "64", out=""))
 
 
-SECTIONS: list[Callable[[Context], list[str]]] = [paper_section, seed_section, throughput_section, search_section,
-                                                  encode_section, serve_section, scale_train_section, scale_section]
+SECTIONS: list[Callable[[Context], list[str]]] = [paper_section, seed_section, mosaic_section, throughput_section,
+                                                  search_section, encode_section, serve_section, scale_train_section,
+                                                  scale_section]
 
 
 def render(ctx: Context) -> str:

@@ -35,7 +35,8 @@ from pathlib import Path
 from typing import Any
 
 import common
-from dsh.fileio import DataError
+from dsh.config import parse_assignments
+from dsh.errors import DataError
 
 SCRIPT = "benchmarks/seed_mnist.py"
 PREFERRED_PRESET = "mnist-cpu"
@@ -82,7 +83,7 @@ def resolve_settings(args: argparse.Namespace, data_root: Path, nbits: int, seed
     """The preset (none: what ``dsh train --dataset mnist`` uses) < --set < --epochs/--threads."""
     from dsh.config import resolve_config
 
-    overrides = common.parse_set(args.set, reserved=("dataset", "data_root", "nbits", "seed"))
+    overrides = parse_assignments(args.set, reserved=("dataset", "data_root", "nbits", "seed"))
     overrides.update({k: v for k, v in (("epochs", args.epochs), ("threads", args.threads)) if v is not None})
     overrides.update(dataset="mnist", data_root=str(data_root), nbits=nbits, seed=seed)
     return resolve_config(overrides, preset=args.preset)
@@ -118,7 +119,7 @@ def run_length(args: argparse.Namespace, nbits: int, seed: int, data_root: Path,
     resumed = args.resume and (run_dir / "last.pt").is_file()
     plot = args.plots and nbits in args.plot_bits and seed == 0
     started, load_start = common.utc_now(), common.load_average()
-    print(f"\n== MNIST, {nbits} bits, seed {seed}, {recipe_name(args.preset)}: model {cfg.model}, {cfg.epochs} "
+    print(f"\n== MNIST, {nbits} bits, seed {seed}, {common.recipe_name(args.preset)}: model {cfg.model}, {cfg.epochs} "
           f"epochs -> {run_dir}", flush=True)
     r = common.train_encode_evaluate(cfg, run_dir, length_dir, keep_u=plot, resume=resumed,
                                      progress=args.progress, log=lambda m: print(m, flush=True))
@@ -214,10 +215,6 @@ def map_name(figure: str) -> str:
     return {"umap": "UMAP", "tsne": "t-SNE"}.get(stem, stem)
 
 
-def recipe_name(preset: str | None) -> str:
-    return f"preset {preset}" if preset else "library defaults"
-
-
 def targets_line(r: dict, name_seed: bool = False) -> str:
     """The bars at 8 bits: with a preset, mAP >= 0.99 (the reproduction issue's); with no settings at all, the core
     issue's mAP >= 0.98 in at most 3 minutes of training; both, every class code distinct."""
@@ -241,7 +238,7 @@ def _spaced(binary: str) -> str:
 
 def markdown(results: dict[str, Any]) -> str:
     rows = common.sort_runs(results["runs"])
-    lines = [f"# The seed experiment: DSH on MNIST, {recipe_name(results.get('preset'))}", ""]
+    lines = [f"# The seed experiment: DSH on MNIST, {common.recipe_name(results.get('preset'))}", ""]
     if not results["benchmark"]:
         lines += [f"**NOT a benchmark: smoke test on a subset ({common.limits_text(rows[0]['limits'])}).**", ""]
     lines += [f"{rows[0]['n_queries']:,} test queries against {rows[0]['n_database']:,} training images, mAP@all; "
@@ -262,14 +259,6 @@ def markdown(results: dict[str, Any]) -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # results files
-
-
-def check_same_recipe(out: Path, preset: str | None, fresh: bool) -> None:
-    """Refuse to add runs of one preset to a folder that holds another's (unless ``fresh``)."""
-    old = common.read_json(out / "results.json")
-    if old is not None and not fresh and old.get("runs") and old.get("preset") != preset:
-        raise DataError(f"{out}/results.json holds runs of {recipe_name(old.get('preset'))}, not "
-                        f"{recipe_name(preset)}: pass another --out, or --fresh to replace them")
 
 
 def write_results(out: Path, runs: list[dict], fresh: bool) -> dict:
@@ -325,26 +314,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        args.preset = common.resolve_preset(args.preset, PREFERRED_PRESET)
-        limits, out = common.run_limits_and_out(args, default_out(args.preset), SMOKE_OUT)
-        check_same_recipe(out, args.preset, args.fresh)
-        data_root = find_mnist_root(args.data_root)
-        if limits:
-            data_root = common.limited_data_root("mnist", data_root, out / "_subset", args.limit_train,
-                                                 args.limit_test)
-            print(f"smoke test (NOT a benchmark): {common.limits_text(limits)} of MNIST", flush=True)
-        done: list[dict] = []
-        for n in dict.fromkeys(args.bits):
-            for seed in dict.fromkeys(args.seeds):
-                done.append(run_length(args, n, seed, data_root, out, limits))
-                results = write_results(out, done, args.fresh)
-    except DataError as e:
-        print(f"seed_mnist: error: {e}", file=sys.stderr)
-        return 2
-    print("\n" + markdown(results), flush=True)
-    print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
-    return 0
+    return common.run_benchmark("seed_mnist", lambda: sweep(args))
+
+
+def sweep(args: argparse.Namespace) -> tuple[Path, str, list[str]]:
+    args.preset = common.resolve_preset(args.preset, PREFERRED_PRESET)
+    limits, out = common.run_limits_and_out(args, default_out(args.preset), SMOKE_OUT)
+    common.check_same_recipe(out, args.preset, args.fresh)
+    data_root = find_mnist_root(args.data_root)
+    if limits:
+        data_root = common.limited_data_root("mnist", data_root, out / "_subset", args.limit_train,
+                                             args.limit_test)
+        print(f"smoke test (NOT a benchmark): {common.limits_text(limits)} of MNIST", flush=True)
+    results = common.run_sweep(args.bits, args.seeds,
+                               lambda n, seed: run_length(args, n, seed, data_root, out, limits),
+                               lambda done: write_results(out, done, args.fresh))
+    return out, markdown(results), []
 
 
 if __name__ == "__main__":

@@ -98,9 +98,11 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     assert "### MNIST: the seed experiment (preset mnist-cpu)" in text
     assert "Targets at 8 bits: mAP ≥ 0.99 — met (0.9910); every class code distinct — met." in text
     # no results files: the section says so, with the command
-    # (the sections without results files here: the defaults' seed experiment, training throughput, search, encoding
-    # throughput, serving, training with 1 and 2 processes, Milvus)
-    assert text.count("Not yet run.") == 7
+    # (the sections without results files here: CIFAR-10's cifar10-1 protocol and paper-network tables, the defaults'
+    # seed experiment, the mosaics, training throughput, search, encoding throughput, serving, training with 1 and
+    # 2 processes, Milvus)
+    assert text.count("Not yet run.") == 10
+    assert "python benchmarks/paper_cifar10.py --protocol cifar10-1 --out benchmarks/results/paper_cifar10_cifar10-1" in text
     assert "python benchmarks/seed_mnist.py --preset none --out benchmarks/results/seed_mnist_defaults" in text
     assert "python benchmarks/search.py --sizes 1000000 10000000 --bits 64 128" in text
 
@@ -127,10 +129,10 @@ def test_seed_results_folders_keep_one_recipe(tmp_path):
     with pytest.raises(common.DataError, match="unknown preset 'fast'"):
         common.resolve_preset("fast", "mnist-cpu")
     seed_mnist.write_results(tmp_path, [seed_record(8)], fresh=False)
-    seed_mnist.check_same_recipe(tmp_path, "mnist-cpu", fresh=False)
+    common.check_same_recipe(tmp_path, "mnist-cpu", fresh=False)
     with pytest.raises(common.DataError, match="holds runs of preset mnist-cpu, not library defaults"):
-        seed_mnist.check_same_recipe(tmp_path, None, fresh=False)
-    seed_mnist.check_same_recipe(tmp_path, None, fresh=True)
+        common.check_same_recipe(tmp_path, None, fresh=False)
+    common.check_same_recipe(tmp_path, None, fresh=True)
     # a later length joins the earlier one of the same recipe, another seed joins its length
     merged = seed_mnist.write_results(tmp_path, [seed_record(16)], fresh=False)
     assert [r["bits"] for r in merged["runs"]] == [8, 16] and merged["preset"] == "mnist-cpu"
@@ -201,20 +203,6 @@ def test_paper_merge_keeps_other_lengths_and_never_mixes_smoke(tmp_path):
         common.run_limits_and_out(argparse.Namespace(**{**vars(real_args), "bits": [0]}), "unused", "unused")
     with pytest.raises(common.DataError, match="--seeds"):
         common.run_limits_and_out(argparse.Namespace(**{**vars(real_args), "seeds": [0, -1]}), "unused", "unused")
-
-
-def test_parse_set_types_and_errors():
-    got = common.parse_set(["lr=0.01", "sampler=balanced", "flip=false", "crop_padding=none", "val_size=0.1",
-                            "epochs=3", "bits=16"])
-    assert got == {"lr": 0.01, "sampler": "balanced", "flip": False, "crop_padding": None, "val_size": 0.1,
-                   "epochs": 3, "nbits": 16}
-    assert isinstance(common.parse_set(["val_size=500"])["val_size"], int)
-    with pytest.raises(common.DataError, match="unknown setting"):
-        common.parse_set(["no_such_thing=1"])
-    with pytest.raises(common.DataError, match="not a valid int"):
-        common.parse_set(["epochs=many"])
-    with pytest.raises(common.DataError, match="sets dataset itself"):
-        common.parse_set(["dataset=mnist"], reserved=("dataset",))
 
 
 def test_limited_folder_subset_is_stratified_links(tmp_path, image_tree_writer):
@@ -290,3 +278,45 @@ def test_encode_throughput_smoke_on_a_subset(tmp_path, shared_data, monkeypatch,
     capsys.readouterr()
     assert encode_throughput.main(["--smoke", "--out", str(out)]) == 2
     assert "holds benchmark results" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("model", ["paper", "airbench"])
+def test_train_throughput_times_the_step_dsh_train_runs(tmp_path, model):
+    """train_throughput.py measures dsh.train's own step: one epoch of its timed steps gives, step for step, the
+    loss `dsh train` logs for that epoch with the same settings and seed (optimizer, schedule and all)."""
+    import train_throughput
+
+    from dsh.config import TrainConfig
+    from dsh.train import train
+
+    settings = dict(dataset="digits", model=model, nbits=8, epochs=1, batch_size=64, tensorboard=False, seed=3)
+    if model == "airbench":
+        settings.update(width=4, optimizer="sgd", lr=0.05)
+    cfg = TrainConfig(**settings).validate()
+    result = train(cfg, tmp_path / "run", progress=False, log=lambda m: None)
+    n = json.loads((tmp_path / "run" / "summary.json").read_text())["images_seen"] // cfg.batch_size  # its steps
+    measured = train_throughput.measure(cfg, steps=n - 2, warmup=2)
+    assert measured["steps"] == n - 2 and len(measured["losses"]) == n
+    assert sum(measured["losses"]) / n == pytest.approx(result.history[0]["loss_total"], rel=1e-9, abs=1e-12)
+    assert measured["images_per_s_median"] > 0
+
+
+def test_mosaic_benchmark_smoke(tmp_path, shared_data):
+    """mosaic_mnist.py end to end on a small mosaic set of its own: multi-label training, encoding and the
+    multi-label mAP, written as a smoke test (never as benchmark results)."""
+    import mosaic_mnist
+
+    from dsh.codefile import load_codes
+    from dsh.metrics import mean_average_precision
+
+    out = tmp_path / "out"
+    assert mosaic_mnist.main(["--bits", "8", "--limit-train", "300", "--limit-test", "40", "--set", "epochs=1",
+                              "--mnist", str(shared_data), "--mosaic", str(tmp_path / "unused"),
+                              "--out", str(out), "--threads", "2"]) == 0
+    results = json.loads((out / "results.json").read_text())
+    [row] = results["runs"]
+    assert results["benchmark"] is False and row["n_queries"] == 40 and row["n_database"] == 400
+    q, db = load_codes(out / "bits8" / "query.npz"), load_codes(out / "bits8" / "database.npz")
+    assert q.labels.ndim == 2 and q.labels.shape[1] == 10  # multi-hot rows
+    assert row["map"] == pytest.approx(mean_average_precision(q.codes, db.codes, q.labels, db.labels, 8), abs=1e-12)
+    assert not (tmp_path / "unused").exists()  # a smoke test writes its own small set

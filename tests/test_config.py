@@ -21,7 +21,7 @@ def test_precedence_and_errors(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"lr": 0.5, "epochs": 3, "bits": 16}))
     cfg = resolve_config({"epochs": 7, "lr": None}, config_file=f, preset="cifar10-cpu")
-    assert (cfg.lr, cfg.epochs, cfg.nbits, cfg.model) == (0.5, 7, 16, "paper-bn")  # flag > file > preset
+    assert (cfg.lr, cfg.epochs, cfg.nbits, cfg.model) == (0.5, 7, 16, "airbench")  # flag > file > preset
     y = tmp_path / "c.yaml"
     y.write_text("optimizer: sgd\nmomentum: 0.8\n")
     assert resolve_config(config_file=y).optimizer == "sgd"
@@ -54,6 +54,8 @@ def test_precedence_and_errors(tmp_path):
     ({"momentum": 1.5}, "momentum"),
     ({"val_size": -3}, "val_size"),
     ({"model": 3}, "model (--model) must be str"),
+    ({"width": 0}, "width (--width) must be between 1 and 4096"),
+    ({"tta_flip": "yes"}, "tta_flip (--tta-flip) must be bool"),
 ])
 def test_every_setting_is_checked_by_type_and_range(settings, needle):
     from dsh.config import TrainConfig
@@ -69,3 +71,47 @@ def test_valid_values_of_every_kind_pass():
     cfg = TrainConfig.from_dict({"val_size": 0.1, "margin": 16, "threads": 2, "crop_padding": 0, "lr": 1,
                                  "tensorboard": False}).validate()
     assert cfg.margin == 16 and cfg.lr == 1
+
+
+def test_settings_from_text_types_and_errors():
+    """One reading of settings from text (dsh train's flags, the benchmarks' --set, aliases from one table)."""
+    from dsh.config import parse_assignments, parse_value
+
+    got = parse_assignments(["lr=0.01", "sampler=balanced", "flip=false", "crop_padding=none", "val_size=0.1",
+                             "epochs=3", "bits=16", "batch-size=64"])
+    assert got == {"lr": 0.01, "sampler": "balanced", "flip": False, "crop_padding": None, "val_size": 0.1,
+                   "epochs": 3, "nbits": 16, "batch_size": 64}
+    assert isinstance(parse_assignments(["val_size=500"])["val_size"], int)
+    assert parse_value("tta_flip", "yes") is True and parse_value("width", "none") is None
+    with pytest.raises(ConfigError, match="unknown setting"):
+        parse_assignments(["no_such_thing=1"])
+    with pytest.raises(ConfigError, match=r"--set epochs=many: epochs \(--epochs\) must be int"):
+        parse_assignments(["epochs=many"])
+    with pytest.raises(ConfigError, match="sets dataset itself"):
+        parse_assignments(["dataset=mnist"], reserved=("dataset",))
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_assignments(["lr"])
+
+
+def test_the_command_line_reads_settings_as_the_config_module_does(capsys):
+    """dsh train's flags come from the TrainConfig fields: every field has a flag with its help, the alias table's
+    names work, and a bad value is one line naming the setting."""
+    import dataclasses
+
+    from dsh.cli import build_parser, main
+    from dsh.config import ALIASES, TrainConfig, choices_of, help_of
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    by_dest = {a.dest: a for a in train._actions}
+    for f in dataclasses.fields(TrainConfig):
+        action = by_dest[f.name]
+        assert help_of(f.name) in action.help
+        if choices_of(f.name):
+            assert ", ".join(choices_of(f.name)) in action.help
+    for alias, name in ALIASES.items():
+        assert "--" + alias in by_dest[name].option_strings
+    args = train.parse_args(["--out", "x", "--bits", "16", "--val-size", "0.25", "--crop-padding", "none"])
+    assert (args.nbits, args.val_size, args.crop_padding) == (16, 0.25, None)
+    assert main(["train", "--out", "x", "--epochs", "many"]) == 2
+    err = capsys.readouterr().err
+    assert "epochs (--epochs) must be int" in err and err.count("\n") == 1

@@ -23,9 +23,17 @@ from dsh.metrics import (
     precision_at_k,
     precision_at_radius,
     recall_at_radius,
-    relevance,
 )
 from dsh.plots import plot_pr_curve, plot_precision_at_k, save_curves_json
+
+
+def relevance(q_labels, db_labels) -> np.ndarray:
+    """The reference from the definition: ``bool[nq, n]``, equal class ids (``int[n]``) or at least one shared
+    label (multi-hot ``[n, C]``)."""
+    q, db = np.asarray(q_labels), np.asarray(db_labels)
+    if q.ndim == 1:
+        return q[:, None] == db[None, :]
+    return ((q[:, None, :] != 0) & (db[None, :, :] != 0)).any(axis=2)
 
 
 def codes8(*values: int) -> np.ndarray:

@@ -207,6 +207,26 @@ def test_airbench_config_round_trip():
     assert again.groups[2][0].out_channels == 192 and again.whiten.out_channels == 24
 
 
+def test_a_base_width_sets_every_group_and_models_without_one_refuse_it():
+    model = create_model("airbench", 8, 3, 32, width=12)  # the recipe's 1:4:4 ratio
+    assert [g[0].out_channels for g in model.groups] == [12, 48, 48]
+    again = create_model(**model.config)  # the checkpoint's record rebuilds the same network
+    assert {k: v.shape for k, v in again.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match="model 'paper' has no setting width"):
+        create_model("paper", 8, 1, 28, width=12)
+
+
+def test_training_builds_the_width_it_is_given(tmp_path):
+    from dsh.checkpoint import load_model
+    from dsh.config import TrainConfig
+    from dsh.train import train
+
+    train(TrainConfig(dataset="digits", model="airbench", width=4, nbits=8, epochs=1, batch_size=64,
+                      tensorboard=False), tmp_path, progress=False, log=lambda m: None)
+    model = load_model(tmp_path / "best.pt").model
+    assert [g[0].out_channels for g in model.groups] == [4, 16, 16]
+
+
 def test_airbench_whitening_init_whitens_patches():
     from dsh.data import Normalizer
 

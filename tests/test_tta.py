@@ -105,3 +105,85 @@ def test_airbench_onnx_and_torch_agree_with_and_without_tta(tmp_path, widths):
     export_model(tmp_path, tmp_path / "m.onnx", tta_flip=True)
     np.testing.assert_allclose(Encoder.from_file(tmp_path / "m.onnx").encode_array(images).u, t, atol=U_TOLERANCE,
                                rtol=0)
+
+
+@pytest.fixture(scope="module")
+def tta_run(tmp_path_factory):
+    """A short digits run trained with the ``tta_flip`` setting: validation chose its best epoch on TTA codes."""
+    from dsh.config import TrainConfig
+    from dsh.train import train
+
+    out = tmp_path_factory.mktemp("tta-run") / "run"
+    train(TrainConfig(dataset="digits", nbits=8, epochs=2, batch_size=64, tensorboard=False, tta_flip=True), out,
+          progress=False, log=lambda m: None)
+    return out
+
+
+def test_a_run_trained_with_tta_encodes_with_it_by_default(tta_run, images, tmp_path):
+    from dsh.export import export_model
+
+    default = Encoder.from_run(tta_run, backend="torch")
+    plain = Encoder.from_run(tta_run, backend="torch", tta_flip=False)  # a plain model can still be asked for
+    assert default.tta_flip and not plain.tta_flip
+    mirrored = plain.encode_array(images[..., ::-1].copy()).u
+    np.testing.assert_allclose(default.encode_array(images).u, (plain.encode_array(images).u + mirrored) / 2,
+                               atol=1e-6, rtol=0)
+    assert default.fingerprint == tta_flip_fingerprint(plain.fingerprint)
+    # the ONNX export folds it into the graph unless told not to; a safetensors file's encoder applies it
+    info = export_model(tta_run, tmp_path / "m.onnx")
+    assert info.tta_flip and info.fingerprint == default.fingerprint
+    np.testing.assert_allclose(Encoder.from_file(tmp_path / "m.onnx").encode_array(images).u,
+                               default.encode_array(images).u, atol=U_TOLERANCE, rtol=0)
+    assert not export_model(tta_run, tmp_path / "plain.onnx", tta_flip=False).tta_flip
+    export_model(tta_run, tmp_path / "w.safetensors")
+    assert Encoder.from_file(tmp_path / "w.safetensors", backend="torch").fingerprint == default.fingerprint
+
+
+def test_validation_with_tta_scores_the_mean_codes(tta_run):
+    """The setting reaches validation: the recorded best val mAP is that of TTA codes, not the plain model's."""
+    import torch
+
+    from dsh.checkpoint import load_model
+    from dsh.codes import codes_from_u
+    from dsh.metrics import mean_average_precision
+    from dsh.splits import load_parts
+    from dsh.train import validation_map
+
+    loaded = load_model(tta_run / "best.pt")
+    model = loaded.model.to(memory_format=torch.channels_last)  # as it was trained (channels_last)
+    (val,) = load_parts("digits", ("val",), seed=0)
+    got, u = validation_map(model, val.images, val.labels, loaded.normalizer, "cpu", channels_last=True,
+                            tta_flip=True)
+    with torch.no_grad():
+        x = loaded.normalizer(val.images)
+        mean = ((model.eval()(x) + model(torch.flip(x, dims=(3,)))) / 2).numpy()
+    np.testing.assert_allclose(u, mean, atol=1e-5, rtol=0)  # validation scored the mean of image and mirror
+    labels = val.labels.numpy()
+    order = np.random.default_rng(0).permutation(len(labels))  # validation_map's two halves
+    q, db = order[: len(order) // 2], order[len(order) // 2 :]
+    codes = codes_from_u(u)
+    assert got == pytest.approx(mean_average_precision(codes[q], codes[db], labels[q], labels[db], nbits=8), abs=1e-9)
+    # the figure training recorded for its best epoch is this one (a u within 1e-6 of 0 could flip one bit)
+    summary = json.loads((tta_run / "summary.json").read_text())
+    assert got == pytest.approx(summary["best_val_map"], abs=5e-3)
+
+
+def test_cli_tta_flag_overrides_the_run(tta_run, tmp_path):
+    from dsh.cli import main
+
+    assert main(["export", "--run", str(tta_run), "--out", str(tmp_path / "p.onnx"), "--no-tta-flip"]) == 0
+    assert not Encoder.from_file(tmp_path / "p.onnx", tta_flip=False).tta_flip
+    assert main(["encode", "--run", str(tta_run), "--out", str(tmp_path / "a.npz"), "--quiet", "--backend",
+                 "torch"]) == 0
+    assert main(["encode", "--run", str(tta_run), "--out", str(tmp_path / "b.npz"), "--quiet", "--backend",
+                 "torch", "--no-tta-flip"]) == 0
+    from dsh.codefile import load_codes
+
+    a, b = load_codes(tmp_path / "a.npz"), load_codes(tmp_path / "b.npz")
+    expected_a = Encoder.from_run(tta_run, backend="torch")
+    expected_b = Encoder.from_run(tta_run, backend="torch", tta_flip=False)
+    from dsh.splits import load_part
+
+    test = load_part("digits", "test", seed=0).images.numpy()
+    np.testing.assert_array_equal(a.codes, expected_a.encode_array(test).codes)
+    np.testing.assert_array_equal(b.codes, expected_b.encode_array(test).codes)

@@ -23,33 +23,40 @@ from .errors import DataError, UserError, one_line
 # train
 
 
-def _int_or_float(text: str) -> int | float:
-    try:
-        return int(text)
-    except ValueError:
-        return float(text)
+def _setting_parser(name: str):
+    """The argparse ``type`` of setting ``name``: :func:`dsh.config.parse_value`, its error as argparse's."""
 
+    def parse(text: str):
+        try:
+            return config_mod.parse_value(name, text)
+        except config_mod.ConfigError as e:
+            raise argparse.ArgumentTypeError(str(e)) from None
 
-def _train_flag_type(f: dataclasses.Field):
-    """The argparse type of a TrainConfig field, from its annotation (``int | None`` -> int)."""
-    kinds, _ = config_mod.field_types(f.name)
-    return _int_or_float if set(kinds) == {int, float} else kinds[0]
+    return parse
 
 
 def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training settings (defaults from dsh.config.TrainConfig; a --config file overrides "
                              "defaults, flags override the file)")
+    aliases: dict[str, list[str]] = {}
+    for alias, name in config_mod.ALIASES.items():
+        aliases.setdefault(name, []).append("--" + alias.replace("_", "-"))
     for f in dataclasses.fields(config_mod.TrainConfig):
-        flag = "--" + f.name.replace("_", "-")
-        names = [flag, "--bits"] if f.name == "nbits" else [flag]
-        typ = _train_flag_type(f)
-        text = config_mod.FIELD_HELP.get(f.name, "")
-        default_text = text if "default" in text else f"{text} (default: {f.default})".lstrip()
-        if typ is bool:
-            g.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
-                           help=default_text)
+        names = ["--" + f.name.replace("_", "-"), *aliases.get(f.name, [])]
+        text = config_mod.help_of(f.name)
+        try:
+            choices = config_mod.choices_of(f.name)
+        except ModuleNotFoundError:  # the model and dataset registries import torch: without dsh[train] no list
+            choices = None
+        if choices is not None:
+            text = f"{text}: {', '.join(choices)}"
+        text = text if "default" in text else f"{text} (default: {f.default})"
+        kinds, _ = config_mod.field_types(f.name)
+        if kinds == [bool]:
+            g.add_argument(*names, dest=f.name, action=argparse.BooleanOptionalAction, default=None, help=text)
         else:
-            g.add_argument(*names, dest=f.name, type=typ, default=None, metavar=f.name.upper(), help=default_text)
+            g.add_argument(*names, dest=f.name, type=_setting_parser(f.name), default=None,
+                           metavar=f.name.upper(), help=text)
 
 
 def _train_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -94,7 +101,7 @@ def _encoder(args: argparse.Namespace):
 
     source = getattr(args, "model", None) or args.run
     return Encoder.from_file(source, backend=args.backend, threads=args.threads, batch_size=args.batch_size,
-                             workers=args.workers, resize=args.resize)
+                             workers=args.workers, resize=args.resize, tta_flip=args.tta_flip)
 
 
 def _split_images(args: argparse.Namespace, encoder):
@@ -102,19 +109,20 @@ def _split_images(args: argparse.Namespace, encoder):
     The dataset and its settings default to those the model was trained with."""
     from .splits import load_part
 
-    cfg = encoder.info.train_config
-    dataset = args.dataset or cfg.get("dataset")
+    cfg = encoder.info.settings(encoder.source)
+    dataset = args.dataset or (cfg.dataset if cfg else None)
     if dataset is None:
         raise DataError(f"{encoder.source} does not say which dataset it was trained on: pass --dataset")
-    same_dataset = dataset == cfg.get("dataset")
-    data_root = args.data_root or (cfg.get("data_root") if same_dataset else None)
-    # the run's protocol by default, so `--split query` / `--split database` follow what the run trained on
-    protocol = args.protocol if args.protocol is not None else (cfg.get("protocol") if same_dataset else None)
-    if protocol == "none":
-        protocol = None
-    s = load_part(dataset, args.split, protocol=protocol, protocol_seed=int(cfg.get("protocol_seed", 0)),
-                  data_root=data_root, val_size=cfg.get("val_size"), seed=int(cfg.get("seed", 0)),
-                  download=not args.no_download, image_size=cfg.get("image_size"))
+    # the run's images by default (its data root, protocol, validation carve), so `--split query` / `--split
+    # database` follow what the run trained on; another dataset gets only its own defaults
+    same_dataset = cfg is not None and dataset == cfg.dataset
+    options = cfg.data_options() if same_dataset else {}
+    if args.data_root:
+        options["data_root"] = args.data_root
+    if args.protocol is not None:
+        options["protocol"] = None if args.protocol == "none" else args.protocol
+    options["download"] = not args.no_download
+    s = load_part(dataset, args.split, **options)
     return s.images.numpy(), s.labels.numpy(), list(s.class_names), s.paths
 
 
@@ -153,7 +161,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from .export import export_model
 
-    info = export_model(args.run, args.out, fmt=args.format, opset=args.opset)
+    info = export_model(args.run, args.out, fmt=args.format, opset=args.opset, tta_flip=args.tta_flip)
     c, h, w = info.input_shape
     print(f"wrote {args.out}: uint8 images [N, {c}, {h}, {w}] -> u float32[N, {info.nbits}], "
           f"fingerprint {info.fingerprint[:12]}")
@@ -417,7 +425,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             where = str(index)
         searcher = Searcher.open(index if milvus else args.index, model=args.model or args.run, force=args.force,
                                  backend=args.backend, threads=args.threads, batch_size=args.batch_size,
-                                 workers=args.workers, resize=args.resize)
+                                 workers=args.workers, resize=args.resize, tta_flip=args.tta_flip)
         k = None if args.radius is not None else args.k
         if args.hex is not None:
             names = [f"0x{h}" for h in args.hex]
@@ -470,7 +478,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise DataError(f"--map {args.map}: no such image file")
     token = args.token or os.environ.get("DSH_TOKEN") or None
     searcher = Searcher.open(args.index, model=args.model or args.run, force=args.force, backend=args.backend,
-                             threads=args.threads, batch_size=args.batch_size, workers=1, resize=args.resize)
+                             threads=args.threads, batch_size=args.batch_size, workers=1, resize=args.resize,
+                             tta_flip=args.tta_flip)
     map_image = args.map
     if map_image is None and args.run and (Path(args.run) / "plots" / "umap.png").is_file():
         map_image = str(Path(args.run) / "plots" / "umap.png")
@@ -498,8 +507,8 @@ def _add_data_source(p: argparse.ArgumentParser, images_help: str) -> None:
     p.add_argument("--data-root", help="dataset folder (default: the run's, else $DSH_DATA)")
     p.add_argument("--split", default="test", choices=("train", "val", "fit", "test", "query", "database"),
                    help="which split to encode (default: test); query/database are a protocol's parts")
-    p.add_argument("--protocol", help="a named protocol (dsh-paper, cifar10, cifar10-1, cifar10-2; default: the "
-                   "run's, 'none' for the dataset's own splits)")
+    p.add_argument("--protocol", choices=[*config_mod.choices_of("protocol"), "none"],
+                   help="a named protocol (default: the run's; 'none' for the dataset's own splits)")
     p.add_argument("--images", help=images_help)
     p.add_argument("--no-download", action="store_true", help="never try to download a missing dataset")
 
@@ -524,6 +533,9 @@ def _add_encoder_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--resize", action=argparse.BooleanOptionalAction, default=True,
                    help="scale images of another size to the trained size (cover, then centre-crop; default); "
                         "--no-resize refuses them")
+    g.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="flip test-time augmentation: u is the mean over each image and its mirror (default: as the "
+                        "run was trained, its tta_flip setting; an ONNX export made with it always has it)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -574,13 +586,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="MODEL.onnx or MODEL.safetensors")
     p.add_argument("--format", choices=("onnx", "safetensors"), help="default: from the suffix of --out")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
+    p.add_argument("--tta-flip", action=argparse.BooleanOptionalAction, default=None,
+                   help="fold flip test-time augmentation into the ONNX graph (default: as the run was trained, "
+                        "its tta_flip setting; safetensors never holds it: its encoder applies the run's setting)")
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("eval", help="retrieval quality of query codes against database codes")
     p.add_argument("--query", required=True, help="query .npz (from dsh encode)")
     p.add_argument("--database", required=True, help="database .npz")
     p.add_argument("--topk", type=int, help="also report mAP@K")
-    p.add_argument("--protocol", help="report the mAP cut-off of this protocol (e.g. cifar10: mAP@54000)")
+    p.add_argument("--protocol", choices=config_mod.choices_of("protocol"),
+                   help="report the mAP cut-off of this protocol (e.g. cifar10: mAP@54000)")
     p.add_argument("--radius", type=int, default=2, help="Hamming radius for precision within radius (default 2)")
     p.add_argument("--ties", choices=("expected", "position"), default="expected",
                    help="items at equal Hamming distance: 'expected' (default) reports mAP, mAP@K and precision@k "

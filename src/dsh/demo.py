@@ -10,16 +10,11 @@ import json
 import time
 from pathlib import Path
 
-from .config import PRESETS, TrainConfig
+from .config import resolve_config
 from .fileio import atomic_write
 
-# Per-dataset demo settings. digits has ~1,300 training images, so it needs many short epochs (100 x 20 steps
-# of 64 images, ~15 s; 40 epochs stopped near 0.84 test mAP, lr 3e-3 was unstable). MNIST uses the preset that
-# takes 8-bit codes past 0.99 mAP (benchmarks/seed_mnist.py); the plain defaults stop near 0.983.
-DEMO_SETTINGS = {
-    "digits": dict(epochs=100, batch_size=64),
-    "mnist": dict(PRESETS["mnist-cpu"]),
-}
+# The preset (dsh.config.PRESETS) each dataset's demo trains with; reasons beside the presets.
+DEMO_PRESETS = {"digits": "digits-demo", "mnist": "mnist-cpu"}
 
 
 def run_demo(
@@ -38,10 +33,8 @@ def run_demo(
     from .train import train
 
     out_dir = Path(out)
-    settings = dict(DEMO_SETTINGS.get(dataset, {}))
-    if epochs is not None:
-        settings["epochs"] = epochs
-    cfg = TrainConfig(dataset=dataset, data_root=data_root, nbits=nbits, **settings).validate()
+    cfg = resolve_config({"dataset": dataset, "data_root": data_root, "nbits": nbits, "epochs": epochs},
+                         preset=DEMO_PRESETS.get(dataset))
     if (out_dir / "last.pt").exists():
         # a demo is a fresh experiment each time: keep the old one beside it instead of overwriting
         stamp = time.strftime("%Y%m%d-%H%M%S")

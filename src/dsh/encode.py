@@ -17,8 +17,10 @@ def compute_u(
     device: torch.device | str = "cpu",
     channels_last: bool = True,
     progress: bool = False,
+    tta_flip: bool = False,
 ) -> np.ndarray:
-    """``uint8[N, C, H, W]`` images -> ``float32[N, nbits]`` outputs ``u``, in eval mode, batch by batch."""
+    """``uint8[N, C, H, W]`` images -> ``float32[N, nbits]`` outputs ``u``, in eval mode, batch by batch;
+    ``tta_flip``: the mean of ``u`` of each image and of its horizontal mirror (as :class:`dsh.encoder.Encoder`)."""
     was_training = model.training
     model.eval()
     out = []
@@ -32,7 +34,10 @@ def compute_u(
             x = normalizer(images[start : start + batch_size].to(device))
             if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            out.append(model(x).float().cpu())
+            u = model(x).float()
+            if tta_flip:
+                u = (u + model(torch.flip(x, dims=(3,))).float()) * 0.5
+            out.append(u.cpu())
     finally:
         model.train(was_training)
     if not out:

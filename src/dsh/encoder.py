@@ -63,7 +63,7 @@ class Encoder:
     ``tta_flip``: flip test-time augmentation: ``u`` is ``(u(x) + u(x[..., ::-1])) * 0.5``, the mean of the
     outputs for each image and its horizontal mirror, on every encode path and either runtime (twice the network
     time). ``None`` (default): as the model file says (an ONNX export made with ``tta_flip=True`` has it in its
-    graph, and then it cannot be turned off). With it, :attr:`fingerprint` is
+    graph, and then it cannot be turned off), else as the run was trained (its ``tta_flip`` setting). With it, :attr:`fingerprint` is
     :func:`dsh.modelinfo.tta_flip_fingerprint` of the weights' (the codes differ from the plain model's).
     """
 
@@ -82,6 +82,9 @@ class Encoder:
         if tta_flip is False and info.tta_flip:
             raise InputError(f"{source}: flip test-time augmentation is part of this model's graph (exported with "
                              f"tta_flip); it cannot be turned off here (export the model again without it)")
+        if tta_flip is None:  # a run trained with tta_flip chose its best epoch on codes made so: encode alike
+            settings = info.settings(source)
+            tta_flip = bool(settings and settings.tta_flip)
         self.tta_flip = bool(info.tta_flip or tta_flip)
         self._flip_here = self.tta_flip and not info.tta_flip  # the graph does not do it itself
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from .codefile import CodeFile, save_codes
 from .encoder import Encoder
+from .errors import DataError
 from .metrics import evaluate
 from .splits import load_parts, protocol_topk
 
@@ -40,15 +41,17 @@ def encode_and_evaluate(
     protocol's cut-off, precision within radius 2, curves). With ``out_dir``, write ``query.npz`` and
     ``database.npz`` there; ``keep_u`` keeps the query's real outputs ``u`` (float32[n, nbits]) for maps."""
     encoder = Encoder.from_run(run_dir)
-    cfg = encoder.info.train_config
-    protocol = cfg.get("protocol")
-    common = dict(protocol=protocol, protocol_seed=int(cfg.get("protocol_seed", 0)),
-                  data_root=data_root or cfg.get("data_root"), val_size=cfg.get("val_size"),
-                  seed=int(cfg.get("seed", 0)), download=False, image_size=cfg.get("image_size"))
-    own_database = str(cfg["dataset"]).lower() == "list"  # multi-label lists have their own database.txt
+    cfg = encoder.info.settings(encoder.source)
+    if cfg is None:
+        raise DataError(f"{encoder.source}: the model records no training settings, so its test images are unknown")
+    options = {**cfg.data_options(), "download": False}
+    if data_root is not None:
+        options["data_root"] = data_root
+    protocol = cfg.protocol
+    own_database = cfg.dataset.lower() == "list"  # multi-label lists have their own database.txt
     parts = ("query", "database") if protocol else ("test", "database") if own_database else ("test", "train")
     t0 = time.perf_counter()
-    query, database = load_parts(cfg["dataset"], parts, **common)
+    query, database = load_parts(cfg.dataset, parts, **options)
     q_u, q_codes = encoder.encode_array(query.images.numpy())
     db_codes = encoder.encode_array(database.images.numpy()).codes
     encode_seconds = time.perf_counter() - t0

@@ -123,7 +123,7 @@ def check_onnx_matches(data: bytes, model: nn.Module, normalizer, input_shape, n
 
 
 def export_model(source: str | os.PathLike, out: str | os.PathLike, fmt: str | None = None,
-                 opset: int = DEFAULT_OPSET, tta_flip: bool = False) -> ModelInfo:
+                 opset: int = DEFAULT_OPSET, tta_flip: bool | None = None) -> ModelInfo:
     """Write the model of ``source`` (a run folder, a checkpoint or a safetensors file) to ``out`` as ``fmt``
     (``"onnx"`` or ``"safetensors"``; default: from ``out``'s suffix), atomically. Returns what it wrote.
 
@@ -134,6 +134,8 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, fmt: str | N
     ``tta_flip`` (ONNX only): the graph returns the mean of ``u`` of each image and of its horizontal mirror; the
     JSON then says ``"tta_flip": true`` and carries :func:`dsh.modelinfo.tta_flip_fingerprint` of the weights'
     fingerprint (the codes differ from the plain model's, so an index of one refuses queries of the other).
+    ``None`` (default): as the run was trained (its ``tta_flip`` setting) for ONNX; a safetensors file keeps the
+    run's settings, so its encoder applies them.
     """
     out = Path(out)
     fmt = fmt or out.suffix.lower().lstrip(".")
@@ -147,6 +149,9 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, fmt: str | N
         raise InputError(f"{out}: flip TTA is folded into ONNX graphs only; a {fmt} file holds weights (encode "
                          f"it with Encoder(..., tta_flip=True))")
     loaded, info = load_torch(source)
+    if tta_flip is None:
+        settings = info.settings(str(source))
+        tta_flip = fmt == "onnx" and bool(settings and settings.tta_flip)
     if fmt == "onnx":
         if tta_flip:
             info = dataclasses.replace(info, tta_flip=True, fingerprint=tta_flip_fingerprint(info.fingerprint))

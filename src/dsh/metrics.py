@@ -8,7 +8,6 @@ Conventions (the ones the field uses, made exact):
 - **Relevance.** Labels are either class ids, ``int[n]`` (a database item is relevant to a query iff the ids are
   equal), or multi-hot rows, ``uint8/bool[n, C]`` with values 0/1 (relevant iff the two rows share at least one
   label; a one-hot row therefore behaves like a class id). Queries and database use the same kind.
-  :func:`relevance` gives the ``bool[nq, n]`` matrix; everything below uses the same definition.
 - **Ties.** Hamming distances take only ``nbits + 1`` values, so most items of a ranking tie with others, and
   *how* ties are ordered moves every rank-based figure. Every function takes ``ties``:
 
@@ -95,7 +94,6 @@ from .codes import check_codes
 __all__ = [
     "DEFAULT_KS",
     "TIES",
-    "relevance",
     "average_precision",
     "mean_average_precision",
     "precision_at_k",
@@ -466,15 +464,6 @@ def _check_radius(radius) -> int:
 
 # ----------------------------------------------------------------------------------------------------------------
 # public functions
-
-
-def relevance(q_labels, db_labels) -> np.ndarray:
-    """``bool[nq, n]``: equal class ids (``int[n]`` labels) or at least one shared label (multi-hot ``[n, C]``)."""
-    q_labels, db_labels = np.asarray(q_labels), np.asarray(db_labels)
-    qlab, dblab, multi = _encode_labels(q_labels, db_labels, len(q_labels), len(db_labels))
-    if not multi:
-        return qlab[:, 0, None] == dblab[None, :, 0]
-    return np.any((qlab[:, None, :] & dblab[None, :, :]) != 0, axis=2)
 
 
 def average_precision(

@@ -55,6 +55,14 @@ class ModelInfo:
     epoch: int = 0
     tta_flip: bool = False
 
+    def settings(self, source: str = "the model file"):
+        """The run's training settings as a :class:`dsh.config.TrainConfig`, or ``None`` where the file records
+        none (a model not trained by ``dsh train``). A setting this version does not know is left out; one the
+        file lacks (an older dsh) takes today's default."""
+        from .config import TrainConfig
+
+        return TrainConfig.from_record(self.train_config, source) if self.train_config else None
+
     def to_json(self) -> str:
         from . import __version__
 

@@ -26,6 +26,7 @@ This module does not import the rest of :mod:`dsh`'s training side (data, loss, 
 
 from __future__ import annotations
 
+import inspect
 import numbers
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -89,6 +90,11 @@ def create_model(
     h, w = _as_hw(image_size)
     # builders and model.config get a plain int for square images (the common case), (H, W) otherwise
     nbits, in_channels = int(nbits), int(in_channels)
+    accepted = inspect.signature(_REGISTRY[name]).parameters
+    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
+        unknown = sorted(set(kwargs) - set(accepted))
+        if unknown:
+            raise InputError(f"model {name!r} has no setting {', '.join(unknown)}")
     model = _REGISTRY[name](nbits, in_channels, h if h == w else (h, w), **kwargs)
     image_size = h if h == w else [h, w]
     config = {k: v for k, v in kwargs.items() if k != "weights_path"}
@@ -455,5 +461,10 @@ class AirbenchNet(nn.Module):
 
 
 @register_model("airbench")
-def _airbench(nbits: int, in_channels: int, image_size, widths: tuple[int, ...] = (64, 256, 256)) -> nn.Module:
+def _airbench(nbits: int, in_channels: int, image_size, widths: tuple[int, ...] = (64, 256, 256),
+              width: int | None = None) -> nn.Module:
+    """``width``: the first group's channels, the other two get 4x (``width=48``: 48/192/192); wins over
+    ``widths``."""
+    if width is not None:
+        widths = (int(width), 4 * int(width), 4 * int(width))
     return AirbenchNet(nbits, in_channels, image_size, widths=tuple(widths))

@@ -34,7 +34,7 @@ from .codes import codes_from_u, to_hex
 from .config import TrainConfig, save_config
 from .data import BatchLoader, Normalizer, default_augment
 from .encode import encode_images
-from .errors import DataError, ModelFileError, TrainingError, one_line
+from .errors import ConfigError, DataError, ModelFileError, TrainingError, one_line
 from .fileio import atomic_write
 from .loss import DSHLoss
 from .metrics import mean_average_precision
@@ -65,6 +65,11 @@ def resolve_device(prefer: str = "auto") -> torch.device:
     if prefer == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(prefer)
+
+
+def model_options(cfg: TrainConfig) -> dict[str, Any]:
+    """The model builder's keyword settings that a config sets (today only ``width``)."""
+    return {} if cfg.width is None else {"width": cfg.width}
 
 
 def seed_everything(seed: int) -> None:
@@ -138,14 +143,15 @@ def autocast_for(cfg: TrainConfig, device: torch.device):
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def validation_map(model, val_images, val_labels, normalizer, device, channels_last: bool):
+def validation_map(model, val_images, val_labels, normalizer, device, channels_last: bool, tta_flip: bool = False):
     """mAP@all of the validation split against itself, split in two random halves (queries / database).
 
     Two disjoint halves keep a query from finding itself at distance 0, which would inflate the figure. The halves
     are drawn at random (fixed seed) because a split can be stored class by class (image folders are), and
     first-half / second-half would then share no class at all. Returns ``(map, u)``, ``u`` float32[n_val, nbits].
     """
-    u, codes = encode_images(model, val_images, normalizer, device=device, channels_last=channels_last)
+    u, codes = encode_images(model, val_images, normalizer, device=device, channels_last=channels_last,
+                             tta_flip=tta_flip)
     labels = val_labels.numpy()
     order = np.random.default_rng(0).permutation(codes.shape[0])
     q, db = order[: len(order) // 2], order[len(order) // 2 :]
@@ -231,12 +237,11 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], No
     device = ctx.device
 
     # --- data: decoded once to uint8 tensors; val carved from train, test untouched ---
-    common = dict(data_root=cfg.data_root, val_size=cfg.val_size, seed=cfg.seed, download=cfg.download,
-                  image_size=cfg.image_size, protocol=cfg.protocol, protocol_seed=cfg.protocol_seed)
     with ctx.local_master_first():  # one download and one cache entry per machine
-        fit, val = load_parts(cfg.dataset, ("fit", "val"), **common)
-    if fit.labels.ndim != 1:
-        raise DataError(f"{cfg.dataset}: training needs class labels (multi-label sets are not wired in yet)")
+        fit, val = load_parts(cfg.dataset, ("fit", "val"), **cfg.data_options())
+    if fit.labels.ndim != 1 and cfg.sampler == "balanced":
+        raise ConfigError(f"sampler (--sampler) balanced draws P classes x K images and needs class ids; "
+                          f"{cfg.dataset} has multi-hot labels: use --sampler random")
     channels, height, width = (int(v) for v in fit.images.shape[1:])
     normalizer = Normalizer.from_dict(state["normalizer"]) if state else Normalizer.fit(fit.images)
     augment = default_augment(cfg.dataset)
@@ -259,7 +264,8 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], No
     batches = distributed.shard(loader, ctx)  # this rank's rows of every global batch
 
     # --- model, loss, optimiser ---
-    model = create_model(cfg.model, cfg.nbits, in_channels=channels, image_size=(height, width)).to(device)
+    model = create_model(cfg.model, cfg.nbits, in_channels=channels, image_size=(height, width),
+                         **model_options(cfg)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if state is None and hasattr(model, "init_whitening"):  # airbench: its first layer from the training patches
@@ -362,7 +368,7 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
 def validate(run: Run, epoch: int, record: dict[str, Any]) -> None:
     """Validation mAP into ``record`` and TensorBoard; ``best.pt`` when it is the best so far. Rank 0 only."""
     val_map, val_u = validation_map(run.raw_model, run.val.images, run.val.labels, run.normalizer, run.device,
-                                    run.cfg.channels_last)
+                                    run.cfg.channels_last, tta_flip=run.cfg.tta_flip)
     record["val_map"] = val_map
     record.update(code_spread(val_u, run.val.labels.numpy(), run.cfg.nbits))
     if run.writer is not None:
@@ -377,29 +383,41 @@ def validate(run: Run, epoch: int, record: dict[str, Any]) -> None:
 
 def code_spread(u: np.ndarray, labels: np.ndarray, nbits: int) -> dict[str, Any]:
     """How many different codes the validation images got (``val_codes``), and how many different typical codes
-    their classes have (``val_class_codes``, out of ``val_classes``): 1 of several means the model collapsed."""
+    their classes have (``val_class_codes``, out of ``val_classes``): 1 of several means the model collapsed.
+    Multi-hot ``labels`` (``[N, C]``) have no typical code per class: ``val_codes`` alone."""
     codes = codes_from_u(u)
+    if labels.ndim != 1:
+        distinct = np.unique(codes, axis=0)
+        return {"val_codes": int(distinct.shape[0]), "val_class_code": to_hex(distinct[:1], nbits)[0]}
     table = class_code_table(codes, labels, nbits)
     return {"val_codes": int(np.unique(codes, axis=0).shape[0]), "val_classes": len(table.rows),
             "val_class_codes": len({r.code_hex for r in table.rows}),
             "val_class_code": table.rows[0].code_hex if table.rows else None}
 
 
+def labels_present(labels: np.ndarray) -> np.ndarray:
+    """The classes that occur: the distinct ids of ``int64[N]`` labels, or the columns of multi-hot ``[N, C]``
+    labels with at least one positive row."""
+    if labels.ndim == 1:
+        return np.unique(labels)
+    return np.flatnonzero(labels.any(axis=0))
+
+
 def run_warnings(run: Run) -> list[str]:
     """Plain words for a run that ended but is of no use: one training class, or a collapsed best model."""
     out = []
-    classes = np.unique(run.fit.labels.numpy())
+    classes = labels_present(run.fit.labels.numpy())
     if classes.size < 2:
         names = list(run.fit.class_names)
         name = names[int(classes[0])] if classes.size and 0 <= int(classes[0]) < len(names) else "?"
         out.append(f"the training set has a single class ({name}): the codes cannot learn to tell classes apart and "
                    f"the validation mAP ({run.best_map:.4f}) means nothing")
-    best = next((r for r in run.history if r.get("epoch") == run.best_epoch and "val_class_codes" in r), None)
+    best = next((r for r in run.history if r.get("epoch") == run.best_epoch and "val_codes" in r), None)
     if best is not None and classes.size >= 2:
         if best["val_codes"] == 1:
             out.append(f"the model collapsed: every validation image has the same code 0x{best['val_class_code']} "
                        f"(best.pt, epoch {run.best_epoch}); try a lower --lr, more --epochs or another --seed")
-        elif best["val_classes"] >= 2 and best["val_class_codes"] == 1:
+        elif best.get("val_classes", 0) >= 2 and best["val_class_codes"] == 1:
             out.append(f"the model collapsed: all {best['val_classes']} classes have the same typical code "
                        f"0x{best['val_class_code']} on the validation images (best.pt, epoch {run.best_epoch}); try "
                        f"a lower --lr, more --epochs or another --seed")
@@ -456,7 +474,7 @@ def finish(run: Run) -> TrainResult:
         best = next((r for r in run.history if r.get("epoch") == run.best_epoch), {})
         summary = {"best_epoch": run.best_epoch, "best_val_map": run.best_map, "epochs": run.cfg.epochs,
                    "epochs_run": len(run.history), "train_seconds": run.train_seconds,
-                   "images_seen": run.images_seen, "classes": int(np.unique(run.fit.labels.numpy()).size),
+                   "images_seen": run.images_seen, "classes": int(labels_present(run.fit.labels.numpy()).size),
                    **{k: best[k] for k in ("val_codes", "val_classes", "val_class_codes") if k in best},
                    "warnings": warnings}
         with atomic_write(run.run_dir / "summary.json", "w") as f:
@@ -571,16 +589,23 @@ def _write_final_logs(writer, run_dir: Path, val, normalizer, device, cfg: Train
     model = best.model.to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    u, codes = encode_images(model, val.images, normalizer, device=device, channels_last=cfg.channels_last)
+    u, codes = encode_images(model, val.images, normalizer, device=device, channels_last=cfg.channels_last,
+                             tta_flip=cfg.tta_flip)
     labels = val.labels.numpy()
-    table = class_code_table(codes, labels, cfg.nbits, list(val.class_names))
-    writer.add_text("class_hash_table", format_markdown(table), step)
+    names = list(val.class_names)
+    if labels.ndim == 1:  # a typical code per class exists only for class ids
+        table = class_code_table(codes, labels, cfg.nbits, names)
+        writer.add_text("class_hash_table", format_markdown(table), step)
     n = min(cfg.projector_samples, u.shape[0])
     if n > 0:
         hexes = to_hex(codes[:n], cfg.nbits)
-        names = list(val.class_names)
-        metadata = [[names[int(c)] if int(c) < len(names) else str(int(c)), f"0x{h}"] for c, h in
-                    zip(labels[:n], hexes)]
+
+        def name_of(label) -> str:
+            if np.ndim(label) == 1:  # multi-hot: the names of its labels
+                return "+".join(names[i] if i < len(names) else str(i) for i in np.flatnonzero(label)) or "-"
+            return names[int(label)] if 0 <= int(label) < len(names) else str(int(label))
+
+        metadata = [[name_of(c), f"0x{h}"] for c, h in zip(labels[:n], hexes)]
         writer.add_embedding(
             torch.from_numpy(u[:n]),
             metadata=metadata,

@@ -6,7 +6,6 @@
   ``train/<class>/`` + ``test/<class>/`` image tree) and ``list`` (multi-label: ``train.txt``, ``test.txt``,
   ``database.txt`` of ``path l1 ... lC`` lines, DeepHash-pytorch's format; :mod:`dsh.data.listfile`).
   Splits: ``train``, ``test``, and ``val`` / ``fit`` carved from ``train`` (``list`` also has ``database``).
-- :func:`dataset_info` ``(name) -> (channels, height, width, n_classes)`` without decoding.
 - arbitrary images, to encode or search them, go through :mod:`dsh.imageio` (the one input policy).
 - :class:`Normalizer`, :class:`Augment` (:func:`default_augment`), :class:`BatchLoader`: the training batches.
 
@@ -18,7 +17,7 @@ from __future__ import annotations
 
 from .augment import Augment, default_augment
 from .cache import cache_dir
-from .datasets import DATASETS, SPLITS, DatasetInfo, dataset_info, load_split, resize_images
+from .datasets import DATASETS, SPLITS, load_split, resize_images
 from .imageset import ImageSet, stratified_subset
 from .loader import BatchLoader, balanced_batches
 from .normalize import Normalizer
@@ -28,12 +27,10 @@ __all__ = [
     "SPLITS",
     "Augment",
     "BatchLoader",
-    "DatasetInfo",
     "ImageSet",
     "Normalizer",
     "balanced_batches",
     "cache_dir",
-    "dataset_info",
     "default_augment",
     "load_split",
     "resize_images",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -13,8 +12,8 @@ from ..fileio import DataError
 from . import sources
 from .cache import cache_dir as resolve_cache_dir
 from .cache import cached, file_fingerprint
-from ..imageio import as_size, cover_size, decode_files
-from .folder import class_names_of, first_image, read_folder, scan_folder
+from ..imageio import as_size, cover_size
+from .folder import read_folder, scan_folder
 from . import listfile
 from .imageset import ImageSet, carve_val
 
@@ -22,20 +21,6 @@ DATASETS = ("digits", "mnist", "cifar10", "folder", "list")
 SPLITS = ("train", "val", "fit", "test")
 # the list dataset also has a retrieval database split (DeepHash-pytorch's database.txt)
 LIST_SPLITS = SPLITS + ("database",)
-
-
-class DatasetInfo(NamedTuple):
-    channels: int
-    height: int
-    width: int
-    n_classes: int
-
-
-_NATIVE = {
-    "digits": DatasetInfo(1, 8, 8, 10),
-    "mnist": DatasetInfo(1, 28, 28, 10),
-    "cifar10": DatasetInfo(3, 32, 32, 10),
-}
 
 
 def _check_name(name: str) -> str:
@@ -59,30 +44,6 @@ def resolve_root(name: str, data_root: str | os.PathLike | None) -> Path | None:
     if root is None:
         raise DataError(f"dataset {name} needs --data-root or DSH_DATA")
     return Path(root).expanduser()
-
-
-def dataset_info(name: str, data_root: str | os.PathLike | None = None, *, image_size=None) -> DatasetInfo:
-    """``(channels, height, width, n_classes)`` of a dataset's images, without decoding it.
-
-    Constant for the fixed datasets; for ``folder``, the class folders are listed and one image is opened.
-    """
-    name = _check_name(name)
-    size = as_size(image_size)
-    if name in _NATIVE:
-        c, h, w, n = _NATIVE[name]
-    elif name == "list":
-        root = resolve_root(name, data_root)
-        n, c = listfile.n_classes_of(root), listfile.channels_of(root)
-        files, _ = listfile.parse_list(listfile.list_file(root, "train"))
-        mode = "L" if c == 1 else "RGB"
-        h, w = size or decode_files([str(root / files[0])], None, mode, 1).shape[2:]
-    else:
-        root = resolve_root(name, data_root)
-        n = len(class_names_of(root))
-        c, (h, w) = 3, size or decode_files([first_image(root)], None, "RGB", 1).shape[2:]
-    if size is not None:
-        h, w = size
-    return DatasetInfo(c, int(h), int(w), n)
 
 
 def load_split(
@@ -161,5 +122,5 @@ def resize_images(images: torch.Tensor, size: tuple[int, int], chunk: int = 4096
     return out
 
 
-__all__ = ["DATASETS", "SPLITS", "DatasetInfo", "dataset_info", "load_split", "resolve_root",
+__all__ = ["DATASETS", "SPLITS", "load_split", "resolve_root",
            "resize_images"]

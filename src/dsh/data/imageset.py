@@ -52,10 +52,6 @@ class ImageSet:
         return int(c), int(h), int(w)
 
     @property
-    def n_classes(self) -> int:
-        return len(self.class_names)
-
-    @property
     def multi_label(self) -> bool:
         return self.labels.ndim == 2
 

@@ -71,11 +71,6 @@ class Normalizer:
         scale, shift = self._scale_shift(x.device, x.dtype == torch.uint8)
         return x.to(torch.float32).mul_(scale).add_(shift) if x.dtype == torch.uint8 else x.float() * scale + shift
 
-    def inverse(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalised float -> float on the 0..1 scale (``* 255`` and round for the uint8 pixels)."""
-        scale, shift = self._scale_shift(x.device, False)
-        return (x.float() - shift) / scale
-
     def to_dict(self) -> dict:
         return {"mean": list(self.mean), "std": list(self.std)}
 

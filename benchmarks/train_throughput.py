@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"{'yes' if r['amp'] == 'bf16' else 'no'} | {r['images_per_s_median']:.0f} | "
                      f"{r['images_per_s_best']:.0f} |")
     lines += ["", f"1-minute load average at the start: {load_start}."]
-    result = {"threads": args.threads, "cpu": cpu, "torch": torch.__version__, "steps": args.steps,
+    result = {"command": common.command_line(), "threads": args.threads, "cpu": cpu, "torch": torch.__version__,
+              "steps": args.steps,
               "load_average_start": load_start, "rows": rows}
     common.write_results(args.out, "train_throughput", result, "\n".join(lines) + "\n")
     return 0

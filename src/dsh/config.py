@@ -85,8 +85,8 @@ class TrainConfig:
                                     "over each image and its mirror")
     # --- speed ---
     channels_last: bool = setting(True, "NHWC memory layout (1.3-1.6x faster on CPUs)")
-    amp: str = setting("auto", "bf16 autocast for the network: auto (on CUDA and on CPUs with native bf16), bf16 "
-                               "or off", choices=("auto", "bf16", "off"))
+    amp: str = setting("auto", "bf16 autocast for the network: auto (on CUDA, on CPUs with AMX, on AMD CPUs with "
+                               "AVX512-BF16), bf16 or off", choices=("auto", "bf16", "off"))
     threads: int | None = setting(None, "CPU threads of torch and of validation (default: torch's choice)")
     # --- bookkeeping ---
     seed: int = setting(0, "seed of initialisation, batches and augmentation")

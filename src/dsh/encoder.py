@@ -63,8 +63,9 @@ class Encoder:
     ``tta_flip``: flip test-time augmentation: ``u`` is ``(u(x) + u(x[..., ::-1])) * 0.5``, the mean of the
     outputs for each image and its horizontal mirror, on every encode path and either runtime (twice the network
     time). ``None`` (default): as the model file says (an ONNX export made with ``tta_flip=True`` has it in its
-    graph, and then it cannot be turned off), else as the run was trained (its ``tta_flip`` setting). With it, :attr:`fingerprint` is
-    :func:`dsh.modelinfo.tta_flip_fingerprint` of the weights' (the codes differ from the plain model's).
+    graph, and then it cannot be turned off), else as the run was trained (its ``tta_flip`` setting). With it,
+    :attr:`fingerprint` is :func:`dsh.modelinfo.tta_flip_fingerprint` of the weights' (the codes differ from the
+    plain model's).
     """
 
     def __init__(self, runtime, info: ModelInfo, *, source: str, resize: bool = True,

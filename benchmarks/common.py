@@ -236,6 +236,16 @@ def check_same_recipe(out: Path, preset: str | None, fresh: bool) -> None:
                         f"another --out, or --fresh to replace them")
 
 
+def with_earlier_runs(out: Path, runs: list[dict], fresh: bool) -> list[dict]:
+    """``runs`` plus, unless ``fresh``, the other (length, seed) rows of ``out/results.json`` of the same kind
+    (smoke tests and benchmarks never mix)."""
+    old = read_json(Path(out) / "results.json")
+    if old is None or fresh:
+        return runs
+    benchmark = all(r["benchmark"] for r in runs)
+    return merge_runs(old.get("runs", []), runs, keep=lambda r: r.get("benchmark") == benchmark)
+
+
 def run_sweep(bits: list[int], seeds: list[int], run_one: Callable[[int, int], dict],
               save: Callable[[list[dict]], dict]) -> dict:
     """Every (length, seed) pair in order: ``run_one(nbits, seed)`` gives its record, and ``save(records so

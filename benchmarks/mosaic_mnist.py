@@ -70,10 +70,8 @@ def markdown(results: dict) -> str:
 
 
 def write_results(out: Path, runs: list[dict], fresh: bool) -> dict:
-    old = common.read_json(out / "results.json")
     benchmark = all(r["benchmark"] for r in runs)
-    if old is not None and not fresh:
-        runs = common.merge_runs(old.get("runs", []), runs, keep=lambda r: r.get("benchmark") == benchmark)
+    runs = common.with_earlier_runs(out, runs, fresh)
     results = {"benchmark": benchmark, "preset": runs[0].get("preset"), "dataset": runs[0]["dataset"],
                "script": "benchmarks/mosaic_mnist.py", "command": runs[-1].get("command"),
                "machine": runs[-1].get("machine"), "runs": common.sort_runs(runs)}

@@ -264,11 +264,9 @@ def markdown(results: dict[str, Any]) -> str:
 def write_results(out: Path, runs: list[dict], fresh: bool) -> dict:
     """``out/results.json`` and ``.md``: these runs plus, unless ``fresh``, other lengths already there (of the
     same kind: smoke tests and benchmarks never mix)."""
-    old = common.read_json(out / "results.json")
     benchmark = all(r["benchmark"] for r in runs)
     preset = runs[0].get("preset")  # one recipe per folder: check_same_recipe refused any other
-    if old is not None and not fresh:
-        runs = common.merge_runs(old.get("runs", []), runs, keep=lambda r: r.get("benchmark") == benchmark)
+    runs = common.with_earlier_runs(out, runs, fresh)
     results = {
         "benchmark": benchmark,
         "preset": preset,

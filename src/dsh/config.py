@@ -125,9 +125,9 @@ class TrainConfig:
         for name in ("eval_every", "log_every"):
             need(getattr(self, name) >= 1, name, ">= 1")
         for f in fields(self):
-            value = getattr(self, f.name)
-            if value is not None and choices_of(f.name) is not None:
-                need(value in choices_of(f.name), f.name, f"one of {', '.join(choices_of(f.name))}")
+            value, choices = getattr(self, f.name), choices_of(f.name)
+            if value is not None and choices is not None:
+                need(value in choices, f.name, f"one of {', '.join(choices)}")
         return self
 
     def to_dict(self) -> dict[str, Any]:

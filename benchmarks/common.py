@@ -1,16 +1,23 @@
-"""Helpers shared by the benchmark scripts (``paper_cifar10.py``, ``seed_mnist.py``, ``make_readme_results.py``).
+"""What the benchmark scripts share, and only what is specific to benchmarks (the library owns the rest).
 
 - where things are: :func:`repo_root`, :func:`shared_data_dir` (the offline datasets folder, as the tests find it);
-- what ran where: :func:`machine_info`, :func:`command_line`, :func:`utc_now`;
-- settings: :func:`parse_set` turns ``--set key=value`` strings into typed :class:`dsh.config.TrainConfig` values;
+- what ran where: :func:`machine_info`, :func:`provenance`, :func:`command_line`, :func:`utc_now`,
+  :func:`load_average`;
+- run control: :func:`add_run_control_args` (``--resume``, ``--fresh``, smoke limits), :func:`resolve_preset`,
+  :func:`check_same_recipe`;
+- sweeps over code lengths x seeds: :func:`run_sweep` (resume, merge with earlier rows: :func:`with_earlier_runs`)
+  and :func:`run_benchmark` (one-line errors, the table printed);
 - smoke tests: :func:`limited_data_root` writes a small, stratified copy of a dataset in its own format, so a smoke
   run goes through exactly the code a real run does, only on fewer images;
 - one code length end to end: :func:`train_encode_evaluate` (train, encode the protocol's query and database parts
-  with the best checkpoint, write the ``.npz`` code files of ``dsh encode``, evaluate);
-- output: :func:`write_json`, :func:`write_text` (atomic), :func:`fmt_seconds`.
+  with the best checkpoint, write the ``.npz`` code files of ``dsh encode``, evaluate), as a result record;
+- output: :func:`dsh.fileio.write_json` and :func:`dsh.fileio.write_text` (atomic; imported here for the
+  scripts), table cells (:func:`fmt_seconds`, :func:`fmt_float`, :func:`fmt_cell`).
 
-Only the standard library is imported at module level, so ``make_readme_results.py`` stays light; torch and dsh's
-training code are imported inside the functions that need them.
+Settings come from :func:`dsh.config.parse_assignments` and :func:`dsh.config.resolve_config`, threads from
+:func:`dsh.threads.set_threads`, the CPU's name from :mod:`dsh.cpu`. Only the standard library and torch-free dsh
+modules are imported at module level, so ``make_readme_results.py`` stays light; torch and dsh's training code are
+imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ import os
 import platform
 import shlex
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from dsh.fileio import DataError, atomic_write
+from dsh.cpu import cpu_model, usable_cpus
+from dsh.fileio import DataError, atomic_write, write_json, write_text  # noqa: F401 (the scripts write through common)
 
 # ---------------------------------------------------------------------------------------------------------------
 # where things are
@@ -107,18 +116,6 @@ def shared_data_dir() -> Path | None:
 # what ran where
 
 
-def cpu_model() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` (else what :mod:`platform` knows)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def proc_status_kb(pid: int | str, keys: tuple[str, ...]) -> dict[str, int]:
     """Fields of ``/proc/PID/status`` given in kB (e.g. ``VmHWM``, the peak resident set); absent ones left out."""
     out = {}
@@ -145,7 +142,7 @@ def machine_info(threads: int | None = None) -> dict[str, Any]:
     """CPU model, usable CPUs, the threads torch used, and the versions that matter for the figures."""
     info: dict[str, Any] = {
         "cpu": cpu_model(),
-        "cpus_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cpus_usable": usable_cpus(),
         "python": platform.python_version(),
         "platform": platform.platform(),
     }
@@ -201,23 +198,6 @@ def utc_now() -> str:
 
 # ---------------------------------------------------------------------------------------------------------------
 # output
-
-
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """``obj`` as indented JSON, written atomically (NaN written as null, so any JSON reader can load it)."""
-    with atomic_write(path, "w") as f:
-        json.dump(_finite(obj), f, indent=2)
-        f.write("\n")
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 def recipe_name(preset: str | None) -> str:
@@ -282,11 +262,6 @@ def write_results(out: str | os.PathLike, stem: str, result: dict, markdown_text
     write_json(Path(out) / f"{stem}.json", result)
     write_text(Path(out) / f"{stem}.md", markdown_text)
     print(markdown_text)
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    with atomic_write(path, "w") as f:
-        f.write(text)
 
 
 def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
@@ -482,14 +457,6 @@ def limited_data_root(dataset: str, data_root: Path, dest: Path, limit_train: in
 # one code length end to end
 
 
-def set_threads(threads: int | None) -> None:
-    """torch's and numba's thread counts (numba runs the metrics); ``None`` leaves both as they are. The library's
-    :func:`dsh.threads.set_threads`, which ``dsh train --threads`` uses too."""
-    from dsh.threads import set_threads as library_set_threads
-
-    library_set_threads(threads)
-
-
 def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, keep_u: bool = False, resume: bool = False,
                           progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Train ``cfg`` into ``run_dir``, then :func:`dsh.experiment.encode_and_evaluate` it.
@@ -499,23 +466,24 @@ def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, keep_u: bool =
     the query file with ``keep_u``). Returns the figures, the codes and labels (``"arrays"``) and the timings.
     """
     from dsh.experiment import encode_and_evaluate
+    from dsh.threads import set_threads
     from dsh.metrics import mean_average_precision
     from dsh.train import train
 
-    set_threads(cfg.threads)
+    set_threads(cfg.threads)  # torch's and numba's pools, as dsh train --threads sets them
     result = train(cfg, run_dir, resume=resume, progress=progress, log=log)
     judged = encode_and_evaluate(run_dir, out_dir=codes_dir, keep_u=keep_u)
     q, db, metrics = judged.query, judged.database, judged.metrics
     return {
-        "map": metrics["map"],
-        "ties": metrics["ties"],
+        "map": metrics.map,
+        "ties": metrics.ties,
         # beside the tie-aware figure, the one a stable sort gives, for comparison with tools that sort so
         "map_position_ties": mean_average_precision(q.codes, db.codes, q.labels, db.labels, q.nbits,
                                                     ties="position"),
-        "precision_at_radius_2": metrics["precision_at_radius_2"],
-        "recall_at_radius_2": metrics["recall_at_radius_2"],
-        "n_queries": metrics["n_queries"],
-        "n_database": metrics["n_database"],
+        "precision_at_radius_2": metrics.precision_at_radius,  # encode_and_evaluate's radius is 2
+        "recall_at_radius_2": metrics.recall_at_radius,
+        "n_queries": metrics.n_queries,
+        "n_database": metrics.n_database,
         "train_seconds": result.train_seconds,
         "run_seconds": result.seconds,
         "images_per_second": result.images_per_second,
@@ -525,8 +493,8 @@ def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, keep_u: bool =
         "history": result.history,
         "encode_seconds": judged.encode_seconds,
         "eval_seconds": judged.eval_seconds,
-        "pr_curve": metrics["pr_curve"],
-        "precision_at_k": metrics["precision_at_k"],
+        "pr_curve": asdict(metrics.pr_curve),
+        "precision_at_k": asdict(metrics.precision_at_k),
         "arrays": {"q_u": q.u, "q_codes": q.codes, "q_labels": q.labels, "db_codes": db.codes,
                    "db_labels": db.labels, "class_names": [str(c) for c in q.class_names]},
     }

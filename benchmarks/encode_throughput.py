@@ -42,6 +42,7 @@ import numpy as np
 
 import common
 from dsh.fileio import DataError
+from dsh.threads import set_threads
 
 STEM = "encode_throughput"
 DEFAULT_OUT = "benchmarks/results"
@@ -645,7 +646,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
         raise DataError("the offline datasets folder (MNIST/, cifar10-jpeg/) was not found: pass --data-root or set "
                         "DSH_TEST_DATA")
     shared = Path(shared)
-    common.set_threads(args.threads)  # the parent trains the short runs and encodes the agreement
+    set_threads(args.threads)  # the parent trains the short runs and encodes the agreement
     import onnxruntime
 
     with tempfile.TemporaryDirectory(prefix="dsh-encode-bench-") as tmp:

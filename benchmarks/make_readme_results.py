@@ -34,6 +34,7 @@ import argparse
 import os
 import re
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -233,35 +234,35 @@ def remake_metrics(results_root: Path, log: Callable[[str], None] = print) -> in
             legacy = r.get("ties") is None
             if legacy:
                 made_with = next((t for t, res in (("position", pos), ("expected", exp))
-                                  if abs(res["map"] - r["map"]) <= 1e-9), None)
+                                  if abs(res.map - r["map"]) <= 1e-9), None)
                 if made_with is None:
-                    raise SystemExit(f"{what}: the code files give mAP {pos['map']:.6f} by position and "
-                                     f"{exp['map']:.6f} tie-aware, the record says {r['map']:.6f}: not the codes "
+                    raise SystemExit(f"{what}: the code files give mAP {pos.map:.6f} by position and "
+                                     f"{exp.map:.6f} tie-aware, the record says {r['map']:.6f}: not the codes "
                                      f"of this row")
             labels = np.asarray(db.labels)
             update = {
                 "ties": "expected",
                 "database_sorted_by_class": bool(labels.ndim == 1 and np.all(np.diff(labels) >= 0)),
-                "map": exp["map"],
-                "map_position_ties": pos["map"],
-                "precision_at_radius_2": exp["precision_at_radius_2"],
-                "recall_at_radius_2": exp["recall_at_radius_2"],
-                "pr_curve": exp["pr_curve"],
-                "precision_at_k": exp["precision_at_k"],
-                "precision_at_k_position_ties": pos["precision_at_k"],
+                "map": exp.map,
+                "map_position_ties": pos.map,
+                "precision_at_radius_2": exp.precision_at_radius,  # evaluate's default radius
+                "recall_at_radius_2": exp.recall_at_radius,
+                "pr_curve": asdict(exp.pr_curve),
+                "precision_at_k": asdict(exp.precision_at_k),
+                "precision_at_k_position_ties": asdict(pos.precision_at_k),
             }
             if topk is not None:
-                update.update(topk=exp["topk"], map_at_k=exp["map_at_k"], map_at_k_position_ties=pos["map_at_k"])
+                update.update(topk=exp.topk, map_at_k=exp.map_at_k, map_at_k_position_ties=pos.map_at_k)
             if r.get("paper_map") is not None:
-                update.update(map_minus_paper=exp["map"] - r["paper_map"], map_over_paper=exp["map"] / r["paper_map"])
+                update.update(map_minus_paper=exp.map - r["paper_map"], map_over_paper=exp.map / r["paper_map"])
             if legacy:  # training's validation mAP used the rule its test mAP was evaluated with
                 update["val_map_ties"] = made_with
             if any(r.get(k) != v for k, v in update.items()):
                 update["metrics_remade"] = {"command": REMAKE_COMMAND, "finished": common.utc_now(),
                                             "dsh": getattr(dsh, "__version__", "?")}
                 recorded = r["map"] if legacy and made_with == "position" else r.get("map_position_ties")
-                log(f"{what}: mAP {exp['map']:.4f} (ties expected), {pos['map']:.4f} (ties by position; recorded "
-                    f"{common.fmt_float(recorded)}); precision r<=2 {exp['precision_at_radius_2']:.4f} (recorded "
+                log(f"{what}: mAP {exp.map:.4f} (ties expected), {pos.map:.4f} (ties by position; recorded "
+                    f"{common.fmt_float(recorded)}); precision r<=2 {exp.precision_at_radius:.4f} (recorded "
                     f"{common.fmt_float(r.get('precision_at_radius_2'))})")
             r.update(update)
             length_file = base / Path(r["query_file"]).parent / "result.json"

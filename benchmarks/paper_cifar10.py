@@ -43,6 +43,7 @@ from typing import Any
 import common
 from dsh.config import choices_of, parse_assignments
 from dsh.errors import DataError
+from dsh.metrics import PrecisionCurve
 
 # Table 2 of the DSH paper: mAP on CIFAR-10 (10,000 test queries vs 50,000 training images, mAP@all).
 PAPER_MAP = {12: 0.6157, 24: 0.6512, 36: 0.6607, 48: 0.6755}
@@ -215,8 +216,8 @@ def table_lines(rows: list[dict]) -> list[str]:
 
 def precision_at(r: dict, k: int) -> float | None:
     """precision@k of a run's record (tie-aware, from its ``precision_at_k`` curve), ``None`` where not kept."""
-    curve = r.get("precision_at_k") or {}
-    return dict(zip(curve.get("k", []), curve.get("precision", []))).get(k)
+    curve = r.get("precision_at_k")
+    return None if not curve else PrecisionCurve(**curve).at(k)
 
 
 def spread_lines(rows: list[dict]) -> list[str]:

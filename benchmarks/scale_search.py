@@ -201,25 +201,23 @@ def main(argv=None) -> dict:
                                              class_names=[f"class{c}" for c in range(10)]))
         ref_knn = index.search(queries, k)
         ref_range = index.range_search(queries, radius, method="flat")
-        row = {"method": "dsh HammingIndex (flat scan)", "build_s": t_build, "exact": "yes (reference)",
-               "knn_qps_batch": qps(lambda b: index.search(b, k), queries, args.target_s, False),
-               "knn_qps_single": qps(lambda b: index.search(b, k), queries, args.target_s, True),
-               "range_qps_batch": qps(lambda b: index.range_search(b, radius, method="flat"), queries,
-                                      args.target_s, False),
-               "range_qps_single": qps(lambda b: index.range_search(b, radius, method="flat"), queries,
-                                       args.target_s, True)}
-        rows.append(row)
-        print(row, flush=True)
+        def timed_row(method: str, build_s: float | None, exact: str, knn=None, range_search=None) -> None:
+            """A table row: queries/s of k-NN and range search, in batches and one query at a time."""
+            row = {"method": method, "build_s": build_s, "exact": exact}
+            for name, fn in (("knn", knn), ("range", range_search)):
+                if fn is not None:
+                    row[f"{name}_qps_batch"] = qps(fn, queries, args.target_s, False)
+                    row[f"{name}_qps_single"] = qps(fn, queries, args.target_s, True)
+            rows.append(row)
+            print(row, flush=True)
+
+        timed_row("dsh HammingIndex (flat scan)", t_build, "yes (reference)", lambda b: index.search(b, k),
+                  lambda b: index.range_search(b, radius, method="flat"))
         _, t_mih = timed(index.build_mih)
         mih_ok = all(np.array_equal(a, b) for a, b in zip(index.range_search(queries, radius, method="mih"),
                                                            ref_range))
-        row = {"method": "dsh HammingIndex (multi-index hashing)", "build_s": t_mih, "exact": common.fmt_cell(mih_ok),
-               "range_qps_batch": qps(lambda b: index.range_search(b, radius, method="mih"), queries,
-                                      args.target_s, False),
-               "range_qps_single": qps(lambda b: index.range_search(b, radius, method="mih"), queries,
-                                       args.target_s, True)}
-        rows.append(row)
-        print(row, flush=True)
+        timed_row("dsh HammingIndex (multi-index hashing)", t_mih, common.fmt_cell(mih_ok),
+                  range_search=lambda b: index.range_search(b, radius, method="mih"))
 
         # Milvus: insert, open again, search
         m, t_insert = timed(lambda: MilvusIndex.from_index(index, uri, COLLECTION, overwrite=True,
@@ -232,13 +230,8 @@ def main(argv=None) -> dict:
         exact = all(np.array_equal(a, b) for a, b in zip(knn, ref_knn)) and \
             all(np.array_equal(a, b) for a, b in zip(rng_res, ref_range))
         lookup_ok = m.lookup(knn[1][:3].ravel()) == index.lookup(knn[1][:3].ravel())
-        row = {"method": "dsh MilvusIndex (exact, ties by id)", "build_s": t_insert, "exact": common.fmt_cell(exact and lookup_ok),
-               "knn_qps_batch": qps(lambda b: m.search(b, k), queries, args.target_s, False),
-               "knn_qps_single": qps(lambda b: m.search(b, k), queries, args.target_s, True),
-               "range_qps_batch": qps(lambda b: m.range_search(b, radius), queries, args.target_s, False),
-               "range_qps_single": qps(lambda b: m.range_search(b, radius), queries, args.target_s, True)}
-        rows.append(row)
-        print(row, flush=True)
+        timed_row("dsh MilvusIndex (exact, ties by id)", t_insert, common.fmt_cell(exact and lookup_ok),
+                  lambda b: m.search(b, k), lambda b: m.range_search(b, radius))
 
         client = m.client
 
@@ -253,14 +246,8 @@ def main(argv=None) -> dict:
 
         raw = raw_knn(queries)
         raw_d = np.array([np.rint(np.asarray([h["distance"] for h in hits])) for hits in raw], np.int32)
-        row = {"method": f"Milvus search, limit={k} (ties in its own order)", "build_s": None,
-               "exact": "distances only" if np.array_equal(raw_d, ref_knn[0]) else "NO",
-               "knn_qps_batch": qps(raw_knn, queries, args.target_s, False),
-               "knn_qps_single": qps(raw_knn, queries, args.target_s, True),
-               "range_qps_batch": qps(raw_range, queries, args.target_s, False),
-               "range_qps_single": qps(raw_range, queries, args.target_s, True)}
-        rows.append(row)
-        print(row, flush=True)
+        timed_row(f"Milvus search, limit={k} (ties in its own order)", None,
+                  "distances only" if np.array_equal(raw_d, ref_knn[0]) else "NO", raw_knn, raw_range)
         memory = {"python": rss_mb(), "milvus_server": rss_mb(server_pid) if server_pid else None}
         db_mb = None
         if server_pid is not None or not uri.startswith(("http", "tcp", "unix")):

@@ -24,6 +24,7 @@ import numpy as np
 
 import common
 from dsh import HammingIndex
+from dsh.cpu import cpu_model
 from dsh.fileio import atomic_write
 from dsh.hamming import pairwise_hamming_reference
 from dsh.mih import default_nsub, prefer_mih, split_bits
@@ -256,10 +257,8 @@ def main(argv=None) -> dict:
     for n in args.sizes if args.clustered_sizes is None else args.clustered_sizes:
         clustered.append(bench_clustered(n, 64, rng, args))
         print(clustered[-1], flush=True)
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
     result = {
-        "machine": {"cpu": cpu, "cpus": os.cpu_count(), "python": platform.python_version(),
+        "machine": {"cpu": cpu_model(), "cpus": os.cpu_count(), "python": platform.python_version(),
                     "numba": numba.__version__, "numpy": np.__version__,
                     "faiss": getattr(faiss, "__version__", None)},
         "threads": args.threads, "queries": args.queries, "radius": RADIUS,

@@ -46,7 +46,7 @@ def test_encode_eval_report(run_dir, tmp_path, capsys):
     assert main(["eval", "--query", str(q), "--database", str(db), "--json", "--topk", "100", "--ties",
                  "position"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert set(result) >= {"map", "precision_at_radius_2", "map_at_k"} and result["topk"] == 100
+    assert set(result) >= {"map", "precision_at_radius", "map_at_k"} and result["topk"] == 100 and result["radius"] == 2
     # mAP against a slow reference: stable sort by distance, ties by database position
     d = pairwise_hamming(qc.codes, dbc.codes)
     aps = []
@@ -57,6 +57,10 @@ def test_encode_eval_report(run_dir, tmp_path, capsys):
         ranks = np.arange(1, len(rel) + 1)
         aps.append((hits[rel] / ranks[rel]).mean() if rel.any() else 0.0)
     assert result["map"] == pytest.approx(np.mean(aps), abs=1e-9)
+    inside = d <= 2
+    same = dbc.labels[None, :] == qc.labels[:, None]
+    want = np.where(inside.any(1), (inside & same).sum(1) / np.maximum(inside.sum(1), 1), 0.0).mean()
+    assert result["precision_at_radius"] == pytest.approx(want, abs=1e-12)
 
     assert main(["report", "--codes", str(q)]) == 0
     text = capsys.readouterr().out

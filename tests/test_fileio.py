@@ -1,5 +1,5 @@
 """atomic_write: the previous file survives any failure, and temporaries left by a killed writer are removed by
-the next write (never those of a writer still running)."""
+the next write (never those of a writer still running); write_json and write_text stand on it."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 import pytest
 
 from dsh.errors import DataError
-from dsh.fileio import atomic_write, remove_stale_temporaries
+from dsh.fileio import atomic_write, remove_stale_temporaries, write_json, write_text
 
 
 def temporaries(path):
@@ -78,3 +78,19 @@ def test_unwritable_place_is_one_line(tmp_path):
         with atomic_write(blocker / "out.npz") as f:
             f.write(b"x")
     assert "\n" not in str(info.value) and "out.npz" in str(info.value)
+
+
+def test_write_json_writes_what_any_json_reader_loads_and_keeps_the_old_file_on_failure(tmp_path):
+    import json
+    import math
+
+    path = tmp_path / "deep" / "r.json"
+    write_json(path, {"map": 0.5, "bad": [math.nan, math.inf, -math.inf], "rows": ({"a": 1},), "s": "é"})
+    text = path.read_text()
+    assert json.loads(text) == {"map": 0.5, "bad": [None, None, None], "rows": [{"a": 1}], "s": "é"}
+    assert "NaN" not in text and "Infinity" not in text and text.endswith("\n")
+    with pytest.raises(TypeError):
+        write_json(path, {"not json": object()})
+    assert json.loads(path.read_text())["map"] == 0.5 and temporaries(path) == []
+    write_text(tmp_path / "t.md", "| a |\n")
+    assert (tmp_path / "t.md").read_text() == "| a |\n" and temporaries(tmp_path / "t.md") == []

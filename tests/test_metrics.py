@@ -126,7 +126,7 @@ def test_query_without_relevant_item_counts_as_zero():
     # same with topk: the first query has relevant items in its top 3, the second none
     assert mean_average_precision(q, DB1, ql, DBL1, 8, topk=3, ties="position") == pytest.approx(5 / 12)
     res = evaluate(q, DB1, ql, DBL1, 8)
-    assert res["queries_without_relevant"] == 1
+    assert res.queries_without_relevant == 1
 
 
 def test_multi_label_relevance_hand_example():
@@ -142,7 +142,7 @@ def test_multi_label_relevance_hand_example():
     assert average_precision(q, db, ql.astype(bool), dl.astype(bool), 8, ties="position")[0] == pytest.approx(0.5)
     # only rank 2 within top 2
     assert average_precision(q, db, ql, dl, 8, topk=2, ties="position")[0] == pytest.approx(0.5)
-    assert evaluate(q, db, ql, dl, 8)["labels"] == "multi"
+    assert evaluate(q, db, ql, dl, 8).labels == "multi"
 
 
 def test_one_hot_rows_equal_class_ids():
@@ -282,9 +282,9 @@ def test_fast_path_matches_reference(nbits, multi):
     np.testing.assert_allclose(c["recall"], ref["curve_r"], rtol=1e-12)
 
     res = evaluate(q, db, ql, dl, nbits, topk=topk, radius=radius, ks=ks, ties=P)
-    assert res["map"] == pytest.approx(ref["ap"].mean(), rel=1e-12)
-    assert res["map_at_k"] == pytest.approx(ref["ap_k"].mean(), rel=1e-12)
-    assert res[f"precision_at_radius_{radius}"] == pytest.approx(ref["prec_r"], rel=1e-12)
+    assert res.map == pytest.approx(ref["ap"].mean(), rel=1e-12)
+    assert res.map_at_k == pytest.approx(ref["ap_k"].mean(), rel=1e-12)
+    assert res.precision_at_radius == pytest.approx(ref["prec_r"], rel=1e-12)
 
 
 def test_database_order_breaks_ties():
@@ -332,9 +332,9 @@ def test_expected_hand_example():
     np.testing.assert_allclose(precision_at_k(Q1, DB1, QL1, DBL1, 8, ks=[1, 2, 3, 4, 5, 6]),
                                [1, (5 / 3) / 2, (7 / 3) / 3, 3 / 4, 4 / 5, 4 / 6], rtol=1e-14)
     res = evaluate(Q1, DB1, QL1, DBL1, 8, topk=3, ks=[2])
-    assert res["ties"] == "expected" and res["map"] == pytest.approx(317 / 360, rel=1e-14)
-    assert res["map_at_k"] == pytest.approx(17 / 18, rel=1e-14)
-    assert res["precision_at_k"]["precision"] == [pytest.approx(5 / 6, rel=1e-14)]
+    assert res.ties == "expected" and res.map == pytest.approx(317 / 360, rel=1e-14)
+    assert res.map_at_k == pytest.approx(17 / 18, rel=1e-14)
+    assert res.precision_at_k.precision == [pytest.approx(5 / 6, rel=1e-14)]
 
 
 def position_figures(dist, rel, ks):
@@ -465,10 +465,10 @@ def test_expected_does_not_change_when_database_rows_are_permuted(multi):
     assert a == b  # the same counts give bit-identical figures
     p_a = evaluate(q, db, ql, dl, 12, topk=45, ties="position")
     p_b = evaluate(q, db[perm], ql, dl[perm], 12, topk=45, ties="position")
-    assert p_a["map"] != p_b["map"]  # whereas the position rule moves with the file order
+    assert p_a.map != p_b.map  # whereas the position rule moves with the file order
     # radius figures and the curve over radii are the same under both rules
-    for key in ("precision_at_radius_2", "recall_at_radius_2", "pr_curve"):
-        assert a[key] == p_a[key] == p_b[key]
+    for key in ("precision_at_radius", "recall_at_radius", "pr_curve"):
+        assert getattr(a, key) == getattr(p_a, key) == getattr(p_b, key)
 
 
 def test_ties_argument_is_checked():
@@ -516,7 +516,7 @@ def test_cli_eval_ties(tmp_path, capsys):
         assert main(args + extra + ["--json"]) == 0
         got = json.loads(capsys.readouterr().out)
         want = evaluate(q, db, ql, dl, 8, topk=50, ties=ties)
-        assert got["ties"] == ties and got["map"] == want["map"] and got["map_at_k"] == want["map_at_k"]
+        assert got["ties"] == ties and got["map"] == want.map and got["map_at_k"] == want.map_at_k
     assert main(args) == 0
     assert "expected" in capsys.readouterr().out
     capsys.readouterr()
@@ -533,16 +533,21 @@ def test_evaluate_keys_and_json():
     q = codes8(0b0, 0xFF)
     ql = np.array([0, 0])
     res = evaluate(q, DB1, ql, DBL1, 8, radius=3)
-    json.dumps(res)  # plain Python numbers only
-    assert "map_at_k" not in res and "topk" not in res
-    assert {"map", "precision_at_radius_3", "recall_at_radius_3", "pr_curve", "precision_at_k"} <= res.keys()
-    assert res["precision_at_k"]["k"] == [1]  # default ks larger than the 6-item database are dropped
-    assert len(res["pr_curve"]["radius"]) == 9
-    assert res["ties"] == "expected"
+    d = res.to_dict()
+    assert json.loads(json.dumps(d)) == d  # plain Python numbers only
+    assert "map_at_k" not in d and "topk" not in d and res.topk is None and res.map_at_k is None
+    assert {"map", "radius", "precision_at_radius", "recall_at_radius", "pr_curve", "precision_at_k"} <= d.keys()
+    assert d["radius"] == 3 and d["precision_at_radius"] == res.precision_at_radius
+    assert res.precision_at_radius == precision_at_radius(q, DB1, ql, DBL1, 8, radius=3)
+    assert res.precision_at_k.k == [1]  # default ks larger than the 6-item database are dropped
+    assert d["precision_at_k"] == {"k": [1], "precision": res.precision_at_k.precision}
+    assert res.precision_at_k.at(1) == res.precision_at_k.precision[0] and res.precision_at_k.at(2) is None
+    assert len(res.pr_curve.radius) == 9
+    assert res.ties == "expected"
     res_k = evaluate(Q1, DB1, QL1, DBL1, 8, topk=3, ties="position")
-    assert res_k["topk"] == 3 and res_k["map_at_k"] == pytest.approx(5 / 6)
-    assert res_k["map"] == pytest.approx(193 / 240) and res_k["ties"] == "position"
-    assert evaluate(Q1, DB1, QL1, DBL1, 8, topk=50, ties="position")["map_at_k"] == pytest.approx(193 / 240)
+    assert res_k.topk == 3 and res_k.map_at_k == pytest.approx(5 / 6)
+    assert res_k.map == pytest.approx(193 / 240) and res_k.ties == "position"
+    assert evaluate(Q1, DB1, QL1, DBL1, 8, topk=50, ties="position").map_at_k == pytest.approx(193 / 240)
 
 
 def test_plots_and_json_files(tmp_path):
@@ -552,12 +557,12 @@ def test_plots_and_json_files(tmp_path):
         q, db, ql, dl = tied_data(rng, nbits, 5, 60, multi=False)
         runs[f"{nbits} bits"] = evaluate(q, db, ql, dl, nbits, ks=[1, 5, 10, 50])
     plot_pr_curve(runs, tmp_path / "pr.png", title="test")
-    plot_precision_at_k({k: v["precision_at_k"] for k, v in runs.items()}, tmp_path / "pk.png")
+    plot_precision_at_k({k: v.precision_at_k for k, v in runs.items()}, tmp_path / "pk.png")
     save_curves_json({"runs": runs, "np": np.arange(3), "f": np.float32(0.5)}, tmp_path / "curves.json")
     for name in ("pr.png", "pk.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     back = json.loads((tmp_path / "curves.json").read_text())
-    assert back["runs"]["8 bits"]["map"] == runs["8 bits"]["map"] and back["np"] == [0, 1, 2]
+    assert back["runs"]["8 bits"] == runs["8 bits"].to_dict() and back["np"] == [0, 1, 2]
     assert sorted(os.listdir(tmp_path)) == ["curves.json", "pk.png", "pr.png"]  # no temporary files left
     with pytest.raises(ValueError, match="precision"):
         plot_pr_curve({"bad": {"k": [1]}}, tmp_path / "bad.png")

@@ -279,6 +279,38 @@ def test_cli_index_and_search(db, tmp_path, capsys):
         m.drop()
 
 
+def test_appending_an_index_keeps_one_model_and_one_code_length(db):
+    rng = np.random.default_rng(4)
+    index, q = tie_data(rng)
+    index.metadata["model"] = {"path": "/models/a.onnx", "fingerprint": "a" * 64}
+    with MilvusIndex.from_index(index, db, "append", overwrite=True) as m:
+        other = HammingIndex(16)
+        other.add(np.asarray(index.codes[:5]))
+        other.metadata["model"] = {"path": "/models/b.onnx", "fingerprint": "b" * 64}
+        with pytest.raises(InputError, match="holds codes of another model .fingerprint aaaaaaaaaaaa vs bbbbbbbbbbbb"):
+            m.add_index(other)
+        short = HammingIndex(8)
+        short.add(np.zeros((2, 1), np.uint8))
+        with pytest.raises(InputError, match="holds 16-bit codes; these are 8-bit"):
+            m.add_index(short)
+        assert m.ntotal == index.ntotal  # nothing went in
+        # the same model: appended with new ids after the largest, its catalog with it; the collection then
+        # searches as one HammingIndex holding both
+        more = HammingIndex(16)
+        more.add(np.asarray(index.codes[:5]), labels=[0, 1, 2, 3, -1], class_names=["ant", "bee", "cat", "dog"],
+                 paths=[f"/more/{i}.png" for i in range(5)], keys=[f"m{i}" for i in range(5)])
+        more.metadata["model"] = dict(index.metadata["model"])
+        assert m.add_index(more) == 5
+        new_ids = int(index.ids.max()) + 1 + np.arange(5)
+        assert [r["path"] for r in m.lookup(new_ids)] == [f"/more/{i}.png" for i in range(5)]
+        assert [r.get("class") for r in m.lookup(new_ids)] == ["ant", "bee", "cat", "dog", None]
+        both = HammingIndex(16)
+        both.add(np.asarray(index.codes), np.asarray(index.ids))
+        both.add(np.asarray(index.codes[:5]), new_ids)
+        assert same(m.search(q, 40), both.search(q, 40))
+        m.drop()
+
+
 def test_cli_images_and_search_by_image(db, tmp_path, capsys, digits_run):
     """An image folder indexed into Milvus with a run; searching by image uses the model the collection records,
     and answers as the index file does."""

@@ -227,6 +227,20 @@ def test_training_builds_the_width_it_is_given(tmp_path):
     assert [g[0].out_channels for g in model.groups] == [4, 16, 16]
 
 
+def test_a_width_for_a_model_without_one_is_refused_by_its_flag_before_any_data_is_read(tmp_path, capsys):
+    from dsh.cli import main
+    from dsh.models import model_settings
+
+    assert model_settings("airbench") == ("widths", "width") and model_settings("paper") == ("batch_norm",)
+    # a dataset folder that does not exist: the settings are refused before it is looked for
+    args = ["train", "--dataset", "list", "--data-root", str(tmp_path / "absent"), "--model", "paper",
+            "--width", "12", "--out", str(tmp_path / "run"), "--epochs", "1"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["dsh: error: width (--width) is not a setting of model 'paper'; models with it: airbench"]
+    assert not (tmp_path / "run").exists()  # nothing written either
+
+
 def test_airbench_whitening_init_whitens_patches():
     from dsh.data import Normalizer
 

@@ -5,6 +5,7 @@ figure uses. Small fake results folders and code files, seconds."""
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +58,7 @@ def results(tmp_path):
     db, dl = tied_codes(rng, 400, sort=True)
     save_codes(base / "bits12" / "query.npz", CodeFile(q, 8, ql))
     save_codes(base / "bits12" / "database.npz", CodeFile(db, 8, dl))
-    by_position = evaluate(q, db, ql, dl, 8, ties="position")["map"]
+    by_position = evaluate(q, db, ql, dl, 8, ties="position").map
     runs = [record(12, by_position, "bits12"), record(24, 0.66, "bits24")]
     common.write_json(base / "bits12" / "result.json", runs[0])
     common.write_json(base / "results.json", {"benchmark": True, "protocol": "dsh-paper",
@@ -74,11 +75,11 @@ def test_remake_stores_tie_aware_map_and_keeps_the_position_figure(results):
     r12, r24 = common.sort_runs(data["runs"])
     want = evaluate(q, db, ql, dl, 8)
     position = evaluate(q, db, ql, dl, 8, ties="position")
-    assert r12["ties"] == "expected" and r12["map"] == want["map"] and r12["map_position_ties"] == position["map"]
+    assert r12["ties"] == "expected" and r12["map"] == want.map and r12["map_position_ties"] == position.map
     assert abs(r12["map"] - r12["map_position_ties"]) > 1e-3  # class-sorted database, heavy ties: they differ
-    assert r12["map_minus_paper"] == pytest.approx(want["map"] - 0.6157)
-    assert r12["precision_at_radius_2"] == want["precision_at_radius_2"] == position["precision_at_radius_2"]
-    assert r12["precision_at_k_position_ties"] == position["precision_at_k"]
+    assert r12["map_minus_paper"] == pytest.approx(want.map - 0.6157)
+    assert r12["precision_at_radius_2"] == want.precision_at_radius == position.precision_at_radius
+    assert r12["precision_at_k_position_ties"] == asdict(position.precision_at_k)
     assert r12["database_sorted_by_class"] is True and r12["val_map_ties"] == "position"
     assert "ties" not in r24 and r24["map"] == 0.66  # no code files: left as it was
     # the length's own result.json holds the same row
@@ -91,9 +92,9 @@ def test_remake_stores_tie_aware_map_and_keeps_the_position_figure(results):
     md = (root / "paper_cifar10" / "results.md").read_text()
     section = mrr.render(mrr.Context(root, root.parent / "README.md"))
     for text in (md, section):
-        assert f"| 12 | 0 | {want['map']:.4f} | 0.6157 |" in text
+        assert f"| 12 | 0 | {want.map:.4f} | 0.6157 |" in text
         # the position figure, then precision r<=2 (re-made too)
-        assert f"| {position['map']:.4f} | {want['precision_at_radius_2']:.4f} |" in text
+        assert f"| {position.map:.4f} | {want.precision_at_radius:.4f} |" in text
         assert "| 24 | 0 | 0.6600 |" in text and "could not be re-made (no database codes)" in text
         assert "mAP is tie-aware" in text and "stored class by class" in text
         assert "Rows marked *could not be re-made* have no committed database codes" in text
@@ -114,12 +115,12 @@ def test_remake_accepts_a_row_recorded_tie_aware_without_saying_so(results):
     root, (q, db, ql, dl) = results
     path = root / "paper_cifar10" / "results.json"
     data = common.read_json(path)
-    data["runs"][0]["map"] = evaluate(q, db, ql, dl, 8)["map"]
+    data["runs"][0]["map"] = evaluate(q, db, ql, dl, 8).map
     common.write_json(path, data)
     assert mrr.remake_metrics(root, log=lambda m: None) == 1
     r12 = common.sort_runs(common.read_json(path)["runs"])[0]
     assert r12["ties"] == "expected" and r12["val_map_ties"] == "expected"
-    assert r12["map_position_ties"] == evaluate(q, db, ql, dl, 8, ties="position")["map"]
+    assert r12["map_position_ties"] == evaluate(q, db, ql, dl, 8, ties="position").map
 
 
 def test_rows_with_codes_not_yet_remade_say_so(results):

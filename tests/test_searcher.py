@@ -15,7 +15,7 @@ from dsh.encoder import Encoder
 from dsh.errors import InputError
 from dsh.hamming import pairwise_hamming
 from dsh.index import HammingIndex
-from dsh.searcher import Searcher, index_folder
+from dsh.searcher import Searcher, index_codes, index_folder
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,27 @@ def test_export_command_and_search_with_the_exported_model(setup, capsys, tmp_pa
     assert json.loads(capsys.readouterr().out) == a
     assert main(["export", "--run", str(run), "--out", str(tmp_path / "m.bin")]) == 2
     assert "suffix" in capsys.readouterr().err
+
+
+def test_an_index_of_a_code_file_holds_its_catalog_and_its_model(setup, tmp_path):
+    from dsh.codefile import CodeFile
+    from dsh.encoder import Encoder
+
+    _, run, _ = setup
+    encoder = Encoder.from_run(run)
+    rng = np.random.default_rng(0)
+    codes = rng.integers(0, 256, (20, 1), dtype=np.uint8)
+    cf = CodeFile(codes, 8, labels=rng.integers(0, 3, 20), paths=np.array([f"/x/{i}.png" for i in range(20)]),
+                  class_names=np.array(["a", "b", "c"]))
+    index = index_codes(cf, tmp_path / "db.npz", encoder)
+    assert np.array_equal(np.asarray(index.codes), codes) and index.ntotal == 20
+    assert index.lookup([3]) == [{"id": 3, "label": int(cf.labels[3]), "class": "abc"[cf.labels[3]],
+                                  "path": "/x/3.png"}]
+    assert index.metadata["model"]["fingerprint"] == encoder.fingerprint
+    assert index.metadata["source"] == str((tmp_path / "db.npz").resolve())
+    assert "model" not in index_codes(cf, tmp_path / "db.npz").metadata  # no encoder: no model recorded
+    with pytest.raises(InputError, match=r"makes 8-bit codes but .*db16.npz holds 16-bit codes"):
+        index_codes(CodeFile(np.zeros((2, 2), np.uint8), 16), tmp_path / "db16.npz", encoder)
 
 
 @pytest.mark.parametrize("argv, needle", [

@@ -57,8 +57,8 @@ def test_sampled_protocol_on_mnist(shared_data):
         s = load_part("mnist", part, protocol="cifar10", data_root=shared_data, download=False)
         assert len(s) == size
         # the same images, in the order of the protocol's sorted indices into [train; test]
-        assert torch.equal(s.images, pool_images[split[part]])
-        assert torch.equal(s.labels, pool_labels[split[part]])
+        assert torch.equal(s.images, pool_images[split.part(part)])
+        assert torch.equal(s.labels, pool_labels[split.part(part)])
     q = load_part("mnist", "query", protocol="cifar10", data_root=shared_data, download=False)
     assert np.bincount(q.labels.numpy()).tolist() == [100] * 10
     fit = load_part("mnist", "fit", protocol="cifar10", data_root=shared_data, download=False)

@@ -68,7 +68,7 @@ from typing import Iterable
 import numpy as np
 
 from .errors import DataError, InputError
-from .fileio import END_MARKER, TRAILER, atomic_write, check_trailer
+from .fileio import END_MARKER, TRAILER, atomic_write, check_trailer, read_header
 
 __all__ = ["Catalog", "StringColumn", "catalog_path"]
 
@@ -400,17 +400,8 @@ class Catalog:
             raise DataError(f"{path}: no such catalog file")
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(_HEADER.size)
-            if head[: len(_MAGIC)] != _MAGIC:
-                if len(head) < len(_MAGIC) and _MAGIC.startswith(head):
-                    raise DataError(f"{path}: truncated catalog file ({size} bytes)")
-                raise DataError(f"{path}: not a dsh catalog file (no {_MAGIC.decode()} magic)")
-            if len(head) < _HEADER.size:
-                raise DataError(f"{path}: truncated catalog file ({size} bytes, header alone is {_HEADER.size})")
-            (_, version, hsize, n, kind, C, flags, ids_off, lab_off, poff, pblob, plen, koff, kblob, klen,
-             json_off, mlen, reserved) = _HEADER.unpack(head)
-            if version != _VERSION:
-                raise DataError(f"{path}: catalog format version {version}, this dsh reads version {_VERSION}")
+            (_, _, hsize, n, kind, C, flags, ids_off, lab_off, poff, pblob, plen, koff, kblob, klen,
+             json_off, mlen, reserved) = read_header(f, path, size, _HEADER, _MAGIC, _VERSION, "catalog")
             if hsize != _HEADER.size or kind not in (0, 1, 2) or (kind == 2) != (C > 0) or reserved \
                     or flags & ~(_FLAG_PATHS | _FLAG_KEYS) \
                     or (not flags & _FLAG_PATHS and plen) or (not flags & _FLAG_KEYS and klen):

@@ -208,13 +208,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         from .plots import plot_pr_curve, plot_precision_at_k, save_curves_json
 
         out = Path(args.curves)
-        save_curves_json(result, out / "curves.json")
+        save_curves_json(result.to_dict(), out / "curves.json")
         label = f"{q.nbits} bits"
         plot_pr_curve({label: result}, out / "pr_curve.png", title="precision-recall over Hamming radius")
         plot_precision_at_k({label: result}, out / "precision_at_k.png", title="precision@k")
-    result["excluded_unlabelled"] = excluded
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps({**result.to_dict(), "excluded_unlabelled": excluded}))
         return 0
     if any(excluded.values()):
         print(f"excluded {excluded['queries']} unlabelled queries and {excluded['database']} unlabelled database "
@@ -224,10 +223,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     rule = ("the exact mean over random orders of items at equal distance" if args.ties == "expected"
             else "broken by database position")
     print(f"ties               {args.ties}: {rule} (precision within a radius is the same either way)")
-    print(f"mAP@all            {result['map']:.4f}")
+    print(f"mAP@all            {result.map:.4f}")
     if args.topk is not None:
-        print(f"mAP@{args.topk:<14d}{result['map_at_k']:.4f}")
-    print(f"precision@r<={r}     {result[f'precision_at_radius_{r}']:.4f}")
+        print(f"mAP@{args.topk:<14d}{result.map_at_k:.4f}")
+    print(f"precision@r<={r}     {result.precision_at_radius:.4f}")
     if args.curves:
         print(f"curves written to {args.curves}/ (curves.json, pr_curve.png, precision_at_k.png)")
     return 0
@@ -309,10 +308,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from .index import HammingIndex
-    from .searcher import index_folder, model_record
+    from .searcher import index_codes, index_folder
 
     # where the index goes, checked before anything is encoded
     milvus = args.store == "milvus"
@@ -347,17 +343,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     if args.codes is not None:
         from .codefile import load_codes
 
-        cf = load_codes(args.codes)
-        index = HammingIndex(cf.nbits)
-        index.add(cf.codes, labels=cf.labels, paths=None if cf.paths is None else [str(p) for p in cf.paths],
-                  class_names=None if cf.class_names is None else [str(n) for n in cf.class_names])
-        index.metadata["source"] = str(Path(args.codes).resolve())
-        if args.run or args.model:
-            encoder = _encoder(args)
-            if encoder.nbits != cf.nbits:
-                raise DataError(f"{encoder.source} makes {encoder.nbits}-bit codes but {args.codes} holds "
-                                f"{cf.nbits}-bit codes")
-            index.metadata["model"] = model_record(encoder)
+        encoder = _encoder(args) if args.run or args.model else None
+        index = index_codes(load_codes(args.codes), args.codes, encoder)
     else:
         if not (args.run or args.model):
             raise DataError("index --images needs --run RUN (or --model FILE) to encode them")
@@ -365,17 +352,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     if milvus and args.append:
         with MilvusIndex.open(args.uri, args.collection, timeout=args.timeout) as target:
-            if target.nbits != index.nbits:
-                raise DataError(f"{target} holds {target.nbits}-bit codes; these are {index.nbits}-bit")
-            made_by = (target.metadata.get("model") or {}).get("fingerprint")
-            new_by = (index.metadata.get("model") or {}).get("fingerprint")
-            if made_by and new_by and made_by != new_by:
-                raise DataError(f"{target} holds codes of another model (fingerprint {made_by[:12]} vs "
-                                f"{new_by[:12]}); they would not be comparable")
-            cat = index.catalog
-            target.add(np.asarray(index.codes), labels=None if cat is None else cat.labels,
-                       paths=None if cat is None else cat.paths, keys=None if cat is None else cat.keys,
-                       class_names=None if cat is None or not cat.class_names else cat.class_names)
+            target.add_index(index)
             print(f"added {index.ntotal} codes of {index.nbits} bits to {target} (now {target.ntotal})")
     elif milvus:
         with MilvusIndex.from_index(index, args.uri, args.collection, overwrite=args.overwrite,

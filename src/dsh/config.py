@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError, DataError, one_line
-from .fileio import atomic_write
+from .fileio import write_json
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | Callable[[], list[str]] | None = None):
@@ -386,6 +386,4 @@ def resolve_config(
 
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
-    with atomic_write(path, "w") as f:
-        json.dump(cfg.to_dict(), f, indent=2)
-        f.write("\n")
+    write_json(path, cfg.to_dict())

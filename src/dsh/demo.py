@@ -6,12 +6,11 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
 from .config import resolve_config
-from .fileio import atomic_write
+from .fileio import write_json
 
 # The preset (dsh.config.PRESETS) each dataset's demo trains with; reasons beside the presets.
 DEMO_PRESETS = {"digits": "digits-demo", "mnist": "mnist-cpu"}
@@ -51,8 +50,8 @@ def run_demo(
     print_fn(format_markdown(table))
     print_fn("")
     print_fn(
-        f"mAP@all, {len(q)} test queries vs {len(judged.database)} train database: {metrics['map']:.4f}; "
-        f"precision within radius 2: {metrics['precision_at_radius_2']:.4f}"
+        f"mAP@all, {len(q)} test queries vs {len(judged.database)} train database: {metrics.map:.4f}; "
+        f"precision within radius 2: {metrics.precision_at_radius:.4f}"
     )
     print_fn(f"training: {result.train_seconds:.1f}s ({result.images_per_second:.0f} images/s), "
              f"best epoch {result.best_epoch} by validation mAP {result.best_val_map:.4f}")
@@ -71,8 +70,8 @@ def run_demo(
     summary = {
         "dataset": dataset,
         "nbits": nbits,
-        "map": metrics["map"],
-        "precision_at_radius_2": metrics["precision_at_radius_2"],
+        "map": metrics.map,
+        "precision_at_radius_2": metrics.precision_at_radius,
         "train_seconds": result.train_seconds,
         "images_per_second": result.images_per_second,
         "best_epoch": result.best_epoch,
@@ -82,8 +81,7 @@ def run_demo(
         "run": str(out_dir),
         "index": str(index_path),
     }
-    with atomic_write(out_dir / "demo.json", "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(out_dir / "demo.json", summary)
     return summary
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from .codefile import CodeFile, save_codes
 from .encoder import Encoder
 from .errors import DataError
-from .metrics import evaluate
+from .metrics import Evaluation, evaluate
 from .splits import load_parts, protocol_topk
 
 
@@ -25,7 +25,7 @@ from .splits import load_parts, protocol_topk
 class RunEvaluation:
     query: CodeFile  # codes, labels, class names, and u when asked for
     database: CodeFile
-    metrics: dict  # dsh.metrics.evaluate's result (mAP, precision within radius 2, curves)
+    metrics: Evaluation  # mAP (the protocol's cut-off too), precision within radius 2, curves
     encode_seconds: float
     eval_seconds: float
     model: dict  # dsh.searcher.model_record of the encoder used: what an index of these codes records

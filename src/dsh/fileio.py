@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import math
 import os
 import struct
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Iterator, IO
+from typing import IO, Any, Iterator
 
 from .errors import DataError, one_line  # noqa: F401  (re-exported)
 
@@ -81,6 +83,47 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 # dsh's binary files (index, catalog) end with a CRC-32 (zlib) of every byte before it and an end marker
 TRAILER = struct.Struct("<I4s")
 END_MARKER = b"DSHE"
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """``obj`` as indented JSON, written atomically; NaN and infinities as ``null``, so any JSON reader loads it."""
+    with atomic_write(path, "w") as f:
+        json.dump(_finite(obj), f, indent=2)
+        f.write("\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """``text`` written atomically (UTF-8)."""
+    with atomic_write(path, "w") as f:
+        f.write(text)
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def read_header(f: IO[bytes], path: Path, size: int, header: struct.Struct, magic: bytes, version: int,
+                what: str) -> tuple:
+    """The fixed header every dsh binary file starts with (``magic``, then its format version), unpacked; a
+    one-line :class:`DataError` naming ``path`` and ``what`` the file is where it is not such a file, is cut
+    short, or has another version."""
+    head = f.read(header.size)
+    if head[: len(magic)] != magic:
+        if len(head) < len(magic) and magic.startswith(head):
+            raise DataError(f"{path}: truncated {what} file ({size} bytes)")
+        raise DataError(f"{path}: not a dsh {what} file (no {magic.decode()} magic)")
+    if len(head) < header.size:
+        raise DataError(f"{path}: truncated {what} file ({size} bytes, header alone is {header.size})")
+    fields = header.unpack(head)
+    if fields[1] != version:
+        raise DataError(f"{path}: {what} format version {fields[1]}, this dsh reads version {version}")
+    return fields
 
 
 def check_trailer(f: IO[bytes], path: Path, size: int, expected: int, what: str, verify: bool = True) -> None:

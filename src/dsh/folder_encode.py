@@ -21,7 +21,7 @@ import numpy as np
 
 from .codes import nbytes_for
 from .errors import DataError, InputError
-from .fileio import atomic_write
+from .fileio import atomic_write, write_json
 from .imageio import ImageList
 
 PARTS_FORMAT = "dsh-encode-parts"
@@ -110,8 +110,7 @@ def encode_folder(encoder, folder: str | Path, out: str | Path, *, keep_u: bool 
             raise DataError(f"{parts}: the interrupted encode there was of other files, another model or other "
                             f"settings; remove that folder to start again")
     else:
-        with atomic_write(manifest_path, "w") as f:
-            json.dump(manifest, f, indent=2)
+        write_json(manifest_path, manifest)
 
     n, nbits = len(listing), encoder.nbits
     bounds = [(a, min(a + int(part_size), n)) for a in range(0, n, int(part_size))]

@@ -36,6 +36,7 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
+from .cpu import usable_cpus
 from .errors import DataError, InputError, one_line
 
 # Lower-case suffixes treated as images (those of torchvision's ImageFolder).
@@ -180,11 +181,7 @@ def decode_chunk(sources: Sequence[Any], size: tuple[int, int] | None, mode: str
 
 
 def default_workers() -> int:
-    try:
-        n = len(os.sched_getaffinity(0))
-    except AttributeError:
-        n = os.cpu_count() or 1
-    return max(1, min(8, n))
+    return max(1, min(8, usable_cpus()))
 
 
 def pool_context():

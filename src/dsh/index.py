@@ -62,7 +62,7 @@ from . import _kernels as K
 from .catalog import Catalog, catalog_path
 from .codes import check_codes, nbytes_for
 from .errors import InputError
-from .fileio import END_MARKER, TRAILER, DataError, atomic_write, check_trailer
+from .fileio import END_MARKER, TRAILER, DataError, atomic_write, check_trailer, read_header
 from .hamming import pairwise_hamming_reference
 from .mih import MIHTables, prefer_mih
 
@@ -479,14 +479,8 @@ class HammingIndex:
             raise DataError(f"{path}: no such index file")
         size = path.stat().st_size
         with open(path, "rb") as f:
-            head = f.read(_HEADER.size)
-            if head[: len(_MAGIC)] != _MAGIC:
-                raise DataError(f"{path}: not a dsh index file (no {_MAGIC.decode()} magic)")
-            if len(head) < _HEADER.size:
-                raise DataError(f"{path}: truncated index file ({size} bytes, header alone is {_HEADER.size})")
-            _, version, hsize, nbits, w, n, flags, codes_off, ids_off, mlen = _HEADER.unpack(head)
-            if version != _VERSION:
-                raise DataError(f"{path}: index format version {version}, this dsh reads version {_VERSION}")
+            _, _, hsize, nbits, w, n, flags, codes_off, ids_off, mlen = read_header(f, path, size, _HEADER, _MAGIC,
+                                                                                    _VERSION, "index")
             if hsize != _HEADER.size or nbits < 1 or w != nbytes_for(nbits) or flags != 0 \
                     or codes_off < hsize or codes_off % _ALIGN or ids_off != _align(codes_off + n * w):
                 raise DataError(f"{path}: corrupt index header")

@@ -82,7 +82,7 @@ hypergeometric terms of one bucket for AP@k), and skip the per-item rank bookkee
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Sequence
 
 import numpy as np
@@ -100,6 +100,9 @@ __all__ = [
     "precision_at_radius",
     "recall_at_radius",
     "pr_curve_by_radius",
+    "RadiusCurve",
+    "PrecisionCurve",
+    "Evaluation",
     "evaluate",
 ]
 
@@ -527,6 +530,55 @@ def pr_curve_by_radius(q_codes, db_codes, q_labels, db_labels, nbits: int, ties:
     return dict(radius=np.arange(int(nbits) + 1), precision=prec.mean(axis=0), recall=rec.mean(axis=0))
 
 
+@dataclass(frozen=True)
+class RadiusCurve:
+    """Mean precision and recall of the sets within Hamming radius ``r``, for every ``r = 0..nbits``."""
+
+    radius: list[int]
+    precision: list[float]
+    recall: list[float]
+
+
+@dataclass(frozen=True)
+class PrecisionCurve:
+    """Mean precision@k at each cut-off ``k``."""
+
+    k: list[int]
+    precision: list[float]
+
+    def at(self, k: int) -> float | None:
+        """precision@``k``, or ``None`` where ``k`` is not one of the cut-offs."""
+        return self.precision[self.k.index(k)] if k in self.k else None
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Every figure of :func:`evaluate`, as plain Python numbers and lists (``to_dict`` gives JSON)."""
+
+    nbits: int
+    n_queries: int
+    n_database: int
+    labels: str  # "single" (class ids) or "multi" (multi-hot rows)
+    ties: str  # the rule mAP, mAP@k and precision@k were computed with (one of TIES)
+    map: float  # mAP@all
+    radius: int
+    precision_at_radius: float  # within Hamming distance <= radius
+    recall_at_radius: float
+    queries_without_relevant: int
+    pr_curve: RadiusCurve
+    precision_at_k: PrecisionCurve
+    topk: int | None = None  # with map_at_k: only when evaluate was given a topk
+    map_at_k: float | None = None
+
+    def to_dict(self) -> dict:
+        """JSON-ready: the field names as keys, the curves as ``{name: list}``; no ``topk``/``map_at_k`` unless
+        a cut-off was asked for."""
+        out = asdict(self)
+        if self.topk is None:
+            del out["topk"], out["map_at_k"]
+        return out
+
+
 def evaluate(
     q_codes,
     db_codes,
@@ -537,17 +589,14 @@ def evaluate(
     radius: int = 2,
     ks: Sequence[int] | None = None,
     ties: str = "expected",
-) -> dict:
-    """Every metric from one pass over the data, as JSON-serialisable numbers.
+) -> Evaluation:
+    """Every metric from one pass over the data.
 
-    Keys: ``nbits``, ``n_queries``, ``n_database``, ``labels`` (``"single"`` / ``"multi"``), ``ties`` (the rule
-    used, ``"expected"`` or ``"position"``), ``map`` (mAP@all),
-    ``topk`` and ``map_at_k`` (only when ``topk`` is given; ``topk >= n`` gives ``map_at_k == map``),
-    ``radius``, ``precision_at_radius_{radius}``, ``recall_at_radius_{radius}``, ``queries_without_relevant``,
-    ``pr_curve`` (``{radius, precision, recall}`` lists) and ``precision_at_k`` (``{k, precision}`` lists).
-    ``ks`` defaults to :data:`DEFAULT_KS` without the values larger than the database; given ks must be in 1..n.
-    ``ties`` sets how mAP, mAP@k and precision@k treat items at equal distance (module docstring); the radius
-    figures and the curve over radii are the same under both rules.
+    ``topk`` adds mAP@k (``topk >= n`` gives ``map_at_k == map``); ``radius`` sets the radius of the precision and
+    recall figures (the curve covers every radius). ``ks`` (the cut-offs of the precision@k curve) defaults to
+    :data:`DEFAULT_KS` without the values larger than the database; given ks must be in 1..n. ``ties`` sets how
+    mAP, mAP@k and precision@k treat items at equal distance (module docstring); the radius figures and the curve
+    over radii are the same under both rules.
     """
     nbits = int(nbits)
     radius = _check_radius(radius)
@@ -558,25 +607,19 @@ def evaluate(
     s = _stats(q_codes, db_codes, q_labels, db_labels, nbits, topk, np.asarray(ks), ties=ties)
     prec, rec = s.radius_pr()
     r = min(radius, nbits)
-    out: dict = {
-        "nbits": nbits,
-        "n_queries": len(s.ap),
-        "n_database": n,
-        "labels": "multi" if s.multi else "single",
-        "ties": ties,
-        "map": float(s.ap.mean()),
-    }
-    if topk is not None:
-        out["topk"] = s.topk
-        out["map_at_k"] = float(s.ap_at_k.mean())
-    out["radius"] = radius
-    out[f"precision_at_radius_{radius}"] = float(prec[:, r].mean())
-    out[f"recall_at_radius_{radius}"] = float(rec[:, r].mean())
-    out["queries_without_relevant"] = int((s.rel_counts.sum(axis=1) == 0).sum())
-    out["pr_curve"] = {
-        "radius": list(range(nbits + 1)),
-        "precision": prec.mean(axis=0).tolist(),
-        "recall": rec.mean(axis=0).tolist(),
-    }
-    out["precision_at_k"] = {"k": s.ks.tolist(), "precision": s.precision_at_k().tolist()}
-    return out
+    return Evaluation(
+        nbits=nbits,
+        n_queries=len(s.ap),
+        n_database=n,
+        labels="multi" if s.multi else "single",
+        ties=ties,
+        map=float(s.ap.mean()),
+        radius=radius,
+        precision_at_radius=float(prec[:, r].mean()),
+        recall_at_radius=float(rec[:, r].mean()),
+        queries_without_relevant=int((s.rel_counts.sum(axis=1) == 0).sum()),
+        pr_curve=RadiusCurve(list(range(nbits + 1)), prec.mean(axis=0).tolist(), rec.mean(axis=0).tolist()),
+        precision_at_k=PrecisionCurve(s.ks.tolist(), s.precision_at_k().tolist()),
+        topk=None if topk is None else s.topk,
+        map_at_k=None if topk is None else float(s.ap_at_k.mean()),
+    )

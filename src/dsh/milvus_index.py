@@ -231,7 +231,7 @@ class MilvusIndex:
         meta_user = {k: v for k, v in index.metadata.items() if k != "catalog"}  # "catalog" names a file
         out = cls._new(uri, collection, index.nbits, overwrite=overwrite, metadata=meta_user, timeout=timeout,
                        token=token, complete=False)
-        try:
+        with out._filling(complete=True):
             cat = index.catalog
             if cat is not None and cat.class_names:
                 out.add(index.codes[:0], labels=cat.labels[:0] if cat.labels is not None else None,
@@ -253,11 +253,6 @@ class MilvusIndex:
                 if progress is not None:
                     progress(b)
             out._client.flush(collection)
-            out._meta["complete"] = True
-            out._save_meta()
-        except BaseException:
-            out._drop_quietly()
-            raise
         return out
 
     @classmethod
@@ -338,17 +333,24 @@ class MilvusIndex:
                 out._drop_quietly(raise_errors=True)
             out._ensure_meta_collection()
             out._save_meta()  # marked incomplete before the collection exists: an interruption is detectable
-            try:
+            with out._filling(complete=complete):
                 out._create_collection()
-                if complete:
-                    out._meta["complete"] = True
-                    out._save_meta()
-            except BaseException:
-                out._drop_quietly()
-                raise
             return out
         except BaseException:
             client.close()
+            raise
+
+    @contextmanager
+    def _filling(self, complete: bool) -> Iterator[None]:
+        """Around the work that fills a new collection: if it fails, the collection is dropped, so no half-made
+        one is left; if it succeeds and ``complete``, the collection is marked complete."""
+        try:
+            yield
+            if complete:
+                self._meta["complete"] = True
+                self._save_meta()
+        except BaseException:
+            self._drop_quietly()
             raise
 
     @staticmethod
@@ -499,6 +501,23 @@ class MilvusIndex:
         from one more than the largest id held; a column not given gets its fill value; nothing changes if an
         argument is refused (``InputError``, also for ids already held)."""
         self._add(codes, ids, labels=labels, paths=paths, keys=keys, class_names=class_names)
+
+    def add_index(self, index) -> int:
+        """Append every item of a :class:`~dsh.index.HammingIndex` (codes and catalog; new ids, counting on), after
+        checking that its codes are as long as these and, where both record their model, made by the same model
+        (codes of two models are not comparable). Returns the number of items added."""
+        if index.nbits != self.nbits:
+            raise InputError(f"{self} holds {self.nbits}-bit codes; these are {index.nbits}-bit")
+        made_by = (self.metadata.get("model") or {}).get("fingerprint")
+        new_by = (index.metadata.get("model") or {}).get("fingerprint")
+        if made_by and new_by and made_by != new_by:
+            raise InputError(f"{self} holds codes of another model (fingerprint {made_by[:12]} vs {new_by[:12]}); "
+                             f"they would not be comparable")
+        cat = index.catalog
+        self.add(np.asarray(index.codes), labels=None if cat is None else cat.labels,
+                 paths=None if cat is None else cat.paths, keys=None if cat is None else cat.keys,
+                 class_names=None if cat is None or not cat.class_names else cat.class_names)
+        return index.ntotal
 
     def _add(self, codes, ids=None, *, labels=None, paths=None, keys=None, class_names=None, save: bool = True,
              force_catalog: bool = False, check_ids: bool = True) -> None:

@@ -39,7 +39,7 @@ from torchvision.models.resnet import BasicBlock
 
 from .errors import InputError
 
-__all__ = ["create_model", "list_models", "register_model"]
+__all__ = ["create_model", "list_models", "model_settings", "register_model"]
 
 # name -> builder(nbits, in_channels, image_size, **kwargs) -> nn.Module
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -69,6 +69,17 @@ def list_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_settings(name: str) -> tuple[str, ...] | None:
+    """The keyword settings model ``name``'s builder takes besides ``nbits, in_channels, image_size``, in order;
+    ``None`` when it takes any keyword (``**kwargs``)."""
+    if name not in _REGISTRY:
+        raise InputError(f"unknown model {name!r}; choose from: {', '.join(list_models())}")
+    params = list(inspect.signature(_REGISTRY[name]).parameters.values())[3:]
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
+
+
 def create_model(
     name: str, nbits: int, in_channels: int = 3, image_size: int | tuple[int, int] = 32, **kwargs
 ) -> nn.Module:
@@ -90,11 +101,10 @@ def create_model(
     h, w = _as_hw(image_size)
     # builders and model.config get a plain int for square images (the common case), (H, W) otherwise
     nbits, in_channels = int(nbits), int(in_channels)
-    accepted = inspect.signature(_REGISTRY[name]).parameters
-    if not any(p.kind is p.VAR_KEYWORD for p in accepted.values()):
-        unknown = sorted(set(kwargs) - set(accepted))
-        if unknown:
-            raise InputError(f"model {name!r} has no setting {', '.join(unknown)}")
+    accepted = model_settings(name)
+    unknown = [] if accepted is None else sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise InputError(f"model {name!r} has no setting {', '.join(unknown)}")
     model = _REGISTRY[name](nbits, in_channels, h if h == w else (h, w), **kwargs)
     image_size = h if h == w else [h, w]
     config = {k: v for k, v in kwargs.items() if k != "weights_path"}

@@ -33,6 +33,7 @@ __all__ = [
     "PROTOCOLS",
     "register_protocol",
     "get_protocol",
+    "Split",
     "make_split",
     "to_source",
     "gather",
@@ -142,17 +143,33 @@ def _class_ids(labels, name: str) -> np.ndarray:
     return a.astype(np.int64)
 
 
-def make_split(name: str, train_labels, test_labels, seed: int = 0) -> dict:
+@dataclass(frozen=True)
+class Split:
+    """A protocol built over one dataset: three sorted ``int64`` index arrays into ``[train; test]``."""
+
+    protocol: str
+    seed: int
+    n_train: int  # the sizes of the dataset's own train and test sets, so the split can be checked or rebuilt
+    n_test: int
+    query: np.ndarray  # int64[n_query]
+    train: np.ndarray  # int64[n_train_used]: the images that train the model
+    database: np.ndarray  # int64[n_database]
+    topk: int | None  # the cut-off of the protocol's mAP (None = mAP@all), for dsh.metrics.evaluate
+
+    PARTS = ("query", "train", "database")
+
+    def part(self, name: str) -> np.ndarray:
+        """The indices of part ``name`` (one of :attr:`PARTS`)."""
+        if name not in self.PARTS:
+            raise ValueError(f"unknown part {name!r} of protocol {self.protocol!r}; known: {', '.join(self.PARTS)}")
+        return getattr(self, name)
+
+
+def make_split(name: str, train_labels, test_labels, seed: int = 0) -> Split:
     """Build protocol ``name`` over a dataset's train and test labels (single-label class ids).
 
-    Returns a dict with:
-
-    - ``query``, ``train``, ``database``: ``int64`` indices into ``[train; test]`` (module docstring), sorted;
-    - ``topk``: the cut-off of the protocol's mAP (None = mAP@all), to pass to :func:`dsh.metrics.evaluate`;
-    - ``protocol``, ``seed``, ``n_train``, ``n_test``: what was built, so the split can be checked or rebuilt.
-
-    The same ``(name, labels, seed)`` always gives the same split; ``seed`` is unused by protocols that do not
-    sample.
+    The same ``(name, labels, seed)`` always gives the same :class:`Split`; ``seed`` is unused by protocols that
+    do not sample.
     """
     p = get_protocol(name)
     tr = _class_ids(train_labels, "train_labels")
@@ -186,16 +203,8 @@ def make_split(name: str, train_labels, test_labels, seed: int = 0) -> dict:
         if p.database == "rest":
             taken[train] = True
         database = np.flatnonzero(~taken)
-    return {
-        "protocol": p.name,
-        "seed": int(seed),
-        "n_train": n_train,
-        "n_test": n_test,
-        "query": query.astype(np.int64),
-        "train": train.astype(np.int64),
-        "database": database.astype(np.int64),
-        "topk": p.topk,
-    }
+    return Split(p.name, int(seed), n_train, n_test, query.astype(np.int64), train.astype(np.int64),
+                 database.astype(np.int64), p.topk)
 
 
 def to_source(indices, n_train: int) -> tuple[np.ndarray, np.ndarray]:

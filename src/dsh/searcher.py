@@ -205,3 +205,19 @@ def index_folder(encoder, folder: str | os.PathLike, *, progress: bool = False) 
                   paths=[str(root / f) for f in listing.files[start:stop]])
     index.metadata.update(source=str(root), model=model_record(encoder))
     return index
+
+
+def index_codes(codes, source: str | os.PathLike, encoder=None) -> HammingIndex:
+    """A new index of a code file's codes (a :class:`~dsh.codefile.CodeFile`, read from ``source``), its labels,
+    paths and class names in the catalog. With ``encoder`` (the model that made them), the index records it
+    (:func:`model_record`), after checking that it makes codes of the same length."""
+    if encoder is not None and encoder.nbits != codes.nbits:
+        raise InputError(f"{encoder.source} makes {encoder.nbits}-bit codes but {source} holds "
+                         f"{codes.nbits}-bit codes")
+    index = HammingIndex(codes.nbits)
+    index.add(codes.codes, labels=codes.labels, paths=None if codes.paths is None else [str(p) for p in codes.paths],
+              class_names=None if codes.class_names is None else [str(n) for n in codes.class_names])
+    index.metadata["source"] = str(Path(source).resolve())
+    if encoder is not None:
+        index.metadata["model"] = model_record(encoder)
+    return index

@@ -66,7 +66,7 @@ def load_parts(
     out = []
     for part in parts:
         source = "train" if part in ("val", "fit") else part
-        chosen = _gather(train, test, split[source], f"{dataset}/{protocol}/{source}")
+        chosen = _gather(train, test, split.part(source), f"{dataset}/{protocol}/{source}")
         out.append(carve_val(chosen, part, val_size, seed, f"{dataset}/{protocol}") if part in ("val", "fit")
                    else chosen)
     return out

@@ -14,7 +14,6 @@ carved from the training split; the test split is never looked at here.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import random
@@ -32,13 +31,14 @@ from . import checkpoint as ckpt_io
 from . import distributed
 from .codes import codes_from_u, to_hex
 from .config import TrainConfig, save_config
+from .cpu import has_fast_bf16
 from .data import BatchLoader, Normalizer, default_augment
 from .encode import encode_images
 from .errors import ConfigError, DataError, ModelFileError, TrainingError, one_line
-from .fileio import atomic_write
+from .fileio import write_json
 from .loss import DSHLoss
 from .metrics import mean_average_precision
-from .models import create_model
+from .models import create_model, list_models, model_settings
 from .report import class_code_table, format_markdown
 from .runlock import RunLock
 from .splits import load_parts
@@ -68,8 +68,16 @@ def resolve_device(prefer: str = "auto") -> torch.device:
 
 
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
-    """The model builder's keyword settings that a config sets (today only ``width``)."""
-    return {} if cfg.width is None else {"width": cfg.width}
+    """The model builder's keyword settings that a config sets (today only ``width``); a :class:`ConfigError`
+    naming the flag when ``cfg.model`` has no such setting."""
+    options = {} if cfg.width is None else {"width": cfg.width}
+    accepted = model_settings(cfg.model)
+    for name in options:
+        if accepted is not None and name not in accepted:
+            having = [m for m in list_models() if name in (model_settings(m) or ())]
+            raise ConfigError(f"{name} (--{name.replace('_', '-')}) is not a setting of model {cfg.model!r}; "
+                              f"models with it: {', '.join(having) or 'none'}")
+    return options
 
 
 def seed_everything(seed: int) -> None:
@@ -119,24 +127,10 @@ def make_scheduler(cfg: TrainConfig, optimizer, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
 
 
-def cpu_has_native_bf16() -> bool:
-    """True where bf16 autocast was measured to pay on the CPU: AMX, or AVX512-BF16 on AMD (1.2-1.6x the paper
-    net's images/s on a 2-core EPYC). On an Intel Xeon with AVX512-BF16 but no AMX it was slower than float32
-    (paper net on MNIST 2,319 against 3,194 images/s; airbench's convolutions 20-45% slower), so not there."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return False
-    flags = next((line for line in lines if line.startswith("flags")), "").split()
-    amd = any(line.startswith("vendor_id") and "AuthenticAMD" in line for line in lines)
-    return "amx_bf16" in flags or ("avx512_bf16" in flags and amd)
-
-
 def use_bf16(cfg: TrainConfig, device: torch.device) -> bool:
     if cfg.amp == "auto":
-        # measured on a 2-core AVX512-BF16 CPU: 1.6x the images/s of float32 for the paper net (see README)
-        return device.type == "cuda" or cpu_has_native_bf16()
+        # bf16 only where it was measured to beat float32 (dsh.cpu.has_fast_bf16; see README)
+        return device.type == "cuda" or has_fast_bf16()
     return cfg.amp == "bf16"
 
 
@@ -232,6 +226,7 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], No
     if cfg.threads:  # after a resume has restored the run's own settings; torch's and numba's pools alike, or
         set_threads(cfg.threads)  # numba's start at the first validation would reset torch's count to all cores
     distributed.check_batch_size(cfg.batch_size, ctx.world_size)
+    options = model_options(cfg)  # before any data is read
     if ctx.ddp:
         distributed.share_cores()  # rank 0's validation (numba) keeps to this process's threads
     if ctx.master:
@@ -269,7 +264,7 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], No
 
     # --- model, loss, optimiser ---
     model = create_model(cfg.model, cfg.nbits, in_channels=channels, image_size=(height, width),
-                         **model_options(cfg)).to(device)
+                         **options).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if state is None and hasattr(model, "init_whitening"):  # airbench: its first layer from the training patches
@@ -473,16 +468,14 @@ def finish(run: Run) -> TrainResult:
     warnings: list[str] = []
     if run.ctx.master:
         warnings = run_warnings(run)
-        with atomic_write(run.run_dir / "history.json", "w") as f:
-            json.dump(run.history, f, indent=2)
+        write_json(run.run_dir / "history.json", run.history)
         best = next((r for r in run.history if r.get("epoch") == run.best_epoch), {})
         summary = {"best_epoch": run.best_epoch, "best_val_map": run.best_map, "epochs": run.cfg.epochs,
                    "epochs_run": len(run.history), "train_seconds": run.train_seconds,
                    "images_seen": run.images_seen, "classes": int(labels_present(run.fit.labels.numpy()).size),
                    **{k: best[k] for k in ("val_codes", "val_classes", "val_class_codes") if k in best},
                    "warnings": warnings}
-        with atomic_write(run.run_dir / "summary.json", "w") as f:
-            json.dump(summary, f, indent=2)
+        write_json(run.run_dir / "summary.json", summary)
         for w in warnings:
             (run.log or print)(f"warning: {w}")
     seconds = time.perf_counter() - run.t_start

@@ -11,8 +11,12 @@ Reads, under ``--results`` (default ``benchmarks/results``), whichever exist of:
 - ``seed_mnist/results.json`` (``benchmarks/seed_mnist.py``): the seed experiment with the preset ``mnist-cpu``,
   its class table and figures; ``seed_mnist_defaults/results.json`` (``--preset none``): the same with the library's
   plain defaults;
+- ``mosaic_mnist/results.json`` and ``mosaic_mnist_defaults/results.json`` (``benchmarks/mosaic_mnist.py``, preset
+  ``mosaic-cpu`` and ``--preset none``): multi-label training on MNIST mosaics;
+- ``tta_views.json`` / ``.md`` (``benchmarks/tta_views.py``): a trained run's mAP under more test-time views;
 - ``train_throughput.json`` / ``.md`` (``benchmarks/train_throughput.py``): training images/s;
-- ``search.json`` / ``.md`` (``benchmarks/search.py``): Hamming search speed against faiss.
+- ``search.json`` / ``.md`` (``benchmarks/search.py``), and the other scripts' ``STEM.json`` / ``.md``: search,
+  encoding, serving and scaling figures.
 
 Each table comes with the one-line command that re-makes it and the machine it was measured on; figures are
 embedded with paths relative to the README.
@@ -408,6 +412,13 @@ def md_section(ctx: Context, stem: str, title: str, what: str, command: str,
     return lines
 
 
+def tta_section(ctx: Context) -> list[str]:
+    return md_section(ctx, "tta_views", "Test-time views: flips and 1-pixel shifts",
+                      "The test mAP of one trained run's codes when `u` is averaged over more views of each image "
+                      "(dsh builds in only the flip).",
+                      ctx.default_command("tta_views.py", "--run", "RUN", "--threads", "2", out=""))
+
+
 def throughput_section(ctx: Context) -> list[str]:
     return md_section(ctx, "train_throughput", "Training throughput",
                       "Training images/s of the CPU-sized models as `dsh train` runs a step (loader, augmentation, "
@@ -416,9 +427,13 @@ def throughput_section(ctx: Context) -> list[str]:
 
 
 def mosaic_section(ctx: Context) -> list[str]:
-    return md_section(ctx, "mosaic_mnist/results", "MNIST 2x2 mosaics: multi-label training",
-                      "DSH trained on multi-hot labels (similar = sharing a digit) and scored with the multi-label, "
-                      "tie-aware mAP@all.", ctx.default_command("mosaic_mnist.py", "--threads", "2"))
+    what = ("DSH trained on multi-hot labels (similar = sharing a digit) and scored with the multi-label, tie-aware "
+            "mAP@all.")
+    return [*md_section(ctx, "mosaic_mnist/results", "MNIST 2x2 mosaics: multi-label training (preset mosaic-cpu)",
+                        what, ctx.default_command("mosaic_mnist.py", "--threads", "2")), "",
+            *md_section(ctx, "mosaic_mnist_defaults/results", "MNIST 2x2 mosaics: multi-label training (library "
+                        "defaults)", what, ctx.default_command("mosaic_mnist.py", "--preset", "none", "--threads", "2",
+                                                               out="mosaic_mnist_defaults"))]
 
 
 def search_section(ctx: Context) -> list[str]:
@@ -458,9 +473,9 @@ def scale_section(ctx: Context) -> list[str]:
                       ctx.default_command("scale_search.py", "--n", "1000000", "--bits", "64", out=""))
 
 
-SECTIONS: list[Callable[[Context], list[str]]] = [paper_section, seed_section, mosaic_section, throughput_section,
-                                                  search_section, encode_section, serve_section, scale_train_section,
-                                                  scale_section]
+SECTIONS: list[Callable[[Context], list[str]]] = [paper_section, tta_section, seed_section, mosaic_section,
+                                                  throughput_section, search_section, encode_section, serve_section,
+                                                  scale_train_section, scale_section]
 
 
 def render(ctx: Context) -> str:

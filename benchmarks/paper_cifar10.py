@@ -304,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--bits", type=int, nargs="+", default=list(DEFAULT_BITS),
                    help=f"code lengths (default: {' '.join(map(str, DEFAULT_BITS))})")
-    p.add_argument("--protocol", default=PROTOCOL, choices=sorted(REFERENCES),
+    p.add_argument("--protocol", default=PROTOCOL, choices=choices_of("protocol"),
                    help=f"the split (default {PROTOCOL}, the paper's; cifar10-1 is DeepHash-pytorch's, results in "
                         f"{DEFAULT_OUT}_cifar10-1)")
     p.add_argument("--out", help=f"results folder (default: {DEFAULT_OUT}; with --limit-*: {SMOKE_OUT})")

@@ -99,9 +99,10 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     assert "Targets at 8 bits: mAP ≥ 0.99 — met (0.9910); every class code distinct — met." in text
     # no results files: the section says so, with the command
     # (the sections without results files here: CIFAR-10's cifar10-1 protocol and paper-network tables, the defaults'
-    # seed experiment, the mosaics, training throughput, search, encoding throughput, serving, training with 1 and
-    # 2 processes, Milvus)
-    assert text.count("Not yet run.") == 10
+    # seed experiment, the test-time views, the mosaics with the preset and with the defaults, training throughput,
+    # search, encoding throughput, serving, training with 1 and 2 processes, Milvus)
+    assert text.count("Not yet run.") == 12
+    assert "python benchmarks/mosaic_mnist.py --preset none --threads 2 --out benchmarks/results/mosaic_mnist_defaults" in text
     assert "python benchmarks/paper_cifar10.py --protocol cifar10-1 --out benchmarks/results/paper_cifar10_cifar10-1" in text
     assert "python benchmarks/seed_mnist.py --preset none --out benchmarks/results/seed_mnist_defaults" in text
     assert "python benchmarks/search.py --sizes 1000000 10000000 --bits 64 128" in text
@@ -320,3 +321,32 @@ def test_mosaic_benchmark_smoke(tmp_path, shared_data):
     assert q.labels.ndim == 2 and q.labels.shape[1] == 10  # multi-hot rows
     assert row["map"] == pytest.approx(mean_average_precision(q.codes, db.codes, q.labels, db.labels, 8), abs=1e-12)
     assert not (tmp_path / "unused").exists()  # a smoke test writes its own small set
+
+
+def test_tta_views_are_the_shifted_and_mirrored_images_and_combine_as_documented():
+    import numpy as np
+    import torch
+
+    import tta_views
+
+    class Flat(torch.nn.Module):  # u = the image's pixels, so each view's u is the view itself
+        def forward(self, x):
+            return x.reshape(len(x), -1)
+
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (7, 1, 5, 6), dtype=np.uint8))
+    u = tta_views.view_u(Flat(), lambda x: x.float(), images, batch_size=3)
+    ref = np.pad(images.numpy().astype(np.float32), ((0, 0), (0, 0), (1, 1), (1, 1)), mode="reflect")
+    want = {"identity": ref[:, :, 1:6, 1:7], "up-left": ref[:, :, 0:5, 0:6], "down-right": ref[:, :, 2:7, 2:8],
+            "up-right": ref[:, :, 0:5, 2:8], "down-left": ref[:, :, 2:7, 0:6]}
+    assert sorted(u) == sorted([*want, *(f"{k}, mirrored" for k in want)])
+    for name, view in want.items():
+        np.testing.assert_array_equal(u[name], view.reshape(7, -1))
+        np.testing.assert_array_equal(u[f"{name}, mirrored"], view[..., ::-1].reshape(7, -1))
+    flip = (u["identity"] + u["identity, mirrored"]) / 2
+    np.testing.assert_array_equal(tta_views.combine(u, "none"), u["identity"])
+    np.testing.assert_allclose(tta_views.combine(u, "flip"), flip)
+    two = sum(u[k] + u[f"{k}, mirrored"] for k in ("up-left", "down-right")) / 4
+    np.testing.assert_allclose(tta_views.combine(u, "flip + 2 shifts"), (flip + two) / 2, rtol=1e-6)
+    four = sum(u[k] + u[f"{k}, mirrored"] for k in want if k != "identity") / 8
+    np.testing.assert_allclose(tta_views.combine(u, "flip + 4 shifts"), (flip + four) / 2, rtol=1e-6)

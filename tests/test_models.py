@@ -273,3 +273,31 @@ def test_airbench_optimizer_groups():
     assert all(p.ndim == 1 for g in groups if g["name"] != "weights" and g["name"] != "whitening"
                for p in g["params"])
     torch.optim.SGD([{k: v for k, v in g.items() if k != "name"} for g in groups], lr=0.1, momentum=0.9)
+
+
+def test_a_registered_model_and_protocol_appear_in_every_help_and_choice_without_another_edit(monkeypatch):
+    from pathlib import Path
+
+    import dsh.protocols as protocols
+    from dsh.cli import build_parser
+    from dsh.config import TrainConfig
+
+    monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
+    monkeypatch.setattr(protocols, "PROTOCOLS", dict(protocols.PROTOCOLS))
+    register_model("tinynet")(lambda nbits, in_channels, image_size: nn.Linear(1, nbits))
+    protocols.register_protocol(protocols.Protocol("tinysplit", "a test's own split", "split"))
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import paper_cifar10
+
+    def choices_of_flag(parser, flag):
+        return next(a.choices for a in parser._actions if flag in a.option_strings)
+
+    cli = build_parser()
+    subcommands = next(a for a in cli._actions if a.choices and "train" in a.choices).choices
+    for sub, flag, name in (("train", "--model", "tinynet"), ("train", "--protocol", "tinysplit"),
+                            ("eval", "--protocol", "tinysplit"), ("encode", "--protocol", "tinysplit")):
+        choices = choices_of_flag(subcommands[sub], flag)  # train's are checked by TrainConfig, named in the help
+        assert (choices is None or name in choices) and name in subcommands[sub].format_help(), (sub, flag)
+    bench = paper_cifar10.build_parser()
+    assert "tinynet" in choices_of_flag(bench, "--model") and "tinysplit" in choices_of_flag(bench, "--protocol")
+    TrainConfig(model="tinynet", protocol="tinysplit").validate()  # and the config accepts them

@@ -92,5 +92,5 @@ def test_write_json_writes_what_any_json_reader_loads_and_keeps_the_old_file_on_
     with pytest.raises(TypeError):
         write_json(path, {"not json": object()})
     assert json.loads(path.read_text())["map"] == 0.5 and temporaries(path) == []
-    write_text(tmp_path / "t.md", "| a |\n")
-    assert (tmp_path / "t.md").read_text() == "| a |\n" and temporaries(tmp_path / "t.md") == []
+    write_text(tmp_path / "t.md", "| é − a |\n")
+    assert (tmp_path / "t.md").read_bytes() == "| é − a |\n".encode("utf-8") and temporaries(tmp_path / "t.md") == []

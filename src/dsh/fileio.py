@@ -93,9 +93,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """``text`` written atomically (UTF-8)."""
-    with atomic_write(path, "w") as f:
-        f.write(text)
+    """``text`` written atomically, as UTF-8 whatever the locale."""
+    with atomic_write(path) as f:
+        f.write(text.encode("utf-8"))
 
 
 def _finite(obj: Any) -> Any:

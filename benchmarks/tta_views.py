@@ -1,6 +1,6 @@
 """Test-time views of a trained run: how much averaging ``u`` over more views of each image moves test mAP.
 
-A trained run's query and database images (its protocol's parts, as ``dsh.experiment`` takes them) are encoded
+A trained run's query and database images (those ``dsh.experiment`` judges it on) are encoded
 under each view with the run's best checkpoint, and each combination's codes (the sign of the mean ``u``) are
 scored with the tie-aware mAP@all, precision within radius 2 and precision@1000:
 
@@ -73,16 +73,13 @@ def measure(run: Path, data_root: str | None) -> dict[str, Any]:
     from dsh.checkpoint import load_model
     from dsh.codes import codes_from_u
     from dsh.config import TrainConfig
-    from dsh.errors import DataError
+    from dsh.experiment import judged_parts
     from dsh.metrics import evaluate
-    from dsh.splits import load_parts, protocol_topk
+    from dsh.splits import protocol_topk
 
     loaded = load_model(run)
     cfg = TrainConfig.from_record(loaded.config, source=str(loaded.path))
-    if not cfg.protocol:
-        raise DataError(f"{run}: the run has no protocol, so its query and database parts are unknown")
-    options = {**cfg.data_options(), "download": False, **({"data_root": data_root} if data_root else {})}
-    query, database = load_parts(cfg.dataset, ("query", "database"), **options)
+    query, database = judged_parts(cfg, data_root)
     model = loaded.model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
     uq = view_u(model, loaded.normalizer, query.images)
@@ -118,7 +115,7 @@ def markdown(result: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--run", type=Path, required=True, help="a trained run folder (its best.pt) with a protocol")
+    p.add_argument("--run", type=Path, required=True, help="a trained run folder (its best.pt)")
     p.add_argument("--data-root", help="where the run's images are (default: as the run recorded)")
     p.add_argument("--threads", type=int)
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))

@@ -84,8 +84,7 @@ class Encoder:
             raise InputError(f"{source}: flip test-time augmentation is part of this model's graph (exported with "
                              f"tta_flip); it cannot be turned off here (export the model again without it)")
         if tta_flip is None:  # a run trained with tta_flip chose its best epoch on codes made so: encode alike
-            settings = info.settings(source)
-            tta_flip = bool(settings and settings.tta_flip)
+            tta_flip = info.trained_with_tta_flip(source)
         self.tta_flip = bool(info.tta_flip or tta_flip)
         self._flip_here = self.tta_flip and not info.tta_flip  # the graph does not do it itself
 

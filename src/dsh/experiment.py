@@ -31,6 +31,19 @@ class RunEvaluation:
     model: dict  # dsh.searcher.model_record of the encoder used: what an index of these codes records
 
 
+def judged_parts(cfg, data_root: str | os.PathLike | None = None) -> tuple:
+    """The query and database images a run of settings ``cfg`` (a :class:`dsh.config.TrainConfig`) is judged on
+    (module docstring), as two :class:`dsh.data.ImageSet`; ``data_root`` where the images are now, if not where
+    the run recorded. Nothing is downloaded."""
+    options = {**cfg.data_options(), "download": False}
+    if data_root is not None:
+        options["data_root"] = data_root
+    own_database = cfg.dataset.lower() == "list"  # multi-label lists have their own database.txt
+    parts = ("query", "database") if cfg.protocol else ("test", "database") if own_database else ("test", "train")
+    query, database = load_parts(cfg.dataset, parts, **options)
+    return query, database
+
+
 def encode_and_evaluate(
     run_dir: str | os.PathLike,
     out_dir: str | os.PathLike | None = None,
@@ -44,14 +57,9 @@ def encode_and_evaluate(
     cfg = encoder.info.settings(encoder.source)
     if cfg is None:
         raise DataError(f"{encoder.source}: the model records no training settings, so its test images are unknown")
-    options = {**cfg.data_options(), "download": False}
-    if data_root is not None:
-        options["data_root"] = data_root
     protocol = cfg.protocol
-    own_database = cfg.dataset.lower() == "list"  # multi-label lists have their own database.txt
-    parts = ("query", "database") if protocol else ("test", "database") if own_database else ("test", "train")
     t0 = time.perf_counter()
-    query, database = load_parts(cfg.dataset, parts, **options)
+    query, database = judged_parts(cfg, data_root)
     q_u, q_codes = encoder.encode_array(query.images.numpy())
     db_codes = encoder.encode_array(database.images.numpy()).codes
     encode_seconds = time.perf_counter() - t0

@@ -150,8 +150,7 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, fmt: str | N
                          f"it with Encoder(..., tta_flip=True))")
     loaded, info = load_torch(source)
     if tta_flip is None:
-        settings = info.settings(str(source))
-        tta_flip = fmt == "onnx" and bool(settings and settings.tta_flip)
+        tta_flip = fmt == "onnx" and info.trained_with_tta_flip(str(source))
     if fmt == "onnx":
         if tta_flip:
             info = dataclasses.replace(info, tta_flip=True, fingerprint=tta_flip_fingerprint(info.fingerprint))

@@ -63,6 +63,12 @@ class ModelInfo:
 
         return TrainConfig.from_record(self.train_config, source) if self.train_config else None
 
+    def trained_with_tta_flip(self, source: str = "the model file") -> bool:
+        """Whether the run chose its best epoch on flip-TTA codes (its ``tta_flip`` setting): what its encoders
+        and ONNX exports do unless told otherwise."""
+        settings = self.settings(source)
+        return bool(settings and settings.tta_flip)
+
     def to_json(self) -> str:
         from . import __version__
 

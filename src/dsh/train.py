@@ -385,11 +385,11 @@ def code_spread(u: np.ndarray, labels: np.ndarray, nbits: int) -> dict[str, Any]
     their classes have (``val_class_codes``, out of ``val_classes``): 1 of several means the model collapsed.
     Multi-hot ``labels`` (``[N, C]``) have no typical code per class: ``val_codes`` alone."""
     codes = codes_from_u(u)
+    distinct = np.unique(codes, axis=0)
     if labels.ndim != 1:
-        distinct = np.unique(codes, axis=0)
         return {"val_codes": int(distinct.shape[0]), "val_class_code": to_hex(distinct[:1], nbits)[0]}
     table = class_code_table(codes, labels, nbits)
-    return {"val_codes": int(np.unique(codes, axis=0).shape[0]), "val_classes": len(table.rows),
+    return {"val_codes": int(distinct.shape[0]), "val_classes": len(table.rows),
             "val_class_codes": len({r.code_hex for r in table.rows}),
             "val_class_code": table.rows[0].code_hex if table.rows else None}
 

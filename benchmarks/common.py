@@ -11,11 +11,11 @@
   run goes through exactly the code a real run does, only on fewer images;
 - one code length end to end: :func:`train_encode_evaluate` (train, encode the protocol's query and database parts
   with the best checkpoint, write the ``.npz`` code files of ``dsh encode``, evaluate), as a result record;
-- output: :func:`dsh.fileio.write_json` and :func:`dsh.fileio.write_text` (atomic; imported here for the
+- output: :func:`dsh.utils.fileio.write_json` and :func:`dsh.utils.fileio.write_text` (atomic; imported here for the
   scripts), table cells (:func:`fmt_seconds`, :func:`fmt_float`, :func:`fmt_cell`).
 
 Settings come from :func:`dsh.config.parse_assignments` and :func:`dsh.config.resolve_config`, threads from
-:func:`dsh.threads.set_threads`, the CPU's name from :mod:`dsh.cpu`. Only the standard library and torch-free dsh
+:func:`dsh.utils.threads.set_threads`, the CPU's name from :mod:`dsh.utils.cpu`. Only the standard library and torch-free dsh
 modules are imported at module level, so ``make_readme_results.py`` stays light; torch and dsh's training code are
 imported inside the functions that need them.
 """
@@ -34,8 +34,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
-from dsh.cpu import cpu_model, usable_cpus
-from dsh.fileio import DataError, atomic_write, write_json, write_text  # noqa: F401 (the scripts write through common)
+from dsh.utils.cpu import cpu_model, usable_cpus
+from dsh.utils.fileio import DataError, atomic_write, write_json, write_text  # noqa: F401 (the scripts write through common)
 
 # ---------------------------------------------------------------------------------------------------------------
 # where things are
@@ -459,16 +459,16 @@ def limited_data_root(dataset: str, data_root: Path, dest: Path, limit_train: in
 
 def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, keep_u: bool = False, resume: bool = False,
                           progress: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train ``cfg`` into ``run_dir``, then :func:`dsh.experiment.encode_and_evaluate` it.
+    """Train ``cfg`` into ``run_dir``, then :func:`dsh.train.experiment.encode_and_evaluate` it.
 
     The query and database are the parts of ``cfg.protocol`` (e.g. ``"dsh-paper"``), or test against train
     without one. Writes ``codes_dir/query.npz`` and ``codes_dir/database.npz`` (``dsh encode``'s files, ``u`` in
     the query file with ``keep_u``). Returns the figures, the codes and labels (``"arrays"``) and the timings.
     """
-    from dsh.experiment import encode_and_evaluate
-    from dsh.threads import set_threads
-    from dsh.metrics import mean_average_precision
-    from dsh.train import train
+    from dsh.train.experiment import encode_and_evaluate
+    from dsh.utils.threads import set_threads
+    from dsh.eval.metrics import mean_average_precision
+    from dsh.train.loop import train
 
     set_threads(cfg.threads)  # torch's and numba's pools, as dsh train --threads sets them
     result = train(cfg, run_dir, resume=resume, progress=progress, log=log)

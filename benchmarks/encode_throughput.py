@@ -9,13 +9,13 @@ Three parts, every figure from dsh's own calls:
    ``backend="onnxruntime"``, batch 256, for the ``paper`` net at 1x28x28 (MNIST test) and 3x32x32 (CIFAR-10 (JPEG
    copy) test) and ``resnet18`` at 3x224x224 (CIFAR test images resized once beforehand). Models are built with
    ``create_model`` (untrained weights: the speed does not depend on them), saved with ``save_checkpoint`` and, for
-   onnxruntime, exported with ``dsh.export.export_model``; the torch rows load the checkpoint
+   onnxruntime, exported with ``dsh.runtime.export.export_model``; the torch rows load the checkpoint
    (``Encoder.from_file(ckpt, backend="torch")``), the onnxruntime rows the ``.onnx`` file (``Encoder.from_file``,
    no torch in that process). Each measurement runs in its own process, which reports its peak RSS.
-2. **Streaming**: ``dsh.folder_encode.encode_folder`` (onnxruntime) over the CIFAR-10 (JPEG copy) test folder
+2. **Streaming**: ``dsh.runtime.folder_encode.encode_folder`` (onnxruntime) over the CIFAR-10 (JPEG copy) test folder
    (10,000 files) and train folder (50,000 files), each in its own process: images/s and peak RSS.
 3. **Agreement**: trained runs (``--run-mnist`` / ``--run-cifar``, else short runs trained here with
-   ``dsh.train.train``) encode the full MNIST and CIFAR-10 (JPEG copy) test splits with both backends
+   ``dsh.train.loop.train``) encode the full MNIST and CIFAR-10 (JPEG copy) test splits with both backends
    (``Encoder.from_run``): share of identical codes, largest ``|u|`` difference, bits that differ.
 
 Prints Markdown tables and writes ``encode_throughput.json`` and ``.md`` into ``--out``. ``--smoke`` (or
@@ -41,8 +41,8 @@ from typing import Any
 import numpy as np
 
 import common
-from dsh.fileio import DataError
-from dsh.threads import set_threads
+from dsh.utils.fileio import DataError
+from dsh.utils.threads import set_threads
 
 STEM = "encode_throughput"
 DEFAULT_OUT = "benchmarks/results"
@@ -149,7 +149,7 @@ def memory_mb() -> dict[str, float]:
 def child_main(spec_path: str) -> int:
     """Run one measurement described by the JSON file ``spec_path``; write its figures to ``spec["result"]``."""
     spec = json.loads(Path(spec_path).read_text())
-    from dsh.encoder import Encoder
+    from dsh.runtime.encoder import Encoder
 
     t = time.perf_counter()
     enc = Encoder.from_file(spec["model"], backend=spec["backend"], threads=spec["threads"],
@@ -171,7 +171,7 @@ def child_main(spec_path: str) -> int:
 
 
 def _default_workers() -> int:
-    from dsh.imageio import default_workers
+    from dsh.utils.imageio import default_workers
 
     return default_workers()
 
@@ -215,7 +215,7 @@ def measure_throughput(enc, spec: dict) -> dict[str, Any]:
 
 def measure_stream(enc, spec: dict) -> dict[str, Any]:
     """One ``encode_folder`` of the whole folder into a code file (then removed), after a warm-up batch."""
-    from dsh.folder_encode import encode_folder
+    from dsh.runtime.folder_encode import encode_folder
 
     _warm(enc)
     rss_ready = memory_mb()["rss_mb"]
@@ -275,10 +275,10 @@ def model_files(name: str, arch: str, shape: tuple[int, int, int], class_names: 
     """An untrained ``arch`` for ``shape`` as a dsh checkpoint (``save_checkpoint``) and its ONNX export."""
     import torch
 
-    from dsh.checkpoint import save_checkpoint
-    from dsh.data import Normalizer
-    from dsh.export import export_model
-    from dsh.models import create_model
+    from dsh.models.checkpoint import save_checkpoint
+    from dsh.models import Normalizer
+    from dsh.runtime.export import export_model
+    from dsh.models.registry import create_model
 
     folder = work / "models" / name
     ckpt, onnx = folder / "best.pt", folder / "model.onnx"
@@ -336,7 +336,7 @@ class Inputs:
         """A list of JPEG files: the CIFAR-10 (JPEG copy) test folder itself for ``cifar``; written once for the
         others (MNIST test images; the resized CIFAR images)."""
         if kind not in self._files:
-            from dsh.imageio import ImageList
+            from dsh.utils.imageio import ImageList
 
             if kind == "cifar":
                 paths = ImageList(self.roots["cifar"] / "test").full_paths()
@@ -386,7 +386,7 @@ def throughput_part(args, inputs: Inputs, work: Path) -> list[dict[str, Any]]:
 
 
 def stream_part(args, roots: dict[str, Path], work: Path) -> list[dict[str, Any]]:
-    from dsh.imageio import ImageList
+    from dsh.utils.imageio import ImageList
 
     class_names = ImageList(roots["cifar"] / "train").class_names
     _, onnx = model_files("paper-3x32x32", "paper", (3, 32, 32), class_names, args.nbits, work)
@@ -408,7 +408,7 @@ def stream_part(args, roots: dict[str, Path], work: Path) -> list[dict[str, Any]
 def train_short(dataset: str, data_root: Path, run_dir: Path, args, **settings) -> dict[str, Any]:
     """A 2-epoch run trained here with dsh's ``train``."""
     from dsh.config import TrainConfig
-    from dsh.train import train
+    from dsh.train.loop import train
 
     cfg = TrainConfig(dataset=dataset, data_root=str(data_root), epochs=2, threads=args.threads,
                       download=False, tensorboard=False, seed=0, **settings).validate()
@@ -422,7 +422,7 @@ def train_short(dataset: str, data_root: Path, run_dir: Path, args, **settings) 
 
 def agreement(run: Path, images: np.ndarray, threads: int, batch_size: int) -> dict[str, Any]:
     """Encode ``images`` with ``Encoder.from_run(run)`` on both backends and compare."""
-    from dsh.encoder import Encoder
+    from dsh.runtime.encoder import Encoder
 
     from dsh.errors import ModelFileError
 

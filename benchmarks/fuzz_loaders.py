@@ -2,8 +2,8 @@
 
     python benchmarks/fuzz_loaders.py --examples 20000 --out benchmarks/results
 
-Loaders: code files (``dsh.codefile.load_codes``, ``.npz``), index files (``HammingIndex.load``), catalog files
-(``dsh.catalog.Catalog.load``) and checkpoints (``dsh.checkpoint.load_model``). Each example is a valid file of the
+Loaders: code files (``dsh.codes.codefile.load_codes``, ``.npz``), index files (``HammingIndex.load``), catalog files
+(``dsh.index.catalog.Catalog.load``) and checkpoints (``dsh.models.checkpoint.load_model``). Each example is a valid file of the
 loader's kind (small, made here) damaged one way (random bytes; cut at a random length; 1-4 random bits flipped;
 a random run of bytes overwritten) and loaded. Every example must end one of two ways:
 
@@ -16,7 +16,7 @@ a random run of bytes overwritten) and loaded. Every example must end one of two
 Anything else fails the run: another exception (a traceback for the user), or a **silently wrong load** (it loaded,
 and something differs from the original). Index and catalog files carry a CRC-32 of all their bytes, code files
 are zip archives with a CRC-32 per array (and the loader checks every array's kind and shape), and checkpoints carry
-a sha256 of their content (``dsh.checkpoint.content_digest``), so no damage of these kinds can load wrong. A hang
+a sha256 of their content (``dsh.models.checkpoint.content_digest``), so no damage of these kinds can load wrong. A hang
 would show as the run not finishing; each example is timed and the slowest is reported.
 
 Prints a table of examples tried / refused / loaded intact per loader and writes ``fuzz_loaders.json`` to
@@ -77,7 +77,7 @@ def _deep_equal(a, b) -> bool:
 
 
 def code_file_target(folder: Path) -> Target:
-    from dsh.codefile import CodeFile, load_codes, save_codes
+    from dsh.codes.codefile import CodeFile, load_codes, save_codes
 
     rng = np.random.default_rng(1)
     n, nbits = 24, 12
@@ -97,7 +97,7 @@ def code_file_target(folder: Path) -> Target:
 
 
 def _index_pair(folder: Path):
-    from dsh.index import HammingIndex
+    from dsh.index.flat import HammingIndex
 
     rng = np.random.default_rng(2)
     index = HammingIndex(12)
@@ -122,7 +122,7 @@ def _same_index(got, want) -> bool:
 
 
 def index_file_target(folder: Path) -> Target:
-    from dsh.index import HammingIndex
+    from dsh.index.flat import HammingIndex
 
     want, path = _index_pair(folder)
     # the damaged index is written beside the base one, so the catalog its metadata names is the good one
@@ -131,7 +131,7 @@ def index_file_target(folder: Path) -> Target:
 
 
 def catalog_file_target(folder: Path) -> Target:
-    from dsh.catalog import Catalog, catalog_path
+    from dsh.index.catalog import Catalog, catalog_path
 
     _, path = _index_pair(folder)
     cpath = catalog_path(path)
@@ -149,9 +149,9 @@ def catalog_file_target(folder: Path) -> Target:
 def checkpoint_target(folder: Path) -> Target:
     import torch
 
-    from dsh.checkpoint import load_model, read_checkpoint, save_checkpoint
-    from dsh.data import Normalizer
-    from dsh.models import create_model
+    from dsh.models.checkpoint import load_model, read_checkpoint, save_checkpoint
+    from dsh.models import Normalizer
+    from dsh.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("paper", 8, in_channels=1, image_size=8)

@@ -71,7 +71,7 @@ def mosaics(digits: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Gener
 def write_split(out: Path, split: str, images: np.ndarray, multi_hot: np.ndarray) -> None:
     from PIL import Image
 
-    from dsh.fileio import atomic_write
+    from dsh.utils.fileio import atomic_write
 
     folder = out / "images" / split
     folder.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def make(mnist_root: Path, out: Path, counts: dict[str, int], seed: int = 0, log
     """Write the mosaic dataset into ``out`` (skipped where a complete one of the same settings is there);
     returns its description (``out/mosaic.json``)."""
     from dsh.data import sources
-    from dsh.fileio import atomic_write
+    from dsh.utils.fileio import atomic_write
 
     settings = {"format": "dsh-mnist-mosaic", "version": 1, "seed": int(seed), "counts": dict(counts),
                 "size": [SIZE, SIZE], "digits_per_image": [1, 4], "sources": SOURCE}

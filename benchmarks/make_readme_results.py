@@ -21,7 +21,7 @@ Reads, under ``--results`` (default ``benchmarks/results``), whichever exist of:
 Each table comes with the one-line command that re-makes it and the machine it was measured on; figures are
 embedded with paths relative to the README.
 
-**Ties.** The mAP column is the tie-aware figure (``dsh.metrics``' default ``ties="expected"``: the exact expected
+**Ties.** The mAP column is the tie-aware figure (``dsh.eval.metrics``' default ``ties="expected"``: the exact expected
 value when items at equal Hamming distance come in random order) for every row whose record says ``"ties":
 "expected"``; beside it, ``map_position_ties`` is the same codes' figure with ties broken by database position.
 ``--remake-metrics`` recomputes, from each row's committed code files (``query_file``, ``database_file``), mAP,
@@ -214,9 +214,9 @@ def remake_metrics(results_root: Path, log: Callable[[str], None] = print) -> in
     import numpy as np
 
     import dsh
-    from dsh.codefile import load_codes
-    from dsh.metrics import evaluate
-    from dsh.protocols import get_protocol
+    from dsh.codes.codefile import load_codes
+    from dsh.eval.metrics import evaluate
+    from dsh.data.protocols import get_protocol
 
     done = 0
     for path in sorted(results_root.glob("*/results.json")):

@@ -43,7 +43,7 @@ from typing import Any
 import common
 from dsh.config import choices_of, parse_assignments
 from dsh.errors import DataError
-from dsh.metrics import PrecisionCurve
+from dsh.eval.metrics import PrecisionCurve
 
 # Table 2 of the DSH paper: mAP on CIFAR-10 (10,000 test queries vs 50,000 training images, mAP@all).
 PAPER_MAP = {12: 0.6157, 24: 0.6512, 36: 0.6607, 48: 0.6755}
@@ -187,7 +187,7 @@ def describe(rows: list[dict]) -> str:
     if protocol == PROTOCOL:
         return (f"{rows[0]['n_queries']:,} test queries against {rows[0]['n_database']:,} training images as the "
                 f"database, mAP@all; trained from scratch. Paper: {source}.")
-    from dsh.protocols import get_protocol
+    from dsh.data.protocols import get_protocol
 
     return (f"Protocol `{protocol}`: {get_protocol(protocol).description} Here {rows[0]['n_queries']:,} queries "
             f"against {rows[0]['n_database']:,}; trained from scratch. Reference: {source}.")

@@ -4,7 +4,7 @@
 
 Writes ``n`` random ``nbits``-bit codes (``--data clustered``: near n/1000 centres, each bit flipped with
 probability ``--flip-p``) with a catalog (class labels and paths, as ``dsh index --images`` stores) into a Milvus
-collection through :meth:`dsh.milvus_index.MilvusIndex.from_index`, timing the insert, then measures queries/s for
+collection through :meth:`dsh.index.milvus.MilvusIndex.from_index`, timing the insert, then measures queries/s for
 k-NN (``--k``) and radius search (``--radius``), the queries sent as one batch and one at a time, for:
 
 - dsh ``HammingIndex`` (numba scan; radius search also by multi-index hashing);
@@ -177,7 +177,7 @@ def main(argv=None) -> dict:
 
     import pymilvus
 
-    from dsh.milvus_index import MilvusIndex
+    from dsh.index.milvus import MilvusIndex
 
     numba.set_num_threads(args.threads)
     t_start = time.perf_counter()

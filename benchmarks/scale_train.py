@@ -71,7 +71,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.legend()
     ax.set_title("the same training, 1 and 2 processes")
     fig.tight_layout()
-    from dsh.fileio import atomic_write
+    from dsh.utils.fileio import atomic_write
 
     with atomic_write(path) as f:
         fig.savefig(f, format="png")

@@ -24,10 +24,10 @@ import numpy as np
 
 import common
 from dsh import HammingIndex
-from dsh.cpu import cpu_model
-from dsh.fileio import atomic_write
-from dsh.hamming import pairwise_hamming_reference
-from dsh.mih import default_nsub, prefer_mih, split_bits
+from dsh.utils.cpu import cpu_model
+from dsh.utils.fileio import atomic_write
+from dsh.codes.hamming import pairwise_hamming_reference
+from dsh.index.mih import default_nsub, prefer_mih, split_bits
 
 try:
     import faiss

@@ -8,7 +8,7 @@ and reports, per code length:
 
 - mAP@all and precision within Hamming radius 2, the 10,000 test images as queries against the 60,000 training
   images as the database; the training time and images/s;
-- the class hash table (:func:`dsh.report.class_code_table`, on the test codes): how many class pairs are within
+- the class hash table (:func:`dsh.eval.report.class_code_table`, on the test codes): how many class pairs are within
   1 bit, whether every class's code is distinct, the smallest distance between two classes' codes;
 - for 8 bits, UMAP and t-SNE maps of the real outputs ``u`` of the test images (PNG);
 - for 8 bits, a side-by-side with the seed's published facts.
@@ -112,7 +112,7 @@ def run_length(args: argparse.Namespace, nbits: int, seed: int, data_root: Path,
     if record is not None:
         print(f"{nbits} bits, seed {seed}: already done ({length_dir / 'result.json'}), kept (--resume)", flush=True)
         return record
-    from dsh.report import class_code_table, format_markdown
+    from dsh.eval.report import class_code_table, format_markdown
 
     cfg = resolve_settings(args, data_root, nbits, seed)
     run_dir = length_dir / "run"
@@ -149,7 +149,7 @@ def run_length(args: argparse.Namespace, nbits: int, seed: int, data_root: Path,
 
 def plot_maps(a: dict, length_dir: Path, nbits: int, args: argparse.Namespace) -> list[Path]:
     """UMAP and t-SNE of the test images' ``u`` -> ``length_dir/{umap,tsne}.png``."""
-    from dsh.viz import plot_u_maps
+    from dsh.eval.viz import plot_u_maps
 
     print(f"plotting UMAP and t-SNE of u ({min(args.max_points, len(a['q_labels']))} test images)", flush=True)
     return plot_u_maps(a["q_u"], a["q_labels"], length_dir, class_names=a["class_names"],

@@ -109,7 +109,7 @@ def load(port: int, images: list[bytes], clients: int, seconds: float, max_reque
 
 def serve_and_load(name: str, model_args: list[str], index: Path, images: list[bytes], args) -> dict[str, Any]:
     port = free_port()
-    cmd = [sys.executable, "-m", "dsh.cli", "serve", "--index", str(index), *model_args, "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "dsh", "serve", "--index", str(index), *model_args, "--host", "127.0.0.1",
            "--port", str(port), "--quiet", "--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -138,8 +138,8 @@ def serve_and_load(name: str, model_args: list[str], index: Path, images: list[b
 
 
 def build_index(run: Path, folder: Path, out: Path) -> None:
-    from dsh.encoder import Encoder
-    from dsh.searcher import index_folder
+    from dsh.runtime.encoder import Encoder
+    from dsh.runtime.searcher import index_folder
 
     index = index_folder(Encoder.from_run(run), folder, progress=sys.stderr.isatty())
     index.save(out)
@@ -197,8 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"indexing {database} with {args.run} ...", file=sys.stderr)
         build_index(Path(args.run), database, index)
     onnx = work / "model.onnx"
-    from dsh.export import export_model
-    from dsh.index import HammingIndex
+    from dsh.runtime.export import export_model
+    from dsh.index.flat import HammingIndex
 
     export_model(args.run, onnx)
     held = HammingIndex.load(index, mmap=True)

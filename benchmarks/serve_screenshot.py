@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     if chromium is None:
         raise SystemExit("no chromium on PATH (apt-get install chromium)")
     port = free_port()
-    cmd = [sys.executable, "-m", "dsh.cli", "serve", "--index", args.index, "--port", str(port), "--quiet"]
+    cmd = [sys.executable, "-m", "dsh", "serve", "--index", args.index, "--port", str(port), "--quiet"]
     proc = subprocess.Popen(cmd + (["--run", args.run] if args.run else []), stderr=subprocess.PIPE, text=True)
     try:
         wait_healthy(port, proc)

@@ -1,8 +1,8 @@
 """Training throughput (images/s) of the registered CPU-sized models, measured on `dsh train`'s own step.
 
-Each row builds a run exactly as `dsh train` does (:func:`dsh.train.setup`: the data decoded once, the batch loader
+Each row builds a run exactly as `dsh train` does (:func:`dsh.train.loop.setup`: the data decoded once, the batch loader
 with its augmentation, the model with its initialisation, the optimiser and schedule of the settings) and times
-:func:`dsh.train.train_step` on the loader's batches: gather + augment + normalise + forward + DSH loss + backward
+:func:`dsh.train.loop.train_step` on the loader's batches: gather + augment + normalise + forward + DSH loss + backward
 + optimiser and schedule step. The settings of a row are a preset's (the one that trains that model on that data)
 or the library defaults, with the memory layout and bf16 autocast varied. Real images: MNIST (1x28x28) and the
 CIFAR-10 JPEG copy (3x32x32) from the shared data folder.
@@ -51,12 +51,12 @@ def config_for(kind: str, shared: Path, preset: str | None, settings: dict[str, 
 
 
 def measure(cfg: TrainConfig, steps: int, warmup: int = 3) -> dict[str, Any]:
-    """Time ``warmup + steps`` calls of :func:`dsh.train.train_step` on a run set up as `dsh train` sets it up
+    """Time ``warmup + steps`` calls of :func:`dsh.train.loop.train_step` on a run set up as `dsh train` sets it up
     (in a temporary run folder); the first ``warmup`` steps (allocators, kernel choice) are not counted. Returns
     the median and best images/s, the step's loss values (``losses``, one per step, warm-up included) and the
     steps timed."""
-    from dsh import distributed
-    from dsh.train import resolve_device, setup, train_step
+    from dsh.train import distributed
+    from dsh.train.loop import resolve_device, setup, train_step
 
     ctx = distributed.setup(resolve_device())
     losses: list[float] = []

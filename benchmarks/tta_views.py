@@ -1,6 +1,6 @@
 """Test-time views of a trained run: how much averaging ``u`` over more views of each image moves test mAP.
 
-A trained run's query and database images (those ``dsh.experiment`` judges it on) are encoded
+A trained run's query and database images (those ``dsh.train.experiment`` judges it on) are encoded
 under each view with the run's best checkpoint, and each combination's codes (the sign of the mean ``u``) are
 scored with the tie-aware mAP@all, precision within radius 2 and precision@1000:
 
@@ -70,12 +70,12 @@ def combine(u: dict[str, np.ndarray], how: str) -> np.ndarray:
 def measure(run: Path, data_root: str | None) -> dict[str, Any]:
     import torch
 
-    from dsh.checkpoint import load_model
-    from dsh.codes import codes_from_u
+    from dsh.models.checkpoint import load_model
+    from dsh.codes.bits import codes_from_u
     from dsh.config import TrainConfig
-    from dsh.experiment import judged_parts
-    from dsh.metrics import evaluate
-    from dsh.splits import protocol_topk
+    from dsh.train.experiment import judged_parts
+    from dsh.eval.metrics import evaluate
+    from dsh.data.splits import protocol_topk
 
     loaded = load_model(run)
     cfg = TrainConfig.from_record(loaded.config, source=str(loaded.path))
@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     args = p.parse_args(argv)
     from dsh.errors import UserError
-    from dsh.threads import set_threads
+    from dsh.utils.threads import set_threads
 
     try:
         set_threads(args.threads)

@@ -78,7 +78,7 @@ def tiny_image_tree(tmp_path: Path) -> Path:
 def train_digits_run(out: Path, epochs: int = 3, seed: int = 0) -> Path:
     """A short digits run (8x8 grey, 8-bit codes) in ``out``."""
     from dsh.config import TrainConfig
-    from dsh.train import train
+    from dsh.train.loop import train
 
     train(TrainConfig(dataset="digits", nbits=8, epochs=epochs, batch_size=64, tensorboard=False, seed=seed), out,
           progress=False, log=lambda m: None)

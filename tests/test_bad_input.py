@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from conftest import write_digit_folder
-from dsh.cli import main
-from dsh.codefile import CodeFile, load_codes, save_codes
+from dsh.cli.commands import main
+from dsh.codes.codefile import CodeFile, load_codes, save_codes
 from dsh.errors import UserError
-from dsh.index import HammingIndex
+from dsh.index.flat import HammingIndex
 
 HAVE_SERVE = importlib.util.find_spec("fastapi") is not None
 if HAVE_SERVE:  # test_serve.py's app, its fixtures and its 28 bad requests, reused here rather than copied
@@ -75,7 +75,7 @@ def png_header_only(width: int, height: int) -> bytes:
 def rewrite_trailer(path: Path) -> None:
     """Recompute the CRC-32 trailer of a dsh binary file (index, catalog) after editing it, so that the structure
     checks behind the checksum are what refuses it."""
-    from dsh.fileio import END_MARKER, TRAILER
+    from dsh.utils.fileio import END_MARKER, TRAILER
 
     data = bytearray(path.read_bytes())
     body = bytes(data[: -TRAILER.size])
@@ -88,7 +88,7 @@ def rewrite_trailer(path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory, digits_run):
-    from dsh.export import export_model
+    from dsh.runtime.export import export_model
 
     root = tmp_path_factory.mktemp("bad-input")
     p: dict[str, Path] = {"root": root, "run": digits_run}
@@ -508,19 +508,19 @@ def _index(key):
 
 
 def _catalog(key):
-    from dsh.catalog import Catalog
+    from dsh.index.catalog import Catalog
 
     return lambda f: Catalog.load(f[key])
 
 
 def _checkpoint(key):
-    from dsh.checkpoint import load_model
+    from dsh.models.checkpoint import load_model
 
     return lambda f: load_model(f[key])
 
 
 def _model(key):
-    from dsh.encoder import Encoder
+    from dsh.runtime.encoder import Encoder
 
     return lambda f: Encoder.from_file(f[key], backend="torch" if not str(f[key]).endswith(".onnx") else "auto")
 
@@ -532,7 +532,7 @@ def _config(key):
 
 
 def _image(key):
-    from dsh.imageio import decode_image
+    from dsh.utils.imageio import decode_image
 
     return lambda f: decode_image(f[key], (8, 8), "L")
 
@@ -561,7 +561,7 @@ LOADER_CASES = {
 
 
 def decode_image_bytes(data: bytes):
-    from dsh.imageio import decode_image
+    from dsh.utils.imageio import decode_image
 
     return decode_image(data, (8, 8), "L")
 
@@ -591,10 +591,10 @@ def test_loading_shared_files_runs_no_code(files):
     """Everything a user might share loads without executing code: checkpoints (weights_only), YAML configs
     (safe_load), code files (allow_pickle=False), index metadata (JSON; the model it names is loaded as a
     checkpoint, so through weights_only too)."""
-    from dsh.checkpoint import read_checkpoint
+    from dsh.models.checkpoint import read_checkpoint
     from dsh.config import read_config_file
     from dsh.errors import DataError, ModelFileError
-    from dsh.searcher import Searcher
+    from dsh.runtime.searcher import Searcher
 
     assert_user_error(lambda: read_checkpoint(files["evil_pt"]), "refused", ModelFileError)
     assert_user_error(lambda: read_config_file(files["python.yaml"]), "python.yaml", DataError)

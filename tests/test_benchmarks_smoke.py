@@ -237,9 +237,9 @@ def test_encode_throughput_smoke_on_a_subset(tmp_path, shared_data, monkeypatch,
     its own process; the streaming encode; one short run trained by the script and one run given to it."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from dsh.checkpoint import BEST, save_checkpoint
-    from dsh.data import Normalizer
-    from dsh.models import create_model
+    from dsh.models.checkpoint import BEST, save_checkpoint
+    from dsh.models import Normalizer
+    from dsh.models.registry import create_model
 
     monkeypatch.setenv("DSH_TEST_DATA", str(shared_data))
     given = tmp_path / "given-cifar-run"  # an untrained CIFAR-sized run, so only the MNIST run is trained here
@@ -283,12 +283,12 @@ def test_encode_throughput_smoke_on_a_subset(tmp_path, shared_data, monkeypatch,
 
 @pytest.mark.parametrize("model", ["paper", "airbench"])
 def test_train_throughput_times_the_step_dsh_train_runs(tmp_path, model):
-    """train_throughput.py measures dsh.train's own step: one epoch of its timed steps gives, step for step, the
+    """train_throughput.py measures dsh.train.loop's own step: one epoch of its timed steps gives, step for step, the
     loss `dsh train` logs for that epoch with the same settings and seed (optimizer, schedule and all)."""
     import train_throughput
 
     from dsh.config import TrainConfig
-    from dsh.train import train
+    from dsh.train.loop import train
 
     settings = dict(dataset="digits", model=model, nbits=8, epochs=1, batch_size=64, tensorboard=False, seed=3)
     if model == "airbench":
@@ -307,8 +307,8 @@ def test_mosaic_benchmark_smoke(tmp_path, shared_data):
     multi-label mAP, written as a smoke test (never as benchmark results)."""
     import mosaic_mnist
 
-    from dsh.codefile import load_codes
-    from dsh.metrics import mean_average_precision
+    from dsh.codes.codefile import load_codes
+    from dsh.eval.metrics import mean_average_precision
 
     out = tmp_path / "out"
     assert mosaic_mnist.main(["--bits", "8", "--limit-train", "300", "--limit-test", "40", "--set", "epochs=1",

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import dsh.catalog as catalog_module
+import dsh.index.catalog as catalog_module
 from dsh import HammingIndex
-from dsh.catalog import Catalog, StringColumn, catalog_path
+from dsh.index.catalog import Catalog, StringColumn, catalog_path
 from dsh.errors import DataError, InputError
 
 NBITS = 32
@@ -513,7 +513,7 @@ def test_setting_and_dropping_a_catalog(tmp_path):
 def test_catalog_does_not_import_torch():
     code = (
         "import sys, numpy as np\n"
-        "from dsh.catalog import Catalog\n"
+        "from dsh.index.catalog import Catalog\n"
         "c = Catalog.from_columns(2, labels=[0, 1], paths=['a', 'b']).take([1, 0]); c.record(0)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )

@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from dsh.checkpoint import BEST, load_model, read_checkpoint, save_checkpoint
-from dsh.data import Normalizer
+from dsh.models.checkpoint import BEST, load_model, read_checkpoint, save_checkpoint
+from dsh.models import Normalizer
 from dsh.errors import DataError, ModelFileError
-from dsh.models import create_model
+from dsh.models.registry import create_model
 
 
 def payload_for(model, normalizer):
@@ -90,7 +90,7 @@ def test_a_crafted_checkpoint_is_refused_and_its_code_does_not_run(tmp_path):
 
 
 def test_cli_refuses_a_crafted_checkpoint(tmp_path, capsys):
-    from dsh.cli import main
+    from dsh.cli.commands import main
 
     model = create_model("paper", 8, in_channels=1, image_size=28)
     marker = tmp_path / "code-ran"
@@ -106,7 +106,7 @@ def test_cli_refuses_a_crafted_checkpoint(tmp_path, capsys):
 def test_training_checkpoints_load_safely(tmp_path):
     """What training writes (optimiser, scheduler, RNG state, history) is plain data: weights_only loads it."""
     from dsh.config import TrainConfig
-    from dsh.train import train
+    from dsh.train.loop import train
 
     train(TrainConfig(dataset="digits", nbits=8, epochs=1, batch_size=64, tensorboard=False), tmp_path / "r",
           progress=False, log=lambda m: None)

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from dsh.cli import main
-from dsh.codefile import load_codes
-from dsh.hamming import pairwise_hamming
+from dsh.cli.commands import main
+from dsh.codes.codefile import load_codes
+from dsh.codes.hamming import pairwise_hamming
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +112,7 @@ def test_index_and_search(run_dir, tmp_path, capsys):
         assert [r["id"] for r in out[i]["results"]] == np.argsort(dq[i], kind="stable")[:7].tolist()
 
     # codes of another length than the index: one line, naming both
-    from dsh.codefile import CodeFile, save_codes
+    from dsh.codes.codefile import CodeFile, save_codes
 
     other = tmp_path / "other.npz"
     save_codes(other, CodeFile(np.zeros((2, 2), np.uint8), 16, labels=np.zeros(2, np.int64)))
@@ -155,7 +155,7 @@ def test_search_by_image(run_dir, tmp_path, capsys):
 
 def test_resume_and_determinism(tmp_path, capsys):
     from dsh.config import TrainConfig
-    from dsh.train import train
+    from dsh.train.loop import train
 
     cfg = TrainConfig(dataset="digits", nbits=8, epochs=2, batch_size=64, tensorboard=False)
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
@@ -237,7 +237,7 @@ def test_demo_end_to_end_short(tmp_path, capsys):
     assert summary["nbits"] == 8 and 0 <= summary["map"] <= 1 and len(summary["class_table"]["classes"]) == 10
     # it ends by saying how to search the run in a browser, and the index it names searches like the codes
     assert f"dsh serve --index {out / 'database.dshidx'}" in text
-    from dsh.searcher import Searcher
+    from dsh.runtime.searcher import Searcher
 
     db_codes = load_codes(out / "database.npz")
     hit = Searcher.open(out / "database.dshidx").search_codes(db_codes.codes[:1], k=3)[0]
@@ -250,8 +250,8 @@ def test_demo_end_to_end_short(tmp_path, capsys):
 
 def test_unlabelled_codes_are_left_out_of_eval_and_report(tmp_path, capsys):
     """label -1 is "no class": it must not form a class of its own (that gave mAP 1.0 on unlabelled codes)."""
-    from dsh.codefile import CodeFile, save_codes
-    from dsh.metrics import mean_average_precision
+    from dsh.codes.codefile import CodeFile, save_codes
+    from dsh.eval.metrics import mean_average_precision
 
     rng = np.random.default_rng(0)
     codes = rng.integers(0, 256, (40, 1), dtype=np.uint8)

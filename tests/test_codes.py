@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from dsh.codefile import CodeFile, load_codes, save_codes
-from dsh.codes import (
+from dsh.codes.codefile import CodeFile, load_codes, save_codes
+from dsh.codes.bits import (
     bits_from_u,
     check_codes,
     codes_from_u,
@@ -15,7 +15,7 @@ from dsh.codes import (
     to_hex,
     unpack_codes,
 )
-from dsh.fileio import DataError
+from dsh.utils.fileio import DataError
 
 
 def slow_pack(bits: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 
 from dsh.config import PRESETS, resolve_config
 from dsh.errors import ConfigError, DataError
-from dsh.models import list_models
+from dsh.models.registry import list_models
 
 
 @pytest.mark.parametrize("name", sorted(PRESETS))
@@ -98,7 +98,7 @@ def test_the_command_line_reads_settings_as_the_config_module_does(capsys):
     names work, and a bad value is one line naming the setting."""
     import dataclasses
 
-    from dsh.cli import build_parser, main
+    from dsh.cli.commands import build_parser, main
     from dsh.config import ALIASES, TrainConfig, choices_of, help_of
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]

@@ -1,10 +1,10 @@
-"""dsh.cpu: what /proc/cpuinfo says, and the bf16 rule that follows from it."""
+"""dsh.utils.cpu: what /proc/cpuinfo says, and the bf16 rule that follows from it."""
 
 from __future__ import annotations
 
 import pytest
 
-import dsh.cpu as cpu
+import dsh.utils.cpu as cpu
 
 INTEL_NO_AMX = {"vendor_id": "GenuineIntel", "model name": "Intel(R) Xeon(R) Processor",
                 "flags": "fpu sse2 avx2 avx512f avx512_bf16"}

@@ -17,14 +17,14 @@ import dsh.data.sources as sources_mod
 from dsh.data import (
     Augment,
     BatchLoader,
-    Normalizer,
     balanced_batches,
     default_augment,
     load_split,
     stratified_subset,
 )
-from dsh.imageio import ImageList, decode_files, to_model_input
-from dsh.fileio import DataError
+from dsh.models import Normalizer
+from dsh.utils.imageio import ImageList, decode_files, to_model_input
+from dsh.utils.fileio import DataError
 
 TINY_CLASSES = ["ant", "bee", "cat"]  # the classes of the tiny_image_tree fixture
 

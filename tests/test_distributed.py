@@ -16,11 +16,12 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dsh.cli import main
+from dsh.cli.commands import main
 from dsh.config import TrainConfig
-from dsh.distributed import ShardedBatches, check_batch_size, free_port, global_batch, loopback_interface
+from dsh.train.distributed import ShardedBatches, check_batch_size, global_batch
+from dsh.train.launch import free_port, loopback_interface
 from dsh.errors import ConfigError
-from dsh.loss import DSHLoss
+from dsh.train.loss import DSHLoss
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
                                 reason="torch.distributed with gloo is not available")
@@ -110,7 +111,7 @@ def _worker(rank: int, port: int, margin: float, out: str) -> None:
     try:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        from dsh.train import train
+        from dsh.train.loop import train
 
         model = DDP(small_model())
         x, y = joined_batch()
@@ -172,7 +173,8 @@ def test_global_batch_is_the_batch_itself_in_one_process():
 
 @pytest.mark.parametrize("sampler", ["random", "balanced"])
 def test_ranks_rows_make_up_the_one_process_batches(sampler):
-    from dsh.data import BatchLoader, Normalizer, default_augment, load_split
+    from dsh.data import BatchLoader, default_augment, load_split
+    from dsh.models import Normalizer
 
     data = load_split("digits", "train")
     kw = dict(batch_size=40, shuffle=True, drop_last=True, augment=default_augment("digits"), sampler=sampler,
@@ -264,9 +266,9 @@ def test_resume_of_an_interrupted_two_process_run(spawned, resumed):
 
 
 def test_two_process_runs_give_checkpoints_one_process_loads_and_encodes(spawned, resumed):
-    from dsh.checkpoint import load_model
+    from dsh.models.checkpoint import load_model
     from dsh.data import load_split
-    from dsh.encoder import Encoder
+    from dsh.runtime.encoder import Encoder
 
     images = load_split("digits", "test").images[:50].numpy()
     for run in (spawned / "whole", resumed):

@@ -16,8 +16,8 @@ import pytest
 from PIL import Image
 
 from conftest import write_digit_folder
-from dsh.codes import codes_from_u
-from dsh.encoder import Encoder
+from dsh.codes.bits import codes_from_u
+from dsh.runtime.encoder import Encoder
 from dsh.errors import DataError, InputError, ModelFileError
 
 # ONNX and torch run the same float32 graph; their kernels sum in different orders (measured: <= 4e-7)
@@ -40,7 +40,7 @@ def encoders(digits_run):
 
 @pytest.fixture(scope="module")
 def exported(digits_run, tmp_path_factory):
-    from dsh.export import export_model
+    from dsh.runtime.export import export_model
 
     d = tmp_path_factory.mktemp("export")
     export_model(digits_run, d / "model.onnx")
@@ -52,7 +52,7 @@ def torch_reference_u(run, images: np.ndarray) -> np.ndarray:
     """The slow obvious reference: the checkpoint's model on normalised float images, one image at a time."""
     import torch
 
-    from dsh.checkpoint import load_model
+    from dsh.models.checkpoint import load_model
 
     loaded = load_model(run)
     with torch.no_grad():
@@ -185,7 +185,7 @@ def test_model_files_that_are_not_dsh_models(tmp_path, exported):
         Encoder.from_file(garbage)
     # a valid ONNX model that is not a dsh model: no dsh metadata
     plain = tmp_path / "plain.onnx"
-    with pytest.warns(DeprecationWarning):  # the TorchScript exporter, as dsh.export uses it
+    with pytest.warns(DeprecationWarning):  # the TorchScript exporter, as dsh.runtime.export uses it
         torch.onnx.export(torch.nn.Flatten(), (torch.zeros(1, 1, 2, 2),), plain, dynamo=False)
     with pytest.raises(ModelFileError, match="plain.onnx: not a dsh model"):
         Encoder.from_file(plain)
@@ -226,8 +226,8 @@ def test_torch_free_encoding(tmp_path, exported):
 import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 sys.modules["torchvision"] = None
-from dsh.encoder import Encoder
-from dsh.cli import main
+from dsh.runtime.encoder import Encoder
+from dsh.cli.commands import main
 enc = Encoder.from_file({str(exported / "model.onnx")!r})
 u, codes = enc.encode(sorted(__import__("glob").glob({str(folder)!r} + "/*/*.png")))
 assert u.shape == (40, 8), u.shape
@@ -240,7 +240,7 @@ print("ok", enc.backend)
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[-1] == "ok onnxruntime"
-    from dsh.codefile import load_codes
+    from dsh.codes.codefile import load_codes
 
     cf = load_codes(out)
     ref = Encoder.from_file(exported / "model.onnx").encode([folder / p for p in cf.paths])
@@ -249,8 +249,8 @@ print("ok", enc.backend)
 
 
 def test_streaming_folder_encode_and_resume(tmp_path, exported, digits_test, monkeypatch):
-    from dsh.codefile import load_codes
-    from dsh.folder_encode import encode_folder, parts_dir
+    from dsh.codes.codefile import load_codes
+    from dsh.runtime.folder_encode import encode_folder, parts_dir
 
     names = digits_test[2]
     folder = tmp_path / "imgs"
@@ -308,11 +308,11 @@ def test_onnx_equals_torch_on_real_images(dataset, shared_data, tmp_path):
     untrained outputs sit closer to 0, where a sign flip from rounding is likelier, so this is the harsher case."""
     import torch
 
-    from dsh.checkpoint import save_checkpoint
-    from dsh.data import Normalizer
-    from dsh.export import export_model
-    from dsh.imageio import ImageList
-    from dsh.models import create_model
+    from dsh.models.checkpoint import save_checkpoint
+    from dsh.models import Normalizer
+    from dsh.runtime.export import export_model
+    from dsh.utils.imageio import ImageList
+    from dsh.models.registry import create_model
 
     torch.manual_seed(0)
     if dataset == "mnist":
@@ -341,8 +341,8 @@ def test_onnx_equals_torch_on_real_images(dataset, shared_data, tmp_path):
 def test_sharded_encoding_reads_back_as_one_file(tmp_path, exported, capsys):
     """Shards written by separate processes (--shard I/N, or torchrun's RANK/WORLD_SIZE) read as the one file a
     single process writes: by dsh eval and dsh index alike."""
-    from dsh.cli import main
-    from dsh.codefile import load_codes
+    from dsh.cli.commands import main
+    from dsh.codes.codefile import load_codes
     from dsh.errors import DataError
 
     folder = tmp_path / "imgs"
@@ -367,7 +367,7 @@ def test_sharded_encoding_reads_back_as_one_file(tmp_path, exported, capsys):
     with pytest.raises(DataError, match="shard 1 of 3 is missing"):
         load_codes(sharded)
     with pytest.raises(InputError, match="--shard must be I/N"):
-        from dsh.shards import parse_shard
+        from dsh.codes.shards import parse_shard
 
         parse_shard("3/3")
 
@@ -375,7 +375,7 @@ def test_sharded_encoding_reads_back_as_one_file(tmp_path, exported, capsys):
 @pytest.mark.slow
 def test_torchrun_launch_encodes_disjoint_shards(tmp_path, exported):
     """The same torchrun launch as training: each rank encodes its own shard (no collective is needed)."""
-    from dsh.codefile import load_codes
+    from dsh.codes.codefile import load_codes
 
     folder = tmp_path / "imgs"
     write_digit_folder(folder, 30)

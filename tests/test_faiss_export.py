@@ -1,4 +1,4 @@
-"""dsh's codes as faiss binary index files (dsh.faiss_export, ``dsh index --format faiss``): what
+"""dsh's codes as faiss binary index files (dsh.index.faiss_file, ``dsh index --format faiss``): what
 ``faiss.read_index_binary`` loads searches with HammingIndex's distances; ids other than 0..n-1 come back as
 dsh's ids; bad settings are one-line errors. A few seconds."""
 
@@ -9,11 +9,11 @@ import pytest
 
 faiss = pytest.importorskip("faiss", reason="faiss is not installed: pip install 'dsh[faiss]'")
 
-from dsh.cli import main  # noqa: E402
-from dsh.codefile import CodeFile, save_codes  # noqa: E402
+from dsh.cli.commands import main  # noqa: E402
+from dsh.codes.codefile import CodeFile, save_codes  # noqa: E402
 from dsh.errors import InputError  # noqa: E402
-from dsh.faiss_export import to_faiss, write_faiss  # noqa: E402
-from dsh.index import HammingIndex  # noqa: E402
+from dsh.index.faiss_file import to_faiss, write_faiss  # noqa: E402
+from dsh.index.flat import HammingIndex  # noqa: E402
 
 
 def make_index(nbits: int, n: int = 3000, seed: int = 0) -> tuple[HammingIndex, np.ndarray]:

@@ -1,7 +1,7 @@
 """Faults of the real commands: ``kill -9`` of ``dsh train`` (mid-step and mid-checkpoint), of ``dsh index`` and of
 ``dsh encode --images`` mid-write, and two trainings into one folder at once.
 
-Each command runs as a subprocess (``python -c`` running ``dsh.cli.main`` with a hook that announces a chosen
+Each command runs as a subprocess (``python -c`` running ``dsh.cli.commands.main`` with a hook that announces a chosen
 moment and waits there, so that the kill lands where the test wants it and not by timing luck). What must hold:
 the previous file is intact, a ``--resume`` / the next run ends exactly as an uninterrupted run and leaves no
 temporary behind, and a run folder is never trained into by two processes.
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsh.cli import main
+from dsh.cli.commands import main
 
 TRAIN = ["train", "--dataset", "digits", "--bits", "8", "--epochs", "3", "--batch-size", "64", "--no-tensorboard",
          "--quiet"]
@@ -28,13 +28,13 @@ KILL_POINT = "dsh-test: kill me now"
 WRAPPER = """
 import contextlib, sys, time
 {hook}
-from dsh.cli import main
+from dsh.cli.commands import main
 sys.exit(main(sys.argv[1:]))
 """
 
 # in epoch 2 (of 3), a few steps in: last.pt of epoch 1 is on disk, the weights in memory have moved on
 HOOK_MID_STEP = f"""
-import dsh.train as T
+import dsh.train.loop as T
 _step = T.train_step
 def train_step(run, x, y):
     if run.step == run.steps_per_epoch + 3:
@@ -47,8 +47,8 @@ T.train_step = train_step
 # the second last.pt (epoch 2) fully written into its temporary, not yet renamed over the first
 HOOK_MID_SAVE = f"""
 import torch
-import dsh.checkpoint as C
-from dsh.fileio import atomic_write
+import dsh.models.checkpoint as C
+from dsh.utils.fileio import atomic_write
 _save, _count = C.save_checkpoint, [0]
 def save_checkpoint(path, payload):
     if path.name == "last.pt":
@@ -170,7 +170,7 @@ def test_a_held_folder_is_refused_and_a_killed_holder_leaves_it_free(tmp_path, c
     out = tmp_path / "run"
     holder = subprocess.Popen([sys.executable, "-c", f"""
 import time
-from dsh.runlock import RunLock
+from dsh.utils.runlock import RunLock
 RunLock({str(out)!r}).acquire()
 print("held", flush=True)
 time.sleep(300)
@@ -196,8 +196,8 @@ time.sleep(300)
 
 
 def test_kill_9_during_dsh_index_keeps_the_previous_index(tmp_path):
-    from dsh.codefile import CodeFile, save_codes
-    from dsh.index import HammingIndex
+    from dsh.codes.codefile import CodeFile, save_codes
+    from dsh.index.flat import HammingIndex
 
     rng = np.random.default_rng(0)
     old, new = tmp_path / "old.npz", tmp_path / "new.npz"
@@ -208,7 +208,7 @@ def test_kill_9_during_dsh_index_keeps_the_previous_index(tmp_path):
     idx = tmp_path / "db.dshidx"
     assert main(["index", "--codes", str(old), "--out", str(idx)]) == 0
     before = {p.name: p.read_bytes() for p in (idx, idx.with_name("db.dshidx.catalog"))}
-    proc = start(["index", "--codes", str(new), "--out", str(idx)], hook_mid_write("dsh.index", ".dshidx"),
+    proc = start(["index", "--codes", str(new), "--out", str(idx)], hook_mid_write("dsh.index.flat", ".dshidx"),
                  tmp_path)
     kill_at_point(proc)
     assert {p: (tmp_path / p).read_bytes() for p in before} == before  # the previous index and its catalog
@@ -224,7 +224,7 @@ def test_kill_9_during_dsh_index_keeps_the_previous_index(tmp_path):
 
 def test_kill_9_during_dsh_encode_images_keeps_the_previous_file(tmp_path, digits_run, image_tree_writer):
     from conftest import write_digit_folder
-    from dsh.codefile import load_codes
+    from dsh.codes.codefile import load_codes
 
     folder = tmp_path / "imgs"
     write_digit_folder(folder, 40)
@@ -234,7 +234,7 @@ def test_kill_9_during_dsh_encode_images_keeps_the_previous_file(tmp_path, digit
     previous = out.read_bytes()
     for p in sorted(folder.rglob("*.png"))[:5]:  # the folder changes: the next encode makes another file
         p.unlink()
-    proc = start(common, hook_mid_write("dsh.folder_encode", "codes.npz"), tmp_path)
+    proc = start(common, hook_mid_write("dsh.runtime.folder_encode", "codes.npz"), tmp_path)
     kill_at_point(proc)
     assert out.read_bytes() == previous and len(load_codes(out)) == 40
     assert [p for p in temporaries(tmp_path) if f"-{proc.pid}-" in p], temporaries(tmp_path)

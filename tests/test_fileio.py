@@ -12,7 +12,7 @@ import time
 import pytest
 
 from dsh.errors import DataError
-from dsh.fileio import atomic_write, remove_stale_temporaries, write_json, write_text
+from dsh.utils.fileio import atomic_write, remove_stale_temporaries, write_json, write_text
 
 
 def temporaries(path):
@@ -34,7 +34,7 @@ def test_kill_9_mid_write_then_the_next_write_cleans_up(tmp_path):
     target.write_bytes(b"previous")
     script = f"""
 import time
-from dsh.fileio import atomic_write
+from dsh.utils.fileio import atomic_write
 with atomic_write({str(target)!r}) as f:
     f.write(b"x" * 1_000_000)
     f.flush()

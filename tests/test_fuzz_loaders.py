@@ -96,7 +96,7 @@ def test_a_wrong_load_would_be_caught(targets):
     """The oracle is not vacuous: a code file rewritten with other labels (a valid file) counts as wrong."""
     import numpy as np
 
-    from dsh.codefile import load_codes, save_codes
+    from dsh.codes.codefile import load_codes, save_codes
 
     target, folder = targets["codes"]
     other = folder / "other.npz"

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dsh.hamming import pairwise_hamming, pairwise_hamming_reference
+from dsh.codes.hamming import pairwise_hamming, pairwise_hamming_reference
 
 
 def unpacked_distances(q, db):

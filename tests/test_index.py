@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from dsh import HammingIndex
-from dsh.fileio import DataError
-from dsh.mih import prefer_mih
+from dsh.utils.fileio import DataError
+from dsh.index.mih import prefer_mih
 
 try:
     import faiss  # noqa: F401
@@ -355,7 +355,7 @@ def test_bad_files_are_refused(tmp_path):
 def test_index_does_not_import_torch():
     code = (
         "import sys, numpy as np\n"
-        "import dsh.index\n"
+        "import dsh.index.flat\n"
         "from dsh import HammingIndex\n"
         "i = HammingIndex(16); i.add(np.zeros((4, 2), np.uint8)); i.search(np.zeros((1, 2), np.uint8), 2)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"

@@ -127,7 +127,7 @@ def test_mnist_mosaic_script(tmp_path, shared_data):
 
 
 def test_list_parts_include_the_database(tmp_path):
-    from dsh.splits import load_parts
+    from dsh.data.splits import load_parts
 
     labels = write_list_dataset(tmp_path / "d")
     test, database = load_parts("list", ("test", "database"), data_root=tmp_path / "d")
@@ -163,9 +163,9 @@ def test_training_on_multi_hot_labels(tmp_path):
     """`dsh train --dataset list` learns from multi-hot labels: pairs sharing a label are the similar ones, the
     validation mAP is the multi-label one, and the codes beat chance on the held-out test list."""
     from dsh.config import TrainConfig
-    from dsh.encoder import Encoder
-    from dsh.metrics import mean_average_precision
-    from dsh.train import train
+    from dsh.runtime.encoder import Encoder
+    from dsh.eval.metrics import mean_average_precision
+    from dsh.train.loop import train
 
     write_digit_pairs(tmp_path / "pairs", {"train": 2000, "test": 100, "database": 300})
     cfg = TrainConfig(dataset="list", data_root=str(tmp_path / "pairs"), nbits=16, epochs=8, batch_size=64,
@@ -189,7 +189,7 @@ def test_training_on_multi_hot_labels(tmp_path):
 def test_the_balanced_sampler_refuses_multi_hot_labels(tmp_path):
     from dsh.config import TrainConfig
     from dsh.errors import ConfigError
-    from dsh.train import train
+    from dsh.train.loop import train
 
     write_digit_pairs(tmp_path / "pairs", {"train": 200, "test": 10, "database": 10})
     cfg = TrainConfig(dataset="list", data_root=str(tmp_path / "pairs"), nbits=8, epochs=1, batch_size=32,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dsh.loss import DSHLoss, LossTerms, similarity_matrix
+from dsh.train.loss import DSHLoss, LossTerms, similarity_matrix
 
 # Five hand-placed outputs (nbits = 4, margin 2 * 4 = 8), squared distances include:
 # 0-1: 4 (similar), 0-2: 16 (dissimilar, beyond the margin), 0-3: 4.89 (dissimilar, within the margin); none at 8.

@@ -13,8 +13,8 @@ import numba
 import numpy as np
 import pytest
 
-from dsh.codes import pack_bits, unpack_codes
-from dsh.metrics import (
+from dsh.codes.bits import pack_bits, unpack_codes
+from dsh.eval.metrics import (
     _stats,
     average_precision,
     evaluate,
@@ -24,7 +24,7 @@ from dsh.metrics import (
     precision_at_radius,
     recall_at_radius,
 )
-from dsh.plots import plot_pr_curve, plot_precision_at_k, save_curves_json
+from dsh.eval.plots import plot_pr_curve, plot_precision_at_k, save_curves_json
 
 
 def relevance(q_labels, db_labels) -> np.ndarray:
@@ -493,7 +493,7 @@ def test_expected_topk_at_least_n_is_ap_all_and_precision_at_n_is_the_share_rele
 
 
 def test_harmonic_difference_is_accurate():
-    from dsh.metrics import _harmonic_diff
+    from dsh.eval.metrics import _harmonic_diff
 
     rng = np.random.default_rng(0)
     cases = [(N, m) for N in (0, 1, 63, 64, 65, 1000, 49_999) for m in (0, 1, 32, 33, 100, 60_000)]
@@ -504,8 +504,8 @@ def test_harmonic_difference_is_accurate():
 
 
 def test_cli_eval_ties(tmp_path, capsys):
-    from dsh.cli import main
-    from dsh.codefile import CodeFile, save_codes
+    from dsh.cli.commands import main
+    from dsh.codes.codefile import CodeFile, save_codes
 
     rng = np.random.default_rng(4)
     q, db, ql, dl = heavy_ties(rng, 20, 300)
@@ -572,8 +572,8 @@ def test_plots_and_json_files(tmp_path):
 def test_metrics_and_protocols_do_not_import_torch():
     code = (
         "import sys, numpy as np\n"
-        "import dsh.metrics, dsh.protocols, dsh.plots\n"
-        "dsh.metrics.evaluate(np.zeros((1, 1), np.uint8), np.zeros((2, 1), np.uint8), [0], [0, 1], 8)\n"
+        "import dsh.eval.metrics, dsh.data.protocols, dsh.eval.plots\n"
+        "dsh.eval.metrics.evaluate(np.zeros((1, 1), np.uint8), np.zeros((2, 1), np.uint8), [0], [0, 1], 8)\n"
         "assert 'torch' not in sys.modules, 'torch was imported'\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)

@@ -1,4 +1,4 @@
-"""Milvus as a search backend (dsh.milvus_index), on Milvus Lite: search, range search and the catalog through
+"""Milvus as a search backend (dsh.index.milvus), on Milvus Lite: search, range search and the catalog through
 Milvus equal HammingIndex's exactly (ties by id), on codes with many ties and on clustered codes; remove and
 re-index; bad input (an unreachable server on 127.0.0.1 only, a collection of another nbits, an existing one
 without consent) as one-line errors, with no half-written collection left behind; the CLI end to end.
@@ -16,13 +16,13 @@ pymilvus = pytest.importorskip("pymilvus", reason="the milvus extra is not insta
 pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (or needs setuptools<81): "
                     "pip install 'dsh[milvus]'")
 
-import dsh.milvus_index as mi  # noqa: E402
-from dsh.cli import main  # noqa: E402
-from dsh.codefile import CodeFile, save_codes  # noqa: E402
+import dsh.index.milvus as mi  # noqa: E402
+from dsh.cli.commands import main  # noqa: E402
+from dsh.codes.codefile import CodeFile, save_codes  # noqa: E402
 from dsh.errors import DataError, InputError  # noqa: E402
-from dsh.index import HammingIndex  # noqa: E402
-from dsh.milvus_index import MilvusIndex  # noqa: E402
-from dsh.searcher import Searcher  # noqa: E402
+from dsh.index.flat import HammingIndex  # noqa: E402
+from dsh.index.milvus import MilvusIndex  # noqa: E402
+from dsh.runtime.searcher import Searcher  # noqa: E402
 
 UNREACHABLE = "http://127.0.0.1:1"  # loopback, a port nothing listens on: the only address these tests contact
 

@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torchvision
 
-from dsh import models
-from dsh.models import create_model, list_models, register_model
+from dsh.models import registry as models
+from dsh.models.registry import create_model, list_models, register_model
 
 # (in_channels, image_size): 8x8 digits, 28x28 MNIST, 32x32 CIFAR. resnet50 is the slow one and shares its code
 # with resnet18, so it runs on 8x8 images only; checks that do not depend on the input size use SMALL.
@@ -217,9 +217,9 @@ def test_a_base_width_sets_every_group_and_models_without_one_refuse_it():
 
 
 def test_training_builds_the_width_it_is_given(tmp_path):
-    from dsh.checkpoint import load_model
+    from dsh.models.checkpoint import load_model
     from dsh.config import TrainConfig
-    from dsh.train import train
+    from dsh.train.loop import train
 
     train(TrainConfig(dataset="digits", model="airbench", width=4, nbits=8, epochs=1, batch_size=64,
                       tensorboard=False), tmp_path, progress=False, log=lambda m: None)
@@ -228,8 +228,8 @@ def test_training_builds_the_width_it_is_given(tmp_path):
 
 
 def test_a_width_for_a_model_without_one_is_refused_by_its_flag_before_any_data_is_read(tmp_path, capsys):
-    from dsh.cli import main
-    from dsh.models import model_settings
+    from dsh.cli.commands import main
+    from dsh.models.registry import model_settings
 
     assert model_settings("airbench") == ("widths", "width") and model_settings("paper") == ("batch_norm",)
     # a dataset folder that does not exist: the settings are refused before it is looked for
@@ -242,7 +242,7 @@ def test_a_width_for_a_model_without_one_is_refused_by_its_flag_before_any_data_
 
 
 def test_airbench_whitening_init_whitens_patches():
-    from dsh.data import Normalizer
+    from dsh.models import Normalizer
 
     g = torch.Generator().manual_seed(0)
     base = torch.randint(0, 256, (300, 3, 12, 12), generator=g).float()
@@ -278,8 +278,8 @@ def test_airbench_optimizer_groups():
 def test_a_registered_model_and_protocol_appear_in_every_help_and_choice_without_another_edit(monkeypatch):
     from pathlib import Path
 
-    import dsh.protocols as protocols
-    from dsh.cli import build_parser
+    import dsh.data.protocols as protocols
+    from dsh.cli.commands import build_parser
     from dsh.config import TrainConfig
 
     monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))

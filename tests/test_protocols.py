@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from dsh.fileio import DataError
-from dsh.protocols import PROTOCOLS, Protocol, gather, get_protocol, make_split, to_source
+from dsh.utils.fileio import DataError
+from dsh.data.protocols import PROTOCOLS, Protocol, gather, get_protocol, make_split, to_source
 
 
 def cifar_like_labels(seed: int = 0, n_classes: int = 10, train_per_class: int = 5000, test_per_class: int = 1000):
@@ -122,7 +122,7 @@ def test_bad_inputs():
     with pytest.raises(DataError, match="non-empty"):
         make_split("dsh-paper", TRAIN, TEST[:0])
     with pytest.raises(ValueError, match="already registered"):
-        from dsh.protocols import register_protocol
+        from dsh.data.protocols import register_protocol
 
         register_protocol(PROTOCOLS["cifar10"])
 

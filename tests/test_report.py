@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from dsh.codes import from_hex
-from dsh.report import class_code_table, format_markdown
+from dsh.codes.bits import from_hex
+from dsh.eval.report import class_code_table, format_markdown
 
 
 def codes_of(*hexes):

@@ -17,8 +17,8 @@ sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 import make_readme_results as mrr  # noqa: E402
 
-from dsh.codefile import CodeFile, save_codes  # noqa: E402
-from dsh.metrics import evaluate  # noqa: E402
+from dsh.codes.codefile import CodeFile, save_codes  # noqa: E402
+from dsh.eval.metrics import evaluate  # noqa: E402
 
 MACHINE = {"cpu": "Test CPU", "cpus_usable": 2, "torch_threads": 2, "torch": "2.x", "load_average_start": [1.0]}
 

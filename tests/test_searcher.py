@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from conftest import train_digits_run, write_digit_folder
-from dsh.cli import main
-from dsh.encoder import Encoder
+from dsh.cli.commands import main
+from dsh.runtime.encoder import Encoder
 from dsh.errors import InputError
-from dsh.hamming import pairwise_hamming
-from dsh.index import HammingIndex
-from dsh.searcher import Searcher, index_codes, index_folder
+from dsh.codes.hamming import pairwise_hamming
+from dsh.index.flat import HammingIndex
+from dsh.runtime.searcher import Searcher, index_codes, index_folder
 
 
 @pytest.fixture(scope="module")
@@ -120,8 +120,8 @@ def test_export_command_and_search_with_the_exported_model(setup, capsys, tmp_pa
 
 
 def test_an_index_of_a_code_file_holds_its_catalog_and_its_model(setup, tmp_path):
-    from dsh.codefile import CodeFile
-    from dsh.encoder import Encoder
+    from dsh.codes.codefile import CodeFile
+    from dsh.runtime.encoder import Encoder
 
     _, run, _ = setup
     encoder = Encoder.from_run(run)

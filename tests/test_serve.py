@@ -17,9 +17,9 @@ from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from conftest import write_digit_folder  # noqa: E402
-from dsh.cli import main  # noqa: E402
-from dsh.encoder import Encoder  # noqa: E402
-from dsh.searcher import Searcher  # noqa: E402
+from dsh.cli.commands import main  # noqa: E402
+from dsh.runtime.encoder import Encoder  # noqa: E402
+from dsh.runtime.searcher import Searcher  # noqa: E402
 from dsh.serve import ServeSettings, create_app  # noqa: E402
 
 TOKEN = "s3cret-token"
@@ -185,7 +185,7 @@ def test_a_torch_free_server(served, tmp_path):
     import subprocess
     import sys
 
-    from dsh.export import export_model
+    from dsh.runtime.export import export_model
 
     export_model(served["root"] / "run", tmp_path / "m.onnx")
     query = served["files"][2]
@@ -194,7 +194,7 @@ import sys
 sys.modules["torch"] = None
 sys.modules["torchvision"] = None
 from fastapi.testclient import TestClient
-from dsh.searcher import Searcher
+from dsh.runtime.searcher import Searcher
 from dsh.serve import create_app
 app = create_app(Searcher.open({str(served["index"])!r}, model={str(tmp_path / "m.onnx")!r}))
 r = TestClient(app).post("/api/search?k=4", files={{"image": ("q.png", open({str(query)!r}, "rb").read())}})

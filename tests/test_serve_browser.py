@@ -42,7 +42,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> Non
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, digits_run):
     from conftest import write_digit_folder
-    from dsh.cli import main
+    from dsh.cli.commands import main
 
     root = tmp_path_factory.mktemp("browser")
     folder = root / "imgs"
@@ -50,7 +50,7 @@ def live_server(tmp_path_factory, digits_run):
     index = root / "db.dshidx"
     assert main(["index", "--images", str(folder), "--run", str(digits_run), "--out", str(index), "--quiet"]) == 0
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "dsh.cli", "serve", "--index", str(index), "--host", "127.0.0.1",
+    proc = subprocess.Popen([sys.executable, "-m", "dsh", "serve", "--index", str(index), "--host", "127.0.0.1",
                              "--port", str(port), "--quiet"], stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "DSH_DEBUG": ""})
     url = f"http://127.0.0.1:{port}"

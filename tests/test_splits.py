@@ -5,10 +5,10 @@ import pytest
 import torch
 
 from dsh.data import load_split
-from dsh.fileio import DataError
-from dsh.protocols import make_split
-import dsh.splits
-from dsh.splits import load_part, load_parts, protocol_topk
+from dsh.utils.fileio import DataError
+from dsh.data.protocols import make_split
+import dsh.data.splits
+from dsh.data.splits import load_part, load_parts, protocol_topk
 
 
 def test_without_protocol_the_dataset_splits():
@@ -33,8 +33,8 @@ def test_split_protocol_on_digits():
 def test_parts_together_equal_parts_alone_and_read_each_split_once(monkeypatch, protocol, parts):
     alone = [load_part("digits", p, protocol=protocol) for p in parts]
     reads = []
-    real = dsh.splits.load_split
-    monkeypatch.setattr(dsh.splits, "load_split",
+    real = dsh.data.splits.load_split
+    monkeypatch.setattr(dsh.data.splits, "load_split",
                         lambda name, split, **kw: reads.append(split) or real(name, split, **kw))
     together = load_parts("digits", parts, protocol=protocol)
     assert sorted(reads) == sorted(set(reads))  # train and test read at most once each

@@ -4,8 +4,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from dsh.data import Normalizer
-from dsh.train import make_scheduler, validation_map
+from dsh.models import Normalizer
+from dsh.train.loop import make_scheduler, validation_map
 from dsh.config import TrainConfig
 
 

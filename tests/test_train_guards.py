@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from dsh.cli import main
+from dsh.cli.commands import main
 
 COMMON = ["--bits", "8", "--epochs", "1", "--no-tensorboard", "--quiet"]
 
@@ -66,7 +66,7 @@ THREADS_SCRIPT = """
 import sys
 import torch
 from dsh.config import TrainConfig
-from dsh.train import train
+from dsh.train.loop import train
 train(TrainConfig(dataset="digits", nbits=8, epochs=2, batch_size=64, tensorboard=False, threads=1), sys.argv[1],
       progress=False, log=lambda m: None)
 import numba
@@ -86,8 +86,8 @@ def test_threads_1_stays_1_after_validation(tmp_path):
 def test_set_threads_sets_both_pools_in_a_fresh_process():
     script = """
 import torch
-from dsh.threads import set_threads
-from dsh.metrics import mean_average_precision
+from dsh.utils.threads import set_threads
+from dsh.eval.metrics import mean_average_precision
 import numpy as np
 set_threads(1)
 codes = np.random.default_rng(0).integers(0, 256, (200, 1), dtype=np.uint8)

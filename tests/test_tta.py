@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsh.encoder import Encoder
+from dsh.runtime.encoder import Encoder
 from dsh.errors import InputError
-from dsh.modelinfo import tta_flip_fingerprint
+from dsh.models.modelinfo import tta_flip_fingerprint
 
 U_TOLERANCE = 1e-4
 
@@ -49,7 +49,7 @@ def test_tta_on_streamed_files(digits_run, images, tmp_path):
 
 
 def test_onnx_export_with_tta(digits_run, images, tmp_path):
-    from dsh.export import export_model
+    from dsh.runtime.export import export_model
 
     info = export_model(digits_run, tmp_path / "tta.onnx", tta_flip=True)
     assert info.tta_flip
@@ -83,9 +83,9 @@ def test_airbench_onnx_and_torch_agree_with_and_without_tta(tmp_path, widths):
     import torch
     from test_checkpoint import payload_for
 
-    from dsh.checkpoint import BEST, save_checkpoint
-    from dsh.data import Normalizer
-    from dsh.models import create_model
+    from dsh.models.checkpoint import BEST, save_checkpoint
+    from dsh.models import Normalizer
+    from dsh.models.registry import create_model
 
     torch.manual_seed(0)
     kwargs = {} if widths is None else {"widths": widths}
@@ -100,7 +100,7 @@ def test_airbench_onnx_and_torch_agree_with_and_without_tta(tmp_path, widths):
         t = Encoder.from_run(tmp_path, backend="torch", tta_flip=tta).encode_array(images).u
         o = Encoder.from_run(tmp_path, backend="onnxruntime", tta_flip=tta).encode_array(images).u
         np.testing.assert_allclose(o, t, atol=U_TOLERANCE, rtol=0)
-    from dsh.export import export_model
+    from dsh.runtime.export import export_model
 
     export_model(tmp_path, tmp_path / "m.onnx", tta_flip=True)
     np.testing.assert_allclose(Encoder.from_file(tmp_path / "m.onnx").encode_array(images).u, t, atol=U_TOLERANCE,
@@ -111,7 +111,7 @@ def test_airbench_onnx_and_torch_agree_with_and_without_tta(tmp_path, widths):
 def tta_run(tmp_path_factory):
     """A short digits run trained with the ``tta_flip`` setting: validation chose its best epoch on TTA codes."""
     from dsh.config import TrainConfig
-    from dsh.train import train
+    from dsh.train.loop import train
 
     out = tmp_path_factory.mktemp("tta-run") / "run"
     train(TrainConfig(dataset="digits", nbits=8, epochs=2, batch_size=64, tensorboard=False, tta_flip=True), out,
@@ -120,7 +120,7 @@ def tta_run(tmp_path_factory):
 
 
 def test_a_run_trained_with_tta_encodes_with_it_by_default(tta_run, images, tmp_path):
-    from dsh.export import export_model
+    from dsh.runtime.export import export_model
 
     default = Encoder.from_run(tta_run, backend="torch")
     plain = Encoder.from_run(tta_run, backend="torch", tta_flip=False)  # a plain model can still be asked for
@@ -143,11 +143,11 @@ def test_validation_with_tta_scores_the_mean_codes(tta_run):
     """The setting reaches validation: the recorded best val mAP is that of TTA codes, not the plain model's."""
     import torch
 
-    from dsh.checkpoint import load_model
-    from dsh.codes import codes_from_u
-    from dsh.metrics import mean_average_precision
-    from dsh.splits import load_parts
-    from dsh.train import validation_map
+    from dsh.models.checkpoint import load_model
+    from dsh.codes.bits import codes_from_u
+    from dsh.eval.metrics import mean_average_precision
+    from dsh.data.splits import load_parts
+    from dsh.train.loop import validation_map
 
     loaded = load_model(tta_run / "best.pt")
     model = loaded.model.to(memory_format=torch.channels_last)  # as it was trained (channels_last)
@@ -169,7 +169,7 @@ def test_validation_with_tta_scores_the_mean_codes(tta_run):
 
 
 def test_cli_tta_flag_overrides_the_run(tta_run, tmp_path):
-    from dsh.cli import main
+    from dsh.cli.commands import main
 
     assert main(["export", "--run", str(tta_run), "--out", str(tmp_path / "p.onnx"), "--no-tta-flip"]) == 0
     assert not Encoder.from_file(tmp_path / "p.onnx", tta_flip=False).tta_flip
@@ -177,12 +177,12 @@ def test_cli_tta_flag_overrides_the_run(tta_run, tmp_path):
                  "torch"]) == 0
     assert main(["encode", "--run", str(tta_run), "--out", str(tmp_path / "b.npz"), "--quiet", "--backend",
                  "torch", "--no-tta-flip"]) == 0
-    from dsh.codefile import load_codes
+    from dsh.codes.codefile import load_codes
 
     a, b = load_codes(tmp_path / "a.npz"), load_codes(tmp_path / "b.npz")
     expected_a = Encoder.from_run(tta_run, backend="torch")
     expected_b = Encoder.from_run(tta_run, backend="torch", tta_flip=False)
-    from dsh.splits import load_part
+    from dsh.data.splits import load_part
 
     test = load_part("digits", "test", seed=0).images.numpy()
     np.testing.assert_array_equal(a.codes, expected_a.encode_array(test).codes)

@@ -6,8 +6,8 @@ The objects every front end shares (the command line, the HTTP service, a user's
     encoder = Encoder.from_run("runs/mnist8")     # or Encoder.from_file("model.onnx"): no torch needed
     u, codes = encoder.encode(["a.png", "b.png"])
 
-``import dsh`` stays light and torch-free; ``Encoder``, ``HammingIndex``, ``Searcher``, ``dsh.metrics`` and an ONNX
-model never import torch. The training side (``dsh.train``, ``dsh.models``, ``dsh.data``, ``dsh.loss``) and loading
+``import dsh`` stays light and torch-free; ``Encoder``, ``HammingIndex``, ``Searcher``, ``dsh.eval.metrics`` and an ONNX
+model never import torch. The training side (``dsh.train.loop``, ``dsh.models.registry``, ``dsh.data``, ``dsh.train.loss``) and loading
 a checkpoint do.
 """
 
@@ -15,15 +15,14 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .utils.lazy import lazy_exports
+
 __all__ = ["Encoder", "HammingIndex", "Searcher", "UserError", "__version__"]
 
-_LAZY = {"Encoder": "encoder", "HammingIndex": "index", "Searcher": "searcher", "UserError": "errors"}
-
-
-def __getattr__(name: str):
-    # Lazy, so that `import dsh` stays light and torch-free.
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    raise AttributeError(f"module 'dsh' has no attribute {name!r}")
+# Lazy, so that `import dsh` stays light and torch-free.
+__getattr__ = lazy_exports(__name__, {
+    "Encoder": "runtime.encoder",
+    "HammingIndex": "index.flat",
+    "Searcher": "runtime.searcher",
+    "UserError": "errors",
+})

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .errors import ConfigError, DataError, one_line
-from .fileio import write_json
+from .utils.fileio import write_json
 
 
 def setting(default: Any, help: str, choices: tuple[str, ...] | Callable[[], list[str]] | None = None):
@@ -27,13 +27,13 @@ def setting(default: Any, help: str, choices: tuple[str, ...] | Callable[[], lis
 
 
 def _models() -> list[str]:
-    from .models import list_models  # the model registry is the one list of model names
+    from .models.registry import list_models  # the model registry is the one list of model names
 
     return list_models()
 
 
 def _protocols() -> list[str]:
-    from .protocols import PROTOCOLS
+    from .data.protocols import PROTOCOLS
 
     return sorted(PROTOCOLS)
 
@@ -55,7 +55,7 @@ class TrainConfig:
     image_size: int | None = setting(None, "resize images to this size (folder datasets of mixed sizes; default: "
                                            "the native size)")
     download: bool = setting(True, "download mnist/cifar10 into --data-root when absent")
-    protocol: str | None = setting(None, "train on a named protocol's train part (dsh.protocols)",
+    protocol: str | None = setting(None, "train on a named protocol's train part (dsh.data.protocols)",
                                    choices=_protocols)
     protocol_seed: int = setting(0, "seed of the protocol's query/train sampling")
     # --- model and code ---
@@ -134,6 +134,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
+    def of_model(cls, info, source: str = "the model file") -> "TrainConfig | None":
+        """The training settings a model file (its :class:`dsh.models.ModelInfo` ``info``) records, checked as
+        :meth:`from_record`, or ``None`` where it records none (a model not trained by ``dsh train``). A setting
+        this version does not know is left out; one the file lacks (an older dsh) takes today's default."""
+        return cls.from_record(info.train_config, source) if info.train_config else None
+
+    @classmethod
     def from_record(cls, data: dict[str, Any], source: str = "checkpoint") -> "TrainConfig":
         """The settings a checkpoint or model file recorded, checked: as :meth:`from_dict`, but a setting this
         version does not know (written by a newer dsh) is left out instead of refused. Types are checked, ranges
@@ -148,7 +155,7 @@ class TrainConfig:
         return cfg
 
     def data_options(self) -> dict[str, Any]:
-        """The keyword arguments of :func:`dsh.splits.load_parts` that say which images this run uses: the one
+        """The keyword arguments of :func:`dsh.data.splits.load_parts` that say which images this run uses: the one
         place training, evaluation and ``dsh encode --split`` take them from."""
         return dict(protocol=self.protocol, protocol_seed=self.protocol_seed, data_root=self.data_root,
                     val_size=self.val_size, seed=self.seed, download=self.download, image_size=self.image_size)
@@ -406,3 +413,10 @@ def resolve_config(
 
 def save_config(cfg: TrainConfig, path: str | os.PathLike) -> None:
     write_json(path, cfg.to_dict())
+
+
+def trained_with_tta_flip(info, source: str = "the model file") -> bool:
+    """Whether the run behind a model file (its :class:`dsh.models.ModelInfo` ``info``) chose its best epoch on
+    flip-TTA codes (its ``tta_flip`` setting): what its encoders and ONNX exports do unless told otherwise."""
+    settings = TrainConfig.of_model(info, source)
+    return bool(settings and settings.tta_flip)

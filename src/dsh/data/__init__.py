@@ -6,29 +6,38 @@
   ``train/<class>/`` + ``test/<class>/`` image tree) and ``list`` (multi-label: ``train.txt``, ``test.txt``,
   ``database.txt`` of ``path l1 ... lC`` lines, DeepHash-pytorch's format; :mod:`dsh.data.listfile`).
   Splits: ``train``, ``test``, and ``val`` / ``fit`` carved from ``train`` (``list`` also has ``database``).
-- arbitrary images, to encode or search them, go through :mod:`dsh.imageio` (the one input policy).
-- :class:`Normalizer`, :class:`Augment` (:func:`default_augment`), :class:`BatchLoader`: the training batches.
+- arbitrary images, to encode or search them, go through :mod:`dsh.utils.imageio` (the one input policy).
+- :class:`Augment` (:func:`default_augment`), :class:`BatchLoader`: the training batches (normalised by a
+  :class:`dsh.models.Normalizer` the loop passes in).
 
-Errors with the data raise :class:`dsh.fileio.DataError` (one line, naming the path). This package does not
+Errors with the data raise :class:`dsh.utils.fileio.DataError` (one line, naming the path). This package does not
 import the models, the loss or the training loop.
 """
 
 from __future__ import annotations
 
-from .augment import Augment, default_augment
-from .cache import cache_dir
-from .datasets import DATASETS, SPLITS, load_split, resize_images
-from .imageset import ImageSet, stratified_subset
-from .loader import BatchLoader, balanced_batches
-from .normalize import Normalizer
+from ..utils.lazy import lazy_exports
 
+# Imported on first use, so that ``dsh.data.protocols`` (named splits, no torch) is read without torch.
+__getattr__ = lazy_exports(__name__, {
+    "Augment": "augment",
+    "default_augment": "augment",
+    "cache_dir": "cache",
+    "DATASETS": "datasets",
+    "SPLITS": "datasets",
+    "load_split": "datasets",
+    "resize_images": "datasets",
+    "ImageSet": "imageset",
+    "stratified_subset": "imageset",
+    "BatchLoader": "loader",
+    "balanced_batches": "loader",
+})
 __all__ = [
     "DATASETS",
     "SPLITS",
     "Augment",
     "BatchLoader",
     "ImageSet",
-    "Normalizer",
     "balanced_batches",
     "cache_dir",
     "default_augment",

@@ -22,7 +22,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..fileio import atomic_write
+from ..utils.fileio import atomic_write
 from .imageset import ImageSet
 
 log = logging.getLogger("dsh.data")

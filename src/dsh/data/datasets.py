@@ -8,11 +8,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..fileio import DataError
+from ..utils.fileio import DataError
 from . import sources
 from .cache import cache_dir as resolve_cache_dir
 from .cache import cached, file_fingerprint
-from ..imageio import as_size, cover_size
+from ..utils.imageio import as_size, cover_size
 from .folder import read_folder, scan_folder
 from . import listfile
 from .imageset import ImageSet, carve_val
@@ -70,7 +70,7 @@ def load_split(
     their files are absent. ``image_size``: ``s`` or ``(h, w)``: resize every image (cover, then centre-crop);
     folder images must otherwise share one size. ``cache_dir``: default ``$DSH_CACHE``, else ``~/.cache/dsh``.
     ``workers``: decoding processes for folder datasets (default: the usable CPUs, at most 8).
-    Problems with the data raise :class:`~dsh.fileio.DataError` with a one-line message naming the path.
+    Problems with the data raise :class:`~dsh.utils.fileio.DataError` with a one-line message naming the path.
     """
     name = _check_name(name)
     if split not in (LIST_SPLITS if name == "list" else SPLITS):

@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fileio import DataError
-from ..imageio import IMAGE_EXTENSIONS, decode_files, files_fingerprint, subfolders, walk_images
+from ..utils.fileio import DataError
+from ..utils.imageio import IMAGE_EXTENSIONS, decode_files, files_fingerprint, subfolders, walk_images
 from .imageset import ImageSet
 
 

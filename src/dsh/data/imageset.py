@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..fileio import DataError
+from ..utils.fileio import DataError
 
 
 @dataclass

@@ -4,9 +4,9 @@ A dataset root ``DIR`` holds one list file per split, ``train.txt``, ``test.txt`
 retrieval database, often a superset of train), and optionally ``classes.txt`` (one class name per line; default
 ``"0"`` ... ``"C-1"``). Each non-blank line of a list is ``path l1 l2 ... lC``: an image path (relative to ``DIR``,
 or absolute; no spaces) and ``C`` labels of ``0`` or ``1``, the same ``C`` on every line of every list. Images
-decode with :mod:`dsh.imageio` like folder datasets, grey (1 channel) if the first training image is grey, else
+decode with :mod:`dsh.utils.imageio` like folder datasets, grey (1 channel) if the first training image is grey, else
 RGB; labels become multi-hot ``uint8[N, C]`` rows. A bad line is refused with a one-line
-:class:`~dsh.fileio.DataError` naming the file and the line number.
+:class:`~dsh.utils.fileio.DataError` naming the file and the line number.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..fileio import DataError
-from ..imageio import decode_files, files_fingerprint
+from ..utils.fileio import DataError
+from ..utils.imageio import decode_files, files_fingerprint
 from .imageset import ImageSet
 
 LIST_SPLITS = ("train", "test", "database")

@@ -8,13 +8,12 @@ fixes every epoch, and saving the generator's state is enough to resume mid-run.
 from __future__ import annotations
 
 import math
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
 from .augment import Augment
 from .imageset import ImageSet
-from .normalize import Normalizer
 
 SAMPLERS = ("random", "balanced")
 
@@ -59,7 +58,8 @@ class BatchLoader:
       ``min(n_classes, batch_size // 4)`` classes), P = ``min(n_classes, batch_size // K)``; the batch is P * K
       (CIFAR-10 at 256: 10 x 25 = 250). ``len(data) // (P * K)`` batches make an epoch.
 
-    ``augment`` runs on the uint8 batch (on ``device``), then ``normalizer`` (default: scale to 0..1).
+    ``augment`` runs on the uint8 batch (on ``device``), then ``normalizer``, a callable ``uint8[B, C, H, W] ->
+    float32[B, C, H, W]`` such as :class:`dsh.models.Normalizer` (default: scale to 0..1).
     ``generator``: a CPU ``torch.Generator``, the source of all randomness (default: one seeded with ``seed``);
     each pass draws from it, so saving its state is enough to resume.
     """
@@ -72,7 +72,7 @@ class BatchLoader:
         shuffle: bool = True,
         drop_last: bool = False,
         augment: Augment | None = None,
-        normalizer: Normalizer | None = None,
+        normalizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
         sampler: str = "random",
         images_per_class: int | None = None,
         generator: torch.Generator | None = None,
@@ -91,7 +91,7 @@ class BatchLoader:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.augment = augment if augment is not None and augment.active else None
-        self.normalizer = normalizer if normalizer is not None else Normalizer.identity(data.shape[0])
+        self.normalizer = normalizer if normalizer is not None else _scale_to_unit
         self.sampler = sampler
         self.generator = generator if generator is not None else torch.Generator().manual_seed(seed)
         self.device = torch.device(device) if device is not None else torch.device("cpu")
@@ -130,3 +130,8 @@ class BatchLoader:
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             yield self.normalizer(x), labels[idx].to(self.device, non_blocking=True)
+
+
+def _scale_to_unit(x: torch.Tensor) -> torch.Tensor:
+    """``uint8`` pixels -> ``float32`` on the 0..1 scale (the same float32 constant an identity normaliser uses)."""
+    return x.to(torch.float32).mul_(1.0 / 255.0)

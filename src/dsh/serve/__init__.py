@@ -1,4 +1,4 @@
-"""``dsh serve``: an HTTP API and a web page over a :class:`dsh.searcher.Searcher` (FastAPI + uvicorn).
+"""``dsh serve``: an HTTP API and a web page over a :class:`dsh.runtime.searcher.Searcher` (FastAPI + uvicorn).
 
 :func:`create_app` builds the ASGI app from a searcher and :class:`ServeSettings`; the command line runs it with
 uvicorn. The model and the index are loaded once, before the first request; every route is a few lines over the

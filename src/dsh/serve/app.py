@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import DataError, InputError, UserError, one_line
-from ..imageio import max_pixels_setting
-from ..searcher import Searcher
+from ..utils.imageio import max_pixels_setting
+from ..runtime.searcher import Searcher
 
 log = logging.getLogger("dsh.serve")
 STATIC = Path(__file__).with_name("static")
@@ -221,7 +221,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
                 except UserError as one:
                     raise _naming_upload(one, d, f.filename) from None
             raise e
-        from ..codes import to_binary_string, to_hex
+        from ..codes.bits import to_binary_string, to_hex
 
         hexes, bits = to_hex(enc.codes, encoder.nbits), to_binary_string(enc.codes, encoder.nbits)
         out = [{"code": f"0x{h}", "hex": h, "bits": b} for h, b in zip(hexes, bits)]
@@ -290,7 +290,7 @@ def _client_message(e: UserError) -> str:
 
 def _info(searcher: Searcher, settings: ServeSettings) -> dict[str, Any]:
     """What /api/info answers; computed once (the class table scans the whole index)."""
-    from ..report import class_code_table
+    from ..eval.report import class_code_table
 
     enc, index = searcher.encoder, searcher.index
     table = None

@@ -1,0 +1,562 @@
+"""An exact Hamming index over packed binary codes: k nearest neighbours and range search (no torch).
+
+>>> index = HammingIndex(64)
+>>> index.add(codes)                      # uint8[n, 8], ids 0..n-1
+>>> D, I = index.search(queries, k=10)    # int32[nq, 10], int64[nq, 10]
+>>> lims, D, I = index.range_search(queries, radius=2)
+
+Results are exact and deterministic: ordered by distance, then by id. Every engine (``"numba"``, the default
+fast path; ``"faiss"``; ``"numpy"``, the slow obvious reference) returns the same arrays, ties included.
+
+Ids are int64 >= 0 (``-1`` marks a missing result). The index keeps its codes in ascending id order, so that
+"ties by id" is "ties by position" inside the kernels; ``index.codes[i]`` is the code of ``index.ids[i]``.
+
+File format (``save`` / ``load``), all integers little-endian::
+
+    offset  size  field
+    0       8     magic  b"DSHINDEX"
+    8       4     format version, uint32 = 1
+    12      4     header length, uint32 = 64
+    16      4     nbits, uint32
+    20      4     bytes per code, uint32 = ceil(nbits / 8)
+    24      8     count n, uint64
+    32      8     flags, uint64 = 0 (reserved; a reader refuses flags it does not know)
+    40      8     codes offset, uint64, a multiple of 64 (so the codes can be memory-mapped and read as words)
+    48      8     ids offset, uint64 = codes offset + n * bytes per code, rounded up to a multiple of 64
+    56      8     metadata length m, uint64
+    64      ...   zero padding up to the codes offset
+            n*w   codes, uint8[n, w], the layout of dsh.codes.bits, rows in ascending id order
+            ...   zero padding up to the ids offset
+            8n    ids, int64[n], strictly ascending
+            m     metadata, a UTF-8 JSON object (the run, the source; see below for "catalog")
+            4     CRC-32 (zlib) of every byte before it
+            4     end magic b"DSHE"
+
+The file is written atomically (:func:`dsh.utils.fileio.atomic_write`). ``load`` refuses a file that is not an index,
+is truncated or padded, or whose checksum does not match, with a one-line :class:`dsh.utils.fileio.DataError`.
+
+Per-item records (labels, paths, user keys) live in ``index.catalog``, a :class:`dsh.index.catalog.Catalog` aligned row
+by row with the codes and kept in step by ``add``, ``remove`` and ``reset``; ``index.lookup(ids)`` reads them.
+``save`` writes the catalog to its own file beside the index, :func:`catalog_path` (``db.dshidx.catalog``), first,
+then the index, whose metadata names it: ``{"catalog": {"file": name, "uid": random hex, "count": n}}``. ``load``
+takes the catalog only if its uid and ids are the index's. The ``"catalog"`` metadata key belongs to ``save``.
+
+Older index files kept per-item ``labels`` / ``paths`` lists (and ``class_names``) in the metadata, in id order.
+``load`` builds the catalog from those lists that have one entry per item (others are left alone) and keeps the
+lists in ``metadata`` for readers that still use them; ``save`` with a catalog drops them, since the catalog then
+supersedes them and they would go stale after a ``remove``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+
+from ..codes import kernels as K
+from .catalog import Catalog, catalog_path
+from ..codes.bits import check_codes, nbytes_for
+from ..errors import InputError
+from ..utils.fileio import END_MARKER, TRAILER, DataError, atomic_write, check_trailer, read_header
+from ..codes.hamming import pairwise_hamming_reference
+from .mih import MIHTables, prefer_mih
+
+__all__ = ["HammingIndex", "ENGINES", "catalog_path"]
+
+ENGINES = ("auto", "numba", "faiss", "numpy")
+
+_MAGIC = b"DSHINDEX"
+_END = END_MARKER
+_VERSION = 1
+_HEADER = struct.Struct("<8sIIIIQQQQQ")  # 64 bytes, fields as in the module docstring
+_TRAILER = TRAILER
+_ALIGN = 64
+_LEGACY_KEYS = ("labels", "paths", "class_names")  # per-item lists older files kept in the metadata
+
+
+def _align(x: int) -> int:
+    return -(-x // _ALIGN) * _ALIGN
+
+
+def check_new_ids(ids, n: int) -> np.ndarray:
+    """Ids given for ``n`` new codes -> ``int64[n]``: 1-D, integers, >= 0 and distinct, else a one-line
+    :class:`InputError` (every index kind, e.g. :class:`dsh.index.milvus.MilvusIndex`, takes ids by these rules)."""
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.shape[0] != n:
+        raise InputError(f"ids must be 1-D with one id per code ({n}), got shape {ids.shape}")
+    if n and ids.dtype.kind not in "iu":
+        raise InputError(f"ids must be integers, got dtype {ids.dtype}")
+    ids = ids.astype(np.int64)
+    if n and ids.min() < 0:
+        raise InputError("ids must be >= 0 (-1 marks a missing result)")
+    if np.unique(ids).shape[0] != n:
+        raise InputError("ids contain duplicates")
+    return ids
+
+
+class HammingIndex:
+    """Exact search over ``nbits``-bit packed codes ``uint8[n, ceil(nbits / 8)]``.
+
+    ``engine``: ``"auto"`` (= ``"numba"``), ``"numba"`` (multi-threaded scan; ``numba.set_num_threads`` sets the
+    threads), ``"faiss"`` (``faiss.IndexBinaryFlat``, made exact at the k boundary) or ``"numpy"`` (slow
+    reference). Range searches may use multi-index hashing (:mod:`dsh.index.mih`) whatever the engine.
+    """
+
+    def __init__(self, nbits: int, engine: str = "auto"):
+        if isinstance(nbits, bool) or int(nbits) != nbits or int(nbits) < 1:
+            raise InputError(f"nbits must be a positive integer, got {nbits!r}")
+        if engine not in ENGINES:
+            raise InputError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
+        if engine == "faiss":
+            try:
+                import faiss  # noqa: F401
+            except ImportError:
+                raise ImportError("engine='faiss' needs the faiss package (pip install faiss-cpu)") from None
+        self._nbits = int(nbits)
+        self._engine = "numba" if engine == "auto" else engine
+        self.metadata: dict = {}
+        self._set(np.zeros((0, nbytes_for(nbits)), np.uint8), np.zeros(0, np.int64), None)
+
+    # -- state ---------------------------------------------------------------------------------------------------
+
+    def _set(self, codes: np.ndarray, ids: np.ndarray, catalog: Catalog | None) -> None:
+        self._codes = codes  # uint8[n, nbytes], rows in ascending id order
+        self._ids = ids  # int64[n], strictly ascending
+        self._catalog = catalog  # row i is the record of ids[i]
+        self._words = None  # uint64[n, W], built on first search
+        self._mih: MIHTables | None = None
+        self._faiss = None
+
+    @property
+    def nbits(self) -> int:
+        return self._nbits
+
+    @property
+    def engine(self) -> str:
+        return self._engine
+
+    @property
+    def ntotal(self) -> int:
+        return int(self._ids.shape[0])
+
+    def __len__(self) -> int:
+        return self.ntotal
+
+    @property
+    def codes(self) -> np.ndarray:
+        """``uint8[ntotal, nbytes]``, read-only, in ascending id order."""
+        v = self._codes.view(np.ndarray)
+        v.flags.writeable = False
+        return v
+
+    @property
+    def ids(self) -> np.ndarray:
+        """``int64[ntotal]``, read-only, strictly ascending."""
+        v = self._ids.view(np.ndarray)
+        v.flags.writeable = False
+        return v
+
+    @property
+    def catalog(self) -> Catalog | None:
+        """Per-item records aligned with the rows (``index.ids[i]``'s is row ``i``), or ``None``."""
+        return self._catalog
+
+    @catalog.setter
+    def catalog(self, catalog: Catalog | None) -> None:
+        if catalog is not None:
+            if not isinstance(catalog, Catalog):
+                raise InputError(f"catalog must be a dsh.index.catalog.Catalog or None, got {type(catalog).__name__}")
+            if len(catalog) != self.ntotal:
+                raise InputError(f"the catalog has {len(catalog)} records, but the index holds {self.ntotal}")
+        self._catalog = catalog
+
+    @property
+    def mih(self) -> MIHTables | None:
+        """The multi-index hashing tables, if built (they are dropped by ``add``, ``remove`` and ``reset``)."""
+        return self._mih
+
+    def __repr__(self) -> str:
+        return f"HammingIndex(nbits={self._nbits}, ntotal={self.ntotal}, engine={self._engine!r})"
+
+    def reset(self) -> None:
+        """Remove everything (metadata stays; a catalog keeps its columns and class names, with no rows)."""
+        cat = None if self._catalog is None else self._catalog.take(np.zeros(0, np.int64))
+        self._set(self._codes[:0].copy(), np.zeros(0, np.int64), cat)
+
+    def add(self, codes: np.ndarray, ids: np.ndarray | None = None, *, labels=None, paths=None, keys=None,
+            class_names=None) -> None:
+        """Add ``codes`` (``uint8[n, nbytes]``) with ``ids`` (``int64[n]``, >= 0, new and distinct).
+
+        Default ids count on from one more than the largest id held (0 for an empty index): ``ntotal ..`` as long
+        as no id was removed, and never a clash after a removal.
+
+        ``labels`` (``int[n]`` class ids, -1 = unlabelled, or ``[n, C]`` multi-hot rows), ``paths``, ``keys``
+        (``n`` strings each) and ``class_names`` go to the catalog (see :meth:`dsh.index.catalog.Catalog.from_columns`),
+        row for row with ``codes``. Once an index has a catalog every ``add`` extends it; a column not given here
+        gets its fill value (label -1, an all-zero multi-hot row, ``""``) for these rows, as earlier rows do for
+        a column first given now. Nothing changes if any argument is refused.
+        """
+        codes = check_codes(codes, self._nbits)
+        n = codes.shape[0]
+        if ids is None:
+            start = int(self._ids[-1]) + 1 if self.ntotal else 0
+            ids = np.arange(start, start + n, dtype=np.int64)
+        else:
+            ids = check_new_ids(ids, n)
+            clash = ids[np.isin(ids, self._ids)]
+            if clash.size:
+                raise InputError(f"{clash.size} ids are already in the index, e.g. {clash[:5].tolist()}")
+        catalog = self._catalog
+        if catalog is not None or any(x is not None for x in (labels, paths, keys, class_names)):
+            new = Catalog.from_columns(n, labels=labels, paths=paths, keys=keys, class_names=class_names)
+            catalog = (catalog if catalog is not None else Catalog.from_columns(self.ntotal)).concat(new)
+        if n == 0:
+            self._catalog = catalog  # class names alone may have been given
+            return
+        all_codes = np.concatenate([self._codes, codes])
+        all_ids = np.concatenate([self._ids, ids])
+        if not (np.all(ids[1:] > ids[:-1]) and (self.ntotal == 0 or ids[0] > self._ids[-1])):
+            order = np.argsort(all_ids, kind="stable")  # keep rows in id order (see the module docstring)
+            all_codes, all_ids = all_codes[order], all_ids[order]
+            catalog = None if catalog is None else catalog.take(order)
+        self._set(all_codes, all_ids, catalog)
+
+    def remove(self, ids) -> int:
+        """Remove the codes with these ids (ids not held are ignored); returns how many were removed."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        drop = np.isin(self._ids, ids)
+        removed = int(drop.sum())
+        if removed:
+            keep = ~drop
+            cat = None if self._catalog is None else self._catalog.take(np.flatnonzero(keep))
+            self._set(np.ascontiguousarray(self._codes[keep]), self._ids[keep], cat)
+        return removed
+
+    def _positions(self, ids) -> np.ndarray:
+        """Rows of ``ids`` by binary search on the ascending ids; ``KeyError`` for an id not held."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        pos = np.searchsorted(self._ids, ids)
+        ok = pos < self.ntotal
+        ok[ok] = self._ids[pos[ok]] == ids[ok]
+        if not ok.all():
+            raise KeyError(f"ids not in the index: {ids[~ok][:5].tolist()}")
+        return pos
+
+    def reconstruct(self, ids) -> np.ndarray:
+        """Codes ``uint8[len(ids), nbytes]`` of the given ids; ``KeyError`` for an id not held."""
+        return np.asarray(self._codes[self._positions(ids)])
+
+    def lookup(self, ids) -> list[dict]:
+        """The record of each id: ``{"id": id}`` plus the catalog's fields (see
+        :meth:`dsh.index.catalog.Catalog.record`); ``KeyError`` for an id not held."""
+        ids = np.asarray(ids, dtype=np.int64).ravel()
+        pos = self._positions(ids)
+        cat = self._catalog
+        return [{"id": int(i), **(cat.record(int(p)) if cat is not None else {})} for i, p in zip(ids, pos)]
+
+    # -- search --------------------------------------------------------------------------------------------------
+
+    def _queries(self, q: np.ndarray) -> np.ndarray:
+        return check_codes(q, self._nbits, name="queries")
+
+    def _get_words(self) -> np.ndarray:
+        if self._words is None:
+            self._words = K.as_words(self._codes.view(np.ndarray))
+        return self._words
+
+    def _ids_of(self, P: np.ndarray) -> np.ndarray:
+        """Positions -> ids, keeping -1."""
+        if P.size == 0 or self.ntotal == 0:
+            return np.full(P.shape, -1, np.int64)
+        return np.where(P >= 0, self._ids[np.maximum(P, 0)], -1)
+
+    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The ``k`` nearest codes to each query.
+
+        ``q``: ``uint8[nq, nbytes]``. Returns ``D int32[nq, k]`` and ``I int64[nq, k]``, each row ordered by
+        (distance, id). Where the index holds fewer than ``k`` codes, the missing tail is ``D = -1``, ``I = -1``.
+        """
+        q = self._queries(q)
+        if isinstance(k, bool) or int(k) != k or int(k) < 1:
+            raise InputError(f"k must be an integer >= 1, got {k!r}")
+        k = int(k)
+        nq, n = q.shape[0], self.ntotal
+        D = np.full((nq, k), -1, np.int32)
+        P = np.full((nq, k), -1, np.int64)
+        if nq and n:
+            kk = min(k, n)
+            if self._engine == "numba":
+                X, Q = self._get_words(), K.as_words(q)
+                x, W = X.reshape(-1), X.shape[1]
+                K.run_parallel(lambda a, b: K.knn_scan(x, n, W, Q, a, b, k, self._nbits, D, P), nq)
+            elif self._engine == "faiss":
+                D[:, :kk], P[:, :kk] = self._faiss_knn(q, kk)
+            else:
+                D[:, :kk], P[:, :kk] = self._numpy_knn(q, kk)
+        return D, self._ids_of(P)
+
+    def range_search(self, q: np.ndarray, radius: int, method: str = "auto"
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every code within Hamming distance ``radius`` (inclusive) of each query, faiss-style.
+
+        Returns ``lims int64[nq + 1]``, ``D int32[lims[-1]]``, ``I int64[lims[-1]]``: query ``i``'s results are
+        ``D[lims[i]:lims[i+1]]``, ordered by (distance, id). ``method``: ``"mih"`` (multi-index hashing, tables
+        built on first use), ``"flat"`` (a scan with the index's engine) or ``"auto"`` (MIH when the numba engine
+        estimates it pays, see :func:`dsh.index.mih.prefer_mih`). All give the same result.
+        """
+        q = self._queries(q)
+        if isinstance(radius, bool) or int(radius) != radius or int(radius) < 0:
+            raise InputError(f"radius must be an integer >= 0, got {radius!r}")
+        if method not in ("auto", "mih", "flat"):
+            raise InputError(f"method must be 'auto', 'mih' or 'flat', got {method!r}")
+        radius = int(radius)
+        nq, n = q.shape[0], self.ntotal
+        if nq == 0 or n == 0:
+            return np.zeros(nq + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
+        if method == "auto":
+            use_mih = self._engine == "numba" and prefer_mih(n, self._nbits, radius, nq, self._mih)
+            method = "mih" if use_mih else "flat"
+        if method == "mih":
+            tables = self._mih if self._mih is not None else self.build_mih()
+            lims, D, P = tables.search(self._get_words(), K.as_words(q), radius)
+        elif self._engine == "numba":
+            X, Q = self._get_words(), K.as_words(q)
+            x, W = X.reshape(-1), X.shape[1]
+            parts = K.run_parallel(lambda a, b: K.range_scan(x, n, W, Q, a, b, radius, self._nbits), nq)
+            lims, D, P = K.join_ranges(parts, nq)
+        elif self._engine == "faiss":
+            lims, D, P = self._faiss_range(q, radius)
+        else:
+            lims, D, P = self._numpy_range(q, radius)
+        return lims, D, self._ids_of(P)
+
+    def build_mih(self, nsub: int | None = None) -> MIHTables:
+        """Build (or rebuild) the multi-index hashing tables with ``nsub`` substrings (default
+        :func:`dsh.index.mih.default_nsub`) and return them."""
+        self._mih = MIHTables.build(self._get_words(), self._nbits, nsub)
+        return self._mih
+
+    # -- the numpy reference engine ------------------------------------------------------------------------------
+
+    def _query_chunks(self, nq: int):
+        step = max(1, (1 << 24) // max(self.ntotal, 1))  # bounded distance matrices (64 MB of int32)
+        return ((a, min(a + step, nq)) for a in range(0, nq, step))
+
+    def _numpy_knn(self, q, k):
+        D = np.empty((q.shape[0], k), np.int32)
+        P = np.empty((q.shape[0], k), np.int64)
+        for a, b in self._query_chunks(q.shape[0]):
+            dist = pairwise_hamming_reference(q[a:b], self._codes)
+            order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # stable: ties stay in position = id order
+            P[a:b] = order
+            D[a:b] = np.take_along_axis(dist, order, axis=1)
+        return D, P
+
+    def _numpy_range(self, q, radius):
+        Ds, Ps, counts = [], [], []
+        for a, b in self._query_chunks(q.shape[0]):
+            dist = pairwise_hamming_reference(q[a:b], self._codes)
+            for row in dist:
+                sel = np.flatnonzero(row <= radius)
+                sel = sel[np.argsort(row[sel], kind="stable")]
+                Ps.append(sel)
+                Ds.append(row[sel])
+                counts.append(sel.size)
+        lims = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        return lims, np.concatenate(Ds).astype(np.int32), np.concatenate(Ps).astype(np.int64)
+
+    # -- the faiss engine ----------------------------------------------------------------------------------------
+
+    def _faiss_index(self):
+        if self._faiss is None:
+            import faiss
+
+            self._faiss = faiss.IndexBinaryFlat(8 * self._codes.shape[1])  # padding bits are 0 on both sides
+            self._faiss.add(np.ascontiguousarray(self._codes))
+        return self._faiss
+
+    def _faiss_knn(self, q, k):
+        """faiss's heap keeps the k smallest distances but picks arbitrary codes among ties at the k-th distance
+        ``t``. So ask for ``k2 > k`` results: once the ``k2``-th distance exceeds ``t`` (or ``k2 = ntotal``) every
+        code at distance ``<= t`` is among them, and sorting them by (distance, position) is exact. Queries not
+        yet settled are asked again with ``k2`` doubled."""
+        index, n = self._faiss_index(), self.ntotal
+        nq = q.shape[0]
+        D = np.empty((nq, k), np.int32)
+        P = np.empty((nq, k), np.int64)
+        todo, k2 = np.arange(nq), k
+        while todo.size:
+            k2 = min(n, 2 * k2)
+            D2, P2 = index.search(q[todo], k2)
+            settled = (D2[:, -1] > D2[:, k - 1]) | (k2 == n)
+            rows = np.flatnonzero(settled)
+            for r in rows:
+                order = np.lexsort((P2[r], D2[r]))[:k]
+                D[todo[r]], P[todo[r]] = D2[r, order], P2[r, order]
+            todo = todo[~settled]
+        return D, P
+
+    def _faiss_range(self, q, radius):
+        lims, Df, Pf = self._faiss_index().range_search(q, radius + 1)  # faiss keeps distances < radius
+        lims = lims.astype(np.int64)
+        qid = np.repeat(np.arange(q.shape[0]), np.diff(lims))
+        order = np.lexsort((Pf, Df, qid))
+        return lims, Df[order].astype(np.int32), Pf[order].astype(np.int64)
+
+    # -- files ---------------------------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike, metadata: dict | None = None) -> None:
+        """Write the index to ``path`` (format in the module docstring), atomically.
+
+        ``metadata``: a JSON-serialisable dict stored with it (default: ``self.metadata``); it becomes
+        ``self.metadata``. With a catalog, the catalog is first written to :func:`catalog_path` ``(path)`` and the
+        metadata gets ``"catalog": {"file", "uid", "count"}`` naming it, while ``labels`` / ``paths`` /
+        ``class_names`` lists of older files are dropped from it (the catalog holds them now). Without one, any
+        ``"catalog"`` key is dropped, so the file never names a catalog that is not its own.
+        """
+        if metadata is not None:
+            if not isinstance(metadata, dict):
+                raise InputError(f"metadata must be a dict, got {type(metadata).__name__}")
+            self.metadata = metadata
+        out = self.metadata
+        if self._catalog is not None:
+            cpath = catalog_path(path)
+            uid = secrets.token_hex(16)  # fresh each save: an older catalog left beside this index never matches
+            kept = {k: v for k, v in out.items() if k not in _LEGACY_KEYS}
+            out = {**kept, "catalog": {"file": cpath.name, "uid": uid, "count": self.ntotal}}
+        elif "catalog" in out:
+            out = {k: v for k, v in out.items() if k != "catalog"}
+        # serialised before any file is touched: metadata that is not JSON must not leave a new catalog beside
+        # an old index (which would then refuse it)
+        meta = json.dumps(out, ensure_ascii=False, sort_keys=True).encode("utf-8")
+        self.metadata = out
+        n, w = self._codes.shape
+        codes_off = _align(_HEADER.size)
+        ids_off = _align(codes_off + n * w)
+        header = _HEADER.pack(_MAGIC, _VERSION, _HEADER.size, self._nbits, w, n, 0, codes_off, ids_off, len(meta))
+        crc = 0
+        with atomic_write(path) as f:
+
+            def put(buf) -> None:
+                nonlocal crc
+                f.write(buf)
+                crc = zlib.crc32(buf, crc)
+
+            put(header)
+            put(bytes(codes_off - _HEADER.size))
+            flat = np.ascontiguousarray(self._codes).reshape(-1)
+            for a in range(0, flat.size, 1 << 24):  # in pieces, so a memory-mapped index is not read at once
+                put(memoryview(flat[a : a + (1 << 24)]))
+            put(bytes(ids_off - codes_off - n * w))
+            put(memoryview(self._ids.astype("<i8")).cast("B"))
+            put(meta)
+            f.write(_TRAILER.pack(crc, _END))
+            if self._catalog is not None:
+                # put in place once the new index is fully written, just before it is renamed over the old one:
+                # a new index is never in place without its catalog, a crash while either is written leaves the
+                # old pair as it was, and only a crash between the two renames leaves the old index beside the
+                # new catalog, which it refuses by its uid (a clear error, never wrong data)
+                self._catalog.save(cpath, self._ids, uid)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, mmap: bool = False, verify: bool = True,
+             engine: str = "auto") -> "HammingIndex":
+        """Read an index written by :meth:`save`, with its catalog if it names one.
+
+        ``mmap=True`` maps the codes and ids read-only instead of reading them (for databases larger than
+        memory; ``add``/``remove`` then make in-memory copies); the catalog's columns too, so no record is
+        decoded until looked up. ``verify=False`` skips the checksums (which read the whole files), keeping the
+        structural checks. Problems raise a one-line :class:`DataError`, among them a missing catalog file or
+        one that is not this index's (another uid or other ids).
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise DataError(f"{path}: no such index file")
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            _, _, hsize, nbits, w, n, flags, codes_off, ids_off, mlen = read_header(f, path, size, _HEADER, _MAGIC,
+                                                                                    _VERSION, "index")
+            if hsize != _HEADER.size or nbits < 1 or w != nbytes_for(nbits) or flags != 0 \
+                    or codes_off < hsize or codes_off % _ALIGN or ids_off != _align(codes_off + n * w):
+                raise DataError(f"{path}: corrupt index header")
+            check_trailer(f, path, size, ids_off + 8 * n + mlen + _TRAILER.size, "index", verify)
+            f.seek(ids_off + 8 * n)
+            meta_bytes = f.read(mlen)
+        if mmap and n:
+            codes = np.memmap(path, np.uint8, "r", offset=codes_off, shape=(n, w)).view(np.ndarray)
+            ids = np.memmap(path, "<i8", "r", offset=ids_off, shape=(n,)).view(np.ndarray)
+        else:
+            codes = np.fromfile(path, np.uint8, count=n * w, offset=codes_off).reshape(n, w)
+            ids = np.fromfile(path, "<i8", count=n, offset=ids_off)
+        try:
+            metadata = json.loads(meta_bytes.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{path}: unreadable index metadata ({e.__class__.__name__})") from None
+        if not isinstance(metadata, dict):
+            raise DataError(f"{path}: index metadata is not a JSON object")
+        try:
+            codes = check_codes(codes, nbits)
+        except ValueError as e:
+            raise DataError(f"{path}: {e}") from None
+        if n and (ids[0] < 0 or np.any(ids[1:] <= ids[:-1])):
+            raise DataError(f"{path}: ids are not strictly ascending and >= 0")
+        ids = ids.astype(np.int64, copy=False)
+        if "catalog" in metadata:
+            catalog = _load_catalog(path, metadata["catalog"], ids, mmap, verify)
+        else:
+            catalog = _legacy_catalog(metadata, int(n))
+        index = cls(nbits, engine=engine)
+        index._set(codes, ids, catalog)
+        index.metadata = metadata
+        return index
+
+
+def _load_catalog(path: Path, entry, ids: np.ndarray, mmap: bool, verify: bool) -> Catalog:
+    """The catalog an index file's metadata names, checked to be that index's."""
+    if not (isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("uid"), str)
+            and isinstance(entry.get("count"), int)) or entry["file"] in ("", ".", "..") \
+            or Path(entry["file"]).name != entry["file"]:
+        raise DataError(f"{path}: corrupt catalog entry in the index metadata")
+    cpath = path.with_name(entry["file"])
+    if not cpath.is_file():
+        raise DataError(f"{cpath}: no such catalog file (the index {path} names it)")
+    catalog, cids, uid = Catalog.load(cpath, mmap=mmap, verify=verify)
+    why = None
+    if uid != entry["uid"]:
+        why = "the catalog was written with another index (its uid differs)"
+    elif entry["count"] != ids.shape[0] or cids.shape != ids.shape:
+        why = f"the index holds {ids.shape[0]} items, the catalog {cids.shape[0]}"
+    elif not np.array_equal(cids, ids):
+        why = "the catalog is for other ids"
+    if why:
+        raise DataError(f"{path} and {cpath} do not belong together: {why}")
+    return catalog
+
+
+def _legacy_catalog(metadata: dict, n: int) -> Catalog | None:
+    """A catalog from the per-item lists older index files kept in their metadata; a list that is not one entry
+    per item (or not of the right kind) is left out, as nothing says which item each entry is for."""
+    if n == 0 or not any(isinstance(metadata.get(k), list) for k in ("labels", "paths")):
+        return None
+    labels, paths = metadata.get("labels"), metadata.get("paths")
+    names = metadata.get("class_names")
+    names = names if isinstance(names, list) and all(isinstance(x, str) for x in names) else None
+    try:
+        lab = Catalog.from_columns(n, labels=labels).labels if isinstance(labels, list) else None
+    except (InputError, ValueError, TypeError):  # ragged lists make numpy raise ValueError
+        lab = None
+    try:
+        pth = Catalog.from_columns(n, paths=paths).paths if isinstance(paths, list) else None
+    except InputError:
+        pth = None
+    if lab is None and pth is None:
+        return None
+    try:
+        return Catalog.from_columns(n, labels=lab, paths=pth, class_names=names)
+    except InputError:  # class names that do not fit multi-hot labels
+        return Catalog.from_columns(n, labels=lab, paths=pth)

@@ -1,0 +1,18 @@
+"""Training (torch): the DSH loss, the loop that brings data, model and loss together, several processes under
+torchrun, a trained run judged the standard way, and the seed experiment end to end.
+
+Names are imported on first use."""
+
+from __future__ import annotations
+
+from ..utils.lazy import lazy_exports
+
+__getattr__ = lazy_exports(__name__, {
+    "DSHLoss": "loss",
+    "train": "loop",
+    "TrainResult": "loop",
+    "launch_train": "launch",
+    "encode_and_evaluate": "experiment",
+    "run_demo": "demo",
+})
+__all__ = ["DSHLoss", "TrainResult", "encode_and_evaluate", "launch_train", "run_demo", "train"]

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .. import config as config_mod
-from ..errors import DataError, UserError, one_line
+from ..errors import DataError, InputError, UserError, one_line
 
 # ----------------------------------------------------------------------------------------------------------------
 # train
@@ -460,9 +460,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
     map_image = args.map
     if map_image is None and args.run and (Path(args.run) / "plots" / "umap.png").is_file():
         map_image = str(Path(args.run) / "plots" / "umap.png")
+    for root in args.image_root:
+        if not Path(root).is_dir():
+            raise InputError(f"--image-root {root}: no such folder")
     settings = ServeSettings(token=token, max_upload_bytes=args.max_upload_mb * 1024 * 1024,
-                             max_pixels=args.max_pixels, max_k=args.max_k, map_image=map_image)
+                             max_pixels=args.max_pixels, max_k=args.max_k, map_image=map_image,
+                             image_roots=tuple(args.image_root))
     app = create_app(searcher, settings)
+    roots = ", ".join(map(str, app.state.image_roots)) or "none (no image root: pass --image-root DIR)"
+    print(f"dsh serve: item pictures from image files under: {roots}", file=sys.stderr, flush=True)
     host = "127.0.0.1" if args.host == "localhost" else args.host
     print(f"dsh serve: {searcher.index.ntotal:,} items, model {searcher.encoder.source} "
           f"({searcher.encoder.backend}); open http://{host}:{args.port}/", file=sys.stderr, flush=True)
@@ -671,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on the API (or set $DSH_TOKEN)")
     p.add_argument("--map", help="a PNG (e.g. a UMAP of the index) for the page (default: RUN/plots/umap.png)")
+    p.add_argument("--image-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose image files may be shown as items' pictures, besides the one the index was "
+                        "built from (repeatable); no other file is ever served")
     p.add_argument("--max-upload-mb", type=int, default=10, help="largest request body in MB (default 10)")
     p.add_argument("--max-pixels", type=int, help="largest image in pixels (default: $DSH_MAX_PIXELS or 50M)")
     p.add_argument("--max-k", type=int, default=1000, help="largest k a client may ask for (default 1000)")

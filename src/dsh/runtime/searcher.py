@@ -193,7 +193,7 @@ def recorded_model(index: HammingIndex) -> str | None:
 def index_folder(encoder, folder: str | os.PathLike, *, progress: bool = False) -> HammingIndex:
     """Encode every image under ``folder`` (streaming, as :meth:`Encoder.iter_encode_files`) into a new index
     whose catalog holds each image's absolute path and the label of its class folder (-1 outside one); the index
-    records the model (:func:`model_record`), so a :class:`Searcher` finds it again."""
+    records ``folder`` as its ``image_root`` (what ``dsh serve`` may show pictures from) and the model (:func:`model_record`), so a :class:`Searcher` finds it again."""
     from ..utils.imageio import ImageList
 
     listing = ImageList(folder, encoder.class_names or None)
@@ -203,13 +203,14 @@ def index_folder(encoder, folder: str | os.PathLike, *, progress: bool = False) 
         stop = start + enc.codes.shape[0]
         index.add(enc.codes, labels=listing.labels[start:stop], class_names=listing.class_names,
                   paths=[str(root / f) for f in listing.files[start:stop]])
-    index.metadata.update(source=str(root), model=model_record(encoder))
+    index.metadata.update(source=str(root), image_root=str(root), model=model_record(encoder))
     return index
 
 
 def index_codes(codes, source: str | os.PathLike, encoder=None) -> HammingIndex:
     """A new index of a code file's codes (a :class:`~dsh.codes.codefile.CodeFile`, read from ``source``), its labels,
-    paths and class names in the catalog. With ``encoder`` (the model that made them), the index records it
+    paths and class names in the catalog (and, where there are paths, the folder that holds them all as the index's
+``image_root``: what ``dsh serve`` may show pictures from). With ``encoder`` (the model that made them), the index records it
     (:func:`model_record`), after checking that it makes codes of the same length."""
     if encoder is not None and encoder.nbits != codes.nbits:
         raise InputError(f"{encoder.source} makes {encoder.nbits}-bit codes but {source} holds "
@@ -218,6 +219,10 @@ def index_codes(codes, source: str | os.PathLike, encoder=None) -> HammingIndex:
     index.add(codes.codes, labels=codes.labels, paths=None if codes.paths is None else [str(p) for p in codes.paths],
               class_names=None if codes.class_names is None else [str(n) for n in codes.class_names])
     index.metadata["source"] = str(Path(source).resolve())
+    if codes.paths is not None and len(codes.paths):
+        # the folder the service may show these images from: the deepest one that holds them all
+        folders = [os.path.dirname(os.path.abspath(str(p))) for p in codes.paths]
+        index.metadata["image_root"] = os.path.commonpath(folders)
     if encoder is not None:
         index.metadata["model"] = model_record(encoder)
     return index

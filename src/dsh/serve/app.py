@@ -22,6 +22,7 @@ from .. import __version__
 from ..errors import DataError, InputError, UserError, one_line
 from ..utils.imageio import max_pixels_setting
 from ..runtime.searcher import Searcher
+from .image_files import ImageFiles, recorded_image_root
 
 log = logging.getLogger("dsh.serve")
 STATIC = Path(__file__).with_name("static")
@@ -36,7 +37,9 @@ class ServeSettings:
     - ``max_pixels``: the largest image (413 past it), read from the image header before decoding;
     - ``max_k``: the largest ``k`` (and ``max_radius``, default ``nbits``) a client may ask for (422 past it);
     - ``max_images``: images per ``/api/encode`` request;
-    - ``map_image``: a PNG (e.g. the UMAP of the index) that the page shows, if any.
+    - ``map_image``: a PNG (e.g. the UMAP of the index) that the page shows, if any;
+    - ``image_roots``: folders whose image files may be shown as items' pictures, besides the one the index records
+      it was built from (:mod:`dsh.serve.image_files`); no other file is ever sent.
     """
 
     token: str | None = None
@@ -46,6 +49,7 @@ class ServeSettings:
     max_radius: int | None = None
     max_images: int = 64
     map_image: str | None = None
+    image_roots: tuple[str, ...] = ()
 
 
 class HexQuery(BaseModel):
@@ -110,6 +114,8 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     index = searcher.index
     max_radius = settings.max_radius if settings.max_radius is not None else index.nbits
     info = _info(searcher, settings)
+    recorded = recorded_image_root(index.metadata)
+    image_files = ImageFiles([*([recorded] if recorded else []), *settings.image_roots])
 
     app = FastAPIOffline(title="dsh", version=__version__,
                          description="Deep supervised hashing: image -> binary code -> nearest items by Hamming "
@@ -247,11 +253,12 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
 
     @app.get("/api/items/{item_id}/image", dependencies=api, tags=["items"])
     def api_item_image(item_id: int):
-        # only a path the catalog lists for this id is ever opened: nothing a client sends becomes a path
-        path = record_of(item_id).get("path")
-        if not path or not os.path.isfile(path):
+        # only a path the catalog lists for this id is opened, and only an image file under an allowed root: the
+        # catalog comes with the index, which may be someone else's file
+        found = image_files.find(record_of(item_id).get("path"))
+        if found is None:
             raise HTTPException(404, f"item {item_id} has no image file")
-        return FileResponse(path)
+        return FileResponse(found[0], media_type=found[1])
 
     @app.get("/api/map.png", dependencies=api, tags=["service"])
     def api_map():
@@ -265,6 +272,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.state.searcher, app.state.settings = searcher, settings
+    app.state.image_roots = image_files.roots
     return app
 
 

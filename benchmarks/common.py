@@ -15,9 +15,9 @@
   scripts), table cells (:func:`fmt_seconds`, :func:`fmt_float`, :func:`fmt_cell`).
 
 Settings come from :func:`dsh.config.parse_assignments` and :func:`dsh.config.resolve_config`, threads from
-:func:`dsh.utils.threads.set_threads`, the CPU's name from :mod:`dsh.utils.cpu`. Only the standard library and torch-free dsh
-modules are imported at module level, so ``make_readme_results.py`` stays light; torch and dsh's training code are
-imported inside the functions that need them.
+:func:`dsh.utils.threads.set_threads`, the CPU's name from :mod:`dsh.utils.cpu`. Only the standard library and
+torch-free dsh modules are imported at module level, so ``make_readme_results.py`` stays light; torch and dsh's
+training code are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -465,10 +465,10 @@ def train_encode_evaluate(cfg, run_dir: Path, codes_dir: Path, *, keep_u: bool =
     without one. Writes ``codes_dir/query.npz`` and ``codes_dir/database.npz`` (``dsh encode``'s files, ``u`` in
     the query file with ``keep_u``). Returns the figures, the codes and labels (``"arrays"``) and the timings.
     """
-    from dsh.train.experiment import encode_and_evaluate
-    from dsh.utils.threads import set_threads
     from dsh.eval.metrics import mean_average_precision
+    from dsh.train.experiment import encode_and_evaluate
     from dsh.train.loop import train
+    from dsh.utils.threads import set_threads
 
     set_threads(cfg.threads)  # torch's and numba's pools, as dsh train --threads sets them
     result = train(cfg, run_dir, resume=resume, progress=progress, log=log)

@@ -38,9 +38,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+import common
 import numpy as np
 
-import common
 from dsh.utils.fileio import DataError
 from dsh.utils.threads import set_threads
 
@@ -275,10 +275,10 @@ def model_files(name: str, arch: str, shape: tuple[int, int, int], class_names: 
     """An untrained ``arch`` for ``shape`` as a dsh checkpoint (``save_checkpoint``) and its ONNX export."""
     import torch
 
-    from dsh.models.checkpoint import save_checkpoint
     from dsh.models import Normalizer
-    from dsh.runtime.export import export_model
+    from dsh.models.checkpoint import save_checkpoint
     from dsh.models.registry import create_model
+    from dsh.runtime.export import export_model
 
     folder = work / "models" / name
     ckpt, onnx = folder / "best.pt", folder / "model.onnx"
@@ -422,9 +422,8 @@ def train_short(dataset: str, data_root: Path, run_dir: Path, args, **settings) 
 
 def agreement(run: Path, images: np.ndarray, threads: int, batch_size: int) -> dict[str, Any]:
     """Encode ``images`` with ``Encoder.from_run(run)`` on both backends and compare."""
-    from dsh.runtime.encoder import Encoder
-
     from dsh.errors import ModelFileError
+    from dsh.runtime.encoder import Encoder
 
     encoded = {}
     for backend in BACKENDS:
@@ -497,7 +496,8 @@ def worker_cells(r: dict) -> str:
 def throughput_lines(rows: list[dict]) -> list[str]:
     speed = {(r["config"], r["source"], r["backend"]): r["images_per_s"] for r in rows}
     lines = ["Images/s = images / the median time of the row's timed passes, each over all its images (*passes* "
-             "1: one run), after one warm-up batch through the network (resnet18: of 16 images). *array*: `Encoder.encode_array` on uint8 "
+             "1: one run), after one warm-up batch through the network (resnet18: of 16 images). *array*: "
+             "`Encoder.encode_array` on uint8 "
              "arrays already in memory; *files*: `Encoder.iter_encode_files` over JPEG files, decoding included "
              "(its decode worker processes start on every pass; the files were read once beforehand, so they come "
              "from the page cache). Untrained weights (the speed does not depend on them). torch rows: "

@@ -3,9 +3,9 @@
     python benchmarks/fuzz_loaders.py --examples 20000 --out benchmarks/results
 
 Loaders: code files (``dsh.codes.codefile.load_codes``, ``.npz``), index files (``HammingIndex.load``), catalog files
-(``dsh.index.catalog.Catalog.load``) and checkpoints (``dsh.models.checkpoint.load_model``). Each example is a valid file of the
-loader's kind (small, made here) damaged one way (random bytes; cut at a random length; 1-4 random bits flipped;
-a random run of bytes overwritten) and loaded. Every example must end one of two ways:
+(``dsh.index.catalog.Catalog.load``) and checkpoints (``dsh.models.checkpoint.load_model``). Each example is a
+valid file of the loader's kind (small, made here) damaged one way (random bytes; cut at a random length; 1-4
+random bits flipped; a random run of bytes overwritten) and loaded. Every example must end one of two ways:
 
 - **refused**: a :class:`dsh.errors.UserError` (a one-line message naming the file);
 - **loaded intact**: the load succeeded and gave exactly the original content (every array, id, record, weight
@@ -149,8 +149,8 @@ def catalog_file_target(folder: Path) -> Target:
 def checkpoint_target(folder: Path) -> Target:
     import torch
 
-    from dsh.models.checkpoint import load_model, read_checkpoint, save_checkpoint
     from dsh.models import Normalizer
+    from dsh.models.checkpoint import load_model, read_checkpoint, save_checkpoint
     from dsh.models.registry import create_model
 
     torch.manual_seed(0)
@@ -219,7 +219,7 @@ def attempt(target: Target, data: bytes, folder: Path) -> str:
     except UserError as e:
         message = str(e)
         if "\n" in message or target.filename not in message:
-            raise AssertionError(f"{target.name}: the refusal is not one line naming the file: {message!r}")
+            raise AssertionError(f"{target.name}: the refusal is not one line naming the file: {message!r}") from None
         return "refused"
     if not target.same(got):
         raise WrongLoad(f"{target.name}: a damaged file loaded with other content ({len(data)} bytes)")
@@ -271,7 +271,8 @@ def run(examples: int, folder: Path, seed: int, only: list[str] | None = None) -
 
 
 def table(result: dict) -> str:
-    lines = ["| loader | file bytes | tried | refused | loaded intact | unchanged | failed | seconds | slowest example |",
+    lines = ["| loader | file bytes | tried | refused | loaded intact | unchanged | failed | seconds "
+             "| slowest example |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in result["rows"]:
         lines.append(f"| {r['loader']} | {r['file_bytes']:,} | {r['tried']:,} | {r['refused']:,} | {r['intact']:,} | "

@@ -215,8 +215,8 @@ def remake_metrics(results_root: Path, log: Callable[[str], None] = print) -> in
 
     import dsh
     from dsh.codes.codefile import load_codes
-    from dsh.eval.metrics import evaluate
     from dsh.data.protocols import get_protocol
+    from dsh.eval.metrics import evaluate
 
     done = 0
     for path in sorted(results_root.glob("*/results.json")):

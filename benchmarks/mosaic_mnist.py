@@ -22,6 +22,7 @@ from typing import Any
 
 import common
 import make_mnist_mosaic
+
 from dsh.config import parse_assignments, resolve_config
 from dsh.errors import DataError
 

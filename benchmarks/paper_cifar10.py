@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+
 from dsh.config import choices_of, parse_assignments
 from dsh.errors import DataError
 from dsh.eval.metrics import PrecisionCurve

@@ -125,16 +125,19 @@ def markdown(r: dict) -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in r["rows"]:
-        lines.append(f"| {row['method']} | {common.fmt_cell(row.get('build_s'), 2)} | {common.fmt_cell(row.get('knn_qps_batch'))} | "
+        lines.append(f"| {row['method']} | {common.fmt_cell(row.get('build_s'), 2)} | "
+                     f"{common.fmt_cell(row.get('knn_qps_batch'))} | "
                      f"{common.fmt_cell(row.get('knn_qps_single'))} | {common.fmt_cell(row.get('range_qps_batch'))} | "
                      f"{common.fmt_cell(row.get('range_qps_single'))} | {row['exact']} |")
     m = r["milvus"]
     lines += [
         "",
         f"Writing into Milvus (`MilvusIndex.from_index`: create the collection, insert {s['insert_batch']:,} rows "
-        f"a call, codes with labels and paths, flush): {m['insert_s']:.1f} s, {m['insert_rows_per_s']:,.0f} rows/s; opening the collection again "
-        f"(connect + load): {m['open_s']:.2f} s. On disk: {common.fmt_cell(m['db_mb'], 1)} MB. Memory (RSS): this process "
-        f"{common.fmt_cell(r['memory_mb']['python'])} MB, the Milvus Lite server {common.fmt_cell(r['memory_mb']['milvus_server'])} MB.",
+        f"a call, codes with labels and paths, flush): {m['insert_s']:.1f} s, {m['insert_rows_per_s']:,.0f} rows/s; "
+        f"opening the collection again (connect + load): {m['open_s']:.2f} s. On disk: "
+        f"{common.fmt_cell(m['db_mb'], 1)} MB. Memory (RSS): this process "
+        f"{common.fmt_cell(r['memory_mb']['python'])} MB, "
+        f"the Milvus Lite server {common.fmt_cell(r['memory_mb']['milvus_server'])} MB.",
         "",
         "*exact*: every result (distances, and ids ordered by (distance, id)) equals HammingIndex's; Milvus's plain "
         "search gives the right distances but its own order among ties (*distances only*), which MilvusIndex "
@@ -174,7 +177,6 @@ def main(argv=None) -> dict:
         raise SystemExit("--n and --queries must be >= 1")
 
     import numba
-
     import pymilvus
 
     from dsh.index.milvus import MilvusIndex

@@ -19,15 +19,15 @@ import platform
 import time
 from pathlib import Path
 
+import common
 import numba
 import numpy as np
 
-import common
 from dsh import HammingIndex
-from dsh.utils.cpu import cpu_model
-from dsh.utils.fileio import atomic_write
 from dsh.codes.hamming import pairwise_hamming_reference
 from dsh.index.mih import default_nsub, prefer_mih, split_bits
+from dsh.utils.cpu import cpu_model
+from dsh.utils.fileio import atomic_write
 
 try:
     import faiss
@@ -110,7 +110,7 @@ def bench_config(n, nbits, db, q, args) -> list[dict]:
     _, t_build = timed(lambda: index.add(db))
     row = {"n": n, "nbits": nbits, "method": "dsh flat", "build_s": t_build, "memory_bytes": int(db.nbytes)}
     for k in KS:
-        row[f"k{k}_qps"] = qps(lambda b: index.search(b, k), q, args.target_s)
+        row[f"k{k}_qps"] = qps(lambda b, k=k: index.search(b, k), q, args.target_s)
     row[f"r{RADIUS}_qps"] = qps(lambda b: index.range_search(b, RADIUS, method="flat"), q, args.target_s)
     sub = q[: args.check]
     D, I = index.search(sub, 100)
@@ -130,7 +130,7 @@ def bench_config(n, nbits, db, q, args) -> list[dict]:
     rows.append(row)
     mih_qps = row[f"r{RADIUS}_qps"]
     flat_r_qps = rows[0][f"r{RADIUS}_qps"]
-    del index, tables
+    index = tables = None  # free them before the next backend is built
 
     if faiss is not None:
         fidx = faiss.IndexBinaryFlat(nbits)
@@ -138,7 +138,7 @@ def bench_config(n, nbits, db, q, args) -> list[dict]:
         row = {"n": n, "nbits": nbits, "method": "faiss IndexBinaryFlat", "build_s": t_build,
                "memory_bytes": int(db.nbytes)}
         for k in KS:
-            row[f"k{k}_qps"] = qps(lambda b: fidx.search(b, k), q, args.target_s)
+            row[f"k{k}_qps"] = qps(lambda b, k=k: fidx.search(b, k), q, args.target_s)
         # faiss keeps distances < radius
         row[f"r{RADIUS}_qps"] = qps(lambda b: fidx.range_search(b, RADIUS + 1), q, args.target_s)
         Df, _ = fidx.search(sub, 100)
@@ -212,7 +212,8 @@ def markdown(result: dict) -> str:
                   "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |"]
         for c in result["clustered"]:
             lines.append(f"| {c['n']:,} | {c['nbits']} | {c['flip_p']} | {c['results_per_query']:,.1f} | "
-                         f"{common.fmt_cell(c['flat_qps'])} | {common.fmt_cell(c['mih_qps'])} | {c['speedup']:,.1f}x | {c['auto_picks']} | "
+                         f"{common.fmt_cell(c['flat_qps'])} | {common.fmt_cell(c['mih_qps'])} | {c['speedup']:,.1f}x | "
+                         f"{c['auto_picks']} | "
                          f"{common.fmt_cell(c['exact'])} |")
     la = result["loadavg"]
     lines += ["", f"Load average at start {la['start']}, at end {la['end']} (other jobs share this machine); "

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+
 from dsh.config import parse_assignments
 from dsh.errors import DataError
 

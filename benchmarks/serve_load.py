@@ -26,9 +26,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import common
+import numpy as np
 
 STEM = "serve_load"
 TARGET_P99_MS = 100.0
@@ -197,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"indexing {database} with {args.run} ...", file=sys.stderr)
         build_index(Path(args.run), database, index)
     onnx = work / "model.onnx"
-    from dsh.runtime.export import export_model
     from dsh.index.flat import HammingIndex
+    from dsh.runtime.export import export_model
 
     export_model(args.run, onnx)
     held = HammingIndex.load(index, mmap=True)

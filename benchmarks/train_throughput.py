@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import common
+
 from dsh.config import TrainConfig, resolve_config
 from dsh.errors import UserError
 

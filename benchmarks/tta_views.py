@@ -22,9 +22,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 import common
+import numpy as np
 
 # the four diagonal 1-pixel shifts, as (row, column) offsets into the image padded by one pixel on every side
 SHIFTS = {"up-left": (0, 0), "down-right": (2, 2), "up-right": (0, 2), "down-left": (2, 0)}
@@ -70,12 +69,12 @@ def combine(u: dict[str, np.ndarray], how: str) -> np.ndarray:
 def measure(run: Path, data_root: str | None) -> dict[str, Any]:
     import torch
 
-    from dsh.models.checkpoint import load_model
     from dsh.codes.bits import codes_from_u
     from dsh.config import TrainConfig
-    from dsh.train.experiment import judged_parts
-    from dsh.eval.metrics import evaluate
     from dsh.data.splits import protocol_topk
+    from dsh.eval.metrics import evaluate
+    from dsh.models.checkpoint import load_model
+    from dsh.train.experiment import judged_parts
 
     loaded = load_model(run)
     cfg = TrainConfig.from_record(loaded.config, source=str(loaded.path))

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import write_digit_folder
+
 from dsh.cli.commands import main
 from dsh.codes.codefile import CodeFile, load_codes, save_codes
 from dsh.errors import UserError
@@ -591,9 +591,9 @@ def test_loading_shared_files_runs_no_code(files):
     """Everything a user might share loads without executing code: checkpoints (weights_only), YAML configs
     (safe_load), code files (allow_pickle=False), index metadata (JSON; the model it names is loaded as a
     checkpoint, so through weights_only too)."""
-    from dsh.models.checkpoint import read_checkpoint
     from dsh.config import read_config_file
     from dsh.errors import DataError, ModelFileError
+    from dsh.models.checkpoint import read_checkpoint
     from dsh.runtime.searcher import Searcher
 
     assert_user_error(lambda: read_checkpoint(files["evil_pt"]), "refused", ModelFileError)

@@ -5,7 +5,6 @@ are found, also ``encode_throughput.py`` end to end on a few hundred images (abo
 from __future__ import annotations
 
 import argparse
-
 import json
 import sys
 from pathlib import Path
@@ -102,8 +101,10 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     # seed experiment, the test-time views, the mosaics with the preset and with the defaults, training throughput,
     # search, encoding throughput, serving, training with 1 and 2 processes, Milvus)
     assert text.count("Not yet run.") == 12
-    assert "python benchmarks/mosaic_mnist.py --preset none --threads 2 --out benchmarks/results/mosaic_mnist_defaults" in text
-    assert "python benchmarks/paper_cifar10.py --protocol cifar10-1 --out benchmarks/results/paper_cifar10_cifar10-1" in text
+    assert ("python benchmarks/mosaic_mnist.py --preset none --threads 2 --out "
+            "benchmarks/results/mosaic_mnist_defaults") in text
+    assert ("python benchmarks/paper_cifar10.py --protocol cifar10-1 --out "
+            "benchmarks/results/paper_cifar10_cifar10-1") in text
     assert "python benchmarks/seed_mnist.py --preset none --out benchmarks/results/seed_mnist_defaults" in text
     assert "python benchmarks/search.py --sizes 1000000 10000000 --bits 64 128" in text
 
@@ -237,8 +238,8 @@ def test_encode_throughput_smoke_on_a_subset(tmp_path, shared_data, monkeypatch,
     its own process; the streaming encode; one short run trained by the script and one run given to it."""
     torch = pytest.importorskip("torch")
     pytest.importorskip("onnxruntime")
-    from dsh.models.checkpoint import BEST, save_checkpoint
     from dsh.models import Normalizer
+    from dsh.models.checkpoint import BEST, save_checkpoint
     from dsh.models.registry import create_model
 
     monkeypatch.setenv("DSH_TEST_DATA", str(shared_data))
@@ -326,7 +327,6 @@ def test_mosaic_benchmark_smoke(tmp_path, shared_data):
 def test_tta_views_are_the_shifted_and_mirrored_images_and_combine_as_documented():
     import numpy as np
     import torch
-
     import tta_views
 
     class Flat(torch.nn.Module):  # u = the image's pixels, so each view's u is the view itself

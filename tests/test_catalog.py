@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 import dsh.index.catalog as catalog_module
 from dsh import HammingIndex
-from dsh.index.catalog import Catalog, StringColumn, catalog_path
 from dsh.errors import DataError, InputError
+from dsh.index.catalog import Catalog, StringColumn, catalog_path
 
 NBITS = 32
 NAMES = ["cat", "dog", "emu", "gnu"]

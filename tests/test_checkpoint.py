@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from dsh.models.checkpoint import BEST, load_model, read_checkpoint, save_checkpoint
-from dsh.models import Normalizer
 from dsh.errors import DataError, ModelFileError
+from dsh.models import Normalizer
+from dsh.models.checkpoint import BEST, load_model, read_checkpoint, save_checkpoint
 from dsh.models.registry import create_model
 
 

@@ -3,7 +3,6 @@
 import numpy as np
 import pytest
 
-from dsh.codes.codefile import CodeFile, load_codes, save_codes
 from dsh.codes.bits import (
     bits_from_u,
     check_codes,
@@ -15,6 +14,7 @@ from dsh.codes.bits import (
     to_hex,
     unpack_codes,
 )
+from dsh.codes.codefile import CodeFile, load_codes, save_codes
 from dsh.utils.fileio import DataError
 
 
@@ -101,8 +101,8 @@ def test_check_codes_errors():
 def test_code_file_round_trip(tmp_path):
     rng = np.random.default_rng(0)
     u = rng.standard_normal((30, 12)).astype(np.float32)
-    cf = CodeFile(codes_from_u(u), 12, labels=rng.integers(0, 3, 30), u=u, paths=np.array([f"{i}.png" for i in range(30)]),
-                  class_names=np.array(["a", "b", "c"]))
+    cf = CodeFile(codes_from_u(u), 12, labels=rng.integers(0, 3, 30), u=u,
+                  paths=np.array([f"{i}.png" for i in range(30)]), class_names=np.array(["a", "b", "c"]))
     save_codes(tmp_path / "c.npz", cf)
     back = load_codes(tmp_path / "c.npz")
     np.testing.assert_array_equal(back.codes, cf.codes)

@@ -23,8 +23,8 @@ from dsh.data import (
     stratified_subset,
 )
 from dsh.models import Normalizer
-from dsh.utils.imageio import ImageList, decode_files, to_model_input
 from dsh.utils.fileio import DataError
+from dsh.utils.imageio import ImageList, decode_files, to_model_input
 
 TINY_CLASSES = ["ant", "bee", "cat"]  # the classes of the tiny_image_tree fixture
 
@@ -57,7 +57,9 @@ def test_digits_splits_shapes_and_partition():
     assert int(train.images.max()) == 255 and int(train.images.min()) == 0
     assert len(val) == len(train) // 10 and len(fit) + len(val) == len(train)
     # fit and val are disjoint and their union is train: match rows of (image bytes, label)
-    rows = lambda s: [bytes(x.numpy().tobytes()) + bytes([int(y)]) for x, y in zip(s.images, s.labels)]
+    def rows(s):
+        return [bytes(x.numpy().tobytes()) + bytes([int(y)]) for x, y in zip(s.images, s.labels)]
+
     assert sorted(rows(fit) + rows(val)) == sorted(rows(train))
     # every class is in the test split, in proportion
     assert torch.bincount(test.labels).min() >= 35

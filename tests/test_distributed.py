@@ -18,9 +18,9 @@ from torch import nn
 
 from dsh.cli.commands import main
 from dsh.config import TrainConfig
+from dsh.errors import ConfigError
 from dsh.train.distributed import ShardedBatches, check_batch_size, global_batch
 from dsh.train.launch import free_port, loopback_interface
-from dsh.errors import ConfigError
 from dsh.train.loss import DSHLoss
 
 pytestmark = pytest.mark.skipif(not (dist.is_available() and dist.is_gloo_available()),
@@ -266,8 +266,8 @@ def test_resume_of_an_interrupted_two_process_run(spawned, resumed):
 
 
 def test_two_process_runs_give_checkpoints_one_process_loads_and_encodes(spawned, resumed):
-    from dsh.models.checkpoint import load_model
     from dsh.data import load_split
+    from dsh.models.checkpoint import load_model
     from dsh.runtime.encoder import Encoder
 
     images = load_split("digits", "test").images[:50].numpy()

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import write_digit_folder
 from PIL import Image
 
-from conftest import write_digit_folder
 from dsh.codes.bits import codes_from_u
-from dsh.runtime.encoder import Encoder
 from dsh.errors import DataError, InputError, ModelFileError
+from dsh.runtime.encoder import Encoder
 
 # ONNX and torch run the same float32 graph; their kernels sum in different orders (measured: <= 4e-7)
 U_TOLERANCE = 1e-4
@@ -308,11 +308,11 @@ def test_onnx_equals_torch_on_real_images(dataset, shared_data, tmp_path):
     untrained outputs sit closer to 0, where a sign flip from rounding is likelier, so this is the harsher case."""
     import torch
 
-    from dsh.models.checkpoint import save_checkpoint
     from dsh.models import Normalizer
+    from dsh.models.checkpoint import save_checkpoint
+    from dsh.models.registry import create_model
     from dsh.runtime.export import export_model
     from dsh.utils.imageio import ImageList
-    from dsh.models.registry import create_model
 
     torch.manual_seed(0)
     if dataset == "mnist":

@@ -224,6 +224,7 @@ def test_kill_9_during_dsh_index_keeps_the_previous_index(tmp_path):
 
 def test_kill_9_during_dsh_encode_images_keeps_the_previous_file(tmp_path, digits_run, image_tree_writer):
     from conftest import write_digit_folder
+
     from dsh.codes.codefile import load_codes
 
     folder = tmp_path / "imgs"

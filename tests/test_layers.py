@@ -110,7 +110,8 @@ def test_the_layer_check_sees_a_wrong_import():
     bits = SRC / "codes" / "bits.py"
     graph = {"dsh.codes.bits": imported_modules(bits, bits.read_text() + "\nfrom ..index.flat import HammingIndex\n"),
              "dsh.data.loader": {"dsh.models.normalize"}, "dsh.models.registry": {"dsh.codes.bits", "dsh"}}
-    assert layer_violations(graph) == ["dsh.codes.bits imports dsh.index.flat", "dsh.data.loader imports dsh.models.normalize"]
+    assert layer_violations(graph) == ["dsh.codes.bits imports dsh.index.flat",
+                                       "dsh.data.loader imports dsh.models.normalize"]
 
 
 def find_circle(graph: dict[str, set[str]]) -> list[str] | None:

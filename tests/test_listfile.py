@@ -163,8 +163,8 @@ def test_training_on_multi_hot_labels(tmp_path):
     """`dsh train --dataset list` learns from multi-hot labels: pairs sharing a label are the similar ones, the
     validation mAP is the multi-label one, and the codes beat chance on the held-out test list."""
     from dsh.config import TrainConfig
-    from dsh.runtime.encoder import Encoder
     from dsh.eval.metrics import mean_average_precision
+    from dsh.runtime.encoder import Encoder
     from dsh.train.loop import train
 
     write_digit_pairs(tmp_path / "pairs", {"train": 2000, "test": 100, "database": 300})

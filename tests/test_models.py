@@ -217,8 +217,8 @@ def test_a_base_width_sets_every_group_and_models_without_one_refuse_it():
 
 
 def test_training_builds_the_width_it_is_given(tmp_path):
-    from dsh.models.checkpoint import load_model
     from dsh.config import TrainConfig
+    from dsh.models.checkpoint import load_model
     from dsh.train.loop import train
 
     train(TrainConfig(dataset="digits", model="airbench", width=4, nbits=8, epochs=1, batch_size=64,

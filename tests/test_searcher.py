@@ -8,13 +8,13 @@ import shutil
 
 import numpy as np
 import pytest
-
 from conftest import train_digits_run, write_digit_folder
+
 from dsh.cli.commands import main
-from dsh.runtime.encoder import Encoder
-from dsh.errors import InputError
 from dsh.codes.hamming import pairwise_hamming
+from dsh.errors import InputError
 from dsh.index.flat import HammingIndex
+from dsh.runtime.encoder import Encoder
 from dsh.runtime.searcher import Searcher, index_codes, index_folder
 
 

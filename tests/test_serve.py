@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'dsh[serve]')")
+from conftest import write_digit_folder  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from conftest import write_digit_folder  # noqa: E402
 from dsh.cli.commands import main  # noqa: E402
 from dsh.runtime.encoder import Encoder  # noqa: E402
 from dsh.runtime.searcher import Searcher  # noqa: E402

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from dsh.data import load_split
-from dsh.utils.fileio import DataError
-from dsh.data.protocols import make_split
 import dsh.data.splits
+from dsh.data import load_split
+from dsh.data.protocols import make_split
 from dsh.data.splits import load_part, load_parts, protocol_topk
+from dsh.utils.fileio import DataError
 
 
 def test_without_protocol_the_dataset_splits():

@@ -4,9 +4,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from dsh.config import TrainConfig
 from dsh.models import Normalizer
 from dsh.train.loop import make_scheduler, validation_map
-from dsh.config import TrainConfig
 
 
 class CodeOfClass(nn.Module):

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from dsh.runtime.encoder import Encoder
 from dsh.errors import InputError
 from dsh.models.modelinfo import tta_flip_fingerprint
+from dsh.runtime.encoder import Encoder
 
 U_TOLERANCE = 1e-4
 
@@ -83,8 +83,8 @@ def test_airbench_onnx_and_torch_agree_with_and_without_tta(tmp_path, widths):
     import torch
     from test_checkpoint import payload_for
 
-    from dsh.models.checkpoint import BEST, save_checkpoint
     from dsh.models import Normalizer
+    from dsh.models.checkpoint import BEST, save_checkpoint
     from dsh.models.registry import create_model
 
     torch.manual_seed(0)
@@ -143,10 +143,10 @@ def test_validation_with_tta_scores_the_mean_codes(tta_run):
     """The setting reaches validation: the recorded best val mAP is that of TTA codes, not the plain model's."""
     import torch
 
-    from dsh.models.checkpoint import load_model
     from dsh.codes.bits import codes_from_u
-    from dsh.eval.metrics import mean_average_precision
     from dsh.data.splits import load_parts
+    from dsh.eval.metrics import mean_average_precision
+    from dsh.models.checkpoint import load_model
     from dsh.train.loop import validation_map
 
     loaded = load_model(tta_run / "best.pt")

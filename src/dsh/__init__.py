@@ -6,9 +6,10 @@ The objects every front end shares (the command line, the HTTP service, a user's
     encoder = Encoder.from_run("runs/mnist8")     # or Encoder.from_file("model.onnx"): no torch needed
     u, codes = encoder.encode(["a.png", "b.png"])
 
-``import dsh`` stays light and torch-free; ``Encoder``, ``HammingIndex``, ``Searcher``, ``dsh.eval.metrics`` and an ONNX
-model never import torch. The training side (``dsh.train.loop``, ``dsh.models.registry``, ``dsh.data``, ``dsh.train.loss``) and loading
-a checkpoint do.
+``import dsh`` stays light and torch-free; ``Encoder``, ``HammingIndex``, ``Searcher``, ``dsh.eval`` and an ONNX
+model never import torch. The training side (``dsh.train``, ``dsh.models``, ``dsh.data``) and loading a checkpoint
+do. The parts, lowest first: ``errors``, ``utils``, ``codes``, ``index`` and ``eval``, ``data`` and ``models``,
+``config``, ``runtime``, ``train``, ``serve``, ``cli``; each imports only parts before it.
 """
 
 from __future__ import annotations

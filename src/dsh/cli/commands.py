@@ -96,7 +96,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _encoder(args: argparse.Namespace):
-    """The :class:`dsh.runtime.encoder.Encoder` that the flags describe (``--run``/``--model``, backend, threads, ...)."""
+    """The :class:`dsh.runtime.Encoder` that the flags describe (``--run``/``--model``, backend, threads, ...)."""
     from ..runtime.encoder import Encoder
 
     source = getattr(args, "model", None) or args.run
@@ -133,9 +133,8 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
     encoder = _encoder(args)
     if args.images is not None:
-        from ..runtime.folder_encode import encode_folder
-
         from ..codes.shards import parse_shard, shard_from_environment
+        from ..runtime.folder_encode import encode_folder
 
         # under torchrun each process encodes its own slice into a shard; the shards read back as one file
         shard = parse_shard(args.shard) if args.shard else shard_from_environment()
@@ -507,8 +506,8 @@ def _add_encoder_flags(p: argparse.ArgumentParser) -> None:
 
     g = p.add_argument_group("encoding")
     g.add_argument("--backend", default="auto", choices=BACKENDS,
-                   help="where the network runs: onnxruntime where installed (1.4-2.2x torch eager on 2 CPU cores here), "
-                        "else torch (default: auto)")
+                   help="where the network runs: onnxruntime where installed (1.4-2.2x torch eager on 2 CPU cores "
+                        "here), else torch (default: auto)")
     g.add_argument("--threads", type=int, help="threads for the network (default: the runtime's)")
     g.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                    help=f"images per forward pass (default {DEFAULT_BATCH_SIZE})")

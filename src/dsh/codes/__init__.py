@@ -3,7 +3,17 @@ is bit i % 8 of byte i // 8), Hamming distances, and the ``.npz`` code file (who
 
 from __future__ import annotations
 
-from .bits import bits_from_u, check_codes, codes_from_u, from_hex, nbytes_for, pack_bits, to_binary_string, to_hex, unpack_codes
+from .bits import (
+    bits_from_u,
+    check_codes,
+    codes_from_u,
+    from_hex,
+    nbytes_for,
+    pack_bits,
+    to_binary_string,
+    to_hex,
+    unpack_codes,
+)
 from .codefile import CodeFile, join_code_files, load_codes, save_codes
 from .hamming import pairwise_hamming
 

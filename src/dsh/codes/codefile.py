@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .bits import check_codes
 from ..errors import DataError, InputError, one_line
 from ..utils.fileio import atomic_write
+from .bits import check_codes
 
 # the longest code a file may claim (dsh.config's limit on --bits): past it a damaged 'nbits' would only fail later
 MAX_NBITS = 4096
@@ -54,7 +54,9 @@ class CodeFile:
 
     def subset(self, rows: np.ndarray) -> "CodeFile":
         """The rows selected by ``rows`` (a boolean mask or indices), every per-row array alike."""
-        pick = (lambda a: None if a is None else a[rows])
+        def pick(a):
+            return None if a is None else a[rows]
+
         return CodeFile(self.codes[rows], self.nbits, pick(self.labels), pick(self.u), pick(self.paths),
                         self.class_names)
 

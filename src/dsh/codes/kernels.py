@@ -1,4 +1,4 @@
-"""Numba kernels behind :class:`dsh.index.flat.HammingIndex`, :mod:`dsh.index.mih` and :func:`dsh.codes.hamming.pairwise_hamming`.
+"""Numba kernels behind :class:`dsh.index.HammingIndex`, :mod:`dsh.index.mih` and :func:`dsh.codes.pairwise_hamming`.
 
 Every kernel works on codes as 64-bit words: ``X`` is ``uint64[n * W]``, row-major, code ``j`` in words
 ``X[j*W : (j+1)*W]``, the packed bytes of :mod:`dsh.codes.bits` read little-endian and zero-padded to whole words, so

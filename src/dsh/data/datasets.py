@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from ..utils.fileio import DataError
-from . import sources
+from ..utils.imageio import as_size, cover_size
+from . import listfile, sources
 from .cache import cache_dir as resolve_cache_dir
 from .cache import cached, file_fingerprint
-from ..utils.imageio import as_size, cover_size
 from .folder import read_folder, scan_folder
-from . import listfile
 from .imageset import ImageSet, carve_val
 
 DATASETS = ("digits", "mnist", "cifar10", "folder", "list")

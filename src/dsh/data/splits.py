@@ -14,9 +14,9 @@ import os
 import numpy as np
 import torch
 
+from ..utils.fileio import DataError
 from . import ImageSet, load_split
 from .imageset import carve_val
-from ..utils.fileio import DataError
 from .protocols import get_protocol, make_split, to_source
 
 PROTOCOL_PARTS = ("query", "database", "train", "val", "fit")

@@ -88,8 +88,8 @@ from typing import Sequence
 import numpy as np
 from numba import get_num_threads, njit, prange
 
-from ..codes.kernels import _popcount, as_words
 from ..codes.bits import check_codes
+from ..codes.kernels import _popcount, as_words
 
 __all__ = [
     "DEFAULT_KS",

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from ..codes.bits import check_codes, to_binary_string, to_hex
-from ..errors import InputError
 from ..codes.hamming import pairwise_hamming
+from ..errors import InputError
 
 
 @dataclass

@@ -59,11 +59,11 @@ from pathlib import Path
 import numpy as np
 
 from ..codes import kernels as K
-from .catalog import Catalog, catalog_path
 from ..codes.bits import check_codes, nbytes_for
+from ..codes.hamming import pairwise_hamming_reference
 from ..errors import InputError
 from ..utils.fileio import END_MARKER, TRAILER, DataError, atomic_write, check_trailer, read_header
-from ..codes.hamming import pairwise_hamming_reference
+from .catalog import Catalog, catalog_path
 from .mih import MIHTables, prefer_mih
 
 __all__ = ["HammingIndex", "ENGINES", "catalog_path"]

@@ -10,8 +10,8 @@
 
 :class:`MilvusIndex` has the part of HammingIndex's interface that searching and maintaining an index need:
 ``nbits``, ``ntotal``, ``search``, ``range_search``, ``lookup``, ``reconstruct``, ``add``, ``remove``, ``reset``,
-``metadata`` (with the model record, :func:`dsh.runtime.searcher.model_record`). Its results are HammingIndex's, ties and
-all: Milvus returns codes at equal distance in an order of its own and caps a request at 16,384 results, so a
+``metadata`` (with the model record, :func:`dsh.runtime.searcher.model_record`). Its results are HammingIndex's,
+ties and all: Milvus returns codes at equal distance in an order of its own and caps a request at 16,384 results, so a
 k-NN query asks for more results until the last one is farther than the k-th (every code at the k-th distance is
 then among them) and sorts them by (distance, id); a query whose ties do not fit in one request, and a range query
 with more results than that, are gathered one distance at a time, a distance with too many codes in id ranges
@@ -62,9 +62,9 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .catalog import Catalog
 from ..codes.bits import check_codes, nbytes_for
 from ..errors import DataError, InputError, UserError, one_line
+from .catalog import Catalog
 from .flat import check_new_ids
 
 __all__ = ["MilvusIndex", "MissingExtraError", "META_COLLECTION", "TOPK_MAX", "check_uri", "check_collection_name"]

@@ -20,7 +20,7 @@ def compute_u(
     tta_flip: bool = False,
 ) -> np.ndarray:
     """``uint8[N, C, H, W]`` images -> ``float32[N, nbits]`` outputs ``u``, in eval mode, batch by batch;
-    ``tta_flip``: the mean of ``u`` of each image and of its horizontal mirror (as :class:`dsh.runtime.encoder.Encoder`)."""
+    ``tta_flip``: the mean of ``u`` of each image and of its horizontal mirror (as :class:`dsh.runtime.Encoder`)."""
     was_training = model.training
     model.eval()
     out = []

@@ -24,9 +24,16 @@ import numpy as np
 from ..codes.bits import codes_from_u, nbytes_for
 from ..config import trained_with_tta_flip
 from ..errors import InputError
-from ..utils.imageio import (channel_mode, decode_chunk, default_workers, iter_chunks, max_pixels_setting, pool_context,
-                      to_model_input)
 from ..models.modelinfo import ModelInfo, tta_flip_fingerprint
+from ..utils.imageio import (
+    channel_mode,
+    decode_chunk,
+    default_workers,
+    iter_chunks,
+    max_pixels_setting,
+    pool_context,
+    to_model_input,
+)
 
 BACKENDS = ("auto", "onnxruntime", "torch")
 DEFAULT_BATCH_SIZE = 256
@@ -185,7 +192,8 @@ class Encoder:
         if progress:
             from tqdm.auto import tqdm
 
-            batches = tqdm(batches, desc="encode", unit="batch", leave=False, disable=None)  # None: off unless a terminal
+            # disable=None: off unless a terminal
+            batches = tqdm(batches, desc="encode", unit="batch", leave=False, disable=None)
         for start in batches:
             u[start : start + self.batch_size] = self._forward(x[start : start + self.batch_size])
         return Encoded(u, codes_from_u(u))

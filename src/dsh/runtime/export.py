@@ -18,8 +18,8 @@ import torch.nn as nn
 
 from ..config import trained_with_tta_flip
 from ..errors import InputError, ModelFileError, one_line
-from ..utils.fileio import atomic_write
 from ..models.modelinfo import METADATA_KEY, ModelInfo, tta_flip_fingerprint
+from ..utils.fileio import atomic_write
 from .torch_runtime import load_torch
 
 FORMATS = ("onnx", "safetensors")
@@ -33,7 +33,7 @@ class Uint8Hasher(nn.Module):
     """A hashing network with its normaliser folded in: ``uint8[N, C, H, W]`` -> ``u`` ``float32[N, nbits]``.
 
     ``tta_flip``: ``u`` is ``(u(x) + u(mirror(x))) * 0.5``, ``mirror`` reversing the last axis (flip test-time
-    augmentation, as :class:`dsh.runtime.encoder.Encoder` computes it with ``tta_flip=True``); the image and its mirror go
+    augmentation, as :class:`dsh.runtime.Encoder` computes it with ``tta_flip=True``); the image and its mirror go
     through the network as one batch of ``2N``. ``width``: the images' width (the flip is a gather of a fixed
     reversed index, which every ONNX runtime runs)."""
 

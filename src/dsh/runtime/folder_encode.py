@@ -79,7 +79,8 @@ def encode_folder(encoder, folder: str | Path, out: str | Path, *, keep_u: bool 
     parts must come from the same files, model and settings.
 
     ``shard=(rank, world)``: encode only that process's contiguous slice of the sorted files
-    (:func:`dsh.codes.shards.shard_bounds`) into :func:`dsh.codes.shards.shard_path` of ``out``; the shards read back as one.
+    (:func:`dsh.codes.shards.shard_bounds`) into :func:`dsh.codes.shards.shard_path` of ``out``; the shards read
+    back as one.
     """
     if isinstance(part_size, bool) or int(part_size) != part_size or part_size < 1:
         raise InputError(f"part_size must be a whole number >= 1, got {part_size!r}")

@@ -193,7 +193,8 @@ def recorded_model(index: HammingIndex) -> str | None:
 def index_folder(encoder, folder: str | os.PathLike, *, progress: bool = False) -> HammingIndex:
     """Encode every image under ``folder`` (streaming, as :meth:`Encoder.iter_encode_files`) into a new index
     whose catalog holds each image's absolute path and the label of its class folder (-1 outside one); the index
-    records ``folder`` as its ``image_root`` (what ``dsh serve`` may show pictures from) and the model (:func:`model_record`), so a :class:`Searcher` finds it again."""
+    records ``folder`` as its ``image_root`` (what ``dsh serve`` may show pictures from) and the model
+    (:func:`model_record`), so a :class:`Searcher` finds it again."""
     from ..utils.imageio import ImageList
 
     listing = ImageList(folder, encoder.class_names or None)
@@ -210,8 +211,8 @@ def index_folder(encoder, folder: str | os.PathLike, *, progress: bool = False) 
 def index_codes(codes, source: str | os.PathLike, encoder=None) -> HammingIndex:
     """A new index of a code file's codes (a :class:`~dsh.codes.codefile.CodeFile`, read from ``source``), its labels,
     paths and class names in the catalog (and, where there are paths, the folder that holds them all as the index's
-``image_root``: what ``dsh serve`` may show pictures from). With ``encoder`` (the model that made them), the index records it
-    (:func:`model_record`), after checking that it makes codes of the same length."""
+    ``image_root``: what ``dsh serve`` may show pictures from). With ``encoder`` (the model that made them), the
+    index records it (:func:`model_record`), after checking that it makes codes of the same length."""
     if encoder is not None and encoder.nbits != codes.nbits:
         raise InputError(f"{encoder.source} makes {encoder.nbits}-bit codes but {source} holds "
                          f"{codes.nbits}-bit codes")

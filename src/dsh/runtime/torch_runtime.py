@@ -1,6 +1,6 @@
 """Encoding with PyTorch: a checkpoint or a safetensors weights file -> a callable ``uint8[N, C, H, W] -> u``.
 
-Used by :class:`dsh.runtime.encoder.Encoder` when the model runs in torch (its ``backend="torch"``, or where onnxruntime is
+Used by :class:`dsh.runtime.Encoder` when the model runs in torch (its ``backend="torch"``, or where onnxruntime is
 not installed). Loading never unpickles anything but tensors and plain data (:mod:`dsh.models.checkpoint`, safetensors).
 """
 
@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ModelFileError, one_line
 from ..models.checkpoint import BEST, LoadedModel, load_model, weights_fingerprint
 from ..models.forward import compute_u
-from ..errors import ModelFileError, one_line
 from ..models.modelinfo import METADATA_KEY, ModelInfo
 
 

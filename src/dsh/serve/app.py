@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import DataError, InputError, UserError, one_line
-from ..utils.imageio import max_pixels_setting
 from ..runtime.searcher import Searcher
+from ..utils.imageio import max_pixels_setting
 from .image_files import ImageFiles, recorded_image_root
 
 log = logging.getLogger("dsh.serve")

@@ -27,8 +27,8 @@ def run_demo(
     print_fn=print,
 ) -> dict:
     """Train, encode, evaluate (test queries vs train database), report and plot; returns the summary dict."""
-    from .experiment import encode_and_evaluate
     from ..eval.report import class_code_table, format_markdown
+    from .experiment import encode_and_evaluate
     from .loop import train
 
     out_dir = Path(out)

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 
 from ..codes.codefile import CodeFile, save_codes
-from ..runtime.encoder import Encoder
 from ..config import TrainConfig
+from ..data.splits import load_parts, protocol_topk
 from ..errors import DataError
 from ..eval.metrics import Evaluation, evaluate
-from ..data.splits import load_parts, protocol_topk
+from ..runtime.encoder import Encoder
 
 
 @dataclass

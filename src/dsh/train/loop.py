@@ -7,8 +7,8 @@ trains in several processes (:mod:`dsh.train.distributed`): the few lines that m
 
 A run folder ``RUN/`` receives ``config.json`` (the resolved config), ``last.pt`` every epoch, ``best.pt`` at the
 epoch with the best validation mAP, ``history.json``, ``summary.json`` (the best epoch's figures and any warning:
-a collapsed model, one training class) and TensorBoard logs under ``tb/``; ``RUN/.lock`` while a training holds it. The validation split is
-carved from the training split; the test split is never looked at here.
+a collapsed model, one training class) and TensorBoard logs under ``tb/``; ``RUN/.lock`` while a training holds
+it. The validation split is carved from the training split; the test split is never looked at here.
 """
 
 from __future__ import annotations
@@ -27,24 +27,24 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from ..models import checkpoint as ckpt_io
-from . import distributed
 from ..codes.bits import codes_from_u, to_hex
 from ..config import TrainConfig, save_config
-from ..utils.cpu import has_fast_bf16
 from ..data import BatchLoader, default_augment
-from ..models.forward import encode_images
+from ..data.splits import load_parts
 from ..errors import ConfigError, DataError, ModelFileError, TrainingError, one_line
-from ..utils.fileio import write_json
-from .loss import DSHLoss
-from .rundir import resolve_run
 from ..eval.metrics import mean_average_precision
+from ..eval.report import class_code_table, format_markdown
+from ..models import checkpoint as ckpt_io
+from ..models.forward import encode_images
 from ..models.normalize import Normalizer
 from ..models.registry import create_model, list_models, model_settings
-from ..eval.report import class_code_table, format_markdown
+from ..utils.cpu import has_fast_bf16
+from ..utils.fileio import write_json
 from ..utils.runlock import RunLock
-from ..data.splits import load_parts
 from ..utils.threads import set_threads
+from . import distributed
+from .loss import DSHLoss
+from .rundir import resolve_run
 
 
 @dataclass

@@ -36,8 +36,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from .cpu import usable_cpus
 from ..errors import DataError, InputError, one_line
+from .cpu import usable_cpus
 
 # Lower-case suffixes treated as images (those of torchvision's ImageFolder).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")

@@ -56,6 +56,7 @@ REFERENCES = {
     "cifar10-1": ({48: 0.800}, "DeepHash-pytorch's DSH (AlexNet pretrained on ImageNet, on a GPU), 48 bits"),
 }
 PREFERRED_PRESET = "cifar10-cpu"
+PRETRAINED = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "timm")
 BUDGET_SECONDS = 15 * 60  # the issue's budget: at most 15 minutes of training per length on 2 CPU cores
 TARGET_MAP = 0.85  # issue 11's bar for the modern recipe, at every length
 DEFAULT_BITS = (12, 24, 32, 48, 64)  # issue 11's lengths (the paper's table has 12, 24, 36, 48)
@@ -256,7 +257,10 @@ def settings_lines(rows: list[dict]) -> list[str]:
     seen: dict[str, list[int]] = {}
     for r in rows:
         c = r["config"]
-        text = f"preset `{r.get('preset') or '(none)'}`: " + ", ".join(f"{k} {c.get(k)}" for k in keys)
+        # a pretrained backbone's settings, where the run has them (older records do not)
+        extra = [k for k in ("weights", "tune", "input_size", "head_epochs", "backbone_lr_scale")
+                 if k in c and c["model"] in PRETRAINED]
+        text = f"preset `{r.get('preset') or '(none)'}`: " + ", ".join(f"{k} {c.get(k)}" for k in (*keys, *extra))
         seen.setdefault(text, []).append(r["bits"])
     if len(seen) == 1:
         return [f"Settings: {next(iter(seen))}.", ""]

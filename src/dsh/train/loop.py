@@ -19,7 +19,7 @@ import os
 import random
 import shutil
 import time
-from contextlib import nullcontext, suppress
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -37,12 +37,15 @@ from ..eval.report import class_code_table, format_markdown
 from ..models import checkpoint as ckpt_io
 from ..models.forward import encode_images
 from ..models.normalize import Normalizer
+from ..models.pretrained import PretrainedHashNet
 from ..models.registry import create_model, list_models, model_settings
 from ..utils.cpu import has_fast_bf16
 from ..utils.fileio import write_json
 from ..utils.runlock import RunLock
 from ..utils.threads import set_threads
 from . import distributed
+from .backbone import BackboneStart, backbone_options, input_normalizer
+from .backbone import prepare as prepare_backbone
 from .loss import DSHLoss
 from .rundir import resolve_run
 
@@ -69,10 +72,14 @@ def resolve_device(prefer: str = "auto") -> torch.device:
     return torch.device(prefer)
 
 
+# training settings that are the model builder's own keyword settings where a config sets them
+MODEL_SETTINGS = ("width", "arch", "tune", "input_size", "backbone_lr_scale")
+
+
 def model_options(cfg: TrainConfig) -> dict[str, Any]:
-    """The model builder's keyword settings that a config sets (today only ``width``); a :class:`ConfigError`
+    """The model builder's keyword settings that a config sets (:data:`MODEL_SETTINGS`); a :class:`ConfigError`
     naming the flag when ``cfg.model`` has no such setting."""
-    options = {} if cfg.width is None else {"width": cfg.width}
+    options = {name: getattr(cfg, name) for name in MODEL_SETTINGS if getattr(cfg, name) is not None}
     accepted = model_settings(cfg.model)
     for name in options:
         if accepted is not None and name not in accepted:
@@ -192,6 +199,7 @@ class Run:
     step: int = 0
     t_start: float = 0.0
     log: Callable[[str], None] | None = None  # rank 0's log (warnings at the end)
+    cached_validation: Any = None  # a head-only run's validation features (dsh.train.backbone.CachedValidation)
 
     @property
     def device(self) -> torch.device:
@@ -222,7 +230,7 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], No
         raise ConfigError(f"sampler (--sampler) balanced draws P classes x K images and needs class ids; "
                           f"{cfg.dataset} has multi-hot labels: use --sampler random")
     channels, height, width = (int(v) for v in fit.images.shape[1:])
-    normalizer = Normalizer.from_dict(state["normalizer"]) if state else Normalizer.fit(fit.images)
+    normalizer = Normalizer.from_dict(state["normalizer"]) if state else input_normalizer(cfg, fit.images)
     augment = default_augment(cfg.dataset)
     if cfg.crop_padding is not None:
         augment = dataclasses.replace(augment, crop_padding=cfg.crop_padding)
@@ -244,23 +252,29 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], No
 
     # --- model, loss, optimiser ---
     model = create_model(cfg.model, cfg.nbits, in_channels=channels, image_size=(height, width),
-                         **options).to(device)
+                         **options, **backbone_options(cfg, new_run=state is None)).to(device)
     if cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     if state is None and hasattr(model, "init_whitening"):  # airbench: its first layer from the training patches
         model.init_whitening(fit.images, normalizer, seed=cfg.seed)
+    start = BackboneStart()
+    if isinstance(model, PretrainedHashNet):  # features cached; the head warm-started, or trained alone on them
+        if state is not None:  # the features of a resumed run come from its own backbone, not a random one
+            with _resume_errors(run_dir):
+                model.load_state_dict(state["state_dict"])
+        start = prepare_backbone(cfg, model, fit, val, normalizer, generator, device, ctx.world_size, log,
+                                 new_run=state is None)
+        if start.batches is not None:
+            batches, steps_per_epoch = start.batches, len(start.batches)
     loss_fn = DSHLoss(cfg.nbits, margin=cfg.margin, alpha=cfg.alpha)
     optimizer = make_optimizer(cfg, model)
     scheduler = make_scheduler(cfg, optimizer, steps_per_epoch * cfg.epochs)
     run = Run(cfg=cfg, run_dir=run_dir, ctx=ctx, fit=fit, val=val, normalizer=normalizer, generator=generator,
-              batches=batches, steps_per_epoch=steps_per_epoch, raw_model=model, model=model, loss_fn=loss_fn,
-              optimizer=optimizer, scheduler=scheduler)
+              batches=batches, steps_per_epoch=steps_per_epoch, raw_model=model, model=start.step_module or model,
+              loss_fn=loss_fn, optimizer=optimizer, scheduler=scheduler, cached_validation=start.validation)
     if state is not None:
-        try:
+        with _resume_errors(run_dir):
             restore(run, state)
-        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a last.pt of other settings or damaged
-            raise ModelFileError(f"{run_dir / ckpt_io.LAST}: cannot resume from it ({e.__class__.__name__}: "
-                                 f"{one_line(e, 160)})") from None
         log(f"resuming {run_dir} at epoch {run.start_epoch + 1}/{cfg.epochs}")
     if ctx.ddp:  # gradients averaged over the processes; the network itself stays run.raw_model
         from torch.nn.parallel import DistributedDataParallel as DDP
@@ -280,6 +294,16 @@ def setup(cfg: TrainConfig, run_dir: Path, resume: bool, log: Callable[[str], No
     )
     run.t_start = time.perf_counter()
     return run
+
+
+@contextmanager
+def _resume_errors(run_dir: Path):
+    """A last.pt of other settings, or damaged, as one line naming it."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, RuntimeError) as e:
+        raise ModelFileError(f"{run_dir / ckpt_io.LAST}: cannot resume from it ({e.__class__.__name__}: "
+                             f"{one_line(e, 160)})") from None
 
 
 def restore(run: Run, state: dict[str, Any]) -> None:
@@ -346,8 +370,11 @@ def train_epoch(run: Run, epoch: int, progress: bool) -> dict[str, Any]:
 
 def validate(run: Run, epoch: int, record: dict[str, Any]) -> None:
     """Validation mAP into ``record`` and TensorBoard; ``best.pt`` when it is the best so far. Rank 0 only."""
-    val_map, val_u = validation_map(run.raw_model, run.val.images, run.val.labels, run.normalizer, run.device,
-                                    run.cfg.channels_last, tta_flip=run.cfg.tta_flip)
+    if run.cached_validation is not None:
+        val_map, val_u = run.cached_validation.score(run.raw_model, run.val.labels.numpy(), run.cfg.nbits)
+    else:
+        val_map, val_u = validation_map(run.raw_model, run.val.images, run.val.labels, run.normalizer, run.device,
+                                        run.cfg.channels_last, tta_flip=run.cfg.tta_flip)
     record["val_map"] = val_map
     record.update(code_spread(val_u, run.val.labels.numpy(), run.cfg.nbits))
     if run.writer is not None:

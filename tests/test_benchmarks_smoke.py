@@ -33,7 +33,7 @@ def paper_record(bits: int, map_: float, seconds: float = 600.0, benchmark: bool
         "best_epoch": 7, "best_val_map": 0.6, "paper_map": paper, "map_minus_paper": map_ - paper,
         "map_over_paper": map_ / paper, "preset": "cifar10-cpu",
         "config": {"model": "paper", "epochs": 8, "batch_size": 128, "lr": 0.001},
-        "machine": MACHINE, "command": f"python benchmarks/paper_cifar10.py --bits {bits}",
+        "machine": MACHINE, "command": f"python benchmarks/reproduce/paper_cifar10.py --bits {bits}",
         "query_file": f"bits{bits}/query.npz", "database_file": f"bits{bits}/database.npz",
     }
 
@@ -47,7 +47,7 @@ def seed_record(bits: int, preset: str | None = "mnist-cpu", map_: float = 0.991
         "class_table": {"classes": classes}, "class_table_markdown": "| class | ... |\n| --- | --- |",
         "pairs_within_1_bit": 1, "close_pairs": [["4", "9", 1]], "distinct_codes": True, "min_class_distance": 1,
         "figures": ["bits8/umap.png", "bits8/tsne.png"] if bits == 8 else [], "machine": MACHINE,
-        "command": "python benchmarks/seed_mnist.py" + ("" if preset else " --preset none"),
+        "command": "python benchmarks/reproduce/seed_mnist.py" + ("" if preset else " --preset none"),
         "query_file": f"bits{bits}/query.npz",
         "database_file": f"bits{bits}/database.npz",
     }
@@ -89,7 +89,7 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     assert "| 24 | 0 | 0.6600 | 0.6512 | +0.0088 |" in text
     assert "CIFAR-10 (JPEG copy)" in text and "Test CPU 9000" in text
     # one command per row where the rows came from different commands
-    assert "python benchmarks/paper_cifar10.py --bits 12  # 12 bits" in text
+    assert "python benchmarks/reproduce/paper_cifar10.py --bits 12  # 12 bits" in text
     assert "dsh eval --query benchmarks/results/paper_cifar10/bits12/query.npz" in text
     # the seed side-by-side and figures with paths relative to the README
     assert "| class pairs within 1 bit | 2 (2/3, 5/6) | 1 (4/9) |" in text
@@ -101,12 +101,13 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     # seed experiment, the test-time views, the mosaics with the preset and with the defaults, training throughput,
     # search, encoding throughput, serving, training with 1 and 2 processes, Milvus)
     assert text.count("Not yet run.") == 12
-    assert ("python benchmarks/mosaic_mnist.py --preset none --threads 2 --out "
+    assert ("python benchmarks/reproduce/mosaic_mnist.py --preset none --threads 2 --out "
             "benchmarks/results/mosaic_mnist_defaults") in text
-    assert ("python benchmarks/paper_cifar10.py --protocol cifar10-1 --out "
+    assert ("python benchmarks/reproduce/paper_cifar10.py --protocol cifar10-1 --out "
             "benchmarks/results/paper_cifar10_cifar10-1") in text
-    assert "python benchmarks/seed_mnist.py --preset none --out benchmarks/results/seed_mnist_defaults" in text
-    assert "python benchmarks/search.py --sizes 1000000 10000000 --bits 64 128" in text
+    assert ("python benchmarks/reproduce/seed_mnist.py --preset none --out "
+            "benchmarks/results/seed_mnist_defaults") in text
+    assert "python benchmarks/speed/search.py --sizes 1000000 10000000 --bits 64 128" in text
 
 
 def test_readme_seed_defaults_section_has_the_core_bar(tmp_path):
@@ -116,7 +117,7 @@ def test_readme_seed_defaults_section_has_the_core_bar(tmp_path):
     assert "### MNIST: the seed experiment (library defaults)" in section
     assert ("Targets at 8 bits: with no settings, mAP ≥ 0.98 in at most 3 minutes of training — met (0.9850 in "
             "2 min 30 s); every class code distinct — met.") in section
-    assert "python benchmarks/seed_mnist.py --preset none" in section
+    assert "python benchmarks/reproduce/seed_mnist.py --preset none" in section
     # the class table and the maps are shown once, for the preset's run
     assert section.count("Against the seed's published 8-bit table") == 1
     assert section.count("![UMAP of u") == 1

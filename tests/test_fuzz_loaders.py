@@ -1,7 +1,7 @@
 """The file loaders under hypothesis: random bytes, truncations, bit flips and overwritten runs of valid code files,
 index files, catalog files and checkpoints are refused with a one-line UserError naming the file, or load exactly
-the original content; never another exception, never a silently wrong load (see benchmarks/fuzz_loaders.py, which
-holds the files, the damage and the oracle, and runs many more examples).
+the original content; never another exception, never a silently wrong load (see
+benchmarks/reliability/fuzz_loaders.py, which holds the files, the damage and the oracle, and runs many more examples).
 
 "Silently wrong" for a code file (.npz): it loads, and some array (codes, nbits, labels, u, paths, class_names)
 differs from the one written. The zip container's CRC-32 of each array refuses flipped bits in array data and

@@ -30,7 +30,7 @@ def record(bits: int, map_: float, folder: str) -> dict:
         "n_database": 400, "train_seconds": 600.0, "images_per_second": 1000.0, "best_epoch": 3,
         "best_val_map": 0.5, "paper_map": 0.6157, "map_minus_paper": map_ - 0.6157, "map_over_paper": map_ / 0.6157,
         "preset": "cifar10-cpu", "config": {"model": "paper", "epochs": 4}, "machine": MACHINE,
-        "command": f"python benchmarks/paper_cifar10.py --bits {bits}", "query_file": f"{folder}/query.npz",
+        "command": f"python benchmarks/reproduce/paper_cifar10.py --bits {bits}", "query_file": f"{folder}/query.npz",
         "database_file": f"{folder}/database.npz",
     }
 

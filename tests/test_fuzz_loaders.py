@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import fuzz_loaders  # noqa: E402
+from reliability import fuzz_loaders  # noqa: E402
 
 # examples per loader and kind of damage; the whole file stays well under a minute on 2 cores
 EXAMPLES = {"codes": 700, "index": 700, "catalog": 700, "checkpoint": 700}

@@ -46,6 +46,7 @@ import common  # noqa: E402
 from dsh.config import choices_of, parse_assignments  # noqa: E402
 from dsh.errors import DataError  # noqa: E402
 from dsh.eval.metrics import PrecisionCurve  # noqa: E402
+from dsh.utils.fileio import atomic_write  # noqa: E402
 
 # Table 2 of the DSH paper: mAP on CIFAR-10 (10,000 test queries vs 50,000 training images, mAP@all).
 PAPER_MAP = {12: 0.6157, 24: 0.6512, 36: 0.6607, 48: 0.6755}
@@ -67,6 +68,14 @@ SMOKE_OUT = "runs/smoke/paper_cifar10"
 
 # ---------------------------------------------------------------------------------------------------------------
 # data and settings
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy ``src`` to ``dst`` atomically (a reader never sees half a file)."""
+    import shutil
+
+    with open(src, "rb") as fin, atomic_write(dst) as fout:
+        shutil.copyfileobj(fin, fout)
 
 
 def find_source(data_root: str | None, jpeg_root: str | None) -> dict[str, str]:
@@ -120,7 +129,7 @@ def run_length(args: argparse.Namespace, nbits: int, seed: int, source: dict[str
         record = train_length(args, nbits, seed, source, length_dir, limits)
     if single:  # the issue's layout: DIR/query.npz and DIR/database.npz beside DIR/results.json
         for name in ("query.npz", "database.npz"):
-            common.copy_file(length_dir / name, out / name)
+            copy_file(length_dir / name, out / name)
     return record
 
 

@@ -13,8 +13,8 @@ and reports, per code length:
 - for 8 bits, UMAP and t-SNE maps of the real outputs ``u`` of the test images (PNG);
 - for 8 bits, a side-by-side with the seed's published facts.
 
-    python benchmarks/reproduce/seed_mnist.py                # mnist-cpu, 8, 16, 32 bits -> benchmarks/results/seed_mnist
-    python benchmarks/reproduce/seed_mnist.py --preset none  # the defaults -> benchmarks/results/seed_mnist_defaults
+    python benchmarks/reproduce/seed_mnist.py               # mnist-cpu, 8, 16, 32 bits -> benchmarks/results/seed_mnist
+    python benchmarks/reproduce/seed_mnist.py --preset none # the defaults -> benchmarks/results/seed_mnist_defaults
     python benchmarks/reproduce/seed_mnist.py --bits 8 --out DIR
 
 Per length ``N`` (seed 0; another seed ``S`` in ``DIR/bitsN_seedS``): the run in ``DIR/bitsN/run``,

@@ -305,7 +305,8 @@ def remake_metrics(results_root: Path, log: Callable[[str], None] = print) -> in
 # sections
 
 
-# the CIFAR-10 results folders of benchmarks/reproduce/paper_cifar10.py: (folder, heading, what it shows, its command's flags)
+# the CIFAR-10 results folders of benchmarks/reproduce/paper_cifar10.py:
+# (folder, heading, what it shows, its command's flags)
 CIFAR_TABLES = (
     ("paper_cifar10", "the DSH paper's protocol, preset cifar10-cpu (airbench network)",
      "DSH at 12, 24, 32, 48 and 64 bits, 10,000 test queries against the 50,000 training images, mAP@all, next to "
@@ -453,8 +454,8 @@ def mosaic_section(ctx: Context) -> list[str]:
     return [*md_section(ctx, "mosaic_mnist/results", "MNIST 2x2 mosaics: multi-label training (preset mosaic-cpu)",
                         what, ctx.default_command("reproduce/mosaic_mnist.py", "--threads", "2")), "",
             *md_section(ctx, "mosaic_mnist_defaults/results", "MNIST 2x2 mosaics: multi-label training (library "
-                        "defaults)", what, ctx.default_command("reproduce/mosaic_mnist.py", "--preset", "none", "--threads", "2",
-                                                               out="mosaic_mnist_defaults"))]
+                        "defaults)", what, ctx.default_command("reproduce/mosaic_mnist.py", "--preset", "none",
+                                                               "--threads", "2", out="mosaic_mnist_defaults"))]
 
 
 def search_section(ctx: Context) -> list[str]:

@@ -1,4 +1,4 @@
-"""The README's picture of the page: a live ``dsh serve`` on 127.0.0.1, a real query uploaded in headless Chromium.
+"""The docs' picture of the page: a live ``dsh serve`` on 127.0.0.1, a real query uploaded in headless Chromium.
 
     python benchmarks/tools/serve_screenshot.py --index runs/serve_load/index.dshidx --run RUN \\
         --query ../shared/data/cifar10-jpeg/test/cat/0001.jpg --out benchmarks/results/serve_page.png

@@ -1,4 +1,4 @@
-"""The benchmark scripts' bookkeeping, on fake results files (no training): the README section generator, the
+"""The benchmark scripts' bookkeeping, on fake results files (no training): the docs' results generator, the
 results merging, the settings parser and the smoke-test subsets. Seconds, not minutes. Where the offline datasets
 are found, also ``encode_throughput.py`` end to end on a few hundred images (about half a minute on 2 cores)."""
 

@@ -1,6 +1,6 @@
 """The published figures under the tie rule: ``make_readme_results.py --remake-metrics`` re-makes a results row from
-its code files (tie-aware mAP, the position figure kept beside it), and the README tables say which rule each
-figure uses. Small fake results folders and code files, seconds."""
+its code files (tie-aware mAP, the position figure kept beside it), and the docs' results tables say which rule
+each figure uses. Small fake results folders and code files, seconds."""
 
 from __future__ import annotations
 

@@ -434,7 +434,8 @@ def resolve_config(
     config_file: str | os.PathLike | None = None,
     preset: str | None = None,
 ) -> TrainConfig:
-    """defaults < preset < config file < overrides (values that are None in ``overrides`` are ignored)."""
+    """defaults < the model's own defaults (a pretrained backbone's recipe) < preset < config file < overrides
+    (values that are None in ``overrides`` are ignored)."""
     data: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
@@ -447,6 +448,15 @@ def resolve_config(
         from_file = {str(k) for k in file_data}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     data.update(given)
+    model = data.get("model", TrainConfig.model)
+    if isinstance(model, str):
+        from .models.registry import train_defaults
+
+        defaults = train_defaults(model)
+        if defaults and data.get("dataset") in ("folder", "list") and data.get("image_size") is None:
+            # photos of every size are decoded once at the size the backbone sees, not kept at full size
+            defaults["image_size"] = data.get("input_size", defaults["input_size"])
+        data = {**defaults, **data}
     try:
         return TrainConfig.from_dict(data, source=str(config_file or "settings")).validate()
     except ConfigError as e:

@@ -228,7 +228,7 @@ def test_training_builds_the_width_it_is_given(tmp_path):
 
 
 def test_a_width_for_a_model_without_one_is_refused_by_its_flag_before_any_data_is_read(tmp_path, capsys):
-    from dsh.cli.commands import main
+    from dsh.cli import main
     from dsh.models.registry import model_settings
 
     assert model_settings("airbench") == ("widths", "width") and model_settings("paper") == ("batch_norm",)
@@ -279,7 +279,7 @@ def test_a_registered_model_and_protocol_appear_in_every_help_and_choice_without
     from pathlib import Path
 
     import dsh.data.protocols as protocols
-    from dsh.cli.commands import build_parser
+    from dsh.cli import build_parser
     from dsh.config import TrainConfig
 
     monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))

@@ -301,3 +301,13 @@ def test_a_registered_model_and_protocol_appear_in_every_help_and_choice_without
     bench = paper_cifar10.build_parser()
     assert "tinynet" in choices_of_flag(bench, "--model") and "tinysplit" in choices_of_flag(bench, "--protocol")
     TrainConfig(model="tinynet", protocol="tinysplit").validate()  # and the config accepts them
+
+
+def test_the_names_the_help_lists_without_torch_are_the_registry_s():
+    """``dsh --help`` and the config checks read the model names from dsh.models.names, without importing the
+    registry: a model registered here and not named there would be missing from them."""
+    from dsh.config import choices_of
+    from dsh.models.names import MODEL_NAMES
+
+    assert list(MODEL_NAMES) == list_models()
+    assert list(choices_of("model")) == list_models()  # the registry's own names, once it is loaded

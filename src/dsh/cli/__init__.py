@@ -15,6 +15,7 @@ import sys
 from typing import Sequence
 
 from ..errors import UserError, one_line
+from ..utils.optional_torch import torch_failure
 from .demo import add_parser as add_demo
 from .encode import add_parser as add_encode
 from .eval import add_parser as add_eval
@@ -79,6 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if extra is None or os.environ.get("DSH_DEBUG"):
             raise
         print(f"dsh: error: this needs the {e.name} package: pip install 'dsh[{extra}]'", file=sys.stderr)
+        return 2
+    except ImportError as e:  # an installed torch that cannot be imported (a mismatched build) is not a bug of dsh
+        reason = torch_failure(e)
+        if reason is None or os.environ.get("DSH_DEBUG"):
+            raise
+        print(f"dsh: error: this needs torch, which is installed but cannot be imported ({reason}); reinstall it "
+              f"(pip install 'dsh[train]'), or use an .onnx model, which runs without it", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("dsh: interrupted", file=sys.stderr)

@@ -33,10 +33,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     for f in dataclasses.fields(config_mod.TrainConfig):
         names = ["--" + f.name.replace("_", "-"), *aliases.get(f.name, [])]
         text = config_mod.help_of(f.name)
-        try:
-            choices = config_mod.choices_of(f.name)
-        except ModuleNotFoundError:  # the model and dataset registries import torch: without dsh[train] no list
-            choices = None
+        choices = config_mod.choices_of(f.name)
         if choices is not None:
             text = f"{text}: {', '.join(choices)}"
         text = text if "default" in text else f"{text} (default: {f.default})"

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from .. import config as config_mod
-from ..errors import DataError
+from ..errors import InputError
 
 
 def add_parser(sub) -> None:
@@ -28,61 +28,43 @@ def add_parser(sub) -> None:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ..codes.codefile import load_codes
-    from ..eval.metrics import evaluate
+    from ..eval.codefiles import evaluate_files
 
     if args.radius < 0:
-        raise DataError(f"--radius must be >= 0, got {args.radius}")
+        raise InputError(f"--radius must be >= 0, got {args.radius}")
     if args.topk is not None and args.topk < 1:
-        raise DataError(f"--topk must be >= 1, got {args.topk}")
-    q, db = load_codes(args.query), load_codes(args.database)
-    if q.nbits != db.nbits:
-        raise DataError(f"{args.query} has {q.nbits}-bit codes but {args.database} has {db.nbits}-bit codes")
-    for name, cf in ((args.query, q), (args.database, db)):
-        if cf.labels is None:
-            raise DataError(f"{name}: no 'labels' array, so relevance is unknown")
-    if q.multi_label != db.multi_label:
-        raise DataError(f"{args.query} and {args.database}: one has class ids, the other multi-hot labels")
-    # unlabelled rows (class -1, or a multi-hot row with no label) would count as a class of their own: leave them
-    # out, and say how many
-    excluded = {}
-    for role, name, cf in (("queries", args.query, q), ("database", args.database, db)):
-        keep = cf.labelled()
-        if not keep.any():
-            raise DataError(f"{name}: no row has a label (-1 marks an unlabelled image), so nothing can be judged")
-        excluded[role] = int((~keep).sum())
-    q, db = q.subset(q.labelled()), db.subset(db.labelled())
-    if args.topk is not None and args.topk < 1:
-        raise DataError(f"--topk must be >= 1, got {args.topk}")
-    if args.protocol is not None and args.topk is None:
-        from ..data.splits import protocol_topk
+        raise InputError(f"--topk must be >= 1, got {args.topk}")
+    topk = args.topk
+    if args.protocol is not None and topk is None:
+        from ..data.protocols import get_protocol  # no torch: the protocol table, not its images
 
-        args.topk = protocol_topk(args.protocol)
-    result = evaluate(q.codes, db.codes, q.labels, db.labels, q.nbits, topk=args.topk, radius=args.radius,
-                      ties=args.ties)
+        topk = get_protocol(args.protocol).topk
+    result, excluded = evaluate_files(args.query, args.database, topk=topk, radius=args.radius, ties=args.ties)
     if args.curves:
-        from ..eval.plots import plot_pr_curve, plot_precision_at_k, save_curves_json
-
-        out = Path(args.curves)
-        save_curves_json(result.to_dict(), out / "curves.json")
-        label = f"{q.nbits} bits"
-        plot_pr_curve({label: result}, out / "pr_curve.png", title="precision-recall over Hamming radius")
-        plot_precision_at_k({label: result}, out / "precision_at_k.png", title="precision@k")
+        _write_curves(result, Path(args.curves))
     if args.json:
         print(json.dumps({**result.to_dict(), "excluded_unlabelled": excluded}))
         return 0
     if any(excluded.values()):
         print(f"excluded {excluded['queries']} unlabelled queries and {excluded['database']} unlabelled database "
               f"items (label -1)")
-    r = args.radius
-    print(f"queries {len(q)}, database {len(db)}, {q.nbits} bits")
+    print(f"queries {result.n_queries}, database {result.n_database}, {result.nbits} bits")
     rule = ("the exact mean over random orders of items at equal distance" if args.ties == "expected"
             else "broken by database position")
     print(f"ties               {args.ties}: {rule} (precision within a radius is the same either way)")
     print(f"mAP@all            {result.map:.4f}")
-    if args.topk is not None:
-        print(f"mAP@{args.topk:<14d}{result.map_at_k:.4f}")
-    print(f"precision@r<={r}     {result.precision_at_radius:.4f}")
+    if topk is not None:
+        print(f"mAP@{topk:<14d}{result.map_at_k:.4f}")
+    print(f"precision@r<={args.radius}     {result.precision_at_radius:.4f}")
     if args.curves:
         print(f"curves written to {args.curves}/ (curves.json, pr_curve.png, precision_at_k.png)")
     return 0
+
+
+def _write_curves(result, out: Path) -> None:
+    from ..eval.plots import plot_pr_curve, plot_precision_at_k, save_curves_json
+
+    save_curves_json(result.to_dict(), out / "curves.json")
+    label = f"{result.nbits} bits"
+    plot_pr_curve({label: result}, out / "pr_curve.png", title="precision-recall over Hamming radius")
+    plot_precision_at_k({label: result}, out / "precision_at_k.png", title="precision@k")

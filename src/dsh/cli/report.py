@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..errors import DataError
+from ..errors import InputError
 
 
 def add_parser(sub) -> None:
@@ -17,20 +17,12 @@ def add_parser(sub) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ..codes.codefile import load_codes
-    from ..eval.report import class_code_table, format_markdown
+    from ..eval.codefiles import class_table_of
+    from ..eval.report import format_markdown
 
     if args.close_bits < 0:
-        raise DataError(f"--close-bits must be >= 0, got {args.close_bits}")
-    cf = load_codes(args.codes)
-    if cf.labels is None or cf.multi_label:
-        raise DataError(f"{args.codes}: the class table needs single-label class ids in 'labels'")
-    unlabelled = int((~cf.labelled()).sum())
-    if unlabelled == len(cf):
-        raise DataError(f"{args.codes}: no row has a class (-1 marks an unlabelled image)")
-    cf = cf.subset(cf.labelled())  # -1 is "no class", not a class of its own
-    names = None if cf.class_names is None else [str(s) for s in cf.class_names]
-    table = class_code_table(cf.codes, cf.labels, cf.nbits, names, close_bits=args.close_bits)
+        raise InputError(f"--close-bits must be >= 0, got {args.close_bits}")
+    table, unlabelled = class_table_of(args.codes, close_bits=args.close_bits)
     print(json.dumps({**table.to_dict(), "excluded_unlabelled": unlabelled}, indent=2) if args.json
           else format_markdown(table) + (f"\n\n({unlabelled} unlabelled codes left out)" if unlabelled else ""))
     return 0

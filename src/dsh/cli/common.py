@@ -7,7 +7,6 @@ import argparse
 import sys
 
 from .. import config as config_mod
-from ..errors import DataError
 
 
 def log_of(args: argparse.Namespace):
@@ -61,22 +60,10 @@ def encoder_of(args: argparse.Namespace):
 
 
 def split_images(args: argparse.Namespace, encoder):
-    """A dataset split or protocol part for ``encoder``: (images uint8[N,C,H,W], labels, class_names, paths).
-    The dataset and its settings default to those the model was trained with."""
-    from ..data.splits import load_part
+    """The dataset split or protocol part the flags name, for ``encoder``'s model (:func:`dsh.train.model_part`):
+    (images uint8[N,C,H,W], labels, class_names, paths)."""
+    from ..train.experiment import model_part
 
-    cfg = config_mod.TrainConfig.of_model(encoder.info, encoder.source)
-    dataset = args.dataset or (cfg.dataset if cfg else None)
-    if dataset is None:
-        raise DataError(f"{encoder.source} does not say which dataset it was trained on: pass --dataset")
-    # the run's images by default (its data root, protocol, validation carve), so `--split query` / `--split
-    # database` follow what the run trained on; another dataset gets only its own defaults
-    same_dataset = cfg is not None and dataset == cfg.dataset
-    options = cfg.data_options() if same_dataset else {}
-    if args.data_root:
-        options["data_root"] = args.data_root
-    if args.protocol is not None:
-        options["protocol"] = None if args.protocol == "none" else args.protocol
-    options["download"] = not args.no_download
-    s = load_part(dataset, args.split, **options)
+    s = model_part(encoder, args.split, dataset=args.dataset, data_root=args.data_root or None,
+                   protocol=args.protocol, download=not args.no_download)
     return s.images.numpy(), s.labels.numpy(), list(s.class_names), s.paths

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..errors import DataError
+from ..errors import InputError
 from .common import add_data_source, add_encoder_flags, add_model_source, encoder_of, split_images
 
 
@@ -41,9 +41,9 @@ def cmd_encode(args: argparse.Namespace) -> int:
         print(f"wrote {done.count} codes of {done.nbits} bits to {done.out}{again}")
         return 0
     if args.shard:
-        raise DataError("--shard splits an image folder (--images); a split is encoded in one go")
+        raise InputError("--shard splits an image folder (--images); a split is encoded in one go")
     if args.resume:
-        raise DataError("--resume continues an interrupted encode of an image folder (--images); a split is "
+        raise InputError("--resume continues an interrupted encode of an image folder (--images); a split is "
                         "encoded in one go")
     images, labels, class_names, paths = split_images(args, encoder)
     u, codes = encoder.encode(images, layout="NCHW", progress=not args.quiet)

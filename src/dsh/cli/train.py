@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from .. import config as config_mod
-from ..errors import DataError
+from ..errors import InputError
 from .common import log_of
 
 
@@ -72,12 +72,12 @@ def cmd_train(args: argparse.Namespace) -> int:
         given = [k for k, v in overrides.items() if v is not None] + (["config"] if args.config else []) + (
             ["preset"] if args.preset else [])
         if given:
-            raise DataError(f"--resume continues {args.out} with its saved settings; drop --"
+            raise InputError(f"--resume continues {args.out} with its saved settings; drop --"
                             f"{given[0].replace('_', '-')}")
     cfg = config_mod.resolve_config(overrides, config_file=args.config, preset=args.preset)
     if args.nproc is not None:  # one machine, N processes: torchrun's launcher runs this command in each
         if "LOCAL_RANK" in os.environ:
-            raise DataError("--nproc launches torchrun itself; under torchrun leave it out")
+            raise InputError("--nproc launches torchrun itself; under torchrun leave it out")
         from ..train.launch import launch_train
 
         return launch_train(cfg, args.out, nproc=args.nproc, resume=args.resume, quiet=args.quiet)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ..errors import DataError
+from ..errors import DataError, InputError
 from .common import add_data_source, add_encoder_flags, encoder_of, split_images
 
 
@@ -28,7 +28,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
     from ..eval.viz import plot_u_maps
 
     if args.max_points < 2:
-        raise DataError(f"--max-points must be >= 2 (a map needs points), got {args.max_points}")
+        raise InputError(f"--max-points must be >= 2 (a map needs points), got {args.max_points}")
     if args.codes is not None:
         from ..codes.codefile import load_codes
 
@@ -39,7 +39,7 @@ def cmd_viz(args: argparse.Namespace) -> int:
         names = None if cf.class_names is None else [str(s) for s in cf.class_names]
     else:
         if args.run is None:
-            raise DataError("viz needs --run RUN (with a dataset split) or --codes FILE.npz written with --keep-u")
+            raise InputError("viz needs --run RUN (with a dataset split) or --codes FILE.npz written with --keep-u")
         encoder = encoder_of(args)
         if args.images is not None:
             from ..utils.imageio import ImageList

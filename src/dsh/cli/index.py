@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DataError
+from ..index.target import check_index_target
 from .common import add_encoder_flags, add_model_source, encoder_of
 
 
@@ -46,26 +47,10 @@ def cmd_index(args: argparse.Namespace) -> int:
     from ..runtime.searcher import index_codes, index_folder
 
     # where the index goes, checked before anything is encoded
+    check_index_target(store=args.store, out=args.out, format=args.format, faiss_index=args.faiss_index,
+                       nlist=args.nlist, hash_bits=args.hash_bits, uri=args.uri, collection=args.collection,
+                       overwrite=args.overwrite, append=args.append)
     milvus = args.store == "milvus"
-    if milvus:
-        if not (args.uri and args.collection):
-            raise DataError("index --store milvus needs --uri URI and --collection NAME")
-        if args.out is not None or args.format != "dsh":
-            raise DataError("--out and --format are for index files; --store milvus writes to --uri / --collection")
-        if args.overwrite and args.append:
-            raise DataError("--overwrite replaces the collection and --append adds to it: give one of them")
-    else:
-        if args.out is None:
-            raise DataError("index needs --out FILE (or --store milvus --uri URI --collection NAME)")
-        stray = [f for f, v in (("--uri", args.uri), ("--collection", args.collection),
-                                ("--overwrite", args.overwrite), ("--append", args.append)) if v]
-        if stray:
-            raise DataError(f"{stray[0]} is for --store milvus")
-    if args.format != "faiss":
-        stray = [f for f, v in (("--faiss-index", args.faiss_index != "flat"), ("--nlist", args.nlist is not None),
-                                ("--hash-bits", args.hash_bits is not None)) if v]
-        if stray:
-            raise DataError(f"{stray[0]} is for --format faiss")
     if milvus:
         import logging
 

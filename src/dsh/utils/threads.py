@@ -11,6 +11,7 @@ No torch needed here: each library is set only where it is installed.
 
 from __future__ import annotations
 
+from ..errors import InputError
 from .optional_torch import optional_torch
 
 __all__ = ["set_threads", "thread_counts"]
@@ -23,7 +24,7 @@ def set_threads(threads: int | None) -> int | None:
         return None
     threads = int(threads)
     if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
+        raise InputError(f"threads must be >= 1, got {threads}")
     torch = optional_torch()  # the core install has no torch: numba alone
     if torch is not None:
         torch.set_num_threads(threads)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 
 from ..errors import DataError
-from ..index.target import check_index_target
 from .common import add_encoder_flags, add_model_source, encoder_of
 
 
@@ -44,6 +43,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ..index.target import check_index_target
     from ..runtime.searcher import index_codes, index_folder
 
     # where the index goes, checked before anything is encoded

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,9 +28,14 @@ def setting(default: Any, help: str, choices: tuple[str, ...] | Callable[[], lis
 
 
 def _models() -> list[str]:
-    from .models.registry import list_models  # the model registry is the one list of model names
+    """The registry's names where it is loaded (a program that registered a model of its own has loaded it), else
+    the names dsh registers, read without torch, so that a flag's help or a config check does not import it."""
+    registry = sys.modules.get("dsh.models.registry")
+    if registry is not None:
+        return registry.list_models()
+    from .models.names import MODEL_NAMES
 
-    return list_models()
+    return list(MODEL_NAMES)
 
 
 def _protocols() -> list[str]:
@@ -39,7 +45,7 @@ def _protocols() -> list[str]:
 
 
 def _datasets() -> list[str]:
-    from .data.datasets import DATASETS
+    from .data.names import DATASETS
 
     return list(DATASETS)
 

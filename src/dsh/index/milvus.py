@@ -64,8 +64,8 @@ import numpy as np
 
 from ..codes.bits import check_codes, nbytes_for
 from ..errors import DataError, InputError, UserError, one_line
+from .base import check_k, check_new_ids, check_radius, check_whole
 from .catalog import Catalog
-from .flat import check_new_ids
 
 __all__ = ["MilvusIndex", "MissingExtraError", "META_COLLECTION", "TOPK_MAX", "check_uri", "check_collection_name"]
 
@@ -226,8 +226,7 @@ class MilvusIndex:
         The collection is marked incomplete until every row is in; if anything fails it is dropped, so a
         half-written collection is never left behind (a process killed half way leaves one that :meth:`open`
         refuses). ``progress``: called with the number of rows written so far, after each batch."""
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = check_whole("batch_size", batch_size, 1)
         meta_user = {k: v for k, v in index.metadata.items() if k != "catalog"}  # "catalog" names a file
         out = cls._new(uri, collection, index.nbits, overwrite=overwrite, metadata=meta_user, timeout=timeout,
                        token=token, complete=False)
@@ -313,8 +312,7 @@ class MilvusIndex:
     @classmethod
     def _new(cls, uri, collection, nbits, *, overwrite, metadata, timeout, token, complete) -> "MilvusIndex":
         name = check_collection_name(collection)
-        if isinstance(nbits, bool) or int(nbits) != nbits or int(nbits) < 1:
-            raise InputError(f"nbits must be a positive integer, got {nbits!r}")
+        nbits = check_whole("nbits", nbits, 1)
         if metadata is not None and not isinstance(metadata, dict):
             raise InputError(f"metadata must be a dict, got {type(metadata).__name__}")
         kind, where = check_uri(uri)
@@ -625,9 +623,7 @@ class MilvusIndex:
         """The ``k`` nearest codes to each query, as HammingIndex.search: ``D int32[nq, k]``, ``I int64[nq, k]``,
         each row ordered by (distance, id), the tail ``-1`` where the index holds fewer than ``k`` codes."""
         q = check_codes(q, self.nbits, name="queries")
-        if isinstance(k, bool) or int(k) != k or int(k) < 1:
-            raise InputError(f"k must be an integer >= 1, got {k!r}")
-        k = int(k)
+        k = check_k(k)
         nq = q.shape[0]
         D = np.full((nq, k), -1, np.int32)
         I = np.full((nq, k), -1, np.int64)
@@ -656,9 +652,7 @@ class MilvusIndex:
         ``lims int64[nq + 1]``, ``D int32[lims[-1]]``, ``I int64[lims[-1]]``, each query's ordered by (distance,
         id)."""
         q = check_codes(q, self.nbits, name="queries")
-        if isinstance(radius, bool) or int(radius) != radius or int(radius) < 0:
-            raise InputError(f"radius must be an integer >= 0, got {radius!r}")
-        radius = min(int(radius), self._dim)
+        radius = min(check_radius(radius), self._dim)
         nq = q.shape[0]
         if nq == 0:
             return np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)

@@ -307,6 +307,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ..index.store import IndexSpec, check_target, write_index
     from ..runtime.searcher import index_codes, index_folder
 
     # where the index goes, checked before anything is encoded
@@ -330,14 +331,8 @@ def cmd_index(args: argparse.Namespace) -> int:
                                 ("--hash-bits", args.hash_bits is not None)) if v]
         if stray:
             raise DataError(f"{stray[0]} is for --format faiss")
-    if milvus:
-        import logging
-
-        from ..index.milvus import MilvusIndex
-
-        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its errors reach the user as one line
-        MilvusIndex.check_writable(args.uri, args.collection, overwrite=args.overwrite, append=args.append,
-                                   timeout=args.timeout)
+    target = IndexSpec(args.uri, args.collection, args.timeout) if milvus else IndexSpec(args.out)
+    check_target(target, format=args.format, overwrite=args.overwrite, append=args.append)
 
     if args.codes is not None:
         from ..codes.codefile import load_codes
@@ -349,59 +344,27 @@ def cmd_index(args: argparse.Namespace) -> int:
             raise DataError("index --images needs --run RUN (or --model FILE) to encode them")
         index = index_folder(_encoder(args), args.images, progress=not args.quiet)
 
-    if milvus and args.append:
-        with MilvusIndex.open(args.uri, args.collection, timeout=args.timeout) as target:
-            target.add_index(index)
-            print(f"added {index.ntotal} codes of {index.nbits} bits to {target} (now {target.ntotal})")
-    elif milvus:
-        with MilvusIndex.from_index(index, args.uri, args.collection, overwrite=args.overwrite,
-                                    timeout=args.timeout) as target:
-            print(f"indexed {index.ntotal} codes of {index.nbits} bits into {target}")
-    elif args.format == "faiss":
-        from ..index.faiss_file import write_faiss
-
-        settings = {k: v for k, v in (("nlist", args.nlist), ("hash_bits", args.hash_bits)) if v is not None}
-        fidx = write_faiss(args.out, index, kind=args.faiss_index, **settings)
-        print(f"wrote {index.ntotal} codes of {index.nbits} bits as a faiss {type(fidx).__name__} "
-              f"({fidx.d} dimensions; no catalog) into {args.out}")
-    else:
-        index.save(args.out)
-        print(f"indexed {index.ntotal} codes of {index.nbits} bits into {args.out}")
+    settings = {k: v for k, v in (("nlist", args.nlist), ("hash_bits", args.hash_bits)) if v is not None}
+    written = write_index(index, target, format=args.format, overwrite=args.overwrite, append=args.append,
+                          faiss_kind=args.faiss_index, **settings)
+    print(written.summary)
     return 0
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from contextlib import ExitStack
-
+    from ..index.base import check_k, check_radius
+    from ..index.store import IndexSpec
     from ..runtime.searcher import Searcher
 
-    if args.radius is None and args.k < 1:
-        raise DataError(f"-k must be >= 1, got {args.k}")
-    if args.radius is not None and args.radius < 0:
-        raise DataError(f"--radius must be >= 0, got {args.radius}")
-    milvus = args.store == "milvus"
-    if milvus:
-        if not (args.uri and args.collection):
-            raise DataError("search --store milvus needs --uri URI and --collection NAME")
-        if args.index is not None:
-            raise DataError("--index is an index file; --store milvus searches --uri / --collection")
-    elif args.index is None:
-        raise DataError("search needs --index FILE (or --store milvus --uri URI --collection NAME)")
-    elif args.uri or args.collection:
-        raise DataError(f"{'--uri' if args.uri else '--collection'} is for --store milvus")
-    with ExitStack() as stack:
-        where = args.index
-        if milvus:
-            import logging
-
-            from ..index.milvus import MilvusIndex
-
-            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its errors reach the user as one line
-            index = stack.enter_context(MilvusIndex.open(args.uri, args.collection, timeout=args.timeout))
-            where = str(index)
-        searcher = Searcher.open(index if milvus else args.index, model=args.model or args.run, force=args.force,
-                                 backend=args.backend, threads=args.threads, batch_size=args.batch_size,
-                                 workers=args.workers, resize=args.resize, tta_flip=args.tta_flip)
+    if args.radius is None:
+        check_k(args.k, "-k")
+    else:
+        check_radius(args.radius, "--radius")
+    spec = IndexSpec.from_flags("search", index=args.index, store=args.store, uri=args.uri,
+                                collection=args.collection, timeout=args.timeout)
+    with Searcher.open(spec, model=args.model or args.run, force=args.force, backend=args.backend,
+                       threads=args.threads, batch_size=args.batch_size, workers=args.workers, resize=args.resize,
+                       tta_flip=args.tta_flip) as searcher:
         k = None if args.radius is not None else args.k
         if args.hex is not None:
             names = [f"0x{h}" for h in args.hex]
@@ -411,7 +374,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
             cf = load_codes(args.codes)
             if cf.nbits != searcher.index.nbits:
-                raise DataError(f"{args.codes} has {cf.nbits}-bit codes but {where} holds "
+                raise DataError(f"{args.codes} has {cf.nbits}-bit codes but {searcher.name} holds "
                                 f"{searcher.index.nbits}-bit codes")
             names = [str(p) for p in cf.paths] if cf.paths is not None else \
                 [f"{args.codes}[{i}]" for i in range(len(cf))]
@@ -441,6 +404,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ..serve import ServeSettings, create_app
     except ModuleNotFoundError as e:
         raise DataError(f"dsh serve needs the {e.name} package: pip install 'dsh[serve]'") from None
+    from ..index.store import IndexSpec
     from ..runtime.searcher import Searcher
 
     # the flags first, before the model and the index are loaded
@@ -453,7 +417,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.map is not None and not Path(args.map).is_file():
         raise DataError(f"--map {args.map}: no such image file")
     token = args.token or os.environ.get("DSH_TOKEN") or None
-    searcher = Searcher.open(args.index, model=args.model or args.run, force=args.force, backend=args.backend,
+    spec = IndexSpec.from_flags("serve", index=args.index, store=args.store, uri=args.uri,
+                                collection=args.collection, timeout=args.timeout)
+    searcher = Searcher.open(spec, model=args.model or args.run, force=args.force, backend=args.backend,
                              threads=args.threads, batch_size=args.batch_size, workers=1, resize=args.resize,
                              tta_flip=args.tta_flip)
     map_image = args.map
@@ -471,8 +437,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = "127.0.0.1" if args.host == "localhost" else args.host
     print(f"dsh serve: {searcher.index.ntotal:,} items, model {searcher.encoder.source} "
           f"({searcher.encoder.backend}); open http://{host}:{args.port}/", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
-                access_log=not args.quiet)
+    with searcher:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+                    access_log=not args.quiet)
     return 0
 
 
@@ -647,7 +614,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="nearest codes in an index, by image, by codes file or by hex code")
-    p.add_argument("--index", help="index file (from dsh index)")
+    p.add_argument("--index", help="index file (from dsh index: dsh's or a faiss file)")
     g = p.add_argument_group("a Milvus collection instead of --index")
     g.add_argument("--store", choices=("file", "milvus"), default="file",
                    help="file: --index (default); milvus: a collection written by dsh index --store milvus")
@@ -670,7 +637,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("serve", help="HTTP API and web page: search the index by image")
-    p.add_argument("--index", required=True, help="index file (from dsh index)")
+    p.add_argument("--index", help="index file (from dsh index: dsh's or a faiss file)")
+    g = p.add_argument_group("a Milvus collection instead of --index")
+    g.add_argument("--store", choices=("file", "milvus"), default="file",
+                   help="file: --index (default); milvus: a collection written by dsh index --store milvus")
+    g.add_argument("--uri", help="--store milvus: a Milvus Lite file (NAME.db) or a server, http://host:19530 "
+                   "(its token from $DSH_MILVUS_TOKEN)")
+    g.add_argument("--collection", help="--store milvus: the collection to serve")
+    g.add_argument("--timeout", type=float, default=10.0,
+                   help="--store milvus: seconds to wait for the connection (default 10)")
     _add_model_source(p, False, "(default: the one the index was built with)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

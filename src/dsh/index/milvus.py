@@ -52,6 +52,7 @@ bad arrays), as HammingIndex's are.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import uuid
@@ -161,8 +162,13 @@ def _message(e: BaseException) -> str:
 
 def connect(uri: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT, token: str | None = None):
     """A ``pymilvus.MilvusClient`` for ``uri`` (see :func:`check_uri`); ``DataError`` where it cannot be had
-    within ``timeout`` seconds. ``token`` defaults to ``$DSH_MILVUS_TOKEN``."""
+    within ``timeout`` seconds. ``token`` defaults to ``$DSH_MILVUS_TOKEN``.
+
+    pymilvus's own log (its ``"pymilvus"`` logger, which writes to stderr) is set to CRITICAL: every failure it
+    would log reaches the caller as one :class:`DataError` already, and Milvus Lite's query iterator warns of a
+    missing server timestamp on every page."""
     pm = _pymilvus()
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     kind, where = check_uri(uri)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise InputError(f"timeout must be a number of seconds > 0, got {timeout!r}")
@@ -577,32 +583,75 @@ class MilvusIndex:
         """The record of each id, as HammingIndex.lookup gives it: ``{"id": id}`` plus the catalog's fields
         (``label``, ``class``, ``path``, ``key``, those the index has); ``KeyError`` for an id not held."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        cols = self.columns
-        fields = ["id"]
-        kind = self._meta["label_kind"]
-        if "labels" in cols:
-            fields.append("labels" if kind == "multi-hot" else "label")
-        fields += [f for f, c in (("path", "paths"), ("key", "keys")) if c in cols]
-        found = self._fetch(ids, fields)
+        found = self._fetch(ids, self._catalog_fields())
         missing = [int(i) for i in ids if int(i) not in found]
         if missing:
             raise KeyError(f"ids not in the index: {missing[:5]}")
         if not ids.size:
             return []
-        rows = [found[int(i)] for i in ids]
+        cat = self._catalog_of([found[int(i)] for i in ids])
+        return [{"id": int(i), **cat.record(j)} for j, i in enumerate(ids)]
+
+    @property
+    def catalog(self) -> Catalog | None:
+        """Every record, read from the collection: a :class:`~dsh.index.catalog.Catalog` whose row ``i`` is the
+        ``i``-th smallest id's (as HammingIndex's), or ``None`` where the collection has no catalog. This reads
+        the whole collection: :meth:`lookup` reads the records of some ids."""
+        if not self._meta["catalog"]:
+            return None
+        return self._catalog_of(self._scan(self._catalog_fields()))
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Every id held, ``int64[ntotal]`` ascending (reads the whole collection)."""
+        return np.array([r["id"] for r in self._scan(["id"])], np.int64)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Every code held, ``uint8[ntotal, nbytes]``, in ascending id order, row for row with :attr:`catalog`
+        (reads the whole collection)."""
+        rows = self._scan(["id", "code"])
+        out = np.zeros((len(rows), self._dim // 8), np.uint8)
+        for j, r in enumerate(rows):
+            out[j] = np.frombuffer(_code_bytes(r["code"]), np.uint8)
+        return out
+
+    def _catalog_fields(self) -> list[str]:
+        cols = self.columns
+        fields = ["id"]
+        if "labels" in cols:
+            fields.append("labels" if self._meta["label_kind"] == "multi-hot" else "label")
+        return fields + [f for f, c in (("path", "paths"), ("key", "keys")) if c in cols]
+
+    def _catalog_of(self, rows: list[dict]) -> Catalog:
+        """The catalog of these rows (as :meth:`_catalog_fields` reads them), in their order."""
+        cols = self.columns
         labels = None
         if "labels" in cols:
-            if kind == "multi-hot":
+            if self._meta["label_kind"] == "multi-hot":
                 labels = np.zeros((len(rows), int(self._meta["label_columns"])), np.uint8)
                 for j, r in enumerate(rows):
                     labels[j, list(r["labels"]["ids"])] = 1
             else:
                 labels = np.array([r["label"] for r in rows], np.int64)
-        cat = Catalog.from_columns(len(rows), labels=labels,
-                                   paths=[r["path"] for r in rows] if "paths" in cols else None,
-                                   keys=[r["key"] for r in rows] if "keys" in cols else None,
-                                   class_names=self._meta["class_names"])
-        return [{"id": int(i), **cat.record(j)} for j, i in enumerate(ids)]
+        return Catalog.from_columns(len(rows), labels=labels,
+                                    paths=[r["path"] for r in rows] if "paths" in cols else None,
+                                    keys=[r["key"] for r in rows] if "keys" in cols else None,
+                                    class_names=self._meta["class_names"])
+
+    def _scan(self, fields: list[str]) -> list[dict]:
+        """Every row's ``fields``, in ascending id order (Milvus pages through them with a query iterator)."""
+        rows: list[dict] = []
+        with self._calls("read every row"):
+            it = self._client.query_iterator(self._name, batch_size=_CHUNK_IDS, filter="id >= 0",
+                                             output_fields=fields)
+            try:
+                while batch := it.next():
+                    rows.extend(batch)
+            finally:
+                it.close()
+        rows.sort(key=lambda r: int(r["id"]))
+        return rows
 
     def reconstruct(self, ids) -> np.ndarray:
         """Codes ``uint8[len(ids), nbytes]`` of the given ids; ``KeyError`` for an id not held."""
@@ -613,8 +662,7 @@ class MilvusIndex:
             raise KeyError(f"ids not in the index: {missing[:5]}")
         out = np.zeros((ids.size, self._dim // 8), np.uint8)
         for j, i in enumerate(ids):
-            code = found[int(i)]["code"]
-            out[j] = np.frombuffer(code[0] if isinstance(code, list) else code, np.uint8)
+            out[j] = np.frombuffer(_code_bytes(found[int(i)]["code"]), np.uint8)
         return out
 
     # -- search ----------------------------------------------------------------------------------------------------
@@ -854,6 +902,11 @@ def _query_ids(client, collection: str, ids: list, fields: list[str], pk: str = 
         if int(count[0]["count(*)"]):
             raise
         return []
+
+
+def _code_bytes(code) -> bytes:
+    """A BINARY_VECTOR as Milvus returns it (bytes, or a list holding them) -> its bytes."""
+    return code[0] if isinstance(code, list) else code
 
 
 def _check_fits(cat: Catalog | None) -> None:

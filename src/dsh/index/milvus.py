@@ -6,11 +6,12 @@
 >>> D, I = index.search(queries, k=10)          # int32[nq, 10], int64[nq, 10], ordered by (distance, id)
 >>> lims, D, I = index.range_search(queries, 2)
 >>> index.lookup(I[0])                           # [{"id", "label", "class", "path", "key"}, ...]
->>> Searcher(index).search_hex(["F7"], k=5)      # dsh.runtime.searcher.Searcher takes it as it takes a HammingIndex
+>>> Searcher(index).search_hex(["F7"], k=5)      # dsh.runtime.searcher.Searcher takes any dsh.index.base.Index
 
-:class:`MilvusIndex` has the part of HammingIndex's interface that searching and maintaining an index need:
-``nbits``, ``ntotal``, ``search``, ``range_search``, ``lookup``, ``reconstruct``, ``add``, ``remove``, ``reset``,
-``metadata`` (with the model record, :func:`dsh.runtime.searcher.model_record`). Its results are HammingIndex's,
+:class:`MilvusIndex` is a :class:`dsh.index.base.Index` (``nbits``, ``ntotal``, ``search``, ``range_search``,
+``add``, ``remove``, ``lookup``, ``catalog``, ``metadata`` with the model record, ``close``), and has HammingIndex's
+``reconstruct``, ``reset``, ``ids`` and ``codes`` too (``catalog``, ``ids`` and ``codes`` read the whole collection).
+:func:`dsh.index.store.open_index` opens it from a URI and collection name. Its results are HammingIndex's,
 ties and all: Milvus returns codes at equal distance in an order of its own and caps a request at 16,384 results, so a
 k-NN query asks for more results until the last one is farther than the k-th (every code at the k-th distance is
 then among them) and sorts them by (distance, id); a query whose ties do not fit in one request, and a range query

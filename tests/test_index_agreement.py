@@ -413,3 +413,30 @@ def test_serve_over_milvus_answers_as_over_the_file(served_pair):
     assert any(file[k][1]["results"] for k in file if k.endswith("radius=0"))
     found = [v for k, v in file.items() if k.startswith("item ")]
     assert found[0][0] == 200 and found[0][1]["path"].endswith(".png") and found[1][0] == 404
+
+
+def test_no_front_end_imports_a_backend():
+    """The command line and the service name a place (open_index, IndexSpec, Searcher); only dsh.index chooses
+    the backend. Every import counts, those inside functions too."""
+    import ast
+    from pathlib import Path
+
+    import dsh
+
+    src = Path(dsh.__file__).parent
+    backends = {"flat", "milvus", "faiss_file", "mih", "kernels"}
+    checked = 0
+    for part in ("cli", "serve"):
+        for path in (src / part).rglob("*.py"):
+            checked += 1
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                names = []
+                if isinstance(node, ast.ImportFrom):
+                    names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+                elif isinstance(node, ast.Import):
+                    names = [a.name for a in node.names]
+                for name in names:
+                    parts = name.split(".")
+                    assert not ("index" in parts and parts[-1] in backends), f"{path.name} imports {name}"
+                    assert not {"pymilvus", "faiss"} & set(parts), f"{path.name} imports {name}"
+    assert checked >= 3

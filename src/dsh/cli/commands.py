@@ -613,16 +613,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_flags(p)
     p.set_defaults(func=cmd_index)
 
+    def index_source(p: argparse.ArgumentParser, verb: str) -> None:
+        """--index FILE or --store milvus --uri --collection: the flags of dsh search and dsh serve alike."""
+        p.add_argument("--index", help="index file (from dsh index: dsh's or a faiss file)")
+        g = p.add_argument_group("a Milvus collection instead of --index")
+        g.add_argument("--store", choices=("file", "milvus"), default="file",
+                       help="file: --index (default); milvus: a collection written by dsh index --store milvus")
+        g.add_argument("--uri", help="--store milvus: a Milvus Lite file (NAME.db) or a server, http://host:19530 "
+                       "(its token from $DSH_MILVUS_TOKEN)")
+        g.add_argument("--collection", help=f"--store milvus: the collection to {verb}")
+        g.add_argument("--timeout", type=float, default=10.0,
+                       help="--store milvus: seconds to wait for the connection (default 10)")
+
     p = sub.add_parser("search", help="nearest codes in an index, by image, by codes file or by hex code")
-    p.add_argument("--index", help="index file (from dsh index: dsh's or a faiss file)")
-    g = p.add_argument_group("a Milvus collection instead of --index")
-    g.add_argument("--store", choices=("file", "milvus"), default="file",
-                   help="file: --index (default); milvus: a collection written by dsh index --store milvus")
-    g.add_argument("--uri", help="--store milvus: a Milvus Lite file (NAME.db) or a server, http://host:19530 "
-                   "(its token from $DSH_MILVUS_TOKEN)")
-    g.add_argument("--collection", help="--store milvus: the collection to search")
-    g.add_argument("--timeout", type=float, default=10.0,
-                   help="--store milvus: seconds to wait for the connection (default 10)")
+    index_source(p, "search")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", nargs="+", help="query image file(s), encoded with the index's model (or --run)")
     q.add_argument("--codes", help="query .npz of codes")
@@ -637,15 +641,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("serve", help="HTTP API and web page: search the index by image")
-    p.add_argument("--index", help="index file (from dsh index: dsh's or a faiss file)")
-    g = p.add_argument_group("a Milvus collection instead of --index")
-    g.add_argument("--store", choices=("file", "milvus"), default="file",
-                   help="file: --index (default); milvus: a collection written by dsh index --store milvus")
-    g.add_argument("--uri", help="--store milvus: a Milvus Lite file (NAME.db) or a server, http://host:19530 "
-                   "(its token from $DSH_MILVUS_TOKEN)")
-    g.add_argument("--collection", help="--store milvus: the collection to serve")
-    g.add_argument("--timeout", type=float, default=10.0,
-                   help="--store milvus: seconds to wait for the connection (default 10)")
+    index_source(p, "serve")
     _add_model_source(p, False, "(default: the one the index was built with)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")

@@ -58,7 +58,8 @@ class IndexSpec:
             if not (uri and collection):
                 raise InputError(f"{command} --store milvus needs --uri URI and --collection NAME")
             if index is not None:
-                raise InputError(f"--index is an index file; --store milvus {command}es --uri / --collection")
+                raise InputError(f"--index is an index file; with --store milvus, dsh {command} reads --uri and "
+                                 f"--collection")
             return cls(uri, collection, timeout)
         if store != "file":
             raise InputError(f"--store must be file or milvus, got {store!r}")

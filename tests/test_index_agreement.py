@@ -8,6 +8,7 @@ collection answering as over the index file."""
 from __future__ import annotations
 
 import importlib.util
+import json
 
 import numpy as np
 import pytest
@@ -346,6 +347,28 @@ def test_index_spec_from_flags():
                           ({}, "serve needs --index FILE"), ({"index": "i", "uri": "x.db"}, "--uri is for")):
         with pytest.raises(InputError, match=words):
             IndexSpec.from_flags("serve", **kwargs)
+
+
+@pytest.mark.skipif(not HAVE_FAISS, reason="faiss is not installed: pip install 'dsh[faiss]'")
+def test_dsh_search_reads_a_faiss_file_as_the_index_file(data, tmp_path, capsys):
+    """`dsh index --format faiss` then `dsh search --index FILE.faissbin`: the same neighbours and distances as
+    the dsh index file (a faiss file has no catalog, so no labels or paths)."""
+    from dsh.cli.commands import main
+    from dsh.codes.codefile import CodeFile, save_codes
+
+    index, q = data["ties"]
+    save_codes(tmp_path / "db.npz", CodeFile(np.asarray(index.codes), 16))
+    save_codes(tmp_path / "q.npz", CodeFile(q, 16))
+    out = {}
+    for name, flags in (("dsh", []), ("faiss", ["--format", "faiss"])):
+        path = str(tmp_path / f"db.{name}")
+        assert main(["index", "--codes", str(tmp_path / "db.npz"), "--out", path, *flags]) == 0
+        for how in (["-k", "25"], ["--radius", "2"]):
+            assert main(["search", "--index", path, "--codes", str(tmp_path / "q.npz"), "--json", *how]) == 0
+            out[name, how[0]] = json.loads(capsys.readouterr().out.splitlines()[-1])
+    for how in ("-k", "--radius"):
+        assert out["dsh", how] == out["faiss", how]
+        assert sum(len(r["results"]) for r in out["dsh", how]["queries"]) > len(q)
 
 
 # -- dsh serve over Milvus -----------------------------------------------------------------------------------------

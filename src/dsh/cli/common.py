@@ -67,3 +67,16 @@ def split_images(args: argparse.Namespace, encoder):
     s = model_part(encoder, args.split, dataset=args.dataset, data_root=args.data_root or None,
                    protocol=args.protocol, download=not args.no_download)
     return s.images.numpy(), s.labels.numpy(), list(s.class_names), s.paths
+
+
+def add_index_source(p: argparse.ArgumentParser, verb: str) -> None:
+    """--index FILE or --store milvus --uri --collection: the flags of dsh search and dsh serve alike."""
+    p.add_argument("--index", help="index file (from dsh index: dsh's or a faiss file)")
+    g = p.add_argument_group("a Milvus collection instead of --index")
+    g.add_argument("--store", choices=("file", "milvus"), default="file",
+                   help="file: --index (default); milvus: a collection written by dsh index --store milvus")
+    g.add_argument("--uri", help="--store milvus: a Milvus Lite file (NAME.db) or a server, http://host:19530 "
+                   "(its token from $DSH_MILVUS_TOKEN)")
+    g.add_argument("--collection", help=f"--store milvus: the collection to {verb}")
+    g.add_argument("--timeout", type=float, default=10.0,
+                   help="--store milvus: seconds to wait for the connection (default 10)")

@@ -43,6 +43,7 @@ def add_parser(sub) -> None:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from ..index.store import IndexSpec, check_target, write_index
     from ..index.target import check_index_target
     from ..runtime.searcher import index_codes, index_folder
 
@@ -50,15 +51,8 @@ def cmd_index(args: argparse.Namespace) -> int:
     check_index_target(store=args.store, out=args.out, format=args.format, faiss_index=args.faiss_index,
                        nlist=args.nlist, hash_bits=args.hash_bits, uri=args.uri, collection=args.collection,
                        overwrite=args.overwrite, append=args.append)
-    milvus = args.store == "milvus"
-    if milvus:
-        import logging
-
-        from ..index.milvus import MilvusIndex
-
-        logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its errors reach the user as one line
-        MilvusIndex.check_writable(args.uri, args.collection, overwrite=args.overwrite, append=args.append,
-                                   timeout=args.timeout)
+    target = IndexSpec(args.uri, args.collection, args.timeout) if args.store == "milvus" else IndexSpec(args.out)
+    check_target(target, format=args.format, overwrite=args.overwrite, append=args.append)
 
     if args.codes is not None:
         from ..codes.codefile import load_codes
@@ -70,22 +64,8 @@ def cmd_index(args: argparse.Namespace) -> int:
             raise DataError("index --images needs --run RUN (or --model FILE) to encode them")
         index = index_folder(encoder_of(args), args.images, progress=not args.quiet)
 
-    if milvus and args.append:
-        with MilvusIndex.open(args.uri, args.collection, timeout=args.timeout) as target:
-            target.add_index(index)
-            print(f"added {index.ntotal} codes of {index.nbits} bits to {target} (now {target.ntotal})")
-    elif milvus:
-        with MilvusIndex.from_index(index, args.uri, args.collection, overwrite=args.overwrite,
-                                    timeout=args.timeout) as target:
-            print(f"indexed {index.ntotal} codes of {index.nbits} bits into {target}")
-    elif args.format == "faiss":
-        from ..index.faiss_file import write_faiss
-
-        settings = {k: v for k, v in (("nlist", args.nlist), ("hash_bits", args.hash_bits)) if v is not None}
-        fidx = write_faiss(args.out, index, kind=args.faiss_index, **settings)
-        print(f"wrote {index.ntotal} codes of {index.nbits} bits as a faiss {type(fidx).__name__} "
-              f"({fidx.d} dimensions; no catalog) into {args.out}")
-    else:
-        index.save(args.out)
-        print(f"indexed {index.ntotal} codes of {index.nbits} bits into {args.out}")
+    settings = {k: v for k, v in (("nlist", args.nlist), ("hash_bits", args.hash_bits)) if v is not None}
+    written = write_index(index, target, format=args.format, overwrite=args.overwrite, append=args.append,
+                          faiss_kind=args.faiss_index, **settings)
+    print(written.summary)
     return 0

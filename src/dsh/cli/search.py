@@ -6,20 +6,12 @@ import argparse
 import json
 
 from ..errors import DataError
-from .common import add_encoder_flags, add_model_source
+from .common import add_encoder_flags, add_index_source, add_model_source
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("search", help="nearest codes in an index, by image, by codes file or by hex code")
-    p.add_argument("--index", help="index file (from dsh index)")
-    g = p.add_argument_group("a Milvus collection instead of --index")
-    g.add_argument("--store", choices=("file", "milvus"), default="file",
-                   help="file: --index (default); milvus: a collection written by dsh index --store milvus")
-    g.add_argument("--uri", help="--store milvus: a Milvus Lite file (NAME.db) or a server, http://host:19530 "
-                   "(its token from $DSH_MILVUS_TOKEN)")
-    g.add_argument("--collection", help="--store milvus: the collection to search")
-    g.add_argument("--timeout", type=float, default=10.0,
-                   help="--store milvus: seconds to wait for the connection (default 10)")
+    add_index_source(p, "search")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--image", nargs="+", help="query image file(s), encoded with the index's model (or --run)")
     q.add_argument("--codes", help="query .npz of codes")
@@ -35,37 +27,19 @@ def add_parser(sub) -> None:
 
 
 def cmd_search(args: argparse.Namespace) -> int:
-    from contextlib import ExitStack
-
+    from ..index.base import check_k, check_radius
+    from ..index.store import IndexSpec
     from ..runtime.searcher import Searcher
 
-    if args.radius is None and args.k < 1:
-        raise DataError(f"-k must be >= 1, got {args.k}")
-    if args.radius is not None and args.radius < 0:
-        raise DataError(f"--radius must be >= 0, got {args.radius}")
-    milvus = args.store == "milvus"
-    if milvus:
-        if not (args.uri and args.collection):
-            raise DataError("search --store milvus needs --uri URI and --collection NAME")
-        if args.index is not None:
-            raise DataError("--index is an index file; --store milvus searches --uri / --collection")
-    elif args.index is None:
-        raise DataError("search needs --index FILE (or --store milvus --uri URI --collection NAME)")
-    elif args.uri or args.collection:
-        raise DataError(f"{'--uri' if args.uri else '--collection'} is for --store milvus")
-    with ExitStack() as stack:
-        where = args.index
-        if milvus:
-            import logging
-
-            from ..index.milvus import MilvusIndex
-
-            logging.getLogger("pymilvus").setLevel(logging.CRITICAL)  # its errors reach the user as one line
-            index = stack.enter_context(MilvusIndex.open(args.uri, args.collection, timeout=args.timeout))
-            where = str(index)
-        searcher = Searcher.open(index if milvus else args.index, model=args.model or args.run, force=args.force,
-                                 backend=args.backend, threads=args.threads, batch_size=args.batch_size,
-                                 workers=args.workers, resize=args.resize, tta_flip=args.tta_flip)
+    if args.radius is None:
+        check_k(args.k, "-k")
+    else:
+        check_radius(args.radius, "--radius")
+    spec = IndexSpec.from_flags("search", index=args.index, store=args.store, uri=args.uri,
+                                collection=args.collection, timeout=args.timeout)
+    with Searcher.open(spec, model=args.model or args.run, force=args.force, backend=args.backend,
+                       threads=args.threads, batch_size=args.batch_size, workers=args.workers, resize=args.resize,
+                       tta_flip=args.tta_flip) as searcher:
         k = None if args.radius is not None else args.k
         if args.hex is not None:
             names = [f"0x{h}" for h in args.hex]
@@ -75,7 +49,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
             cf = load_codes(args.codes)
             if cf.nbits != searcher.index.nbits:
-                raise DataError(f"{args.codes} has {cf.nbits}-bit codes but {where} holds "
+                raise DataError(f"{args.codes} has {cf.nbits}-bit codes but {searcher.name} holds "
                                 f"{searcher.index.nbits}-bit codes")
             names = [str(p) for p in cf.paths] if cf.paths is not None else \
                 [f"{args.codes}[{i}]" for i in range(len(cf))]

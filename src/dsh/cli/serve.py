@@ -8,12 +8,12 @@ import sys
 from pathlib import Path
 
 from ..errors import DataError, InputError
-from .common import add_encoder_flags, add_model_source
+from .common import add_encoder_flags, add_index_source, add_model_source
 
 
 def add_parser(sub) -> None:
     p = sub.add_parser("serve", help="HTTP API and web page: search the index by image")
-    p.add_argument("--index", required=True, help="index file (from dsh index)")
+    add_index_source(p, "serve")
     add_model_source(p, False, "(default: the one the index was built with)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
@@ -38,6 +38,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ..serve import ServeSettings, create_app
     except ModuleNotFoundError as e:
         raise DataError(f"dsh serve needs the {e.name} package: pip install 'dsh[serve]'") from None
+    from ..index.store import IndexSpec
     from ..runtime.searcher import Searcher
 
     # the flags first, before the model and the index are loaded
@@ -50,7 +51,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.map is not None and not Path(args.map).is_file():
         raise DataError(f"--map {args.map}: no such image file")
     token = args.token or os.environ.get("DSH_TOKEN") or None
-    searcher = Searcher.open(args.index, model=args.model or args.run, force=args.force, backend=args.backend,
+    spec = IndexSpec.from_flags("serve", index=args.index, store=args.store, uri=args.uri,
+                                collection=args.collection, timeout=args.timeout)
+    searcher = Searcher.open(spec, model=args.model or args.run, force=args.force, backend=args.backend,
                              threads=args.threads, batch_size=args.batch_size, workers=1, resize=args.resize,
                              tta_flip=args.tta_flip)
     map_image = args.map
@@ -68,7 +71,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     host = "127.0.0.1" if args.host == "localhost" else args.host
     print(f"dsh serve: {searcher.index.ntotal:,} items, model {searcher.encoder.source} "
           f"({searcher.encoder.backend}); open http://{host}:{args.port}/", file=sys.stderr, flush=True)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
-                access_log=not args.quiet)
+    with searcher:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+                    access_log=not args.quiet)
     return 0
 

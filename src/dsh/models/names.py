@@ -4,6 +4,7 @@ they are the registry's names, so a model added there and not here fails a test.
 
 from __future__ import annotations
 
-MODEL_NAMES = ("airbench", "paper", "paper-bn", "resnet-small", "resnet18", "resnet50")
+MODEL_NAMES = ("airbench", "efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "paper", "paper-bn",
+               "resnet-small", "resnet18", "resnet50", "timm")
 
 __all__ = ["MODEL_NAMES"]

@@ -34,8 +34,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
+from dsh.errors import DataError
 from dsh.utils.cpu import cpu_model, usable_cpus
-from dsh.utils.fileio import DataError, atomic_write, write_json, write_text  # noqa: F401 (the scripts write through common)
+from dsh.utils.fileio import atomic_write, write_json, write_text  # noqa: F401 (the scripts write through common)
 
 # ---------------------------------------------------------------------------------------------------------------
 # where things are

@@ -275,49 +275,6 @@ def test_unicode_strings_take_and_concat(monkeypatch, tmp_path):
 # -- files that do not belong --------------------------------------------------------------------------------------
 
 
-def test_legacy_metadata_lists(tmp_path):
-    """What `dsh index` writes today: labels, paths and class names as lists in the index metadata, in id order."""
-    n = 40
-    rng = np.random.default_rng(2)
-    ids = np.sort(rng.permutation(500)[:n])
-    labels = rng.integers(0, len(NAMES), n).tolist()
-    paths = [f"img/{i}-ü.jpg" for i in range(n)]
-    index = HammingIndex(NBITS)
-    index.add(pool_codes(n), ids=ids)
-    meta = {"labels": labels, "paths": paths, "class_names": NAMES, "run": "/runs/x"}
-    path = tmp_path / "old.idx"
-    index.save(path, metadata=meta)
-    assert not catalog_path(path).exists()
-    ref = Reference()
-    ref.add(ids, labels=labels, paths=paths, class_names=NAMES)
-    for mmap in (False, True):
-        loaded = HammingIndex.load(path, mmap=mmap)
-        check_against(loaded, ref)
-        assert loaded.metadata == meta  # kept for readers of the lists
-
-    # saving with the catalog migrates: the lists leave the metadata, the catalog file holds them
-    loaded = HammingIndex.load(path)
-    loaded.remove(ids[:10])
-    ref.remove(ids[:10])
-    loaded.save(path)
-    assert catalog_path(path).is_file()
-    assert set(loaded.metadata) == {"run", "catalog"}
-    again = HammingIndex.load(path, mmap=True)
-    check_against(again, ref)
-    assert set(again.metadata) == {"run", "catalog"}
-
-    # multi-hot lists; and lists that are not one per item are left out (nothing says whose each entry is)
-    hot = (rng.random((n, 3)) < 0.5).astype(int).tolist()
-    index.save(path, metadata={"labels": hot, "paths": paths[:5], "class_names": ["a", "b", "c"]})
-    loaded = HammingIndex.load(path)
-    ref = Reference(multi_hot_classes=3)
-    ref.add(ids, labels=hot, class_names=["a", "b", "c"])
-    check_against(loaded, ref)
-    index.save(path, metadata={"labels": [1, 2], "paths": [[1], "x"]})
-    loaded = HammingIndex.load(path)
-    assert loaded.catalog is None and loaded.metadata == {"labels": [1, 2], "paths": [[1], "x"]}
-
-
 @pytest.mark.parametrize("mmap", [False, True])
 def test_a_catalog_from_another_index_is_refused(tmp_path, mmap):
     a, ref, _, ids = build_index(n=50, seed=1)

@@ -15,7 +15,7 @@ from dsh.codes.bits import (
     unpack_codes,
 )
 from dsh.codes.codefile import CodeFile, load_codes, save_codes
-from dsh.utils.fileio import DataError
+from dsh.errors import DataError
 
 
 def slow_pack(bits: np.ndarray) -> np.ndarray:

@@ -22,8 +22,8 @@ from dsh.data import (
     load_split,
     stratified_subset,
 )
+from dsh.errors import DataError
 from dsh.models import Normalizer
-from dsh.utils.fileio import DataError
 from dsh.utils.imageio import ImageList, decode_files, to_model_input
 
 TINY_CLASSES = ["ant", "bee", "cat"]  # the classes of the tiny_image_tree fixture

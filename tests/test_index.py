@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from dsh import HammingIndex
+from dsh.errors import DataError
 from dsh.index.mih import prefer_mih
-from dsh.utils.fileio import DataError
 
 try:
     import faiss  # noqa: F401

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from dsh.data.protocols import PROTOCOLS, Protocol, gather, get_protocol, make_split, to_source
-from dsh.utils.fileio import DataError
+from dsh.errors import DataError
 
 
 def cifar_like_labels(seed: int = 0, n_classes: int = 10, train_per_class: int = 5000, test_per_class: int = 1000):

@@ -8,7 +8,7 @@ import dsh.data.splits
 from dsh.data import load_split
 from dsh.data.protocols import make_split
 from dsh.data.splits import load_part, load_parts, protocol_topk
-from dsh.utils.fileio import DataError
+from dsh.errors import DataError
 
 
 def test_without_protocol_the_dataset_splits():

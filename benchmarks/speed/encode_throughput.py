@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: com
 import common  # noqa: E402
 import numpy as np  # noqa: E402
 
-from dsh.utils.fileio import DataError  # noqa: E402
+from dsh.errors import DataError  # noqa: E402
 from dsh.utils.threads import set_threads  # noqa: E402
 
 STEM = "encode_throughput"

@@ -240,7 +240,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # still rising; twice the epochs (~15 s each on 2 cores) reached 0.9913 with every class >= 2 bits from the
     # next. The paper net with batch norm (lr 1e-3 or 3e-3, 12 epochs) also passed 0.99 but told classes apart by
     # one or two bits of large |u|: 1-3 class pairs 1 bit apart, precision within radius 2 about 0.50 against 0.78.
-    # (The defaults are now these settings; the preset keeps them fixed for the published MNIST figures.)
+    # (The defaults are these settings too; the preset keeps them fixed for the published MNIST figures.)
     "mnist-cpu": {"model": "paper", "lr": 1e-3, "epochs": 16, "batch_size": 128},
     # CIFAR-10 from scratch on a 2-core CPU within 15 minutes of training: the airbench-shaped network.
     "cifar10-cpu": {
@@ -309,7 +309,8 @@ PRESETS: dict[str, dict[str, Any]] = {
         "batch_size": 64,
         "amp": "off",
     },
-    # The paper's network with batch norm: the recipe of the paper-network figures (issue 4's budget).
+    # The paper's network with batch norm: the recipe of the paper-network figures (15 minutes of training on 2
+    # CPU cores, the budget of every CIFAR-10 figure trained from scratch).
     "cifar10-paper-bn-cpu": {
         # The paper's network with batch norm: at 10 epochs it reached 0.546 test mAP (12 bits) against 0.387
         # for the plain network with the same budget, at about the same images/s (2,100-2,600 here).

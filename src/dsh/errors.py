@@ -4,8 +4,9 @@ Every error here carries a one-line message that names the file, flag or setting
 exactly these (and nothing else) into ``dsh: error: ...`` and exit status 2; any other exception is a bug and keeps
 its traceback. The HTTP service maps them to 4xx answers.
 
-Those that replace a former ``ValueError`` also derive from it, so code written against the old behaviour (``except
-ValueError``) keeps working.
+``DataError``, ``InputError`` and ``ConfigError`` also derive from ``ValueError``: each is a value (a file's
+contents, an argument, a setting) that is wrong, which is what ``ValueError`` means in Python, so ``except
+ValueError`` catches them as it catches numpy's and the standard library's complaints about values.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@
 - :class:`Augment` (:func:`default_augment`), :class:`BatchLoader`: the training batches (normalised by a
   :class:`dsh.models.Normalizer` the loop passes in).
 
-Errors with the data raise :class:`dsh.utils.fileio.DataError` (one line, naming the path). This package does not
+Errors with the data raise :class:`dsh.errors.DataError` (one line, naming the path). This package does not
 import the models, the loss or the training loop.
 """
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from ..utils.fileio import DataError
+from ..errors import DataError
 from ..utils.imageio import as_size, cover_size
 from . import listfile, sources
 from .cache import cache_dir as resolve_cache_dir
@@ -69,7 +69,7 @@ def load_split(
     their files are absent. ``image_size``: ``s`` or ``(h, w)``: resize every image (cover, then centre-crop);
     folder images must otherwise share one size. ``cache_dir``: default ``$DSH_CACHE``, else ``~/.cache/dsh``.
     ``workers``: decoding processes for folder datasets (default: the usable CPUs, at most 8).
-    Problems with the data raise :class:`~dsh.utils.fileio.DataError` with a one-line message naming the path.
+    Problems with the data raise :class:`~dsh.errors.DataError` with a one-line message naming the path.
     """
     name = _check_name(name)
     if split not in (LIST_SPLITS if name == "list" else SPLITS):

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils.fileio import DataError
+from ..errors import DataError
 from ..utils.imageio import IMAGE_EXTENSIONS, decode_files, files_fingerprint, subfolders, walk_images
 from .imageset import ImageSet
 

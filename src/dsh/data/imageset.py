@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..utils.fileio import DataError
+from ..errors import DataError
 
 
 @dataclass

@@ -6,7 +6,7 @@ retrieval database, often a superset of train), and optionally ``classes.txt`` (
 or absolute; no spaces) and ``C`` labels of ``0`` or ``1``, the same ``C`` on every line of every list. Images
 decode with :mod:`dsh.utils.imageio` like folder datasets, grey (1 channel) if the first training image is grey, else
 RGB; labels become multi-hot ``uint8[N, C]`` rows. A bad line is refused with a one-line
-:class:`~dsh.utils.fileio.DataError` naming the file and the line number.
+:class:`~dsh.errors.DataError` naming the file and the line number.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils.fileio import DataError
+from ..errors import DataError
 from ..utils.imageio import decode_files, files_fingerprint
 from .imageset import ImageSet
 

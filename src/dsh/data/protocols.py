@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..utils.fileio import DataError
+from ..errors import DataError
 
 __all__ = [
     "Protocol",

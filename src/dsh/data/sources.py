@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..utils.fileio import DataError, one_line
+from ..errors import DataError, one_line
 from .imageset import ImageSet, stratified_subset
 
 DIGIT_NAMES = [str(i) for i in range(10)]

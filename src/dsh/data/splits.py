@@ -14,7 +14,7 @@ import os
 import numpy as np
 import torch
 
-from ..utils.fileio import DataError
+from ..errors import DataError
 from . import ImageSet, load_split
 from .imageset import carve_val
 from .protocols import get_protocol, make_split, to_source

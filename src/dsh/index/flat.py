@@ -32,8 +32,8 @@ import numpy as np
 from ..codes import kernels as K
 from ..codes.bits import check_codes, nbytes_for
 from ..codes.hamming import pairwise_hamming_reference
-from ..errors import InputError
-from ..utils.fileio import END_MARKER, TRAILER, DataError, atomic_write, check_trailer, read_header
+from ..errors import DataError, InputError
+from ..utils.fileio import END_MARKER, TRAILER, atomic_write, check_trailer, read_header
 from .base import check_k, check_new_ids, check_radius, check_whole
 from .catalog import Catalog, catalog_path
 from .faiss_file import knn_exact, range_exact
@@ -49,7 +49,6 @@ _VERSION = 1
 _HEADER = struct.Struct("<8sIIIIQQQQQ")  # 64 bytes, fields as in the module docstring
 _TRAILER = TRAILER
 _ALIGN = 64
-_LEGACY_KEYS = ("labels", "paths", "class_names")  # per-item lists older files kept in the metadata
 
 
 def _align(x: int) -> int:
@@ -355,9 +354,8 @@ class HammingIndex:
 
         ``metadata``: a JSON-serialisable dict stored with it (default: ``self.metadata``); it becomes
         ``self.metadata``. With a catalog, the catalog is first written to :func:`catalog_path` ``(path)`` and the
-        metadata gets ``"catalog": {"file", "uid", "count"}`` naming it, while ``labels`` / ``paths`` /
-        ``class_names`` lists of older files are dropped from it (the catalog holds them now). Without one, any
-        ``"catalog"`` key is dropped, so the file never names a catalog that is not its own.
+        metadata gets ``"catalog": {"file", "uid", "count"}`` naming it. Without one, any ``"catalog"`` key is
+        dropped, so the file never names a catalog that is not its own.
         """
         if metadata is not None:
             if not isinstance(metadata, dict):
@@ -367,8 +365,7 @@ class HammingIndex:
         if self._catalog is not None:
             cpath = catalog_path(path)
             uid = secrets.token_hex(16)  # fresh each save: an older catalog left beside this index never matches
-            kept = {k: v for k, v in out.items() if k not in _LEGACY_KEYS}
-            out = {**kept, "catalog": {"file": cpath.name, "uid": uid, "count": self.ntotal}}
+            out = {**out, "catalog": {"file": cpath.name, "uid": uid, "count": self.ntotal}}
         elif "catalog" in out:
             out = {k: v for k, v in out.items() if k != "catalog"}
         # serialised before any file is touched: metadata that is not JSON must not leave a new catalog beside
@@ -446,10 +443,7 @@ class HammingIndex:
         if n and (ids[0] < 0 or np.any(ids[1:] <= ids[:-1])):
             raise DataError(f"{path}: ids are not strictly ascending and >= 0")
         ids = ids.astype(np.int64, copy=False)
-        if "catalog" in metadata:
-            catalog = _load_catalog(path, metadata["catalog"], ids, mmap, verify)
-        else:
-            catalog = _legacy_catalog(metadata, int(n))
+        catalog = _load_catalog(path, metadata["catalog"], ids, mmap, verify) if "catalog" in metadata else None
         index = cls(nbits, engine=engine)
         index._set(codes, ids, catalog)
         index.metadata = metadata
@@ -477,26 +471,3 @@ def _load_catalog(path: Path, entry, ids: np.ndarray, mmap: bool, verify: bool) 
         raise DataError(f"{path} and {cpath} do not belong together: {why}")
     return catalog
 
-
-def _legacy_catalog(metadata: dict, n: int) -> Catalog | None:
-    """A catalog from the per-item lists older index files kept in their metadata; a list that is not one entry
-    per item (or not of the right kind) is left out, as nothing says which item each entry is for."""
-    if n == 0 or not any(isinstance(metadata.get(k), list) for k in ("labels", "paths")):
-        return None
-    labels, paths = metadata.get("labels"), metadata.get("paths")
-    names = metadata.get("class_names")
-    names = names if isinstance(names, list) and all(isinstance(x, str) for x in names) else None
-    try:
-        lab = Catalog.from_columns(n, labels=labels).labels if isinstance(labels, list) else None
-    except (InputError, ValueError, TypeError):  # ragged lists make numpy raise ValueError
-        lab = None
-    try:
-        pth = Catalog.from_columns(n, paths=paths).paths if isinstance(paths, list) else None
-    except InputError:
-        pth = None
-    if lab is None and pth is None:
-        return None
-    try:
-        return Catalog.from_columns(n, labels=lab, paths=pth, class_names=names)
-    except InputError:  # class names that do not fit multi-hot labels
-        return Catalog.from_columns(n, labels=lab, paths=pth)

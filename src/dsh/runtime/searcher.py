@@ -201,9 +201,8 @@ class Searcher:
 
 
 def recorded_model(index: Index) -> str | None:
-    """The model an index file says made its codes (``metadata["model"]["path"]``; older files: ``"run"``)."""
-    meta = index.metadata
-    return (meta.get("model") or {}).get("path") or meta.get("run")
+    """The model an index file says made its codes (``metadata["model"]["path"]``)."""
+    return (index.metadata.get("model") or {}).get("path")
 
 
 def index_folder(encoder, folder: str | os.PathLike, *, progress: bool = False) -> HammingIndex:

@@ -1,4 +1,4 @@
-"""Atomic file writing. (``DataError`` and ``one_line`` live in :mod:`dsh.errors`; they are re-exported here.)"""
+"""Atomic file writing."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import zlib
 from pathlib import Path
 from typing import IO, Any, Iterator
 
-from ..errors import DataError, one_line  # noqa: F401  (re-exported)
+from ..errors import DataError, one_line
 
 
 def _temp_prefix(path: Path) -> str:

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+REPO = Path(__file__).resolve().parents[1]  # the repository's root: tests/ is in it, and this file in tests/
+
 # ---------------------------------------------------------------------------------------------------------------
 # isolation
 

@@ -20,7 +20,7 @@ a sha256 of their content (``dsh.models.checkpoint.content_digest``), so no dama
 would show as the run not finishing; each example is timed and the slowest is reported.
 
 Prints a table of examples tried / refused / loaded intact per loader and writes ``fuzz_loaders.json`` to
-``--out``. ``tests/test_fuzz_loaders.py`` runs the same oracles under hypothesis, a few thousand examples per
+``--out``. ``tests/contracts/test_fuzz_loaders.py`` runs the same oracles under hypothesis, a few thousand examples per
 loader.
 """
 

@@ -7,7 +7,7 @@ default 1,000). mAP@all is tie-aware. For each budget:
 
 - ``pretrained``: EfficientNet-Lite0 frozen, the hash head trained on its cached features (``--tune head``; the
   settings of preset ``cifar10-lite0-head`` at ``--input-size``). The database is encoded through the backbone's
-  cached features and the trained head: the same codes as the whole network (tests/test_train_pretrained.py checks
+  cached features and the trained head: the same codes as the whole network (tests/train/test_train_pretrained.py checks
   that a head run's figures on cached features equal the network's on the images), one feature pass for every
   budget.
 - ``scratch``: preset ``cifar10-cpu`` (the airbench network, 0.83 mAP@all at 48 bits with all 50,000 labels), its

@@ -1,6 +1,6 @@
 """The names of the models dsh registers, readable without torch: ``dsh --help`` lists them without loading the
-registry (which imports torch and torchvision, seconds and most of a gigabyte). ``tests/test_models.py`` checks that
-they are the registry's names, so a model added there and not here fails a test."""
+registry (which imports torch and torchvision, seconds and most of a gigabyte). ``tests/models/test_models.py``
+checks that they are the registry's names, so a model added there and not here fails a test."""
 
 from __future__ import annotations
 

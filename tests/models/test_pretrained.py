@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import REPO
 
 pytest.importorskip("timm", reason="the pretrained extra is not installed (pip install 'dsh[pretrained]')")
 
@@ -26,7 +27,7 @@ from dsh.models.pretrained import (  # noqa: E402
 from dsh.train.features import PART_SIZE, cached_features, extract_features  # noqa: E402
 from dsh.train.head import fit_head, halves_map  # noqa: E402
 
-DATA = Path(__file__).parent / "data"
+DATA = REPO / "tests" / "data"  # the photographs
 
 
 def lite0_weights() -> Path:

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import sys
 from dataclasses import asdict
-from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402

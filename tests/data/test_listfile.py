@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO
 from PIL import Image
 
 from dsh.data import load_split
 from dsh.errors import DataError
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = REPO / "benchmarks"
 
 
 def write_list_dataset(root: Path, mode: str = "RGB") -> dict[str, np.ndarray]:

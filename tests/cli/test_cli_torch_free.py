@@ -10,9 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import write_digit_folder
+from conftest import REPO, write_digit_folder
 
-SRC = str(Path(__file__).resolve().parents[1] / "src")
+SRC = str(REPO / "src")
 
 
 def run_python(code: str, *, pythonpath: list[str] = (), timeout: float = 120) -> subprocess.CompletedProcess:

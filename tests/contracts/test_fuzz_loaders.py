@@ -12,15 +12,15 @@ land on bytes that carry no content (a timestamp, an unused header field): both 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import pytest
+from conftest import REPO
 
 hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+sys.path.insert(0, str(REPO / "benchmarks"))
 from reliability import fuzz_loaders  # noqa: E402
 
 # examples per loader and kind of damage; the whole file stays well under a minute on 2 cores

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn as nn
 import torchvision
+from conftest import REPO
 
 from dsh.models import registry as models
 from dsh.models.registry import create_model, list_models, register_model
@@ -276,8 +277,6 @@ def test_airbench_optimizer_groups():
 
 
 def test_a_registered_model_and_protocol_appear_in_every_help_and_choice_without_another_edit(monkeypatch):
-    from pathlib import Path
-
     import dsh.data.protocols as protocols
     from dsh.cli import build_parser
     from dsh.config import TrainConfig
@@ -286,7 +285,7 @@ def test_a_registered_model_and_protocol_appear_in_every_help_and_choice_without
     monkeypatch.setattr(protocols, "PROTOCOLS", dict(protocols.PROTOCOLS))
     register_model("tinynet")(lambda nbits, in_channels, image_size: nn.Linear(1, nbits))
     protocols.register_protocol(protocols.Protocol("tinysplit", "a test's own split", "split"))
-    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    monkeypatch.syspath_prepend(str(REPO / "benchmarks"))
     from reproduce import paper_cifar10
 
     def choices_of_flag(parser, flag):

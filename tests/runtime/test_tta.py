@@ -79,9 +79,10 @@ def test_onnx_export_with_tta(digits_run, images, tmp_path):
 
 @pytest.mark.parametrize("widths", [(8, 16, 16), None])
 def test_airbench_onnx_and_torch_agree_with_and_without_tta(tmp_path, widths):
-    """The airbench network through a checkpoint (as tests/test_checkpoint.py writes one): ONNX and torch agree."""
+    """The airbench network through a checkpoint (as tests/models/test_checkpoint.py writes one): ONNX and torch
+    agree."""
     import torch
-    from test_checkpoint import payload_for
+    from models.test_checkpoint import payload_for
 
     from dsh.models import Normalizer
     from dsh.models.checkpoint import BEST, save_checkpoint

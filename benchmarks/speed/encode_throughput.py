@@ -56,6 +56,8 @@ CONFIGS = {
     "paper-1x28x28": ("paper", (1, 28, 28), "mnist"),
     "paper-3x32x32": ("paper", (3, 32, 32), "cifar"),
     "resnet18-3x224x224": ("resnet18", (3, 224, 224), "cifar224"),
+    # ImageNet-pretrained backbones at their own input size (the speed does not depend on the weights)
+    "efficientnet-lite0-3x224x224": ("efficientnet-lite0", (3, 224, 224), "cifar224"),
 }
 DATA_NAMES = {"mnist": "MNIST test", "cifar": "CIFAR-10 (JPEG copy) test",
               "cifar224": "CIFAR-10 (JPEG copy) test, resized to 224"}

@@ -22,7 +22,11 @@ import torch
 
 @dataclass
 class Progress:
-    """Where a run stands after an epoch; rank 0's is the one saved (the other ranks keep only the counters)."""
+    """Where a run stands after an epoch; rank 0's is the one saved (the other ranks keep only the counters).
+
+    The optimisation steps done are no field of their own: at the end of an epoch they are ``(epoch + 1)`` times
+    the steps of an epoch (:func:`dsh.train.loop.steps_done`), so there is nothing to keep in step with ``epoch``.
+    """
 
     epoch: int = -1  # the last epoch trained, 0-based: -1 before the first
     best_val_map: float = -1.0  # the best validation mAP so far (-1: none yet)

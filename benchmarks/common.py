@@ -264,14 +264,6 @@ def write_results(out: str | os.PathLike, stem: str, result: dict, markdown_text
     print(markdown_text)
 
 
-def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    """Copy ``src`` to ``dst`` atomically (a reader never sees half a file)."""
-    import shutil
-
-    with open(src, "rb") as fin, atomic_write(dst) as fout:
-        shutil.copyfileobj(fin, fout)
-
-
 def length_folder(nbits: int, seed: int) -> str:
     """A run's folder under a results folder: ``bits8`` for seed 0 (the run whose tables and maps are shown),
     ``bits8_seed1`` for another seed."""

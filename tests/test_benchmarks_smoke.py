@@ -1,4 +1,4 @@
-"""The benchmark scripts' bookkeeping, on fake results files (no training): the README section generator, the
+"""The benchmark scripts' bookkeeping, on fake results files (no training): the docs' results generator, the
 results merging, the settings parser and the smoke-test subsets. Seconds, not minutes. Where the offline datasets
 are found, also ``encode_throughput.py`` end to end on a few hundred images (about half a minute on 2 cores)."""
 
@@ -15,10 +15,9 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
-import encode_throughput  # noqa: E402
-import make_readme_results as mrr  # noqa: E402
-import paper_cifar10  # noqa: E402
-import seed_mnist  # noqa: E402
+from reproduce import paper_cifar10, seed_mnist  # noqa: E402
+from speed import encode_throughput  # noqa: E402
+from tools import make_readme_results as mrr  # noqa: E402
 
 MACHINE = {"cpu": "Test CPU 9000", "cpus_usable": 2, "torch_threads": 2, "torch": "2.x",
            "load_average_start": [1.5, 1.0, 1.0]}
@@ -33,7 +32,7 @@ def paper_record(bits: int, map_: float, seconds: float = 600.0, benchmark: bool
         "best_epoch": 7, "best_val_map": 0.6, "paper_map": paper, "map_minus_paper": map_ - paper,
         "map_over_paper": map_ / paper, "preset": "cifar10-cpu",
         "config": {"model": "paper", "epochs": 8, "batch_size": 128, "lr": 0.001},
-        "machine": MACHINE, "command": f"python benchmarks/paper_cifar10.py --bits {bits}",
+        "machine": MACHINE, "command": f"python benchmarks/reproduce/paper_cifar10.py --bits {bits}",
         "query_file": f"bits{bits}/query.npz", "database_file": f"bits{bits}/database.npz",
     }
 
@@ -47,7 +46,7 @@ def seed_record(bits: int, preset: str | None = "mnist-cpu", map_: float = 0.991
         "class_table": {"classes": classes}, "class_table_markdown": "| class | ... |\n| --- | --- |",
         "pairs_within_1_bit": 1, "close_pairs": [["4", "9", 1]], "distinct_codes": True, "min_class_distance": 1,
         "figures": ["bits8/umap.png", "bits8/tsne.png"] if bits == 8 else [], "machine": MACHINE,
-        "command": "python benchmarks/seed_mnist.py" + ("" if preset else " --preset none"),
+        "command": "python benchmarks/reproduce/seed_mnist.py" + ("" if preset else " --preset none"),
         "query_file": f"bits{bits}/query.npz",
         "database_file": f"bits{bits}/database.npz",
     }
@@ -70,53 +69,65 @@ def write_results(root: Path, paper_runs=None, seed_runs=None, benchmark: bool =
     return results
 
 
-def make_readme(root: Path, body: str = "intro\n\n## Results\n\nRESULTS_PLACEHOLDER\n\n## Layout\n") -> Path:
-    readme = root / "README.md"
-    readme.write_text(body)
-    return readme
+def make_docs(root: Path) -> dict[str, Path]:
+    """A repository's Markdown as the generator finds it: a README without generated blocks, and docs/results.md
+    and docs/speed.md each with its block's placeholder between other text."""
+    (root / "README.md").write_text("readme\n")
+    (root / "docs").mkdir()
+    docs = {}
+    for block, name in (("quality", "results.md"), ("speed", "speed.md")):
+        docs[block] = root / "docs" / name
+        docs[block].write_text(f"intro\n\n## Results\n\nRESULTS_PLACEHOLDER:{block}\n\n## Layout\n")
+    return docs
 
 
 def test_readme_section_from_results_and_missing_files(tmp_path):
     results = write_results(tmp_path, paper_runs=[paper_record(24, 0.66), paper_record(12, 0.60, seconds=1000)],
                             seed_runs=[seed_record(8), seed_record(16)])
-    readme = make_readme(tmp_path)
-    assert mrr.main(["--readme", str(readme), "--results", str(results)]) == 0
-    text = readme.read_text()
-    assert text.startswith("intro\n") and text.rstrip().endswith("## Layout")
-    assert "RESULTS_PLACEHOLDER" not in text and text.count(mrr.START) == 1 and text.count(mrr.END) == 1
+    docs = make_docs(tmp_path)
+    assert mrr.main(["--root", str(tmp_path), "--results", str(results)]) == 0
+    assert (tmp_path / "README.md").read_text() == "readme\n"  # it holds no block: left as it was
+    for block, path in docs.items():
+        body = path.read_text()
+        assert body.startswith("intro\n") and body.rstrip().endswith("## Layout")
+        assert "RESULTS_PLACEHOLDER" not in body
+        assert body.count(mrr.start_marker(block)) == 1 and body.count(mrr.end_marker(block)) == 1
+    text, speed = docs["quality"].read_text(), docs["speed"].read_text()
     # the paper table: our figure, the paper's, the difference, and the bar met or not
     assert "| 12 | 0 | 0.6000 | 0.6157 | -0.0157 |" in text and "no: below paper, over 15 min" in text
     assert "| 24 | 0 | 0.6600 | 0.6512 | +0.0088 |" in text
     assert "CIFAR-10 (JPEG copy)" in text and "Test CPU 9000" in text
     # one command per row where the rows came from different commands
-    assert "python benchmarks/paper_cifar10.py --bits 12  # 12 bits" in text
+    assert "python benchmarks/reproduce/paper_cifar10.py --bits 12  # 12 bits" in text
     assert "dsh eval --query benchmarks/results/paper_cifar10/bits12/query.npz" in text
-    # the seed side-by-side and figures with paths relative to the README
+    # the seed side-by-side and figures with paths relative to the file that shows them (docs/)
     assert "| class pairs within 1 bit | 2 (2/3, 5/6) | 1 (4/9) |" in text
-    assert "![UMAP of u, MNIST test, 8 bits](benchmarks/results/seed_mnist/bits8/umap.png)" in text
+    assert "![UMAP of u, MNIST test, 8 bits](../benchmarks/results/seed_mnist/bits8/umap.png)" in text
     assert "### MNIST: the seed experiment (preset mnist-cpu)" in text
     assert "Targets at 8 bits: mAP ≥ 0.99 — met (0.9910); every class code distinct — met." in text
     # no results files: the section says so, with the command
-    # (the sections without results files here: CIFAR-10's cifar10-1 protocol and paper-network tables, the defaults'
-    # seed experiment, the test-time views, the mosaics with the preset and with the defaults, training throughput,
-    # search, encoding throughput, serving, training with 1 and 2 processes, Milvus)
-    assert text.count("Not yet run.") == 12
-    assert ("python benchmarks/mosaic_mnist.py --preset none --threads 2 --out "
+    # (the sections without results files here: in docs/results.md CIFAR-10's cifar10-1 protocol and paper-network
+    # tables, the defaults' seed experiment, the test-time views, the mosaics with the preset and with the defaults;
+    # in docs/speed.md training throughput, search, encoding throughput, serving, training with 1 and 2 processes,
+    # Milvus)
+    assert text.count("Not yet run.") == 6 and speed.count("Not yet run.") == 6
+    assert ("python benchmarks/reproduce/mosaic_mnist.py --preset none --threads 2 --out "
             "benchmarks/results/mosaic_mnist_defaults") in text
-    assert ("python benchmarks/paper_cifar10.py --protocol cifar10-1 --out "
+    assert ("python benchmarks/reproduce/paper_cifar10.py --protocol cifar10-1 --out "
             "benchmarks/results/paper_cifar10_cifar10-1") in text
-    assert "python benchmarks/seed_mnist.py --preset none --out benchmarks/results/seed_mnist_defaults" in text
-    assert "python benchmarks/search.py --sizes 1000000 10000000 --bits 64 128" in text
+    assert ("python benchmarks/reproduce/seed_mnist.py --preset none --out "
+            "benchmarks/results/seed_mnist_defaults") in text
+    assert "python benchmarks/speed/search.py --sizes 1000000 10000000 --bits 64 128" in speed
 
 
 def test_readme_seed_defaults_section_has_the_core_bar(tmp_path):
     results = write_results(tmp_path, seed_runs=[seed_record(8)],
                             defaults_runs=[seed_record(8, preset=None, map_=0.985), seed_record(16, preset=None)])
-    section = mrr.render(mrr.Context(results, tmp_path / "README.md"))
+    section = mrr.render(mrr.Context(results, tmp_path, tmp_path / "docs" / "results.md"), "quality")
     assert "### MNIST: the seed experiment (library defaults)" in section
     assert ("Targets at 8 bits: with no settings, mAP ≥ 0.98 in at most 3 minutes of training — met (0.9850 in "
             "2 min 30 s); every class code distinct — met.") in section
-    assert "python benchmarks/seed_mnist.py --preset none" in section
+    assert "python benchmarks/reproduce/seed_mnist.py --preset none" in section
     # the class table and the maps are shown once, for the preset's run
     assert section.count("Against the seed's published 8-bit table") == 1
     assert section.count("![UMAP of u") == 1
@@ -148,8 +159,8 @@ def test_seed_results_folders_keep_one_recipe(tmp_path):
 
 def test_rerun_is_idempotent_and_check_mode(tmp_path, capsys):
     results = write_results(tmp_path, paper_runs=[paper_record(12, 0.62)])
-    readme = make_readme(tmp_path)
-    args = ["--readme", str(readme), "--results", str(results)]
+    readme = make_docs(tmp_path)["quality"]
+    args = ["--root", str(tmp_path), "--results", str(results)]
     assert mrr.main(args + ["--check"]) == 1  # placeholder still there
     assert mrr.main(args) == 0
     first = readme.read_text()
@@ -167,17 +178,40 @@ def test_rerun_is_idempotent_and_check_mode(tmp_path, capsys):
 
 def test_smoke_results_are_flagged(tmp_path):
     results = write_results(tmp_path, paper_runs=[paper_record(12, 0.3, benchmark=False)], benchmark=False)
-    section = mrr.render(mrr.Context(results, tmp_path / "README.md"))
+    section = mrr.render(mrr.Context(results, tmp_path), "quality")
     assert "NOT a benchmark" in section
 
 
 def test_splice_needs_markers_or_placeholder():
-    assert mrr.splice("a\n<!-- results:start -->\nold\n<!-- results:end -->\nb\n", "new\n") == (
-        "a\n<!-- results:start -->\nnew\n<!-- results:end -->\nb\n")
+    assert mrr.splice("a\n<!-- results:speed:start -->\nold\n<!-- results:speed:end -->\nb\n", "speed", "new\n") == (
+        "a\n<!-- results:speed:start -->\nnew\n<!-- results:speed:end -->\nb\n")
+    assert mrr.splice("a\nRESULTS_PLACEHOLDER:speed\nb\n", "speed", "new\n") == (
+        "a\n<!-- results:speed:start -->\nnew\n<!-- results:speed:end -->\nb\n")
     with pytest.raises(ValueError):
-        mrr.splice("no place for results\n", "new\n")
+        mrr.splice("no place for results\n", "speed", "new\n")
     with pytest.raises(ValueError):
-        mrr.splice("<!-- results:start -->\n", "new\n")
+        mrr.splice("<!-- results:speed:start -->\n", "speed", "new\n")
+    with pytest.raises(ValueError):  # another block's markers are not this one's
+        mrr.splice("<!-- results:quality:start -->\nold\n<!-- results:quality:end -->\n", "speed", "new\n")
+
+
+def test_every_block_in_exactly_one_file(tmp_path, capsys):
+    results = write_results(tmp_path, paper_runs=[paper_record(12, 0.62)])
+    docs = make_docs(tmp_path)
+    args = ["--root", str(tmp_path), "--results", str(results)]
+    # a block may move to another file (here the README): it is filled there
+    docs["speed"].write_text("no block here\n")
+    (tmp_path / "README.md").write_text("readme\n\nRESULTS_PLACEHOLDER:speed\n")
+    assert mrr.main(args) == 0 and mrr.main(args + ["--check"]) == 0
+    assert "### Hamming search speed" in (tmp_path / "README.md").read_text()
+    # in two files, or in none: refused, nothing written
+    docs["speed"].write_text("RESULTS_PLACEHOLDER:speed\n")
+    capsys.readouterr()
+    assert mrr.main(args) == 2 and "more than one file" in capsys.readouterr().err
+    assert docs["speed"].read_text() == "RESULTS_PLACEHOLDER:speed\n"
+    docs["speed"].write_text("\n")
+    (tmp_path / "README.md").write_text("readme\n")
+    assert mrr.main(args + ["--check"]) == 2 and "holds the block(s) speed" in capsys.readouterr().err
 
 
 def test_paper_merge_keeps_other_lengths_and_never_mixes_smoke(tmp_path):
@@ -286,7 +320,7 @@ def test_encode_throughput_smoke_on_a_subset(tmp_path, shared_data, monkeypatch,
 def test_train_throughput_times_the_step_dsh_train_runs(tmp_path, model):
     """train_throughput.py measures dsh.train.loop's own step: one epoch of its timed steps gives, step for step, the
     loss `dsh train` logs for that epoch with the same settings and seed (optimizer, schedule and all)."""
-    import train_throughput
+    from speed import train_throughput
 
     from dsh.config import TrainConfig
     from dsh.train.loop import train
@@ -306,7 +340,7 @@ def test_train_throughput_times_the_step_dsh_train_runs(tmp_path, model):
 def test_mosaic_benchmark_smoke(tmp_path, shared_data):
     """mosaic_mnist.py end to end on a small mosaic set of its own: multi-label training, encoding and the
     multi-label mAP, written as a smoke test (never as benchmark results)."""
-    import mosaic_mnist
+    from reproduce import mosaic_mnist
 
     from dsh.codes.codefile import load_codes
     from dsh.eval.metrics import mean_average_precision
@@ -327,7 +361,7 @@ def test_mosaic_benchmark_smoke(tmp_path, shared_data):
 def test_tta_views_are_the_shifted_and_mirrored_images_and_combine_as_documented():
     import numpy as np
     import torch
-    import tta_views
+    from reproduce import tta_views
 
     class Flat(torch.nn.Module):  # u = the image's pixels, so each view's u is the view itself
         def forward(self, x):

@@ -304,7 +304,7 @@ def test_streaming_folder_encode_and_resume(tmp_path, exported, digits_test, mon
 def test_onnx_equals_torch_on_real_images(dataset, shared_data, tmp_path):
     """On real test images, the ONNX export makes the codes of the torch model: >= 99.9% identical, u within 1e-4.
 
-    The weights are freshly initialised (a trained run is the benchmark's job, benchmarks/encode_throughput.py):
+    The weights are freshly initialised (a trained run is the benchmark's job, benchmarks/speed/encode_throughput.py):
     untrained outputs sit closer to 0, where a sign flip from rounding is likelier, so this is the harsher case."""
     import torch
 

@@ -1,7 +1,7 @@
 """The file loaders under hypothesis: random bytes, truncations, bit flips and overwritten runs of valid code files,
 index files, catalog files and checkpoints are refused with a one-line UserError naming the file, or load exactly
-the original content; never another exception, never a silently wrong load (see benchmarks/fuzz_loaders.py, which
-holds the files, the damage and the oracle, and runs many more examples).
+the original content; never another exception, never a silently wrong load (see
+benchmarks/reliability/fuzz_loaders.py, which holds the files, the damage and the oracle, and runs many more examples).
 
 "Silently wrong" for a code file (.npz): it loads, and some array (codes, nbits, labels, u, paths, class_names)
 differs from the one written. The zip container's CRC-32 of each array refuses flipped bits in array data and
@@ -21,7 +21,7 @@ from hypothesis import HealthCheck, assume, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import fuzz_loaders  # noqa: E402
+from reliability import fuzz_loaders  # noqa: E402
 
 # examples per loader and kind of damage; the whole file stays well under a minute on 2 cores
 EXAMPLES = {"codes": 700, "index": 700, "catalog": 700, "checkpoint": 700}

@@ -97,7 +97,7 @@ def test_layout_errors(tmp_path):
 
 def test_mnist_mosaic_script(tmp_path, shared_data):
     sys.path.insert(0, str(BENCH))
-    import make_mnist_mosaic as mm
+    from tools import make_mnist_mosaic as mm
 
     out = tmp_path / "mosaic"
     counts = {"train": 12, "test": 5, "database": 8}

@@ -287,7 +287,7 @@ def test_a_registered_model_and_protocol_appear_in_every_help_and_choice_without
     register_model("tinynet")(lambda nbits, in_channels, image_size: nn.Linear(1, nbits))
     protocols.register_protocol(protocols.Protocol("tinysplit", "a test's own split", "split"))
     monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import paper_cifar10
+    from reproduce import paper_cifar10
 
     def choices_of_flag(parser, flag):
         return next(a.choices for a in parser._actions if flag in a.option_strings)

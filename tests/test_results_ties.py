@@ -1,6 +1,6 @@
 """The published figures under the tie rule: ``make_readme_results.py --remake-metrics`` re-makes a results row from
-its code files (tie-aware mAP, the position figure kept beside it), and the README tables say which rule each
-figure uses. Small fake results folders and code files, seconds."""
+its code files (tie-aware mAP, the position figure kept beside it), and the docs' results tables say which rule
+each figure uses. Small fake results folders and code files, seconds."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
-import make_readme_results as mrr  # noqa: E402
+from tools import make_readme_results as mrr  # noqa: E402
 
 from dsh.codes.codefile import CodeFile, save_codes  # noqa: E402
 from dsh.eval.metrics import evaluate  # noqa: E402
@@ -30,7 +30,7 @@ def record(bits: int, map_: float, folder: str) -> dict:
         "n_database": 400, "train_seconds": 600.0, "images_per_second": 1000.0, "best_epoch": 3,
         "best_val_map": 0.5, "paper_map": 0.6157, "map_minus_paper": map_ - 0.6157, "map_over_paper": map_ / 0.6157,
         "preset": "cifar10-cpu", "config": {"model": "paper", "epochs": 4}, "machine": MACHINE,
-        "command": f"python benchmarks/paper_cifar10.py --bits {bits}", "query_file": f"{folder}/query.npz",
+        "command": f"python benchmarks/reproduce/paper_cifar10.py --bits {bits}", "query_file": f"{folder}/query.npz",
         "database_file": f"{folder}/database.npz",
     }
 
@@ -90,7 +90,7 @@ def test_remake_stores_tie_aware_map_and_keeps_the_position_figure(results):
     assert (root / "paper_cifar10" / "results.json").read_text() == before
 
     md = (root / "paper_cifar10" / "results.md").read_text()
-    section = mrr.render(mrr.Context(root, root.parent / "README.md"))
+    section = mrr.render(mrr.Context(root, root.parent), "quality")
     for text in (md, section):
         assert f"| 12 | 0 | {want.map:.4f} | 0.6157 |" in text
         # the position figure, then precision r<=2 (re-made too)
@@ -125,6 +125,6 @@ def test_remake_accepts_a_row_recorded_tie_aware_without_saying_so(results):
 
 def test_rows_with_codes_not_yet_remade_say_so(results):
     root, _ = results
-    section = mrr.render(mrr.Context(root, root.parent / "README.md"))
+    section = mrr.render(mrr.Context(root, root.parent), "quality")
     assert "| not re-made yet |" in section and "--remake-metrics" in section
     assert "mAP is tie-aware" not in section  # no row is tie-aware yet

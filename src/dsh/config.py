@@ -63,6 +63,21 @@ class TrainConfig:
     width: int | None = setting(None, "the network's base width where it has one (airbench: the first group, the "
                                       "others 4x; default: the network's own)")
     nbits: int = setting(12, "code length in bits")
+    # --- pretrained backbones (efficientnet-lite0/1/2, timm) ---
+    arch: str | None = setting(None, "the timm architecture of --model timm (any of timm.list_models(); default "
+                                     "efficientnet_lite0)")
+    weights: str | None = setting(None, "a pretrained backbone's starting weights: imagenet (the weights its package "
+                                        "ships), timm (timm's download: needs a network), a .safetensors or .pt file, "
+                                        "or none (random); default: imagenet")
+    tune: str | None = setting(None, "what trains on a pretrained backbone: head (the backbone frozen, its features "
+                                     "computed once and cached: seconds), top (also its last two stages) or all "
+                                     "(default: the model's, all)", choices=("head", "top", "all"))
+    input_size: int | None = setting(None, "the side a pretrained backbone resizes every image to inside itself "
+                                           "(default: the backbone's own, 224-260; smaller is faster)")
+    backbone_lr_scale: float | None = setting(None, "a pretrained backbone's learning rate as a share of --lr "
+                                                    "(default 0.1)")
+    head_epochs: int = setting(30, "epochs of fitting the hash head on cached backbone features before the backbone "
+                                   "trains too (tune top or all; 0: none)")
     # --- loss (DSH paper: m = 2 * nbits, alpha = 0.01) ---
     margin: float | None = setting(None, "DSH margin m on squared distances (default: 2 * nbits, as in the paper)")
     alpha: float = setting(0.01, "weight of the pull of every output towards +-1")
@@ -119,6 +134,10 @@ class TrainConfig:
         need(self.threads is None or self.threads >= 1, "threads", ">= 1 (or unset for torch's default)")
         need(self.image_size is None or self.image_size >= 1, "image_size", ">= 1")
         need(self.width is None or 1 <= self.width <= 4096, "width", "between 1 and 4096 (or unset)")
+        need(self.input_size is None or 32 <= self.input_size <= 1024, "input_size", "between 32 and 1024 (or unset)")
+        need(self.backbone_lr_scale is None or (0 <= self.backbone_lr_scale and math.isfinite(self.backbone_lr_scale)),
+             "backbone_lr_scale", "a finite number >= 0 (or unset)")
+        need(self.head_epochs >= 0, "head_epochs", ">= 0")
         need(self.val_size is None or self.val_size >= 0, "val_size", "a count >= 0 or a fraction in (0, 1)")
         need(self.protocol_seed >= 0 and self.seed >= 0, "seed" if self.seed < 0 else "protocol_seed", ">= 0")
         need(self.projector_samples >= 0, "projector_samples", ">= 0")
@@ -255,6 +274,33 @@ PRESETS: dict[str, dict[str, Any]] = {
         # digits: 2 px shifts as for MNIST, no flips (a mirrored digit is not a digit)
         "crop_padding": 2,
         "flip": False,
+        "amp": "off",
+    },
+    # ImageNet's EfficientNet-Lite0, frozen: the hash head alone on the backbone's cached features (seconds once the
+    # features are computed). Measured before dsh had it: features at 224 px and a 2-layer head trained 60 epochs on
+    # 5,000 CIFAR-10 images gave 0.726 mAP@all at 48 bits (0.680 at 128 px).
+    "cifar10-lite0-head": {
+        "model": "efficientnet-lite0",
+        "tune": "head",
+        "input_size": 224,
+        "epochs": 60,
+        "lr": 1e-3,
+        "batch_size": 128,
+        "amp": "off",
+    },
+    # EfficientNet-Lite0 fine-tuned after its head was fitted on frozen features, batch norm's ImageNet statistics
+    # kept (re-estimating them wrecked the features: 0.41 -> 0.14 in a probe): AdamW at 2e-4 over the whole network,
+    # one-cycle, 6 epochs at 128 px lifted 0.50 -> 0.79 (48 bits, a cifar10-1-like split) in 7.5 min on 2 cores.
+    "cifar10-lite0-finetune": {
+        "model": "efficientnet-lite0",
+        "tune": "all",
+        "input_size": 128,
+        "head_epochs": 30,
+        "epochs": 6,
+        "optimizer": "adamw",
+        "lr": 2e-4,
+        "backbone_lr_scale": 1.0,
+        "batch_size": 64,
         "amp": "off",
     },
     # The paper's network with batch norm: the recipe of the paper-network figures (issue 4's budget).

@@ -1,13 +1,6 @@
-"""The ``.npz`` code file written by ``dsh encode`` and read by ``dsh eval``, ``dsh report`` and ``dsh index``.
-
-Arrays in the file:
-
-- ``codes``: ``uint8[n, ceil(nbits/8)]``, packed as in :mod:`dsh.codes.bits`;
-- ``nbits``: ``int64`` scalar;
-- ``labels``: ``int64[n]`` class ids, or ``uint8[n, n_classes]`` multi-hot rows (similar = share a label);
-- ``u`` (optional): ``float32[n, nbits]``, the real outputs, written with ``--keep-u``;
-- ``paths`` (optional): ``str[n]``, the image file of each row when the codes came from an image folder;
-- ``class_names`` (optional): ``str[n_classes]``.
+"""The ``.npz`` code file written by ``dsh encode`` and read by ``dsh eval``, ``dsh report`` and ``dsh index``:
+``codes`` packed as in :mod:`dsh.codes.bits`, ``nbits``, and optionally ``labels``, ``u``, ``paths`` and
+``class_names``, every array checked when loaded. Its arrays: docs/FORMATS.md ("Code file").
 
 No torch here: anyone can write such a file with numpy alone.
 """

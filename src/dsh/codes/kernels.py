@@ -5,7 +5,7 @@ Every kernel works on codes as 64-bit words: ``X`` is ``uint64[n * W]``, row-maj
 the popcount of ``x ^ q`` over the words is the Hamming distance. Queries ``Q`` are ``uint64[nq, W]``.
 Kernels return *positions* (row numbers), never ids; the index maps positions to ids.
 
-Speed notes (measured on AMD EPYC Zen 4, see ``benchmarks/search.py``):
+Speed notes (measured on AMD EPYC Zen 4, see ``benchmarks/speed/search.py``):
 
 - Loops that must vectorise index with ``uint64``. Numba wraps negative signed indices, which makes LLVM emit
   gathers; with unsigned indices the chunk loop becomes ``vpxorq / vpopcntq / vpminuq`` over 8 codes at a time

@@ -1,10 +1,9 @@
 """Code files written in shards (one per process of a ``torchrun`` launch) and read back as one.
 
-``dsh encode --images FOLDER --out codes.npz`` under ``torchrun --nproc-per-node N`` (or with ``--shard I/N``) has
-process ``I`` encode its own contiguous slice of the sorted file list into ``codes-0000I-of-0000N.npz``. Wherever a
-code file is read (:func:`dsh.codes.codefile.load_codes`: ``dsh eval``, ``dsh index --codes``, ``dsh report``, ``dsh
-search --codes``), ``codes.npz`` that does not exist but whose complete shard set does is read as the shards
-joined in order, so the result is the file one process would have written. No torch here.
+Process ``I`` of ``N`` writes ``codes-0000I-of-0000N.npz``; wherever a code file is read
+(:func:`dsh.codes.codefile.load_codes`), a ``codes.npz`` that does not exist but whose complete shard set does is
+read as the shards joined in order, the file one process would have written (docs/FORMATS.md, "Shards"). No torch
+here.
 """
 
 from __future__ import annotations

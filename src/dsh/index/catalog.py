@@ -1,57 +1,18 @@
 """Per-item records that travel with a :class:`dsh.index.flat.HammingIndex`: labels, paths and user keys (no torch).
 
 A :class:`Catalog` holds ``n`` records aligned row by row with an index's rows (ascending id order), as columns,
-each optional:
-
-- ``labels``: ``int64[n]`` class ids (``-1`` = unlabelled), or ``uint8[n, C]`` multi-hot rows (0/1);
-- ``paths``: ``n`` strings (an image file per item);
-- ``keys``: ``n`` strings (any key of the user's, e.g. an application's own id);
-- ``class_names``: ``list[str]``, the names of the class ids (for multi-hot labels, one per column).
-
-Strings are kept as a :class:`StringColumn`, ``offsets int64[n + 1]`` + ``blob uint8[offsets[-1]]`` of UTF-8,
-so reading item ``i`` decodes that one slice and a memory-mapped column costs nothing until it is read.
+each optional: ``labels`` (class ids, ``-1`` = unlabelled, or multi-hot rows), ``paths``, ``keys`` (strings) and
+``class_names``. Strings are kept as a :class:`StringColumn` (offsets + a UTF-8 blob), so reading item ``i`` decodes
+that one slice and a memory-mapped column costs nothing until it is read.
 
 >>> cat = Catalog.from_columns(3, labels=[0, 2, -1], paths=["a.jpg", "b.jpg", "c.jpg"],
 ...                            class_names=["cat", "dog", "emu"])
 >>> cat.record(1)
 {'label': 2, 'class': 'emu', 'path': 'b.jpg'}
 
-A catalog is a value: ``take`` and ``concat`` return new catalogs and its arrays are read-only.
-
-File format (``save`` / ``load``), all integers little-endian, every section starting at a multiple of 64::
-
-    offset  size  field
-    0       8     magic b"DSHCATLG"
-    8       4     format version, uint32 = 1
-    12      4     header length, uint32 = 128
-    16      8     count n, uint64
-    24      4     label kind, uint32: 0 none, 1 class ids int64[n], 2 multi-hot uint8[n, C]
-    28      4     C, uint32, label columns (0 unless multi-hot)
-    32      8     flags, uint64: bit 0 paths present, bit 1 keys present (a reader refuses other bits)
-    40      8     ids offset              (ids int64[n], strictly ascending: the index rows this catalog is for)
-    48      8     labels offset           (0 when there are no labels)
-    56      8     path offsets offset     (int64[n + 1], offsets[0] = 0; 0 when there are no paths)
-    64      8     path blob offset        (uint8[path blob length], UTF-8)
-    72      8     path blob length
-    80      8     key offsets offset      (as for paths)
-    88      8     key blob offset
-    96      8     key blob length
-    104     8     JSON offset
-    112     8     JSON length m
-    120     8     reserved, 0
-    128     ...   the sections present, in the order above, each at the next multiple of 64 after the one
-                  before, zero padding between
-            m     a UTF-8 JSON object: {"uid": str, "class_names": [str, ...]}
-            4     CRC-32 (zlib) of every byte before it
-            4     end magic b"DSHE"
-
-The layout is a function of the header's counts and lengths, and a reader requires every offset to be exactly
-where that puts it. Written atomically (:func:`dsh.utils.fileio.atomic_write`); read without pickle; ``load`` refuses a
-file that is not a catalog, is truncated or padded, or whose checksum or structure is wrong, with a one-line
-:class:`dsh.errors.DataError` naming the file. With ``mmap=True`` the columns are read-only ``np.memmap`` views
-(empty ones are plain arrays, as an empty file region cannot be mapped).
-
-The ``uid`` is what an index file names to say "this catalog is mine"; :mod:`dsh.index.flat` also compares the ids.
+A catalog is a value: ``take`` and ``concat`` return new catalogs and its arrays are read-only. ``save`` / ``load``
+write and read the checksummed catalog file (``mmap=True``: read-only memory-mapped columns); its byte layout is in
+docs/FORMATS.md ("Catalog").
 """
 
 from __future__ import annotations

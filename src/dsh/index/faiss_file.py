@@ -5,24 +5,9 @@ written where ``faiss.read_index_binary`` loads it (needs the ``faiss`` extra; n
 >>> fidx = faiss.read_index_binary("db.faissbin")
 >>> D, I = fidx.search(queries, 10)                     # the distances HammingIndex.search gives
 
-dsh's packed codes are faiss's binary layout already (``uint8[n, ceil(nbits / 8)]``, least significant bit
-first), so they go in as they are. faiss wants a dimension that is a multiple of 8: a code of ``nbits`` not a
-multiple of 8 is stored with ``8 * ceil(nbits / 8)`` dimensions, its padding bits 0, which changes no distance.
-Where the ids are not ``0 .. n-1`` (a HammingIndex after a ``remove``, or ids of one's own) the index carries
-them (an ``IndexBinaryIDMap`` around a flat or hash index; an IVF index stores ids itself), so faiss returns
-dsh's ids. The catalog (labels, paths, keys) has no place in a faiss file and is not written.
-
-Kinds:
-
-- ``"flat"``: exhaustive and exact (faiss breaks ties at the k-th distance in an order of its own, so its ids
-  may differ from dsh's among equal distances; the distances do not).
-- ``"ivf"``: ``IndexBinaryIVF`` over a flat quantizer, ``nlist`` lists (default ``round(sqrt(n))``), trained by
-  faiss's binary k-means on at most ``256 * nlist`` codes drawn with a fixed seed; ``nprobe`` lists are searched
-  (default ``min(nlist, 16)``; set ``index.nprobe`` after reading: ``nprobe = nlist`` is exhaustive).
-- ``"hash"``: ``IndexBinaryHash`` on the first ``hash_bits`` bits (default ``min(nbits, 16)``), searching the
-  buckets within ``nflip`` bit flips (default 2; set ``index.nflip`` after reading).
-
-The file is written atomically (:func:`dsh.utils.fileio.atomic_write`).
+dsh's packed codes are faiss's binary layout already, so they go in as they are; the catalog is not written. The
+kinds (``"flat"``, ``"ivf"``, ``"hash"``), their defaults and how ids and odd code lengths are stored:
+docs/FORMATS.md ("faiss file"). The file is written atomically (:func:`dsh.utils.fileio.atomic_write`).
 """
 
 from __future__ import annotations

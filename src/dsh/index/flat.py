@@ -11,40 +11,11 @@ fast path; ``"faiss"``; ``"numpy"``, the slow obvious reference) returns the sam
 Ids are int64 >= 0 (``-1`` marks a missing result). The index keeps its codes in ascending id order, so that
 "ties by id" is "ties by position" inside the kernels; ``index.codes[i]`` is the code of ``index.ids[i]``.
 
-File format (``save`` / ``load``), all integers little-endian::
-
-    offset  size  field
-    0       8     magic  b"DSHINDEX"
-    8       4     format version, uint32 = 1
-    12      4     header length, uint32 = 64
-    16      4     nbits, uint32
-    20      4     bytes per code, uint32 = ceil(nbits / 8)
-    24      8     count n, uint64
-    32      8     flags, uint64 = 0 (reserved; a reader refuses flags it does not know)
-    40      8     codes offset, uint64, a multiple of 64 (so the codes can be memory-mapped and read as words)
-    48      8     ids offset, uint64 = codes offset + n * bytes per code, rounded up to a multiple of 64
-    56      8     metadata length m, uint64
-    64      ...   zero padding up to the codes offset
-            n*w   codes, uint8[n, w], the layout of dsh.codes.bits, rows in ascending id order
-            ...   zero padding up to the ids offset
-            8n    ids, int64[n], strictly ascending
-            m     metadata, a UTF-8 JSON object (the run, the source; see below for "catalog")
-            4     CRC-32 (zlib) of every byte before it
-            4     end magic b"DSHE"
-
-The file is written atomically (:func:`dsh.utils.fileio.atomic_write`). ``load`` refuses a file that is not an index,
-is truncated or padded, or whose checksum does not match, with a one-line :class:`dsh.utils.fileio.DataError`.
-
 Per-item records (labels, paths, user keys) live in ``index.catalog``, a :class:`dsh.index.catalog.Catalog` aligned row
 by row with the codes and kept in step by ``add``, ``remove`` and ``reset``; ``index.lookup(ids)`` reads them.
-``save`` writes the catalog to its own file beside the index, :func:`catalog_path` (``db.dshidx.catalog``), first,
-then the index, whose metadata names it: ``{"catalog": {"file": name, "uid": random hex, "count": n}}``. ``load``
-takes the catalog only if its uid and ids are the index's. The ``"catalog"`` metadata key belongs to ``save``.
-
-Older index files kept per-item ``labels`` / ``paths`` lists (and ``class_names``) in the metadata, in id order.
-``load`` builds the catalog from those lists that have one entry per item (others are left alone) and keeps the
-lists in ``metadata`` for readers that still use them; ``save`` with a catalog drops them, since the catalog then
-supersedes them and they would go stale after a ``remove``.
+``save`` writes the catalog beside the index (:func:`catalog_path`), then the index, which names it; ``load`` takes
+the catalog only if it is the index's. Both files are checksummed and written atomically; their byte layout is in
+docs/FORMATS.md ("Index file").
 """
 
 from __future__ import annotations

@@ -22,28 +22,7 @@ characters of ``[A-Za-z0-9._-]``; one process at a time may open it) or a server
 (``https://``, ``tcp://`` and ``unix:`` too); the same code serves both. A server's token comes from the
 environment, ``$DSH_MILVUS_TOKEN`` (``user:password`` or an API key), never from a command line.
 
-The collection, per item (one row per code; a column the catalog does not have holds its fill value)::
-
-    id          INT64, primary key        dsh's id (>= 0)
-    code        BINARY_VECTOR, dim = 8 * ceil(nbits / 8), the packed code as dsh.codes.bits lays it out (least
-                significant bit first, padding bits 0): byte and bit order do not change a Hamming distance
-    label       INT64                     class id, -1 = none
-    labels      JSON                      {"ids": [...]}: the label ids of a multi-hot row (filter with
-                                          json_contains(labels["ids"], 3); JSON inserts ~15x faster than an
-                                          ARRAY field in Milvus Lite)
-    class_name  VARCHAR                   the class id's name ("" = none), for filtering in Milvus itself
-    path        VARCHAR                   "" = none
-    key         VARCHAR                   "" = none
-
-index ``BIN_FLAT``, metric ``HAMMING``, consistency ``Strong``. What belongs to the whole index (nbits, which
-catalog columns it has, the label kind, the class names, the next default id, the user's ``metadata``) is one
-JSON row in the database's ``dsh_meta`` collection, keyed by the collection's name; a collection without a
-complete row there is not opened. Milvus Lite can neither rename a collection nor alter its properties, so
-:meth:`MilvusIndex.from_index` writes into the collection itself, marked incomplete until its last row is in; it
-drops what it wrote if anything fails, and a write killed half way leaves a collection that :meth:`open` refuses
-until it is written again with ``overwrite=True``. With ``overwrite`` the old collection is dropped before the new
-one is written.
-
+The collection's fields, the ``dsh_meta`` row and how a write is made safe: docs/FORMATS.md ("Milvus collection").
 Errors are one-line :class:`dsh.errors.DataError` (an unreachable server, a missing or foreign collection,
 another ``nbits``, a failed Milvus call) or :class:`dsh.errors.InputError` (a malformed URI or collection name,
 bad arrays), as HammingIndex's are.

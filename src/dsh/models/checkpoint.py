@@ -1,12 +1,8 @@
 """Checkpoints that load with nothing else: the model's name and arguments, the config, the normaliser.
 
-A run folder holds ``last.pt`` (written every epoch, used by ``--resume``), ``best.pt`` (the epoch with the best
-validation mAP, used by ``encode``/``search``), ``config.json`` and TensorBoard's ``tb/``. Files are written to a
-temporary name and renamed, so an interrupted write never replaces a good checkpoint with a broken one.
-
-A checkpoint carries a sha256 of its own content (:func:`content_digest`, under ``"digest"``): PyTorch's reader
-does not check the zip container's CRC-32, so without it a flipped bit in a weight (or in the pickled settings)
-would load silently as another value. Checkpoints written before the digest load as they did.
+Written atomically by ``dsh train`` as ``RUN/last.pt`` and ``RUN/best.pt``; read without running code
+(``weights_only``) and checked against the sha256 of their content (:func:`content_digest`) before the model is
+built. What a checkpoint holds: docs/FORMATS.md ("Checkpoints").
 """
 
 from __future__ import annotations

@@ -2,6 +2,7 @@
 
 A :class:`ModelInfo` travels inside every file dsh exports (the ONNX metadata, the safetensors header) as one JSON
 object, so a model file is usable on its own, without torch and without the run folder it came from. No torch here.
+Its keys: docs/FORMATS.md ("Model description").
 """
 
 from __future__ import annotations

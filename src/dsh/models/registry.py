@@ -38,6 +38,8 @@ import torchvision
 from torchvision.models.resnet import BasicBlock
 
 from ..errors import InputError
+from .heads import init_hash_layer
+from .pretrained import BACKBONES, DEFAULT_TIMM_ARCH
 
 __all__ = ["create_model", "list_models", "model_settings", "register_model"]
 
@@ -107,7 +109,8 @@ def create_model(
         raise InputError(f"model {name!r} has no setting {', '.join(unknown)}")
     model = _REGISTRY[name](nbits, in_channels, h if h == w else (h, w), **kwargs)
     image_size = h if h == w else [h, w]
-    config = {k: v for k, v in kwargs.items() if k != "weights_path"}
+    # the starting weights are not part of the architecture: a checkpoint carries its own
+    config = {k: v for k, v in kwargs.items() if k not in ("weights_path", "weights")}
     model.config = {"name": name, "nbits": nbits, "in_channels": in_channels, "image_size": image_size, **config}
     return model
 
@@ -118,16 +121,6 @@ def _as_hw(image_size) -> tuple[int, int]:
     if len(hw) != 2 or any(int(v) != v or int(v) < 1 for v in hw):
         raise ValueError(f"image_size must be S or (H, W) with sizes >= 1, got {image_size!r}")
     return int(hw[0]), int(hw[1])
-
-
-def _init_hash_layer(layer: nn.Linear, gain: float = 0.1) -> None:
-    # The loss pulls similar outputs together, pushes dissimilar ones to squared distance 2 * nbits, and pulls each
-    # output towards +-1. Starting small lets the pair terms shape the codes before the quantization term saturates
-    # them; starting at exactly 0 would give every image the same output and the layers below no gradient.
-    # std = gain / sqrt(fan_in) makes each output's std about gain times the RMS of the features (~1 for these
-    # backbones), so ~0.1 at init, whatever the feature width (128 to 2048).
-    nn.init.normal_(layer.weight, std=gain / layer.in_features**0.5)
-    nn.init.zeros_(layer.bias)
 
 
 # --------------------------------------------------------------------------------------------------- paper network
@@ -172,7 +165,7 @@ class PaperNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-        _init_hash_layer(self.hash)
+        init_hash_layer(self.hash)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.flatten(self.features(x), 1)  # (B, 64 * h * w); a copy when x is channels_last
@@ -242,7 +235,7 @@ class SmallResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         # Not zero-initialising each block's last BN (a common trick): it would leave the block's other weights
         # without gradient on the first step.
-        _init_hash_layer(self.hash)
+        init_hash_layer(self.hash)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.stages(self.stem(x)))  # (B, width, 1, 1)
@@ -293,7 +286,7 @@ class TorchvisionHashNet(nn.Module):
         features = self.backbone.fc.in_features
         self.backbone.fc = nn.Identity()
         self.hash = nn.Linear(features, nbits)
-        _init_hash_layer(self.hash)
+        init_hash_layer(self.hash)
         if weights_path is not None:
             _load_backbone(self.backbone, arch, weights_path, skip_conv1=self.small_input)
 
@@ -409,7 +402,7 @@ class AirbenchNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
         nn.init.zeros_(self.whiten.bias)
-        _init_hash_layer(self.hash)
+        init_hash_layer(self.hash)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.groups(self.act(self.whiten(x)))
@@ -478,3 +471,37 @@ def _airbench(nbits: int, in_channels: int, image_size, widths: tuple[int, ...] 
     if width is not None:
         widths = (int(width), 4 * int(width), 4 * int(width))
     return AirbenchNet(nbits, in_channels, image_size, widths=tuple(widths))
+
+
+# ------------------------------------------------------------------------------------- ImageNet-pretrained backbones
+
+
+def _pretrained(name: str):
+    """The builder of backbone ``name`` (dsh.models.pretrained; timm is imported when one is built)."""
+
+    def builder(nbits: int, in_channels: int, image_size, weights: str | None = None, input_size: int | None = None,
+                tune: str = "all", backbone_lr_scale: float = 0.1, head_hidden: int = 1024,
+                train_bn: bool = False) -> nn.Module:
+        from .pretrained import build
+
+        return build(name, nbits, in_channels, image_size, weights=weights, input_size=input_size, tune=tune,
+                     backbone_lr_scale=backbone_lr_scale, head_hidden=head_hidden, train_bn=train_bn)
+
+    return builder
+
+
+for _name in BACKBONES:
+    register_model(_name)(_pretrained(_name))
+
+
+@register_model("timm")
+def _timm_any(nbits: int, in_channels: int, image_size, arch: str = DEFAULT_TIMM_ARCH, weights: str | None = None,
+              input_size: int | None = None, tune: str = "all", backbone_lr_scale: float = 0.1,
+              head_hidden: int = 1024, train_bn: bool = False) -> nn.Module:
+    """Any timm architecture by name (``arch``, default ``efficientnet_lite0``), with a local weights file, timm's
+    own download (``weights="timm"``, for users with a network) or, for the EfficientNet-Lites, the packaged
+    ImageNet weights (``weights="imagenet"``)."""
+    from .pretrained import build
+
+    return build("timm", nbits, in_channels, image_size, arch=arch, weights=weights, input_size=input_size,
+                 tune=tune, backbone_lr_scale=backbone_lr_scale, head_hidden=head_hidden, train_bn=train_bn)

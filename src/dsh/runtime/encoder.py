@@ -7,8 +7,8 @@
 Images may be file paths, encoded bytes, ``PIL.Image`` objects or ``uint8`` arrays; what happens to their channels
 and sizes is the input policy of :mod:`dsh.utils.imageio` (resize to the trained size by default; ``resize=False``
 refuses other sizes). The network runs on onnxruntime where it is installed (1.4-2.2x torch eager on 2 CPU
-cores, benchmarks/encode_throughput.py) and on torch otherwise; ``backend=`` chooses. Importing this module does not
-import torch; only a checkpoint or a safetensors file does, when it is loaded.
+cores, benchmarks/speed/encode_throughput.py) and on torch otherwise; ``backend=`` chooses. Importing this module
+does not import torch; only a checkpoint or a safetensors file does, when it is loaded.
 """
 
 from __future__ import annotations

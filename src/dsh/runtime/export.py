@@ -1,7 +1,8 @@
 """Model files for deployment: ONNX (uint8 images in, ``u`` out, runs on onnxruntime without torch) and plain
 safetensors weights (no pickle), each carrying its :class:`dsh.models.modelinfo.ModelInfo`.
 
-``dsh export --run RUN --out MODEL.onnx`` (or ``MODEL.safetensors``) calls :func:`export_model`.
+``dsh export --run RUN --out MODEL.onnx`` (or ``MODEL.safetensors``) calls :func:`export_model`. What each file
+holds: docs/FORMATS.md ("Model files").
 """
 
 from __future__ import annotations

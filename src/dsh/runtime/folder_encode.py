@@ -3,7 +3,7 @@
 :func:`encode_folder` lists the folder (nothing decoded), then encodes it part by part (``part_size`` images) with
 :meth:`dsh.runtime.encoder.Encoder.iter_encode_files`. Each finished part is written at once to ``OUT.parts/``, so an
 interrupted encode loses at most the part in progress and ``resume=True`` continues from the parts on disk. At the
-end the parts are streamed into the ``.npz`` code file (:mod:`dsh.codes.codefile`'s layout) and the folder is removed.
+end the parts are streamed into the ``.npz`` code file and the folder is removed (both: docs/FORMATS.md).
 Memory holds the list of files, one part's codes and the decoded images in flight, never the whole collection.
 No torch here (an ONNX encoder encodes a folder without it).
 """

@@ -141,8 +141,11 @@ def validate(run: Run, state: Progress, record: dict[str, Any]) -> None:
     """Validation mAP (and the code spread) into ``record`` and TensorBoard; ``best.pt`` when it is the best so
     far."""
     val = run.data.val
-    val_map, val_u = validation_map(run.raw_model, val.images, val.labels, run.data.normalizer, run.device,
-                                    run.cfg.channels_last, tta_flip=run.cfg.tta_flip)
+    if run.cached_validation is not None:  # a head-only run: the head on the validation images' cached features
+        val_map, val_u = run.cached_validation.score(run.raw_model, val.labels.numpy(), run.cfg.nbits)
+    else:
+        val_map, val_u = validation_map(run.raw_model, val.images, val.labels, run.data.normalizer, run.device,
+                                        run.cfg.channels_last, tta_flip=run.cfg.tta_flip)
     record["val_map"] = val_map
     record.update(diagnostics.code_spread(val_u, val.labels.numpy(), run.cfg.nbits))
     if run.writer is not None:
@@ -251,7 +254,7 @@ def train(
             save_config(cfg, run_dir / "config.json")
 
         with ctx.local_master_first():  # ddp: one download and one dataset cache entry per machine
-            run, state = setup(cfg, run_dir, ctx.device, saved)
+            run, state = setup(cfg, run_dir, ctx.device, saved, world_size=ctx.world_size, log=log)
         if saved is not None:
             log(f"resuming {run_dir} at epoch {state.epoch + 2}/{cfg.epochs}")
         if ctx.ddp:
@@ -259,7 +262,7 @@ def train(
 
             run.batches = distributed.ShardedBatches(run.data.loader, ctx.rank, ctx.world_size)  # this rank's rows
             run.loss_fn = distributed.GlobalBatchLoss(run.loss_fn)  # the loss over every rank's rows
-            run.model = DDP(run.raw_model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
+            run.model = DDP(run.model, device_ids=[ctx.device.index] if ctx.device.type == "cuda" else None)
             run.world_size = ctx.world_size
         if ctx.master and cfg.tensorboard:
             run.writer = diagnostics.open_tensorboard(run_dir, purge_step=steps_done(run, state))

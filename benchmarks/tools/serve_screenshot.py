@@ -1,6 +1,6 @@
-"""The README's picture of the page: a live ``dsh serve`` on 127.0.0.1, a real query uploaded in headless Chromium.
+"""The docs' picture of the page: a live ``dsh serve`` on 127.0.0.1, a real query uploaded in headless Chromium.
 
-    python benchmarks/serve_screenshot.py --index runs/serve_load/index.dshidx --run RUN \\
+    python benchmarks/tools/serve_screenshot.py --index runs/serve_load/index.dshidx --run RUN \\
         --query ../shared/data/cifar10-jpeg/test/cat/0001.jpg --out benchmarks/results/serve_page.png
 
 Needs Playwright and Debian's chromium (``apt-get install chromium``), as the browser test does.
@@ -14,7 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from serve_load import free_port, wait_healthy
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+from speed.serve_load import free_port, wait_healthy  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

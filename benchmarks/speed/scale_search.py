@@ -1,6 +1,6 @@
 """Scaling out search: Milvus (Lite, or a server) against dsh's HammingIndex on the same codes and queries.
 
-    python benchmarks/scale_search.py --n 1000000 --bits 64 --queries 300 --threads 2 --out benchmarks/results
+    python benchmarks/speed/scale_search.py --n 1000000 --bits 64 --queries 300 --threads 2 --out benchmarks/results
 
 Writes ``n`` random ``nbits``-bit codes (``--data clustered``: near n/1000 centres, each bit flipped with
 probability ``--flip-p``) with a catalog (class labels and paths, as ``dsh index --images`` stores) into a Milvus
@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import common  # noqa: E402
 

@@ -1,25 +1,34 @@
-"""Write the README's "Results" section from the committed results files, so the README shows only what was run.
+"""Write the docs' generated results sections from the committed results files, so the docs show only what was run.
 
-    python benchmarks/make_readme_results.py            # rewrite README.md between the results markers
-    python benchmarks/make_readme_results.py --check    # exit 1 where README.md is not up to date
-    python benchmarks/make_readme_results.py --print    # print the section, write nothing
-    python benchmarks/make_readme_results.py --remake-metrics   # first re-make every row's figures from its codes
+    python benchmarks/tools/make_readme_results.py            # rewrite every generated section in place
+    python benchmarks/tools/make_readme_results.py --check    # exit 1 where a section is not up to date
+    python benchmarks/tools/make_readme_results.py --print    # print the sections, write nothing
+    python benchmarks/tools/make_readme_results.py --remake-metrics   # first re-make every row's figures from its codes
+
+The sections are named blocks (:data:`BLOCKS`): ``quality`` (retrieval quality: CIFAR-10, test-time views, MNIST,
+mosaics) and ``speed`` (training, search, encoding, serving and scale-out figures). Each lives in whichever Markdown
+file of the repository holds its markers, ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``: the
+files searched are ``README.md`` and ``docs/*.md`` under ``--root`` (default: this repository); today
+``docs/results.md`` and ``docs/speed.md``. Every block must be in exactly one file. Where a file has a line
+``RESULTS_PLACEHOLDER:NAME`` instead of the markers, it is replaced by them and the block. Written atomically.
 
 Reads, under ``--results`` (default ``benchmarks/results``), whichever exist of:
 
-- ``paper_cifar10/results.json`` (``benchmarks/paper_cifar10.py``): DSH on CIFAR-10 next to the paper's mAP;
-- ``seed_mnist/results.json`` (``benchmarks/seed_mnist.py``): the seed experiment with the preset ``mnist-cpu``,
-  its class table and figures; ``seed_mnist_defaults/results.json`` (``--preset none``): the same with the library's
-  plain defaults;
-- ``mosaic_mnist/results.json`` and ``mosaic_mnist_defaults/results.json`` (``benchmarks/mosaic_mnist.py``, preset
-  ``mosaic-cpu`` and ``--preset none``): multi-label training on MNIST mosaics;
-- ``tta_views.json`` / ``.md`` (``benchmarks/tta_views.py``): a trained run's mAP under more test-time views;
-- ``train_throughput.json`` / ``.md`` (``benchmarks/train_throughput.py``): training images/s;
-- ``search.json`` / ``.md`` (``benchmarks/search.py``), and the other scripts' ``STEM.json`` / ``.md``: search,
-  encoding, serving and scaling figures.
+- ``paper_cifar10/results.json`` (``benchmarks/reproduce/paper_cifar10.py``): DSH on CIFAR-10 next to the
+  paper's mAP;
+- ``seed_mnist/results.json`` (``benchmarks/reproduce/seed_mnist.py``): the seed experiment with the preset
+  ``mnist-cpu``, its class table and figures; ``seed_mnist_defaults/results.json`` (``--preset none``): the same
+  with the library's plain defaults;
+- ``mosaic_mnist/results.json`` and ``mosaic_mnist_defaults/results.json`` (``benchmarks/reproduce/mosaic_mnist.py``,
+  preset ``mosaic-cpu`` and ``--preset none``): multi-label training on MNIST mosaics;
+- ``tta_views.json`` / ``.md`` (``benchmarks/reproduce/tta_views.py``): a trained run's mAP under more test-time
+  views;
+- ``train_throughput.json`` / ``.md`` (``benchmarks/speed/train_throughput.py``): training images/s;
+- ``search.json`` / ``.md`` (``benchmarks/speed/search.py``), and the other speed scripts' ``STEM.json`` / ``.md``:
+  search, encoding, serving and scaling figures.
 
-Each table comes with the one-line command that re-makes it and the machine it was measured on; figures are
-embedded with paths relative to the README.
+Each table comes with the one-line command that re-makes it (run from the repository's root) and the machine it was
+measured on; figures are embedded with paths relative to the file that shows them.
 
 **Ties.** The mAP column is the tie-aware figure (``dsh.eval.metrics``' default ``ties="expected"``: the exact expected
 value when items at equal Hamming distance come in random order) for every row whose record says ``"ties":
@@ -28,8 +37,7 @@ value when items at equal Hamming distance come in random order) for every row w
 precision@k and the radius figures under both rules, and rewrites the row in ``results.json``, in its length's
 ``result.json`` and in ``results.md``; the old figure is kept as ``map_position_ties``. A row without its code files
 cannot be re-made, and its table says so. A missing results file gives a section that says "not yet run", with
-the command. The text between ``<!-- results:start -->`` and ``<!-- results:end -->`` is replaced; where those
-markers are absent, a line ``RESULTS_PLACEHOLDER`` is replaced by them and the section. Written atomically.
+the command.
 """
 
 from __future__ import annotations
@@ -42,27 +50,40 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
-import common
-import paper_cifar10
-import seed_mnist
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+import common  # noqa: E402
+from reproduce import paper_cifar10, seed_mnist  # noqa: E402
 
-START = "<!-- results:start -->"
-END = "<!-- results:end -->"
 PLACEHOLDER = "RESULTS_PLACEHOLDER"
-GENERATED = ("<!-- generated by benchmarks/make_readme_results.py from the files in benchmarks/results/: "
+GENERATED = ("<!-- generated by benchmarks/tools/make_readme_results.py from the files in benchmarks/results/: "
              "re-run it rather than editing by hand -->")
+DOCS = ("README.md", "docs/*.md")  # the files, under the repository's root, that may hold generated blocks
+
+
+def start_marker(name: str) -> str:
+    return f"<!-- results:{name}:start -->"
+
+
+def end_marker(name: str) -> str:
+    return f"<!-- results:{name}:end -->"
 
 
 class Context:
-    """Where the results are and where the README is (figure and file paths are written relative to it)."""
+    """Where the results are, the repository's root (commands are written relative to it, as they are run from
+    there) and the Markdown file a block goes into (figures are linked relative to its folder)."""
 
-    def __init__(self, results: Path, readme: Path):
+    def __init__(self, results: Path, root: Path, doc: Path | None = None):
         self.results = results
-        self.readme_dir = readme.resolve().parent
+        self.root = root.resolve()
+        self.doc_dir = (doc or root / "README.md").resolve().parent
 
     def rel(self, path: Path) -> str:
-        """``path`` relative to the README's folder, with forward slashes (as Markdown links want)."""
-        return Path(os.path.relpath(Path(path).resolve(), self.readme_dir)).as_posix()
+        """``path`` relative to the repository's root, with forward slashes: for command lines."""
+        return Path(os.path.relpath(Path(path).resolve(), self.root)).as_posix()
+
+    def link(self, path: Path) -> str:
+        """``path`` relative to the folder of the file that shows it: for Markdown links and images."""
+        return Path(os.path.relpath(Path(path).resolve(), self.doc_dir)).as_posix()
 
     def default_command(self, script: str, *args: str, out: str | None = None) -> str:
         parts = ["python", f"benchmarks/{script}", *args]
@@ -117,7 +138,7 @@ def demote_headings(markdown: str, levels: int = 3) -> list[str]:
 # ---------------------------------------------------------------------------------------------------------------
 # ties: which rule each mAP uses, and re-making the figures from the committed code files
 
-REMAKE_COMMAND = "python benchmarks/make_readme_results.py --remake-metrics"
+REMAKE_COMMAND = "python benchmarks/tools/make_readme_results.py --remake-metrics"
 POSITION_HEADER = "mAP, ties by position"
 
 
@@ -284,7 +305,8 @@ def remake_metrics(results_root: Path, log: Callable[[str], None] = print) -> in
 # sections
 
 
-# the CIFAR-10 results folders of benchmarks/paper_cifar10.py: (folder, heading, what it shows, its command's flags)
+# the CIFAR-10 results folders of benchmarks/reproduce/paper_cifar10.py:
+# (folder, heading, what it shows, its command's flags)
 CIFAR_TABLES = (
     ("paper_cifar10", "the DSH paper's protocol, preset cifar10-cpu (airbench network)",
      "DSH at 12, 24, 32, 48 and 64 bits, 10,000 test queries against the 50,000 training images, mAP@all, next to "
@@ -309,7 +331,7 @@ def paper_table_section(ctx: Context, folder: str, heading: str, what: str, flag
     title = f"CIFAR-10: {heading}"
     results = common.read_json(path)
     if not results or not results.get("runs"):
-        return not_yet_run(title, what, ctx.default_command("paper_cifar10.py", *flags, out=folder))
+        return not_yet_run(title, what, ctx.default_command("reproduce/paper_cifar10.py", *flags, out=folder))
     rows = common.sort_runs(results["runs"])
     first, base = rows[0], path.parent
     recheck = (f"dsh eval --query {ctx.rel(base / first['query_file'])} "
@@ -349,7 +371,7 @@ def seed_recipe_lines(ctx: Context, folder: str, detail: bool) -> list[str]:
         args = ["--preset", "none"] if preset is None else []
         return not_yet_run(title, "8-bit codes (and 16, 32): mAP, the class hash table and UMAP / t-SNE maps, "
                            "next to the seed's published table.",
-                           ctx.default_command("seed_mnist.py", *args, out=folder))
+                           ctx.default_command("reproduce/seed_mnist.py", *args, out=folder))
     rows = common.sort_runs(results["runs"])
     preset = results.get("preset")
     how = (f"`dsh train --dataset mnist --preset {preset}`" if preset
@@ -379,7 +401,7 @@ def seed_recipe_lines(ctx: Context, folder: str, detail: bool) -> list[str]:
         if r.get("figures"):
             lines += [f"Maps of the real outputs u of the test images, {r['bits']} bits, made by `{r['command']}`:",
                       "", " ".join(f"![{seed_mnist.map_name(f)} of u, MNIST test, {r['bits']} bits]"
-                                   f"({ctx.rel(path.parent / f)})" for f in r["figures"]), ""]
+                                   f"({ctx.link(path.parent / f)})" for f in r["figures"]), ""]
     return lines + common.machine_lines(rows)
 
 
@@ -408,7 +430,7 @@ def md_section(ctx: Context, stem: str, title: str, what: str, command: str,
     lines = [f"### {title}", "", what, "", *code_block([data.get("command") or command]), "",
              _machine_note(data), "", *demote_headings(md.read_text())]
     if image is not None and (ctx.results / image[0]).is_file():
-        lines += ["", f"![{image[1]}]({ctx.rel(ctx.results / image[0])})"]
+        lines += ["", f"![{image[1]}]({ctx.link(ctx.results / image[0])})"]
     return lines
 
 
@@ -416,31 +438,31 @@ def tta_section(ctx: Context) -> list[str]:
     return md_section(ctx, "tta_views", "Test-time views: flips and 1-pixel shifts",
                       "The test mAP of one trained run's codes when `u` is averaged over more views of each image "
                       "(dsh builds in only the flip).",
-                      ctx.default_command("tta_views.py", "--run", "RUN", "--threads", "2", out=""))
+                      ctx.default_command("reproduce/tta_views.py", "--run", "RUN", "--threads", "2", out=""))
 
 
 def throughput_section(ctx: Context) -> list[str]:
     return md_section(ctx, "train_throughput", "Training throughput",
                       "Training images/s of the CPU-sized models as `dsh train` runs a step (loader, augmentation, "
                       "forward, loss, backward, optimiser).",
-                      ctx.default_command("train_throughput.py", "--threads", "2", out=""))
+                      ctx.default_command("speed/train_throughput.py", "--threads", "2", out=""))
 
 
 def mosaic_section(ctx: Context) -> list[str]:
     what = ("DSH trained on multi-hot labels (similar = sharing a digit) and scored with the multi-label, tie-aware "
             "mAP@all.")
     return [*md_section(ctx, "mosaic_mnist/results", "MNIST 2x2 mosaics: multi-label training (preset mosaic-cpu)",
-                        what, ctx.default_command("mosaic_mnist.py", "--threads", "2")), "",
+                        what, ctx.default_command("reproduce/mosaic_mnist.py", "--threads", "2")), "",
             *md_section(ctx, "mosaic_mnist_defaults/results", "MNIST 2x2 mosaics: multi-label training (library "
-                        "defaults)", what, ctx.default_command("mosaic_mnist.py", "--preset", "none", "--threads", "2",
-                                                               out="mosaic_mnist_defaults"))]
+                        "defaults)", what, ctx.default_command("reproduce/mosaic_mnist.py", "--preset", "none",
+                                                               "--threads", "2", out="mosaic_mnist_defaults"))]
 
 
 def search_section(ctx: Context) -> list[str]:
     return md_section(ctx, "search", "Hamming search speed",
                       "`HammingIndex` (flat scan and multi-index hashing) against faiss `IndexBinaryFlat` and "
                       "`IndexBinaryMultiHash` in the same run, on random and clustered codes.",
-                      ctx.default_command("search.py", "--sizes", "1000000", "10000000", "--bits", "64", "128",
+                      ctx.default_command("speed/search.py", "--sizes", "1000000", "10000000", "--bits", "64", "128",
                                           "--queries", "1000", out=""))
 
 
@@ -449,13 +471,13 @@ def encode_section(ctx: Context) -> list[str]:
                       "Images/s and peak memory of `Encoder` on each backend (arrays in memory and JPEG files with "
                       "decoding), streaming folder encodes at two sizes, and ONNX-vs-torch code agreement on real "
                       "test images with trained runs.",
-                      ctx.default_command("encode_throughput.py", "--threads", "2", out=""))
+                      ctx.default_command("speed/encode_throughput.py", "--threads", "2", out=""))
 
 
 def serve_section(ctx: Context) -> list[str]:
     return md_section(ctx, "serve_load", "Serving under load", "`dsh serve` on 127.0.0.1 with concurrent clients "
                       "uploading real images; torch checkpoint and ONNX export side by side.",
-                      ctx.default_command("serve_load.py", "--run", "RUN", "--threads", "2", out=""),
+                      ctx.default_command("speed/serve_load.py", "--run", "RUN", "--threads", "2", out=""),
                       image=("serve_page.png", "the page of dsh serve: a CIFAR-10 test image and its nearest "
                                                "training images"))
 
@@ -463,59 +485,97 @@ def serve_section(ctx: Context) -> list[str]:
 def scale_train_section(ctx: Context) -> list[str]:
     return md_section(ctx, "scale_train", "Training with 1 and 2 processes", "`dsh train --nproc 2` (torchrun, "
                       "gloo on 127.0.0.1) against one process, the same global batch, on this 2-core machine.",
-                      ctx.default_command("scale_train.py", "--dataset", "mnist", "--epochs", "2", out=""),
+                      ctx.default_command("speed/scale_train.py", "--dataset", "mnist", "--epochs", "2", out=""),
                       image=("scale_train_loss.png", "loss curves of the same training with 1 and 2 processes"))
 
 
 def scale_section(ctx: Context) -> list[str]:
     return md_section(ctx, "scale_search", "Milvus Lite against HammingIndex", "Insert and search queries/s at "
                       "1M codes of 64 bits, exactness checked against `HammingIndex`.",
-                      ctx.default_command("scale_search.py", "--n", "1000000", "--bits", "64", out=""))
+                      ctx.default_command("speed/scale_search.py", "--n", "1000000", "--bits", "64", out=""))
 
 
-SECTIONS: list[Callable[[Context], list[str]]] = [paper_section, tta_section, seed_section, mosaic_section,
-                                                  throughput_section, search_section, encode_section, serve_section,
-                                                  scale_train_section, scale_section]
+# the generated blocks and their sections, in order
+BLOCKS: dict[str, list[Callable[[Context], list[str]]]] = {
+    "quality": [paper_section, tta_section, seed_section, mosaic_section],
+    "speed": [throughput_section, search_section, encode_section, serve_section, scale_train_section, scale_section],
+}
 
 
-def render(ctx: Context) -> str:
-    """The whole generated section (without the markers)."""
+def render(ctx: Context, block: str) -> str:
+    """One generated block (without its markers)."""
     lines = [GENERATED, "", "Re-make this section from the results files: "
-             "`python benchmarks/make_readme_results.py`.", ""]
-    for section in SECTIONS:
+             "`python benchmarks/tools/make_readme_results.py`.", ""]
+    for section in BLOCKS[block]:
         lines += section(ctx) + [""]
     return "\n".join(lines).rstrip() + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# README
+# the files that hold the blocks
 
 
-def splice(readme: str, section: str) -> str:
-    """``readme`` with the text between the markers (or the placeholder line) replaced by ``section``."""
-    block = f"{START}\n{section}{END}"
-    if START in readme and END in readme:
-        head, rest = readme.split(START, 1)
-        if END not in rest:
-            raise ValueError(f"README: {END} comes before {START}")
-        _, tail = rest.split(END, 1)
+def holds(text: str, name: str) -> bool:
+    """Whether ``text`` has a place for block ``name``: its markers or its placeholder line."""
+    return (start_marker(name) in text or end_marker(name) in text
+            or re.search(rf"^[ \t]*{PLACEHOLDER}:{re.escape(name)}[ \t]*$", text, re.MULTILINE) is not None)
+
+
+def splice(text: str, name: str, section: str) -> str:
+    """``text`` with block ``name`` (between its markers, or its placeholder line) replaced by ``section``."""
+    start, end = start_marker(name), end_marker(name)
+    block = f"{start}\n{section}{end}"
+    if start in text and end in text:
+        if text.count(start) != 1 or text.count(end) != 1:
+            raise ValueError(f"{start} or {end} appears more than once")
+        head, rest = text.split(start, 1)
+        if end not in rest:
+            raise ValueError(f"{end} comes before {start}")
+        _, tail = rest.split(end, 1)
         return head + block + tail
-    if START in readme or END in readme:
-        raise ValueError(f"README has only one of {START} and {END}")
-    pattern = re.compile(rf"^[ \t]*{PLACEHOLDER}[ \t]*$", re.MULTILINE)
-    if not pattern.search(readme):
-        raise ValueError(f"README has neither the markers {START} ... {END} nor a line {PLACEHOLDER}")
-    return pattern.sub(lambda _: block, readme, count=1)
+    if start in text or end in text:
+        raise ValueError(f"only one of {start} and {end}")
+    pattern = re.compile(rf"^[ \t]*{PLACEHOLDER}:{re.escape(name)}[ \t]*$", re.MULTILINE)
+    if not pattern.search(text):
+        raise ValueError(f"neither the markers {start} ... {end} nor a line {PLACEHOLDER}:{name}")
+    return pattern.sub(lambda _: block, text, count=1)
+
+
+def doc_files(root: Path) -> list[Path]:
+    """The Markdown files that may hold blocks: README.md and docs/*.md, in that order."""
+    return sorted({p for pattern in DOCS for p in root.glob(pattern) if p.is_file()},
+                  key=lambda p: (p.parent != root, p.as_posix()))
+
+
+def locate(root: Path) -> dict[str, Path]:
+    """Each block's file; a block that no file, or more than one, holds is an error."""
+    where: dict[str, list[Path]] = {name: [] for name in BLOCKS}
+    for path in doc_files(root):
+        text = path.read_text(encoding="utf-8")
+        for name in BLOCKS:
+            if holds(text, name):
+                where[name].append(path)
+    missing = [n for n, paths in where.items() if not paths]
+    if missing:
+        raise ValueError(f"no file under {root} ({', '.join(DOCS)}) holds the block(s) {', '.join(missing)}: "
+                         f"add {start_marker(missing[0])} ... {end_marker(missing[0])} or a line "
+                         f"{PLACEHOLDER}:{missing[0]}")
+    twice = {n: paths for n, paths in where.items() if len(paths) > 1}
+    if twice:
+        name, paths = next(iter(twice.items()))
+        raise ValueError(f"block {name} is in more than one file: {', '.join(str(p) for p in paths)}")
+    return {name: paths[0] for name, paths in where.items()}
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--readme", type=Path, default=common.repo_root() / "README.md", help="default: README.md")
+    p.add_argument("--root", type=Path, default=common.repo_root(),
+                   help="the repository whose README.md and docs/*.md hold the blocks (default: this one)")
     p.add_argument("--results", type=Path, default=common.repo_root() / "benchmarks" / "results",
                    help="default: benchmarks/results")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--check", action="store_true", help="write nothing; exit 1 where the README is out of date")
-    mode.add_argument("--print", dest="print_only", action="store_true", help="print the section, write nothing")
+    mode.add_argument("--check", action="store_true", help="write nothing; exit 1 where a block is out of date")
+    mode.add_argument("--print", dest="print_only", action="store_true", help="print the blocks, write nothing")
     p.add_argument("--remake-metrics", action="store_true",
                    help="first re-make every row's mAP (tie-aware, and by position beside it), precision@k and "
                         "radius figures from its committed code files, rewriting the results files")
@@ -530,27 +590,33 @@ def main(argv: list[str] | None = None) -> int:
                   file=sys.stderr)
             return 2
         print(f"re-made the figures of {remake_metrics(args.results)} rows from their code files")
-    section = render(Context(args.results, args.readme))
-    if args.print_only:
-        print(section, end="")
-        return 0
     try:
-        old = args.readme.read_text()
-        new = splice(old, section)
+        where = locate(args.root)
+        files: dict[Path, tuple[str, str]] = {}  # path -> (text as it is, text with the blocks re-made)
+        for name, path in where.items():
+            old, new = files.get(path) or (path.read_text(encoding="utf-8"),) * 2
+            section = render(Context(args.results, args.root, path), name)
+            if args.print_only:
+                print(f"{start_marker(name)}  ({path})\n{section}{end_marker(name)}")
+            files[path] = (old, splice(new, name, section))
     except (OSError, ValueError) as e:
         print(f"make_readme_results: error: {e}", file=sys.stderr)
         return 2
-    if args.check:
-        if new != old:
-            print(f"{args.readme} is out of date: run python benchmarks/make_readme_results.py", file=sys.stderr)
-            return 1
-        print(f"{args.readme} is up to date")
+    if args.print_only:
         return 0
-    if new != old:
-        common.write_text(args.readme, new)
-        print(f"wrote the results section of {args.readme}")
-    else:
-        print(f"{args.readme} already up to date")
+    stale = [path for path, (old, new) in files.items() if new != old]
+    if args.check:
+        for path in stale:
+            print(f"{path} is out of date: run python benchmarks/tools/make_readme_results.py", file=sys.stderr)
+        if stale:
+            return 1
+        print(f"up to date: {', '.join(str(p) for p in files)}")
+        return 0
+    for path in stale:
+        common.write_text(path, files[path][1])
+        print(f"wrote the results of {path}")
+    if not stale:
+        print(f"already up to date: {', '.join(str(p) for p in files)}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Load test of ``dsh serve``: a live server on 127.0.0.1, concurrent clients uploading real images.
 
-    python benchmarks/serve_load.py --run RUN --threads 2 --out benchmarks/results
+    python benchmarks/speed/serve_load.py --run RUN --threads 2 --out benchmarks/results
 
 The server holds an index of the CIFAR-10 (JPEG copy) training images (50,000, encoded with the run; built once and
 kept in ``--work``), and is started twice: with the run's checkpoint on torch (``--backend torch``) and with its
@@ -26,8 +26,9 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import common
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+import common  # noqa: E402
+import numpy as np  # noqa: E402
 
 STEM = "serve_load"
 TARGET_P99_MS = 100.0

@@ -7,7 +7,7 @@ loader with its augmentation, the model with its initialisation, the optimiser a
 or the library defaults, with the memory layout and bf16 autocast varied. Real images: MNIST (1x28x28) and the
 CIFAR-10 JPEG copy (3x32x32) from the shared data folder.
 
-    python benchmarks/train_throughput.py --threads 2 --out benchmarks/results
+    python benchmarks/speed/train_throughput.py --threads 2 --out benchmarks/results
 
 prints a Markdown table and writes `train_throughput.json` and `.md` into `--out`.
 """
@@ -22,10 +22,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+import common  # noqa: E402
 
-from dsh.config import TrainConfig, resolve_config
-from dsh.errors import UserError
+from dsh.config import TrainConfig, resolve_config  # noqa: E402
+from dsh.errors import UserError  # noqa: E402
 
 # (data, preset or None, settings over it): the networks `dsh train` offers for CPU training, each with the
 # settings it is trained with here

@@ -1,6 +1,6 @@
 """Encoding speed and memory of dsh's `Encoder` (torch eager against onnxruntime), and ONNX-vs-torch agreement.
 
-    python benchmarks/encode_throughput.py --threads 2 --out benchmarks/results
+    python benchmarks/speed/encode_throughput.py --threads 2 --out benchmarks/results
 
 Three parts, every figure from dsh's own calls:
 
@@ -38,11 +38,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+import common  # noqa: E402
+import numpy as np  # noqa: E402
 
-from dsh.utils.fileio import DataError
-from dsh.utils.threads import set_threads
+from dsh.utils.fileio import DataError  # noqa: E402
+from dsh.utils.threads import set_threads  # noqa: E402
 
 STEM = "encode_throughput"
 DEFAULT_OUT = "benchmarks/results"
@@ -670,7 +671,7 @@ def run_benchmark(args: argparse.Namespace, argv: list[str] | None) -> int:
     machine = {**common.machine_info(args.threads), "onnxruntime": onnxruntime.__version__,
                "load_average_start": load_start, "load_average_end": common.load_average()}
     command = (common.command_line() if argv is None  # called as a script
-               else shlex.join(["python", "benchmarks/encode_throughput.py", *argv]))
+               else shlex.join(["python", "benchmarks/speed/encode_throughput.py", *argv]))
     result = {**result, "command": command, "machine": machine, "threads": args.threads,
               "started": started, "finished": common.utc_now(), "total_seconds": time.perf_counter() - t_start,
               "settings": {k: getattr(args, k) for k in ("threads", "batch_size", "workers", "nbits", "repeats",

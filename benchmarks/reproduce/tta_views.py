@@ -11,7 +11,7 @@ scored with the tie-aware mAP@all, precision within radius 2 and precision@1000:
 
 Only ``flip`` is built into dsh (encode, export and serve); this script measures whether more would pay.
 
-    python benchmarks/tta_views.py --run RUN --threads 2 --out benchmarks/results
+    python benchmarks/reproduce/tta_views.py --run RUN --threads 2 --out benchmarks/results
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import common
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+import common  # noqa: E402
+import numpy as np  # noqa: E402
 
 # the four diagonal 1-pixel shifts, as (row, column) offsets into the image padded by one pixel on every side
 SHIFTS = {"up-left": (0, 0), "down-right": (2, 2), "up-right": (0, 2), "down-left": (2, 0)}

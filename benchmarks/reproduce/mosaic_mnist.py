@@ -5,9 +5,9 @@ seed 0: 20,000 train / 2,000 test / 20,000 database 56x56 images); each length i
 validation images carved from it choose the best epoch), then the test list is encoded as queries against the
 database list and scored with the multi-label, tie-aware mAP@all.
 
-    python benchmarks/mosaic_mnist.py --threads 2                  # 16, 32 and 48 bits, preset mosaic-cpu
-    python benchmarks/mosaic_mnist.py --bits 16 --set epochs=4     # any TrainConfig setting
-    python benchmarks/mosaic_mnist.py --preset none --out DIR      # the library defaults
+    python benchmarks/reproduce/mosaic_mnist.py --threads 2                  # 16, 32 and 48 bits, preset mosaic-cpu
+    python benchmarks/reproduce/mosaic_mnist.py --bits 16 --set epochs=4     # any TrainConfig setting
+    python benchmarks/reproduce/mosaic_mnist.py --preset none --out DIR      # the library defaults
 
 Writes ``DIR/bitsN/{run,query.npz,database.npz,result.json}`` and ``DIR/results.json`` / ``results.md``
 (default ``DIR``: ``benchmarks/results/mosaic_mnist``).
@@ -20,11 +20,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import common
-import make_mnist_mosaic
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+import common  # noqa: E402
+from tools import make_mnist_mosaic  # noqa: E402
 
-from dsh.config import parse_assignments, resolve_config
-from dsh.errors import DataError
+from dsh.config import parse_assignments, resolve_config  # noqa: E402
+from dsh.errors import DataError  # noqa: E402
 
 DEFAULT_OUT = "benchmarks/results/mosaic_mnist"
 SMOKE_OUT = "runs/smoke/mosaic_mnist"
@@ -76,7 +77,7 @@ def write_results(out: Path, runs: list[dict], fresh: bool) -> dict:
     benchmark = all(r["benchmark"] for r in runs)
     runs = common.with_earlier_runs(out, runs, fresh)
     results = {"benchmark": benchmark, "preset": runs[0].get("preset"), "dataset": runs[0]["dataset"],
-               "script": "benchmarks/mosaic_mnist.py", "command": runs[-1].get("command"),
+               "script": "benchmarks/reproduce/mosaic_mnist.py", "command": runs[-1].get("command"),
                "machine": runs[-1].get("machine"), "runs": common.sort_runs(runs)}
     common.write_json(out / "results.json", results)
     common.write_text(out / "results.md", markdown(results))

@@ -1,6 +1,6 @@
 """Search speed of dsh's HammingIndex against faiss, on random (and clustered) binary codes.
 
-    python benchmarks/search.py --sizes 1000000 10000000 --bits 64 128 --queries 1000 --out benchmarks/results
+    python benchmarks/speed/search.py --sizes 1000000 10000000 --bits 64 128 --queries 1000 --out benchmarks/results
 
 For each (n, nbits): build time, memory, kNN queries/s for k = 1, 10, 100 and radius-2 range queries/s, for
 dsh flat (numba scan), dsh MIH (multi-index hashing), faiss IndexBinaryFlat and faiss IndexBinaryMultiHash, all
@@ -16,18 +16,20 @@ import argparse
 import json
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
-import common
-import numba
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+import common  # noqa: E402
+import numba  # noqa: E402
+import numpy as np  # noqa: E402
 
-from dsh import HammingIndex
-from dsh.codes.hamming import pairwise_hamming_reference
-from dsh.index.mih import default_nsub, prefer_mih, split_bits
-from dsh.utils.cpu import cpu_model
-from dsh.utils.fileio import atomic_write
+from dsh import HammingIndex  # noqa: E402
+from dsh.codes.hamming import pairwise_hamming_reference  # noqa: E402
+from dsh.index.mih import default_nsub, prefer_mih, split_bits  # noqa: E402
+from dsh.utils.cpu import cpu_model  # noqa: E402
+from dsh.utils.fileio import atomic_write  # noqa: E402
 
 try:
     import faiss

@@ -13,9 +13,9 @@ and reports, per code length:
 - for 8 bits, UMAP and t-SNE maps of the real outputs ``u`` of the test images (PNG);
 - for 8 bits, a side-by-side with the seed's published facts.
 
-    python benchmarks/seed_mnist.py                  # mnist-cpu, 8, 16 and 32 bits -> benchmarks/results/seed_mnist
-    python benchmarks/seed_mnist.py --preset none    # the defaults -> benchmarks/results/seed_mnist_defaults
-    python benchmarks/seed_mnist.py --bits 8 --out DIR
+    python benchmarks/reproduce/seed_mnist.py               # mnist-cpu, 8, 16, 32 bits -> benchmarks/results/seed_mnist
+    python benchmarks/reproduce/seed_mnist.py --preset none # the defaults -> benchmarks/results/seed_mnist_defaults
+    python benchmarks/reproduce/seed_mnist.py --bits 8 --out DIR
 
 Per length ``N`` (seed 0; another seed ``S`` in ``DIR/bitsN_seedS``): the run in ``DIR/bitsN/run``,
 ``DIR/bitsN/query.npz`` (with ``u`` for the plotted lengths) and ``DIR/bitsN/database.npz`` (``dsh encode``'s files:
@@ -34,12 +34,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+import common  # noqa: E402
 
-from dsh.config import parse_assignments
-from dsh.errors import DataError
+from dsh.config import parse_assignments  # noqa: E402
+from dsh.errors import DataError  # noqa: E402
 
-SCRIPT = "benchmarks/seed_mnist.py"
+SCRIPT = "benchmarks/reproduce/seed_mnist.py"
 PREFERRED_PRESET = "mnist-cpu"
 RESULTS = "benchmarks/results"
 SMOKE_OUT = "runs/smoke/seed_mnist"

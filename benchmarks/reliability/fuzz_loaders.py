@@ -1,6 +1,6 @@
 """Fuzzing of dsh's file loaders: random bytes, truncations and bit flips of valid files, many examples each.
 
-    python benchmarks/fuzz_loaders.py --examples 20000 --out benchmarks/results
+    python benchmarks/reliability/fuzz_loaders.py --examples 20000 --out benchmarks/results
 
 Loaders: code files (``dsh.codes.codefile.load_codes``, ``.npz``), index files (``HammingIndex.load``), catalog files
 (``dsh.index.catalog.Catalog.load``) and checkpoints (``dsh.models.checkpoint.load_model``). Each example is a
@@ -292,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.examples < 1:
         p.error("--examples must be >= 1")
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from common import machine_info, utc_now, write_json
 
     started = utc_now()
     with tempfile.TemporaryDirectory(prefix="dsh-fuzz-") as tmp:
         result = run(args.examples, Path(tmp), args.seed, args.only)
-    result.update(started=started, machine=machine_info(), command="python benchmarks/fuzz_loaders.py " +
+    result.update(started=started, machine=machine_info(), command="python benchmarks/reliability/fuzz_loaders.py " +
                   " ".join(argv if argv is not None else sys.argv[1:]))
     print(table(result))
     for r in result["rows"]:

@@ -5,10 +5,10 @@ Protocol ``dsh-paper``: the 10,000 test images are the queries, the 50,000 train
 the model is trained from scratch on the training images (the validation images that choose the best epoch are
 carved from them; the test images choose nothing).
 
-    python benchmarks/paper_cifar10.py                                  # all five lengths
-    python benchmarks/paper_cifar10.py --bits 48 --seeds 0 1 2          # one length, three seeds
-    python benchmarks/paper_cifar10.py --bits 12 --out DIR              # one length
-    python benchmarks/paper_cifar10.py --protocol cifar10-1 --bits 48   # DeepHash-pytorch's split
+    python benchmarks/reproduce/paper_cifar10.py                                  # all five lengths
+    python benchmarks/reproduce/paper_cifar10.py --bits 48 --seeds 0 1 2          # one length, three seeds
+    python benchmarks/reproduce/paper_cifar10.py --bits 12 --out DIR              # one length
+    python benchmarks/reproduce/paper_cifar10.py --protocol cifar10-1 --bits 48   # DeepHash-pytorch's split
     dsh eval --query DIR/query.npz --database DIR/database.npz          # re-check its mAP
 
 ``--protocol cifar10-1``: DeepHash-pytorch's split (1,000 queries, 5,000 training images, 59,000 in the database),
@@ -40,11 +40,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+import common  # noqa: E402
 
-from dsh.config import choices_of, parse_assignments
-from dsh.errors import DataError
-from dsh.eval.metrics import PrecisionCurve
+from dsh.config import choices_of, parse_assignments  # noqa: E402
+from dsh.errors import DataError  # noqa: E402
+from dsh.eval.metrics import PrecisionCurve  # noqa: E402
+from dsh.utils.fileio import atomic_write  # noqa: E402
 
 # Table 2 of the DSH paper: mAP on CIFAR-10 (10,000 test queries vs 50,000 training images, mAP@all).
 PAPER_MAP = {12: 0.6157, 24: 0.6512, 36: 0.6607, 48: 0.6755}
@@ -56,16 +58,25 @@ REFERENCES = {
     "cifar10-1": ({48: 0.800}, "DeepHash-pytorch's DSH (AlexNet pretrained on ImageNet, on a GPU), 48 bits"),
 }
 PREFERRED_PRESET = "cifar10-cpu"
+PRETRAINED = ("efficientnet-lite0", "efficientnet-lite1", "efficientnet-lite2", "timm")
 BUDGET_SECONDS = 15 * 60  # the issue's budget: at most 15 minutes of training per length on 2 CPU cores
 TARGET_MAP = 0.85  # issue 11's bar for the modern recipe, at every length
 DEFAULT_BITS = (12, 24, 32, 48, 64)  # issue 11's lengths (the paper's table has 12, 24, 36, 48)
-SCRIPT = "benchmarks/paper_cifar10.py"
+SCRIPT = "benchmarks/reproduce/paper_cifar10.py"
 DEFAULT_OUT = "benchmarks/results/paper_cifar10"
 SMOKE_OUT = "runs/smoke/paper_cifar10"
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # data and settings
+
+
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Copy ``src`` to ``dst`` atomically (a reader never sees half a file)."""
+    import shutil
+
+    with open(src, "rb") as fin, atomic_write(dst) as fout:
+        shutil.copyfileobj(fin, fout)
 
 
 def find_source(data_root: str | None, jpeg_root: str | None) -> dict[str, str]:
@@ -119,7 +130,7 @@ def run_length(args: argparse.Namespace, nbits: int, seed: int, source: dict[str
         record = train_length(args, nbits, seed, source, length_dir, limits)
     if single:  # the issue's layout: DIR/query.npz and DIR/database.npz beside DIR/results.json
         for name in ("query.npz", "database.npz"):
-            common.copy_file(length_dir / name, out / name)
+            copy_file(length_dir / name, out / name)
     return record
 
 
@@ -256,7 +267,10 @@ def settings_lines(rows: list[dict]) -> list[str]:
     seen: dict[str, list[int]] = {}
     for r in rows:
         c = r["config"]
-        text = f"preset `{r.get('preset') or '(none)'}`: " + ", ".join(f"{k} {c.get(k)}" for k in keys)
+        # a pretrained backbone's settings, where the run has them (older records do not)
+        extra = [k for k in ("weights", "tune", "input_size", "head_epochs", "backbone_lr_scale")
+                 if k in c and c["model"] in PRETRAINED]
+        text = f"preset `{r.get('preset') or '(none)'}`: " + ", ".join(f"{k} {c.get(k)}" for k in (*keys, *extra))
         seen.setdefault(text, []).append(r["bits"])
     if len(seen) == 1:
         return [f"Settings: {next(iter(seen))}.", ""]

@@ -7,7 +7,7 @@ stay black; its labels are the set of digits present, multi-hot over the 10 clas
     OUT/train.txt  OUT/test.txt  OUT/database.txt  OUT/classes.txt  OUT/mosaic.json
     OUT/images/{train,test,database}/NNNNN.png      # lines: images/train/00000.png 0 1 0 0 0 0 0 1 0 0
 
-    python benchmarks/make_mnist_mosaic.py [--mnist ../shared/data] [--out ~/.cache/dsh/mnist-mosaic]
+    python benchmarks/tools/make_mnist_mosaic.py [--mnist ../shared/data] [--out ~/.cache/dsh/mnist-mosaic]
     dsh train --dataset list --data-root ~/.cache/dsh/mnist-mosaic ...
 
 Defaults: 20,000 train / 2,000 test / 20,000 database mosaics. Train and database mosaics are made of MNIST's
@@ -48,7 +48,7 @@ def default_out() -> Path:
 
 
 def default_mnist() -> Path:
-    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+    return Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
 
 def mosaics(digits: np.ndarray, labels: np.ndarray, n: int, rng: np.random.Generator

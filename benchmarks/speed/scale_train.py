@@ -1,6 +1,6 @@
 """Scaling out training: the same run with 1 and with 2 processes on this machine (``dsh train --nproc``).
 
-    python benchmarks/scale_train.py --dataset mnist --epochs 2 --threads 2 --out benchmarks/results
+    python benchmarks/speed/scale_train.py --dataset mnist --epochs 2 --threads 2 --out benchmarks/results
 
 Each world size trains the same settings into its own run folder through the command line (``dsh train``; with
 ``--nproc 2``, torchrun's launcher, gloo on 127.0.0.1), ``--threads`` cores shared among the processes. Reported:
@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-import common
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
+import common  # noqa: E402
 
 STEM = "scale_train"
 

@@ -1,0 +1,1 @@
+"""Tools: the docs' results generator, the mosaic data maker, the serve page screenshot."""

@@ -21,7 +21,7 @@ import pytest
 import torch
 from conftest import write_digit_folder
 
-from dsh.cli.commands import main
+from dsh.cli import main
 from dsh.codes.codefile import CodeFile, load_codes, save_codes
 from dsh.errors import UserError
 from dsh.index.flat import HammingIndex

@@ -90,7 +90,7 @@ def test_a_crafted_checkpoint_is_refused_and_its_code_does_not_run(tmp_path):
 
 
 def test_cli_refuses_a_crafted_checkpoint(tmp_path, capsys):
-    from dsh.cli.commands import main
+    from dsh.cli import main
 
     model = create_model("paper", 8, in_channels=1, image_size=28)
     marker = tmp_path / "code-ran"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsh.cli.commands import main
+from dsh.cli import main
 from dsh.codes.codefile import load_codes
 from dsh.codes.hamming import pairwise_hamming
 

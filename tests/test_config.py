@@ -98,7 +98,7 @@ def test_the_command_line_reads_settings_as_the_config_module_does(capsys):
     names work, and a bad value is one line naming the setting."""
     import dataclasses
 
-    from dsh.cli.commands import build_parser, main
+    from dsh.cli import build_parser, main
     from dsh.config import ALIASES, TrainConfig, choices_of, help_of
 
     train = build_parser()._subparsers._group_actions[0].choices["train"]

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from dsh.cli.commands import main
+from dsh.cli import main
 from dsh.config import TrainConfig
 from dsh.errors import ConfigError
 from dsh.train.distributed import GlobalBatchLoss, ShardedBatches, check_batch_size, global_batch

@@ -227,7 +227,7 @@ import sys
 sys.modules["torch"] = None  # any `import torch` now raises ImportError
 sys.modules["torchvision"] = None
 from dsh.runtime.encoder import Encoder
-from dsh.cli.commands import main
+from dsh.cli import main
 enc = Encoder.from_file({str(exported / "model.onnx")!r})
 u, codes = enc.encode(sorted(__import__("glob").glob({str(folder)!r} + "/*/*.png")))
 assert u.shape == (40, 8), u.shape
@@ -341,7 +341,7 @@ def test_onnx_equals_torch_on_real_images(dataset, shared_data, tmp_path):
 def test_sharded_encoding_reads_back_as_one_file(tmp_path, exported, capsys):
     """Shards written by separate processes (--shard I/N, or torchrun's RANK/WORLD_SIZE) read as the one file a
     single process writes: by dsh eval and dsh index alike."""
-    from dsh.cli.commands import main
+    from dsh.cli import main
     from dsh.codes.codefile import load_codes
     from dsh.errors import DataError
 

@@ -9,7 +9,7 @@ import pytest
 
 faiss = pytest.importorskip("faiss", reason="faiss is not installed: pip install 'dsh[faiss]'")
 
-from dsh.cli.commands import main  # noqa: E402
+from dsh.cli import main  # noqa: E402
 from dsh.codes.codefile import CodeFile, save_codes  # noqa: E402
 from dsh.errors import InputError  # noqa: E402
 from dsh.index.faiss_file import to_faiss, write_faiss  # noqa: E402

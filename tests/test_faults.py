@@ -1,7 +1,7 @@
 """Faults of the real commands: ``kill -9`` of ``dsh train`` (mid-step and mid-checkpoint), of ``dsh index`` and of
 ``dsh encode --images`` mid-write, and two trainings into one folder at once.
 
-Each command runs as a subprocess (``python -c`` running ``dsh.cli.commands.main`` with a hook that announces a chosen
+Each command runs as a subprocess (``python -c`` running ``dsh.cli.main`` with a hook that announces a chosen
 moment and waits there, so that the kill lands where the test wants it and not by timing luck). What must hold:
 the previous file is intact, a ``--resume`` / the next run ends exactly as an uninterrupted run and leaves no
 temporary behind, and a run folder is never trained into by two processes.
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from dsh.cli.commands import main
+from dsh.cli import main
 
 TRAIN = ["train", "--dataset", "digits", "--bits", "8", "--epochs", "3", "--batch-size", "64", "--no-tensorboard",
          "--quiet"]
@@ -28,7 +28,7 @@ KILL_POINT = "dsh-test: kill me now"
 WRAPPER = """
 import contextlib, sys, time
 {hook}
-from dsh.cli.commands import main
+from dsh.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -504,7 +504,7 @@ def test_harmonic_difference_is_accurate():
 
 
 def test_cli_eval_ties(tmp_path, capsys):
-    from dsh.cli.commands import main
+    from dsh.cli import main
     from dsh.codes.codefile import CodeFile, save_codes
 
     rng = np.random.default_rng(4)

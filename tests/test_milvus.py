@@ -17,7 +17,7 @@ pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (or need
                     "pip install 'dsh[milvus]'")
 
 import dsh.index.milvus as mi  # noqa: E402
-from dsh.cli.commands import main  # noqa: E402
+from dsh.cli import main  # noqa: E402
 from dsh.codes.codefile import CodeFile, save_codes  # noqa: E402
 from dsh.errors import DataError, InputError  # noqa: E402
 from dsh.index.flat import HammingIndex  # noqa: E402

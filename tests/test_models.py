@@ -228,7 +228,7 @@ def test_training_builds_the_width_it_is_given(tmp_path):
 
 
 def test_a_width_for_a_model_without_one_is_refused_by_its_flag_before_any_data_is_read(tmp_path, capsys):
-    from dsh.cli.commands import main
+    from dsh.cli import main
     from dsh.models.registry import model_settings
 
     assert model_settings("airbench") == ("widths", "width") and model_settings("paper") == ("batch_norm",)
@@ -279,7 +279,7 @@ def test_a_registered_model_and_protocol_appear_in_every_help_and_choice_without
     from pathlib import Path
 
     import dsh.data.protocols as protocols
-    from dsh.cli.commands import build_parser
+    from dsh.cli import build_parser
     from dsh.config import TrainConfig
 
     monkeypatch.setattr(models, "_REGISTRY", dict(models._REGISTRY))
@@ -301,3 +301,13 @@ def test_a_registered_model_and_protocol_appear_in_every_help_and_choice_without
     bench = paper_cifar10.build_parser()
     assert "tinynet" in choices_of_flag(bench, "--model") and "tinysplit" in choices_of_flag(bench, "--protocol")
     TrainConfig(model="tinynet", protocol="tinysplit").validate()  # and the config accepts them
+
+
+def test_the_names_the_help_lists_without_torch_are_the_registry_s():
+    """``dsh --help`` and the config checks read the model names from dsh.models.names, without importing the
+    registry: a model registered here and not named there would be missing from them."""
+    from dsh.config import choices_of
+    from dsh.models.names import MODEL_NAMES
+
+    assert list(MODEL_NAMES) == list_models()
+    assert list(choices_of("model")) == list_models()  # the registry's own names, once it is loaded

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import train_digits_run, write_digit_folder
 
-from dsh.cli.commands import main
+from dsh.cli import main
 from dsh.codes.hamming import pairwise_hamming
 from dsh.errors import InputError
 from dsh.index.flat import HammingIndex

@@ -17,7 +17,7 @@ from conftest import write_digit_folder  # noqa: E402
 from fastapi.testclient import TestClient  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from dsh.cli.commands import main  # noqa: E402
+from dsh.cli import main  # noqa: E402
 from dsh.runtime.encoder import Encoder  # noqa: E402
 from dsh.runtime.searcher import Searcher  # noqa: E402
 from dsh.serve import ServeSettings, create_app  # noqa: E402

@@ -43,7 +43,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> Non
 def live_server(tmp_path_factory, digits_run):
     from conftest import write_digit_folder
 
-    from dsh.cli.commands import main
+    from dsh.cli import main
 
     root = tmp_path_factory.mktemp("browser")
     folder = root / "imgs"

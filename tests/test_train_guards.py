@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from dsh.cli.commands import main
+from dsh.cli import main
 
 COMMON = ["--bits", "8", "--epochs", "1", "--no-tensorboard", "--quiet"]
 

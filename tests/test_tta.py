@@ -169,7 +169,7 @@ def test_validation_with_tta_scores_the_mean_codes(tta_run):
 
 
 def test_cli_tta_flag_overrides_the_run(tta_run, tmp_path):
-    from dsh.cli.commands import main
+    from dsh.cli import main
 
     assert main(["export", "--run", str(tta_run), "--out", str(tmp_path / "p.onnx"), "--no-tta-flip"]) == 0
     assert not Encoder.from_file(tmp_path / "p.onnx", tta_flip=False).tta_flip

@@ -196,13 +196,16 @@ def reference_map(protocol: str) -> dict[int, float]:
 def describe(rows: list[dict]) -> str:
     protocol = protocol_of(rows)
     source = REFERENCES.get(protocol, ({}, "none"))[1]
+    c = rows[0]["config"]
+    start = (f"started from ImageNet weights ({c['model']}, tune {c.get('tune') or 'all'})"
+             if c["model"] in PRETRAINED else "trained from scratch")
     if protocol == PROTOCOL:
         return (f"{rows[0]['n_queries']:,} test queries against {rows[0]['n_database']:,} training images as the "
-                f"database, mAP@all; trained from scratch. Paper: {source}.")
+                f"database, mAP@all; {start}. Paper: {source}.")
     from dsh.data.protocols import get_protocol
 
     return (f"Protocol `{protocol}`: {get_protocol(protocol).description} Here {rows[0]['n_queries']:,} queries "
-            f"against {rows[0]['n_database']:,}; trained from scratch. Reference: {source}.")
+            f"against {rows[0]['n_database']:,}; {start}. Reference: {source}.")
 
 
 def table_lines(rows: list[dict]) -> list[str]:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import math
 import os
+import sys
 import typing
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -27,9 +28,14 @@ def setting(default: Any, help: str, choices: tuple[str, ...] | Callable[[], lis
 
 
 def _models() -> list[str]:
-    from .models.registry import list_models  # the model registry is the one list of model names
+    """The registry's names where it is loaded (a program that registered a model of its own has loaded it), else
+    the names dsh registers, read without torch, so that a flag's help or a config check does not import it."""
+    registry = sys.modules.get("dsh.models.registry")
+    if registry is not None:
+        return registry.list_models()
+    from .models.names import MODEL_NAMES
 
-    return list_models()
+    return list(MODEL_NAMES)
 
 
 def _protocols() -> list[str]:
@@ -39,7 +45,7 @@ def _protocols() -> list[str]:
 
 
 def _datasets() -> list[str]:
-    from .data.datasets import DATASETS
+    from .data.names import DATASETS
 
     return list(DATASETS)
 
@@ -434,7 +440,8 @@ def resolve_config(
     config_file: str | os.PathLike | None = None,
     preset: str | None = None,
 ) -> TrainConfig:
-    """defaults < preset < config file < overrides (values that are None in ``overrides`` are ignored)."""
+    """defaults < the model's own defaults (a pretrained backbone's recipe) < preset < config file < overrides
+    (values that are None in ``overrides`` are ignored)."""
     data: dict[str, Any] = {}
     if preset is not None:
         if preset not in PRESETS:
@@ -447,6 +454,15 @@ def resolve_config(
         from_file = {str(k) for k in file_data}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     data.update(given)
+    model = data.get("model", TrainConfig.model)
+    if isinstance(model, str):
+        from .models.registry import train_defaults
+
+        defaults = train_defaults(model)
+        if defaults and data.get("dataset") in ("folder", "list") and data.get("image_size") is None:
+            # photos of every size are decoded once at the size the backbone sees, not kept at full size
+            defaults["image_size"] = data.get("input_size", defaults["input_size"])
+        data = {**defaults, **data}
     try:
         return TrainConfig.from_dict(data, source=str(config_file or "settings")).validate()
     except ConfigError as e:

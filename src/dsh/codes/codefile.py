@@ -45,6 +45,15 @@ class CodeFile:
             return np.zeros(len(self), bool)
         return self.labels.any(axis=1) if self.multi_label else self.labels >= 0
 
+    def drop_unlabelled(self, name: str) -> tuple["CodeFile", int]:
+        """The rows with a label, and how many had none: an unlabelled row (class -1, or a multi-hot row with no
+        label) would count as a class of its own when codes are judged. ``name`` (the file) is in the one-line
+        :class:`DataError` raised where no row has a label."""
+        keep = self.labelled()
+        if not keep.any():
+            raise DataError(f"{name}: no row has a label (-1 marks an unlabelled image), so nothing can be judged")
+        return self.subset(keep), int((~keep).sum())
+
     def subset(self, rows: np.ndarray) -> "CodeFile":
         """The rows selected by ``rows`` (a boolean mask or indices), every per-row array alike."""
         def pick(a):

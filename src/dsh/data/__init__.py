@@ -23,7 +23,7 @@ __getattr__ = lazy_exports(__name__, {
     "Augment": "augment",
     "default_augment": "augment",
     "cache_dir": "cache",
-    "DATASETS": "datasets",
+    "DATASETS": "names",
     "SPLITS": "datasets",
     "load_split": "datasets",
     "resize_images": "datasets",

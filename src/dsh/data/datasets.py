@@ -15,8 +15,8 @@ from .cache import cache_dir as resolve_cache_dir
 from .cache import cached, file_fingerprint
 from .folder import read_folder, scan_folder
 from .imageset import ImageSet, carve_val
+from .names import DATASETS
 
-DATASETS = ("digits", "mnist", "cifar10", "folder", "list")
 SPLITS = ("train", "val", "fit", "test")
 # the list dataset also has a retrieval database split (DeepHash-pytorch's database.txt)
 LIST_SPLITS = SPLITS + ("database",)

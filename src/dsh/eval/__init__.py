@@ -4,6 +4,7 @@ multi-hot rows), the class hash table, and the plots and 2-D maps (imported on f
 from __future__ import annotations
 
 from ..utils.lazy import lazy_exports
+from .codefiles import class_table_of, evaluate_files
 from .metrics import Evaluation, evaluate, mean_average_precision, precision_at_k, precision_at_radius
 from .report import ClassTable, class_code_table, format_markdown
 
@@ -17,7 +18,9 @@ __all__ = [
     "ClassTable",
     "Evaluation",
     "class_code_table",
+    "class_table_of",
     "evaluate",
+    "evaluate_files",
     "format_markdown",
     "mean_average_precision",
     "plot_pr_curve",

@@ -34,7 +34,9 @@ from ..codes.bits import check_codes, nbytes_for
 from ..codes.hamming import pairwise_hamming_reference
 from ..errors import InputError
 from ..utils.fileio import END_MARKER, TRAILER, DataError, atomic_write, check_trailer, read_header
+from .base import check_k, check_new_ids, check_radius, check_whole
 from .catalog import Catalog, catalog_path
+from .faiss_file import knn_exact, range_exact
 from .mih import MIHTables, prefer_mih
 
 __all__ = ["HammingIndex", "ENGINES", "catalog_path"]
@@ -54,22 +56,6 @@ def _align(x: int) -> int:
     return -(-x // _ALIGN) * _ALIGN
 
 
-def check_new_ids(ids, n: int) -> np.ndarray:
-    """Ids given for ``n`` new codes -> ``int64[n]``: 1-D, integers, >= 0 and distinct, else a one-line
-    :class:`InputError` (every index kind, e.g. :class:`dsh.index.milvus.MilvusIndex`, takes ids by these rules)."""
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or ids.shape[0] != n:
-        raise InputError(f"ids must be 1-D with one id per code ({n}), got shape {ids.shape}")
-    if n and ids.dtype.kind not in "iu":
-        raise InputError(f"ids must be integers, got dtype {ids.dtype}")
-    ids = ids.astype(np.int64)
-    if n and ids.min() < 0:
-        raise InputError("ids must be >= 0 (-1 marks a missing result)")
-    if np.unique(ids).shape[0] != n:
-        raise InputError("ids contain duplicates")
-    return ids
-
-
 class HammingIndex:
     """Exact search over ``nbits``-bit packed codes ``uint8[n, ceil(nbits / 8)]``.
 
@@ -79,8 +65,7 @@ class HammingIndex:
     """
 
     def __init__(self, nbits: int, engine: str = "auto"):
-        if isinstance(nbits, bool) or int(nbits) != nbits or int(nbits) < 1:
-            raise InputError(f"nbits must be a positive integer, got {nbits!r}")
+        nbits = check_whole("nbits", nbits, 1)
         if engine not in ENGINES:
             raise InputError(f"engine must be one of {', '.join(ENGINES)}; got {engine!r}")
         if engine == "faiss":
@@ -153,6 +138,16 @@ class HammingIndex:
 
     def __repr__(self) -> str:
         return f"HammingIndex(nbits={self._nbits}, ntotal={self.ntotal}, engine={self._engine!r})"
+
+    def close(self) -> None:
+        """Nothing to let go of (a memory-mapped index is unmapped when no array refers to it); here so that
+        every :class:`dsh.index.base.Index` closes alike."""
+
+    def __enter__(self) -> "HammingIndex":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def reset(self) -> None:
         """Remove everything (metadata stays; a catalog keeps its columns and class names, with no rows)."""
@@ -253,9 +248,7 @@ class HammingIndex:
         (distance, id). Where the index holds fewer than ``k`` codes, the missing tail is ``D = -1``, ``I = -1``.
         """
         q = self._queries(q)
-        if isinstance(k, bool) or int(k) != k or int(k) < 1:
-            raise InputError(f"k must be an integer >= 1, got {k!r}")
-        k = int(k)
+        k = check_k(k)
         nq, n = q.shape[0], self.ntotal
         D = np.full((nq, k), -1, np.int32)
         P = np.full((nq, k), -1, np.int64)
@@ -281,11 +274,9 @@ class HammingIndex:
         estimates it pays, see :func:`dsh.index.mih.prefer_mih`). All give the same result.
         """
         q = self._queries(q)
-        if isinstance(radius, bool) or int(radius) != radius or int(radius) < 0:
-            raise InputError(f"radius must be an integer >= 0, got {radius!r}")
+        radius = check_radius(radius)
         if method not in ("auto", "mih", "flat"):
             raise InputError(f"method must be 'auto', 'mih' or 'flat', got {method!r}")
-        radius = int(radius)
         nq, n = q.shape[0], self.ntotal
         if nq == 0 or n == 0:
             return np.zeros(nq + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
@@ -352,32 +343,10 @@ class HammingIndex:
         return self._faiss
 
     def _faiss_knn(self, q, k):
-        """faiss's heap keeps the k smallest distances but picks arbitrary codes among ties at the k-th distance
-        ``t``. So ask for ``k2 > k`` results: once the ``k2``-th distance exceeds ``t`` (or ``k2 = ntotal``) every
-        code at distance ``<= t`` is among them, and sorting them by (distance, position) is exact. Queries not
-        yet settled are asked again with ``k2`` doubled."""
-        index, n = self._faiss_index(), self.ntotal
-        nq = q.shape[0]
-        D = np.empty((nq, k), np.int32)
-        P = np.empty((nq, k), np.int64)
-        todo, k2 = np.arange(nq), k
-        while todo.size:
-            k2 = min(n, 2 * k2)
-            D2, P2 = index.search(q[todo], k2)
-            settled = (D2[:, -1] > D2[:, k - 1]) | (k2 == n)
-            rows = np.flatnonzero(settled)
-            for r in rows:
-                order = np.lexsort((P2[r], D2[r]))[:k]
-                D[todo[r]], P[todo[r]] = D2[r, order], P2[r, order]
-            todo = todo[~settled]
-        return D, P
+        return knn_exact(self._faiss_index(), q, k)  # positions, which are in id order
 
     def _faiss_range(self, q, radius):
-        lims, Df, Pf = self._faiss_index().range_search(q, radius + 1)  # faiss keeps distances < radius
-        lims = lims.astype(np.int64)
-        qid = np.repeat(np.arange(q.shape[0]), np.diff(lims))
-        order = np.lexsort((Pf, Df, qid))
-        return lims, Df[order].astype(np.int32), Pf[order].astype(np.int64)
+        return range_exact(self._faiss_index(), q, radius)
 
     # -- files ---------------------------------------------------------------------------------------------------
 

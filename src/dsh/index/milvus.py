@@ -6,11 +6,12 @@
 >>> D, I = index.search(queries, k=10)          # int32[nq, 10], int64[nq, 10], ordered by (distance, id)
 >>> lims, D, I = index.range_search(queries, 2)
 >>> index.lookup(I[0])                           # [{"id", "label", "class", "path", "key"}, ...]
->>> Searcher(index).search_hex(["F7"], k=5)      # dsh.runtime.searcher.Searcher takes it as it takes a HammingIndex
+>>> Searcher(index).search_hex(["F7"], k=5)      # dsh.runtime.searcher.Searcher takes any dsh.index.base.Index
 
-:class:`MilvusIndex` has the part of HammingIndex's interface that searching and maintaining an index need:
-``nbits``, ``ntotal``, ``search``, ``range_search``, ``lookup``, ``reconstruct``, ``add``, ``remove``, ``reset``,
-``metadata`` (with the model record, :func:`dsh.runtime.searcher.model_record`). Its results are HammingIndex's,
+:class:`MilvusIndex` is a :class:`dsh.index.base.Index` (``nbits``, ``ntotal``, ``search``, ``range_search``,
+``add``, ``remove``, ``lookup``, ``catalog``, ``metadata`` with the model record, ``close``), and has HammingIndex's
+``reconstruct``, ``reset``, ``ids`` and ``codes`` too (``catalog``, ``ids`` and ``codes`` read the whole collection).
+:func:`dsh.index.store.open_index` opens it from a URI and collection name. Its results are HammingIndex's,
 ties and all: Milvus returns codes at equal distance in an order of its own and caps a request at 16,384 results, so a
 k-NN query asks for more results until the last one is farther than the k-th (every code at the k-th distance is
 then among them) and sorts them by (distance, id); a query whose ties do not fit in one request, and a range query
@@ -31,6 +32,7 @@ bad arrays), as HammingIndex's are.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import uuid
@@ -43,8 +45,8 @@ import numpy as np
 
 from ..codes.bits import check_codes, nbytes_for
 from ..errors import DataError, InputError, UserError, one_line
+from .base import check_k, check_new_ids, check_radius, check_whole
 from .catalog import Catalog
-from .flat import check_new_ids
 
 __all__ = ["MilvusIndex", "MissingExtraError", "META_COLLECTION", "TOPK_MAX", "check_uri", "check_collection_name"]
 
@@ -140,8 +142,13 @@ def _message(e: BaseException) -> str:
 
 def connect(uri: str | os.PathLike, timeout: float = DEFAULT_TIMEOUT, token: str | None = None):
     """A ``pymilvus.MilvusClient`` for ``uri`` (see :func:`check_uri`); ``DataError`` where it cannot be had
-    within ``timeout`` seconds. ``token`` defaults to ``$DSH_MILVUS_TOKEN``."""
+    within ``timeout`` seconds. ``token`` defaults to ``$DSH_MILVUS_TOKEN``.
+
+    pymilvus's own log (its ``"pymilvus"`` logger, which writes to stderr) is set to CRITICAL: every failure it
+    would log reaches the caller as one :class:`DataError` already, and Milvus Lite's query iterator warns of a
+    missing server timestamp on every page."""
     pm = _pymilvus()
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     kind, where = check_uri(uri)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
         raise InputError(f"timeout must be a number of seconds > 0, got {timeout!r}")
@@ -205,8 +212,7 @@ class MilvusIndex:
         The collection is marked incomplete until every row is in; if anything fails it is dropped, so a
         half-written collection is never left behind (a process killed half way leaves one that :meth:`open`
         refuses). ``progress``: called with the number of rows written so far, after each batch."""
-        if isinstance(batch_size, bool) or int(batch_size) != batch_size or batch_size < 1:
-            raise InputError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        batch_size = check_whole("batch_size", batch_size, 1)
         meta_user = {k: v for k, v in index.metadata.items() if k != "catalog"}  # "catalog" names a file
         out = cls._new(uri, collection, index.nbits, overwrite=overwrite, metadata=meta_user, timeout=timeout,
                        token=token, complete=False)
@@ -292,8 +298,7 @@ class MilvusIndex:
     @classmethod
     def _new(cls, uri, collection, nbits, *, overwrite, metadata, timeout, token, complete) -> "MilvusIndex":
         name = check_collection_name(collection)
-        if isinstance(nbits, bool) or int(nbits) != nbits or int(nbits) < 1:
-            raise InputError(f"nbits must be a positive integer, got {nbits!r}")
+        nbits = check_whole("nbits", nbits, 1)
         if metadata is not None and not isinstance(metadata, dict):
             raise InputError(f"metadata must be a dict, got {type(metadata).__name__}")
         kind, where = check_uri(uri)
@@ -558,32 +563,75 @@ class MilvusIndex:
         """The record of each id, as HammingIndex.lookup gives it: ``{"id": id}`` plus the catalog's fields
         (``label``, ``class``, ``path``, ``key``, those the index has); ``KeyError`` for an id not held."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        cols = self.columns
-        fields = ["id"]
-        kind = self._meta["label_kind"]
-        if "labels" in cols:
-            fields.append("labels" if kind == "multi-hot" else "label")
-        fields += [f for f, c in (("path", "paths"), ("key", "keys")) if c in cols]
-        found = self._fetch(ids, fields)
+        found = self._fetch(ids, self._catalog_fields())
         missing = [int(i) for i in ids if int(i) not in found]
         if missing:
             raise KeyError(f"ids not in the index: {missing[:5]}")
         if not ids.size:
             return []
-        rows = [found[int(i)] for i in ids]
+        cat = self._catalog_of([found[int(i)] for i in ids])
+        return [{"id": int(i), **cat.record(j)} for j, i in enumerate(ids)]
+
+    @property
+    def catalog(self) -> Catalog | None:
+        """Every record, read from the collection: a :class:`~dsh.index.catalog.Catalog` whose row ``i`` is the
+        ``i``-th smallest id's (as HammingIndex's), or ``None`` where the collection has no catalog. This reads
+        the whole collection: :meth:`lookup` reads the records of some ids."""
+        if not self._meta["catalog"]:
+            return None
+        return self._catalog_of(self._scan(self._catalog_fields()))
+
+    @property
+    def ids(self) -> np.ndarray:
+        """Every id held, ``int64[ntotal]`` ascending (reads the whole collection)."""
+        return np.array([r["id"] for r in self._scan(["id"])], np.int64)
+
+    @property
+    def codes(self) -> np.ndarray:
+        """Every code held, ``uint8[ntotal, nbytes]``, in ascending id order, row for row with :attr:`catalog`
+        (reads the whole collection)."""
+        rows = self._scan(["id", "code"])
+        out = np.zeros((len(rows), self._dim // 8), np.uint8)
+        for j, r in enumerate(rows):
+            out[j] = np.frombuffer(_code_bytes(r["code"]), np.uint8)
+        return out
+
+    def _catalog_fields(self) -> list[str]:
+        cols = self.columns
+        fields = ["id"]
+        if "labels" in cols:
+            fields.append("labels" if self._meta["label_kind"] == "multi-hot" else "label")
+        return fields + [f for f, c in (("path", "paths"), ("key", "keys")) if c in cols]
+
+    def _catalog_of(self, rows: list[dict]) -> Catalog:
+        """The catalog of these rows (as :meth:`_catalog_fields` reads them), in their order."""
+        cols = self.columns
         labels = None
         if "labels" in cols:
-            if kind == "multi-hot":
+            if self._meta["label_kind"] == "multi-hot":
                 labels = np.zeros((len(rows), int(self._meta["label_columns"])), np.uint8)
                 for j, r in enumerate(rows):
                     labels[j, list(r["labels"]["ids"])] = 1
             else:
                 labels = np.array([r["label"] for r in rows], np.int64)
-        cat = Catalog.from_columns(len(rows), labels=labels,
-                                   paths=[r["path"] for r in rows] if "paths" in cols else None,
-                                   keys=[r["key"] for r in rows] if "keys" in cols else None,
-                                   class_names=self._meta["class_names"])
-        return [{"id": int(i), **cat.record(j)} for j, i in enumerate(ids)]
+        return Catalog.from_columns(len(rows), labels=labels,
+                                    paths=[r["path"] for r in rows] if "paths" in cols else None,
+                                    keys=[r["key"] for r in rows] if "keys" in cols else None,
+                                    class_names=self._meta["class_names"])
+
+    def _scan(self, fields: list[str]) -> list[dict]:
+        """Every row's ``fields``, in ascending id order (Milvus pages through them with a query iterator)."""
+        rows: list[dict] = []
+        with self._calls("read every row"):
+            it = self._client.query_iterator(self._name, batch_size=_CHUNK_IDS, filter="id >= 0",
+                                             output_fields=fields)
+            try:
+                while batch := it.next():
+                    rows.extend(batch)
+            finally:
+                it.close()
+        rows.sort(key=lambda r: int(r["id"]))
+        return rows
 
     def reconstruct(self, ids) -> np.ndarray:
         """Codes ``uint8[len(ids), nbytes]`` of the given ids; ``KeyError`` for an id not held."""
@@ -594,8 +642,7 @@ class MilvusIndex:
             raise KeyError(f"ids not in the index: {missing[:5]}")
         out = np.zeros((ids.size, self._dim // 8), np.uint8)
         for j, i in enumerate(ids):
-            code = found[int(i)]["code"]
-            out[j] = np.frombuffer(code[0] if isinstance(code, list) else code, np.uint8)
+            out[j] = np.frombuffer(_code_bytes(found[int(i)]["code"]), np.uint8)
         return out
 
     # -- search ----------------------------------------------------------------------------------------------------
@@ -604,9 +651,7 @@ class MilvusIndex:
         """The ``k`` nearest codes to each query, as HammingIndex.search: ``D int32[nq, k]``, ``I int64[nq, k]``,
         each row ordered by (distance, id), the tail ``-1`` where the index holds fewer than ``k`` codes."""
         q = check_codes(q, self.nbits, name="queries")
-        if isinstance(k, bool) or int(k) != k or int(k) < 1:
-            raise InputError(f"k must be an integer >= 1, got {k!r}")
-        k = int(k)
+        k = check_k(k)
         nq = q.shape[0]
         D = np.full((nq, k), -1, np.int32)
         I = np.full((nq, k), -1, np.int64)
@@ -635,9 +680,7 @@ class MilvusIndex:
         ``lims int64[nq + 1]``, ``D int32[lims[-1]]``, ``I int64[lims[-1]]``, each query's ordered by (distance,
         id)."""
         q = check_codes(q, self.nbits, name="queries")
-        if isinstance(radius, bool) or int(radius) != radius or int(radius) < 0:
-            raise InputError(f"radius must be an integer >= 0, got {radius!r}")
-        radius = min(int(radius), self._dim)
+        radius = min(check_radius(radius), self._dim)
         nq = q.shape[0]
         if nq == 0:
             return np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
@@ -839,6 +882,11 @@ def _query_ids(client, collection: str, ids: list, fields: list[str], pk: str = 
         if int(count[0]["count(*)"]):
             raise
         return []
+
+
+def _code_bytes(code) -> bytes:
+    """A BINARY_VECTOR as Milvus returns it (bytes, or a list holding them) -> its bytes."""
+    return code[0] if isinstance(code, list) else code
 
 
 def _check_fits(cat: Catalog | None) -> None:

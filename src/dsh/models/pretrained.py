@@ -61,6 +61,13 @@ TUNE = ("head", "top", "all")  # what trains: the hash head alone, also the back
 TOP_STAGES = 2  # "top": the last two stages of blocks (and the layers after them) train
 
 
+# The settings a run of a pretrained backbone starts from where neither a preset, a config file nor a flag sets them:
+# the fine-tuning recipe measured on CIFAR-10 (cifar10-lite0-finetune; 0.50 -> 0.79 mAP at 48 bits in 7.5 min on 2
+# cores), with smaller batches so that a folder of a few hundred photos still gets several steps an epoch.
+TRAIN_DEFAULTS = {"tune": "all", "input_size": 128, "head_epochs": 30, "epochs": 6, "optimizer": "adamw", "lr": 2e-4,
+                  "backbone_lr_scale": 1.0, "batch_size": 32, "amp": "off"}
+
+
 def _timm():
     try:
         import timm

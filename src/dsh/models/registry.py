@@ -82,6 +82,13 @@ def model_settings(name: str) -> tuple[str, ...] | None:
     return tuple(p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY))
 
 
+def train_defaults(name: str) -> dict:
+    """Training settings model ``name`` carries (a pretrained backbone's recipe), below any preset, file or flag."""
+    from .pretrained import TRAIN_DEFAULTS
+
+    return dict(TRAIN_DEFAULTS) if name in BACKBONES or name == "timm" else {}
+
+
 def create_model(
     name: str, nbits: int, in_channels: int = 3, image_size: int | tuple[int, int] = 32, **kwargs
 ) -> nn.Module:

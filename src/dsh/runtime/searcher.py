@@ -1,16 +1,13 @@
-"""Images or codes in, their nearest items out: :class:`Searcher` = an :class:`~dsh.runtime.encoder.Encoder`, a
-:class:`~dsh.index.flat.HammingIndex` and the index's catalog (label, class name, path, key of every item).
+"""Images or codes in, their nearest items out: :class:`Searcher` = an :class:`~dsh.runtime.encoder.Encoder` and
+an index (any :class:`dsh.index.base.Index`) with its catalog (label, class name, path, key of every item).
 
 >>> s = Searcher.open("db.dshidx")                  # the model that built the index is found from it
+>>> s = Searcher.open(IndexSpec("codes.db", "digits"))   # a Milvus collection; a faiss file by its path
 >>> [hit] = s.search(["query.jpg"], k=10)           # one QueryResult per query
 >>> hit.hex, [(n.id, n.distance, n.class_name, n.path) for n in hit.neighbors]
 
-``dsh search`` and the HTTP service both stand on this class, and so can a user's program. Results are exact and
-ordered by (distance, id), as :meth:`HammingIndex.search` gives them. No torch here (an ONNX model searches too).
-
-The index may be any object with HammingIndex's searching interface (``nbits``, ``ntotal``, ``search``,
-``range_search``, ``lookup``, ``metadata``), e.g. a :class:`dsh.index.milvus.MilvusIndex`:
-``Searcher.open(MilvusIndex.open(uri, collection))``.
+``dsh search``, ``dsh serve`` and a user's program all stand on this class. Results are exact and ordered by
+(distance, id), whichever backend holds the codes. No torch here (an ONNX model searches too).
 """
 
 from __future__ import annotations
@@ -24,7 +21,9 @@ import numpy as np
 
 from ..codes.bits import check_codes, from_hex, to_binary_string, to_hex
 from ..errors import InputError, ModelFileError
+from ..index.base import Index, check_k, check_radius
 from ..index.flat import HammingIndex
+from ..index.store import IndexSpec, open_index
 
 
 @dataclass
@@ -72,9 +71,12 @@ class Searcher:
     ``encoder`` may be ``None`` for code-only searches; :meth:`open` loads it on the first image query. Unless
     ``force``, an encoder whose fingerprint differs from the one the index records is refused: its codes would
     be compared with codes of another model, and the results would mean nothing.
+
+    ``close()`` (or ``with``) closes the index where :meth:`open` opened it; an index passed in stays the
+    caller's to close.
     """
 
-    def __init__(self, index, encoder=None, *, force: bool = False, name: str = "index",
+    def __init__(self, index: Index, encoder=None, *, force: bool = False, name: str = "index",
                  model_source: str | os.PathLike | None = None, encoder_options: dict | None = None):
         self.index = index
         self.name = name
@@ -82,21 +84,40 @@ class Searcher:
         self._model_source = model_source
         self._encoder_options = dict(encoder_options or {})
         self._encoder = None
+        self._owns_index = False
         if encoder is not None:
             self._set_encoder(encoder)
 
     @classmethod
-    def open(cls, index_path, model: str | os.PathLike | None = None, *, mmap: bool = True,
-             force: bool = False, **encoder_options: Any) -> "Searcher":
-        """Load an index file (memory-mapped by default), or take an index already open (a HammingIndex, a
-        MilvusIndex), and remember which model encodes image queries: ``model`` (a run folder, checkpoint or
-        exported model file), else the one the index was built with."""
-        if isinstance(index_path, (str, os.PathLike)):
-            index = HammingIndex.load(index_path, mmap=mmap)
-        else:
-            index = index_path
-        return cls(index, force=force, name=str(index_path), model_source=model or recorded_model(index),
-                   encoder_options=encoder_options)
+    def open(cls, index: Index | IndexSpec | str | os.PathLike, model: str | os.PathLike | None = None, *,
+             mmap: bool = True, force: bool = False, **encoder_options: Any) -> "Searcher":
+        """Open an index (a path or an :class:`~dsh.index.store.IndexSpec`, by
+        :func:`~dsh.index.store.open_index`: a dsh index file, memory-mapped by default, a faiss file or a Milvus
+        collection), or take one already open, and remember which model encodes image queries: ``model`` (a run
+        folder, checkpoint or exported model file), else the one the index was built with."""
+        owns = isinstance(index, (str, os.PathLike, IndexSpec))
+        opened = open_index(index, mmap=mmap) if owns else index
+        try:
+            out = cls(opened, force=force, name=str(index), model_source=model or recorded_model(opened),
+                      encoder_options=encoder_options)
+        except BaseException:
+            if owns:
+                opened.close()
+            raise
+        out._owns_index = owns
+        return out
+
+    def close(self) -> None:
+        """Close the index if :meth:`open` opened it."""
+        if self._owns_index:
+            self.index.close()
+            self._owns_index = False
+
+    def __enter__(self) -> "Searcher":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     # -- the model -----------------------------------------------------------------------------------------------
 
@@ -145,16 +166,12 @@ class Searcher:
         codes = check_codes(codes, self.index.nbits, name="query codes")
         nbits = self.index.nbits
         if radius is not None:
-            if isinstance(radius, bool) or int(radius) != radius or radius < 0:
-                raise InputError(f"radius must be a whole number >= 0, got {radius!r}")
             # beyond nbits every item is within the radius already
-            lims, D, I = self.index.range_search(codes, min(int(radius), nbits))
+            lims, D, I = self.index.range_search(codes, min(check_radius(radius), nbits))
             rows = [(D[lims[j] : lims[j + 1]], I[lims[j] : lims[j + 1]]) for j in range(codes.shape[0])]
         else:
-            if k is None or isinstance(k, bool) or int(k) != k or k < 1:
-                raise InputError(f"k must be a whole number >= 1, got {k!r}")
             # never more than the index holds: a huge k must not allocate nq x k result arrays
-            kk = min(int(k), max(self.index.ntotal, 1))
+            kk = min(check_k(k), max(self.index.ntotal, 1))
             D, I = self.index.search(codes, kk)
             rows = [(D[j][I[j] >= 0], I[j][I[j] >= 0]) for j in range(codes.shape[0])]
         hexes, bits = to_hex(codes, nbits), to_binary_string(codes, nbits)
@@ -167,10 +184,9 @@ class Searcher:
                 for j, (d, i) in enumerate(rows)]
 
     def _records(self, ids: list[int]) -> list[dict]:
-        # an index without a catalog attribute (a MilvusIndex) always has records to look up
-        if ids and getattr(self.index, "catalog", True) is not None:
-            return self.index.lookup(ids)
-        return [{} for _ in ids]
+        # lookup, not the catalog: a remote index reads only these records (and one without a catalog gives
+        # {"id": id}, which adds nothing to a Neighbor)
+        return self.index.lookup(ids) if ids else []
 
     def neighbors(self, distances: np.ndarray, ids: np.ndarray, records: list[dict] | None = None
                   ) -> list[Neighbor]:
@@ -184,7 +200,7 @@ class Searcher:
                 for i, d, r in zip(ids, distances, records)]
 
 
-def recorded_model(index: HammingIndex) -> str | None:
+def recorded_model(index: Index) -> str | None:
     """The model an index file says made its codes (``metadata["model"]["path"]``; older files: ``"run"``)."""
     meta = index.metadata
     return (meta.get("model") or {}).get("path") or meta.get("run")

@@ -236,8 +236,10 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
                 row["u"] = values
         return {"nbits": encoder.nbits, "codes": out}
 
+    has_catalog = info["index"]["has_catalog"]  # asked once: a remote index reads its whole catalog to answer
+
     def record_of(item_id: int) -> dict[str, Any]:
-        if index.catalog is None or item_id < 0:
+        if not has_catalog or item_id < 0:
             raise HTTPException(404, f"no item {item_id}")
         try:
             return index.lookup([item_id])[0]
@@ -297,7 +299,8 @@ def _client_message(e: UserError) -> str:
 
 
 def _info(searcher: Searcher, settings: ServeSettings) -> dict[str, Any]:
-    """What /api/info answers; computed once (the class table scans the whole index)."""
+    """What /api/info answers; computed once (the class table scans the whole index: its catalog and, where that
+    has classes, its codes, which every backend with a catalog offers as ``index.codes`` in id order)."""
     from ..eval.report import class_code_table
 
     enc, index = searcher.encoder, searcher.index

@@ -15,6 +15,8 @@ __getattr__ = lazy_exports(__name__, {
     "TrainResult": "loop",
     "launch_train": "launch",
     "encode_and_evaluate": "experiment",
+    "model_part": "experiment",
     "run_demo": "demo",
 })
-__all__ = ["DSHLoss", "Progress", "TrainResult", "encode_and_evaluate", "launch_train", "run_demo", "train"]
+__all__ = ["DSHLoss", "Progress", "TrainResult", "encode_and_evaluate", "launch_train", "model_part", "run_demo",
+           "train"]

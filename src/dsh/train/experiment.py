@@ -17,7 +17,7 @@ import numpy as np
 from ..codes.codefile import CodeFile, save_codes
 from ..config import TrainConfig
 from ..data.splits import load_parts, protocol_topk
-from ..errors import DataError
+from ..errors import DataError, InputError
 from ..eval.metrics import Evaluation, evaluate
 from ..runtime.encoder import Encoder
 
@@ -75,3 +75,22 @@ def encode_and_evaluate(
     from ..runtime.searcher import model_record
 
     return RunEvaluation(q, db, metrics, encode_seconds, time.perf_counter() - t0, model_record(encoder))
+
+
+def model_part(encoder: Encoder, part: str, *, dataset: str | None = None,
+               data_root: str | os.PathLike | None = None, protocol: str | None = None, download: bool = True):
+    """Part ``part`` (a split, or a protocol's ``query`` / ``database``) of the images ``encoder``'s model was
+    trained on, as a :class:`dsh.data.ImageSet`: by default the run's dataset with the run's settings (data root,
+    protocol, validation carve), so that ``query`` and ``database`` are the parts the run is judged on. Another
+    ``dataset`` gets only its own defaults; ``protocol="none"``: the dataset's own splits, whatever the run's."""
+    cfg = TrainConfig.of_model(encoder.info, encoder.source)
+    dataset = dataset or (cfg.dataset if cfg else None)
+    if dataset is None:
+        raise InputError(f"{encoder.source} does not say which dataset it was trained on: name it (--dataset)")
+    options = cfg.data_options() if cfg is not None and dataset == cfg.dataset else {}
+    options["download"] = download
+    if data_root is not None:
+        options["data_root"] = data_root
+    if protocol is not None:
+        options["protocol"] = None if protocol == "none" else protocol
+    return load_parts(dataset, (part,), **options)[0]

@@ -11,6 +11,9 @@ No torch needed here: each library is set only where it is installed.
 
 from __future__ import annotations
 
+from ..errors import InputError
+from .optional_torch import optional_torch
+
 __all__ = ["set_threads", "thread_counts"]
 
 
@@ -21,11 +24,8 @@ def set_threads(threads: int | None) -> int | None:
         return None
     threads = int(threads)
     if threads < 1:
-        raise ValueError(f"threads must be >= 1, got {threads}")
-    try:
-        import torch
-    except ImportError:  # the core install has no torch: numba alone
-        torch = None
+        raise InputError(f"threads must be >= 1, got {threads}")
+    torch = optional_torch()  # the core install has no torch: numba alone
     if torch is not None:
         torch.set_num_threads(threads)
     try:
@@ -43,12 +43,9 @@ def set_threads(threads: int | None) -> int | None:
 def thread_counts() -> dict[str, int | None]:
     """``{"torch": n, "numba": n}`` for this process (``None`` where the library is not installed)."""
     out: dict[str, int | None] = {"torch": None, "numba": None}
-    try:
-        import torch
-
+    torch = optional_torch()
+    if torch is not None:
         out["torch"] = torch.get_num_threads()
-    except ImportError:
-        pass
     try:
         import numba
 

@@ -1,0 +1,78 @@
+"""``dsh serve``: the HTTP API and web page over an index, searched by image."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..errors import DataError, InputError
+from .common import add_encoder_flags, add_index_source, add_model_source
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("serve", help="HTTP API and web page: search the index by image")
+    add_index_source(p, "serve")
+    add_model_source(p, False, "(default: the one the index was built with)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on the API (or set $DSH_TOKEN)")
+    p.add_argument("--map", help="a PNG (e.g. a UMAP of the index) for the page (default: RUN/plots/umap.png)")
+    p.add_argument("--image-root", action="append", default=[], metavar="DIR",
+                   help="a folder whose image files may be shown as items' pictures, besides the one the index was "
+                        "built from (repeatable); no other file is ever served")
+    p.add_argument("--max-upload-mb", type=int, default=10, help="largest request body in MB (default 10)")
+    p.add_argument("--max-pixels", type=int, help="largest image in pixels (default: $DSH_MAX_PIXELS or 50M)")
+    p.add_argument("--max-k", type=int, default=1000, help="largest k a client may ask for (default 1000)")
+    p.add_argument("--force", action="store_true", help="serve with a model other than the index's")
+    p.add_argument("--quiet", action="store_true", help="no access log")
+    add_encoder_flags(p)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+
+        from ..serve import ServeSettings, create_app
+    except ModuleNotFoundError as e:
+        raise DataError(f"dsh serve needs the {e.name} package: pip install 'dsh[serve]'") from None
+    from ..index.store import IndexSpec
+    from ..runtime.searcher import Searcher
+
+    # the flags first, before the model and the index are loaded
+    for flag, value, low in (("--max-upload-mb", args.max_upload_mb, 1), ("--max-k", args.max_k, 1),
+                             ("--max-pixels", args.max_pixels, 1), ("--port", args.port, 0)):
+        if value is not None and value < low:
+            raise DataError(f"{flag} must be >= {low}, got {value}")
+    if args.port > 65535:
+        raise DataError(f"--port must be at most 65535, got {args.port}")
+    if args.map is not None and not Path(args.map).is_file():
+        raise DataError(f"--map {args.map}: no such image file")
+    token = args.token or os.environ.get("DSH_TOKEN") or None
+    spec = IndexSpec.from_flags("serve", index=args.index, store=args.store, uri=args.uri,
+                                collection=args.collection, timeout=args.timeout)
+    searcher = Searcher.open(spec, model=args.model or args.run, force=args.force, backend=args.backend,
+                             threads=args.threads, batch_size=args.batch_size, workers=1, resize=args.resize,
+                             tta_flip=args.tta_flip)
+    map_image = args.map
+    if map_image is None and args.run and (Path(args.run) / "plots" / "umap.png").is_file():
+        map_image = str(Path(args.run) / "plots" / "umap.png")
+    for root in args.image_root:
+        if not Path(root).is_dir():
+            raise InputError(f"--image-root {root}: no such folder")
+    settings = ServeSettings(token=token, max_upload_bytes=args.max_upload_mb * 1024 * 1024,
+                             max_pixels=args.max_pixels, max_k=args.max_k, map_image=map_image,
+                             image_roots=tuple(args.image_root))
+    app = create_app(searcher, settings)
+    roots = ", ".join(map(str, app.state.image_roots)) or "none (no image root: pass --image-root DIR)"
+    print(f"dsh serve: item pictures from image files under: {roots}", file=sys.stderr, flush=True)
+    host = "127.0.0.1" if args.host == "localhost" else args.host
+    print(f"dsh serve: {searcher.index.ntotal:,} items, model {searcher.encoder.source} "
+          f"({searcher.encoder.backend}); open http://{host}:{args.port}/", file=sys.stderr, flush=True)
+    with searcher:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+                    access_log=not args.quiet)
+    return 0
+

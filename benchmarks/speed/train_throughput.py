@@ -1,7 +1,7 @@
 """Training throughput (images/s) of the registered CPU-sized models, measured on `dsh train`'s own step.
 
-Each row builds a run exactly as `dsh train` does (:func:`dsh.train.loop.setup`: the data decoded once, the batch loader
-with its augmentation, the model with its initialisation, the optimiser and schedule of the settings) and times
+Each row builds a run exactly as `dsh train` does (:func:`dsh.train.setup.setup`: the data decoded once, the batch
+loader with its augmentation, the model with its initialisation, the optimiser and schedule of the settings) and times
 :func:`dsh.train.loop.train_step` on the loader's batches: gather + augment + normalise + forward + DSH loss + backward
 + optimiser and schedule step. The settings of a row are a preset's (the one that trains that model on that data)
 or the library defaults, with the memory layout and bf16 autocast varied. Real images: MNIST (1x28x28) and the
@@ -57,29 +57,29 @@ def measure(cfg: TrainConfig, steps: int, warmup: int = 3) -> dict[str, Any]:
     (in a temporary run folder); the first ``warmup`` steps (allocators, kernel choice) are not counted. Returns
     the median and best images/s, the step's loss values (``losses``, one per step, warm-up included) and the
     steps timed."""
-    from dsh.train import distributed
-    from dsh.train.loop import resolve_device, setup, train_step
+    from dsh.train.loop import train_step
+    from dsh.train.setup import resolve_device, setup
 
-    ctx = distributed.setup(resolve_device())
     losses: list[float] = []
     times: list[float] = []
-    try:
-        with tempfile.TemporaryDirectory() as tmp:
-            run = setup(cfg, Path(tmp) / "run", resume=False, log=lambda m: None, ctx=ctx)
-            run.model.train()
+    if cfg.threads:  # as dsh train sets them
+        from dsh.utils.threads import set_threads
+
+        set_threads(cfg.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        run, _ = setup(cfg, Path(tmp) / "run", resolve_device())
+        run.model.train()
+        while len(losses) < warmup + steps:
+            batches = iter(run.batches)  # a new epoch when the loader runs out
             while len(losses) < warmup + steps:
-                batches = iter(run.batches)  # a new epoch when the loader runs out
-                while len(losses) < warmup + steps:
-                    t = time.perf_counter()
-                    try:
-                        x, y = next(batches)  # the batch is gathered, augmented and normalised here
-                    except StopIteration:
-                        break
-                    losses.append(train_step(run, x, y)["total"])
-                    if len(losses) > warmup:
-                        times.append(time.perf_counter() - t)
-    finally:
-        distributed.teardown(ctx)
+                t = time.perf_counter()
+                try:
+                    x, y = next(batches)  # the batch is gathered, augmented and normalised here
+                except StopIteration:
+                    break
+                losses.append(train_step(run, x, y)["total"])
+                if len(losses) > warmup:
+                    times.append(time.perf_counter() - t)
     median, best = statistics.median(times), min(times)
     return {"images_per_s_median": cfg.batch_size / median, "images_per_s_best": cfg.batch_size / best,
             "steps": len(times), "losses": losses}

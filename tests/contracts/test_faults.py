@@ -35,11 +35,12 @@ sys.exit(main(sys.argv[1:]))
 # in epoch 2 (of 3), a few steps in: last.pt of epoch 1 is on disk, the weights in memory have moved on
 HOOK_MID_STEP = f"""
 import dsh.train.loop as T
-_step = T.train_step
+_step, _done = T.train_step, [0]
 def train_step(run, x, y):
-    if run.step == run.steps_per_epoch + 3:
+    if _done[0] == run.steps_per_epoch + 3:
         print({KILL_POINT!r}, flush=True)
         time.sleep(300)
+    _done[0] += 1
     return _step(run, x, y)
 T.train_step = train_step
 """

@@ -19,7 +19,7 @@ from torch import nn
 from dsh.cli import main
 from dsh.config import TrainConfig
 from dsh.errors import ConfigError
-from dsh.train.distributed import ShardedBatches, check_batch_size, global_batch
+from dsh.train.distributed import GlobalBatchLoss, ShardedBatches, check_batch_size, global_batch
 from dsh.train.launch import free_port, loopback_interface
 from dsh.train.loss import DSHLoss
 
@@ -116,11 +116,15 @@ def _worker(rank: int, port: int, margin: float, out: str) -> None:
         model = DDP(small_model())
         x, y = joined_batch()
         mine = slice(rank * PER_RANK, (rank + 1) * PER_RANK)  # rank r holds rows r*8 .. r*8+7 of the joined batch
-        u, labels = global_batch(model(x[mine]), y[mine])
+        u_mine = model(x[mine])
+        u, labels = global_batch(u_mine, y[mine])
         terms = DSHLoss(NBITS, margin=margin, alpha=0.1)(u, labels)
         terms.total.backward()
+        # the training loop's form: the loss itself gathers the global batch
+        wrapped = GlobalBatchLoss(DSHLoss(NBITS, margin=margin, alpha=0.1))(u_mine.detach(), y[mine])
         result = {"terms": [t.detach() for t in terms], "u": u.detach(), "labels": labels,
-                  "grads": {k: p.grad for k, p in model.module.named_parameters()}}
+                  "grads": {k: p.grad for k, p in model.module.named_parameters()},
+                  "wrapped_terms": [t.detach() for t in wrapped]}
         try:
             train(TrainConfig(dataset="digits", batch_size=63, tensorboard=False), Path(out) / "odd",
                   progress=False, log=lambda m: None)
@@ -155,6 +159,9 @@ def test_global_batch_loss_and_gradients_equal_one_process_on_the_joined_batch(s
         assert torch.equal(got["labels"], y)
         for name, a, b in zip(ref._fields, got["terms"], [t.detach() for t in ref]):
             assert abs(float(a) - float(b)) <= 1e-6, (rank, name, float(a), float(b))
+        assert len(got["wrapped_terms"]) == len(ref)
+        for name, a, b in zip(ref._fields, got["wrapped_terms"], got["terms"]):
+            assert float(a) == float(b), (rank, name, float(a), float(b))
         for name, p in model.named_parameters():  # after DDP's averaging
             g = got["grads"][name]
             assert g.dtype == torch.float64 and p.grad.abs().max() > 0

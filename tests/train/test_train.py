@@ -6,7 +6,8 @@ from torch import nn
 
 from dsh.config import TrainConfig
 from dsh.models import Normalizer
-from dsh.train.loop import make_scheduler, validation_map
+from dsh.train.loop import validation_map
+from dsh.train.optim import make_scheduler
 
 
 class CodeOfClass(nn.Module):

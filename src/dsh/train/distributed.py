@@ -7,7 +7,8 @@ Launch with ``torchrun --nproc-per-node N -m dsh train ...`` (one node, or many 
 - :func:`setup` reads torchrun's ``RANK`` / ``LOCAL_RANK`` / ``WORLD_SIZE`` and joins the process group; a plain
   process (no ``RANK``) is a world of one and nothing here does anything.
 - :func:`global_batch` gathers every process's ``u`` (with its gradient) and labels, so that each process computes
-  the DSH loss over all pairs of the *global* batch, as one process would on the joined batch.
+  the DSH loss over all pairs of the *global* batch, as one process would on the joined batch
+  (:class:`GlobalBatchLoss`: a loss that does so).
 - :class:`ShardedBatches`: every rank draws the same seeded global batches (and their augmentation) and keeps
   its rows, so the global batch is the one a single process would use, for any world size.
 
@@ -33,7 +34,8 @@ import torch.distributed as dist
 
 from ..errors import ConfigError, UserError
 
-__all__ = ["Context", "setup", "teardown", "global_batch", "ShardedBatches", "shard", "share_cores", "check_batch_size"]
+__all__ = ["Context", "setup", "teardown", "global_batch", "GlobalBatchLoss", "ShardedBatches", "share_cores",
+           "check_batch_size"]
 
 T = TypeVar("T")
 
@@ -146,6 +148,18 @@ def global_batch(u: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, t
     return all_u, torch.cat(all_labels)
 
 
+class GlobalBatchLoss:
+    """``loss_fn`` over the global batch: ``(u, labels)`` of this process's rows are joined with every other
+    process's (:func:`global_batch`) before ``loss_fn`` sees them, so each process computes the loss of all pairs
+    of the global batch. ``u`` ``float32[B / N, nbits]`` -> ``loss_fn``'s result on ``float32[B, nbits]``."""
+
+    def __init__(self, loss_fn: Callable) -> None:
+        self.loss_fn = loss_fn
+
+    def __call__(self, u: torch.Tensor, labels: torch.Tensor):
+        return self.loss_fn(*global_batch(u, labels))
+
+
 def check_batch_size(batch_size: int, world_size: int) -> None:
     if batch_size % world_size:
         raise ConfigError(f"--batch-size {batch_size} is not divisible by the world size {world_size} (the "
@@ -201,8 +215,3 @@ def share_cores() -> None:
     from ..utils.threads import set_threads
 
     set_threads(torch.get_num_threads())  # numba's threads started at torch's count, torch's count set again
-
-
-def shard(loader, ctx: Context):
-    """The batches this process trains on: the loader itself in one process, else its :class:`ShardedBatches`."""
-    return ShardedBatches(loader, ctx.rank, ctx.world_size) if ctx.ddp else loader

@@ -21,18 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 
 from ..config import TrainConfig, save_config
 from ..errors import TrainingError
-from ..eval.metrics import mean_average_precision
 from ..models import checkpoint as ckpt_io
 from ..models.forward import encode_images
 from ..utils.cpu import has_fast_bf16
 from ..utils.fileio import write_json
 from ..utils.threads import set_threads
 from . import diagnostics, distributed
+from .head import halves_map
 from .progress import Progress, resume_state
 from .rundir import RunFolder, resolve_run
 from .setup import Run, model_options, resolve_device, setup
@@ -69,19 +68,11 @@ def autocast_for(cfg: TrainConfig, device: torch.device):
 
 
 def validation_map(model, val_images, val_labels, normalizer, device, channels_last: bool, tta_flip: bool = False):
-    """mAP@all of the validation split against itself, split in two random halves (queries / database).
-
-    Two disjoint halves keep a query from finding itself at distance 0, which would inflate the figure. The halves
-    are drawn at random (fixed seed) because a split can be stored class by class (image folders are), and
-    first-half / second-half would then share no class at all. Returns ``(map, u)``, ``u`` float32[n_val, nbits].
-    """
+    """mAP@all of the validation split against itself, split in two random halves (queries / database;
+    :func:`dsh.train.head.halves_map`). Returns ``(map, u)``, ``u`` float32[n_val, nbits]."""
     u, codes = encode_images(model, val_images, normalizer, device=device, channels_last=channels_last,
                              tta_flip=tta_flip)
-    labels = val_labels.numpy()
-    order = np.random.default_rng(0).permutation(codes.shape[0])
-    q, db = order[: len(order) // 2], order[len(order) // 2 :]
-    score = mean_average_precision(codes[q], codes[db], labels[q], labels[db], nbits=u.shape[1])
-    return float(score), u
+    return halves_map(codes, val_labels.numpy(), u.shape[1]), u
 
 
 LOSS_TERMS = ("total", "similar", "dissimilar", "quantization")

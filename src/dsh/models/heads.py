@@ -1,6 +1,8 @@
-"""What every hash head shares: its last layer's initialisation."""
+"""What every hash network shares: its last layer's initialisation, and which parameters weight decay applies to."""
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch.nn as nn
 
@@ -16,3 +18,10 @@ def init_hash_layer(layer: nn.Linear, gain: float = 0.1) -> None:
     """
     nn.init.normal_(layer.weight, std=gain / layer.in_features**0.5)
     nn.init.zeros_(layer.bias)
+
+
+def split_for_weight_decay(params: Iterable[nn.Parameter]) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """``(decayed, not decayed)``: weight matrices and kernels, then biases and norm parameters (1-D), whose decay
+    would only fight the normalisation."""
+    params = list(params)
+    return [p for p in params if p.ndim > 1], [p for p in params if p.ndim <= 1]

@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..errors import InputError, ModelFileError, one_line
-from .heads import init_hash_layer
+from .heads import init_hash_layer, split_for_weight_decay
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,11 @@ TOP_STAGES = 2  # "top": the last two stages of blocks (and the layers after the
 # cores), with smaller batches so that a folder of a few hundred photos still gets several steps an epoch.
 TRAIN_DEFAULTS = {"tune": "all", "input_size": 128, "head_epochs": 30, "epochs": 6, "optimizer": "adamw", "lr": 2e-4,
                   "backbone_lr_scale": 1.0, "batch_size": 32, "amp": "off"}
+
+
+def is_pretrained(model_name: str) -> bool:
+    """Whether registry model ``model_name`` is a pretrained backbone (:data:`BACKBONES`, or any timm network)."""
+    return model_name in BACKBONES or model_name == "timm"
 
 
 def _timm():
@@ -227,8 +232,7 @@ class PretrainedHashNet(nn.Module):
         for name, params, rate in (("head", list(self.head.parameters()), lr),
                                    ("backbone", [p for p in self.backbone.parameters() if p.requires_grad],
                                     lr * self.backbone_lr_scale)):
-            decay = [p for p in params if p.ndim > 1]
-            no_decay = [p for p in params if p.ndim <= 1]
+            decay, no_decay = split_for_weight_decay(params)
             groups += [{"name": f"{name}_weights", "params": decay, "lr": rate, "weight_decay": weight_decay},
                        {"name": f"{name}_norms_biases", "params": no_decay, "lr": rate, "weight_decay": 0.0}]
         return [g for g in groups if g["params"]]

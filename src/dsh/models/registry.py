@@ -84,9 +84,9 @@ def model_settings(name: str) -> tuple[str, ...] | None:
 
 def train_defaults(name: str) -> dict:
     """Training settings model ``name`` carries (a pretrained backbone's recipe), below any preset, file or flag."""
-    from .pretrained import TRAIN_DEFAULTS
+    from .pretrained import TRAIN_DEFAULTS, is_pretrained
 
-    return dict(TRAIN_DEFAULTS) if name in BACKBONES or name == "timm" else {}
+    return dict(TRAIN_DEFAULTS) if is_pretrained(name) else {}
 
 
 def create_model(

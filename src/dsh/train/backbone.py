@@ -22,13 +22,9 @@ from ..config import TrainConfig
 from ..data import cache_dir
 from ..errors import ConfigError
 from ..models.normalize import Normalizer
-from ..models.pretrained import BACKBONES, DEFAULT_TIMM_ARCH, PretrainedHashNet, input_normalization
+from ..models.pretrained import DEFAULT_TIMM_ARCH, PretrainedHashNet, input_normalization, is_pretrained
 from .features import cached_features
 from .head import fit_head, halves_map
-
-
-def is_pretrained(model_name: str) -> bool:
-    return model_name in BACKBONES or model_name == "timm"
 
 
 def backbone_options(cfg: TrainConfig, new_run: bool) -> dict:

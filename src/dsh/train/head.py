@@ -14,6 +14,7 @@ import torch.nn as nn
 
 from ..codes.bits import codes_from_u
 from ..eval.metrics import mean_average_precision
+from ..models.heads import split_for_weight_decay
 from .loss import DSHLoss
 
 
@@ -46,8 +47,7 @@ def fit_head(head: nn.Module, fit_features: torch.Tensor, fit_labels: torch.Tens
     the epoch with the best validation mAP on ``val_features``."""
     generator = torch.Generator().manual_seed(seed)
     loss_fn = DSHLoss(nbits, margin=margin, alpha=alpha)
-    decay = [p for p in head.parameters() if p.ndim > 1]
-    no_decay = [p for p in head.parameters() if p.ndim <= 1]
+    decay, no_decay = split_for_weight_decay(head.parameters())
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr)
     n = fit_features.shape[0]

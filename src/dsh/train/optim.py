@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from ..config import TrainConfig
+from ..models.heads import split_for_weight_decay
 
 
 def parameter_groups(cfg: TrainConfig, model: torch.nn.Module) -> list[dict[str, Any]]:
@@ -18,10 +19,7 @@ def parameter_groups(cfg: TrainConfig, model: torch.nn.Module) -> list[dict[str,
         # a model with a recipe of its own (airbench: batch-norm biases at a higher rate, the whitening frozen);
         # the higher bias rate is the SGD recipe's, so AdamW keeps one rate
         return model.optimizer_groups(cfg.lr, cfg.weight_decay, bias_lr_scale=8.0 if cfg.optimizer == "sgd" else 1.0)
-    # No weight decay on biases and norm parameters: decaying them only fights the normalisation.
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim > 1 else no_decay).append(p)
+    decay, no_decay = split_for_weight_decay(model.parameters())
     return [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

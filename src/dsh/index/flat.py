@@ -20,7 +20,9 @@ docs/FORMATS.md ("Index file").
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import os
 import secrets
 import struct
@@ -29,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..codes import group_kernels as G
 from ..codes import kernels as K
 from ..codes.bits import check_codes, nbytes_for
 from ..codes.hamming import pairwise_hamming_reference
@@ -36,23 +39,41 @@ from ..errors import DataError, InputError
 from ..utils.fileio import END_MARKER, TRAILER, atomic_write, check_trailer, read_header
 from .base import check_k, check_new_ids, check_radius, check_whole
 from .catalog import Catalog, catalog_path
+from .distinct import Groups, position_dtype
 from .faiss_file import knn_exact, range_exact
-from .mih import MIHTables, prefer_mih
+from .mih import KnnPlan, MIHTables, pilot_size, plan_knn, prefer_mih
 
 __all__ = ["HammingIndex", "ENGINES", "catalog_path"]
 
 ENGINES = ("auto", "numba", "faiss", "numpy")
+METHODS = ("auto", "mih", "flat")
+_log = logging.getLogger("dsh.index")
 
 _MAGIC = b"DSHINDEX"
 _END = END_MARKER
-_VERSION = 1
-_HEADER = struct.Struct("<8sIIIIQQQQQ")  # 64 bytes, fields as in the module docstring
+_VERSION = 2
+# 88 bytes: magic, version, header size, nbits, bytes per code, n, flags, codes / ids offsets, metadata length,
+# then distinct codes u and the group offsets' and positions' offsets (0 when no code repeats); docs/FORMATS.md
+_HEADER = struct.Struct("<8sIIIIQQQQQQQQ")
+_HEADER_V1 = struct.Struct("<8sIIIIQQQQQ")  # 64 bytes: the first ten fields, every code stored per item
 _TRAILER = TRAILER
 _ALIGN = 64
 
 
 def _align(x: int) -> int:
     return -(-x // _ALIGN) * _ALIGN
+
+
+def _layout(hsize: int, n: int, w: int, u: int) -> tuple[int, int, int, int, int]:
+    """Offsets of the codes (``u`` rows), ids, group offsets and positions (0, 0 when ``u == n``), and where
+    the metadata starts."""
+    codes_off = _align(hsize)
+    ids_off = _align(codes_off + u * w)
+    if u == n:
+        return codes_off, ids_off, 0, 0, ids_off + 8 * n
+    goff_off = _align(ids_off + 8 * n)
+    gpos_off = _align(goff_off + 8 * (u + 1))
+    return codes_off, ids_off, goff_off, gpos_off, gpos_off + 8 * n
 
 
 class HammingIndex:
@@ -79,12 +100,15 @@ class HammingIndex:
 
     # -- state ---------------------------------------------------------------------------------------------------
 
-    def _set(self, codes: np.ndarray, ids: np.ndarray, catalog: Catalog | None) -> None:
-        self._codes = codes  # uint8[n, nbytes], rows in ascending id order
+    def _set(self, codes: np.ndarray | None, ids: np.ndarray, catalog: Catalog | None,
+             groups: Groups | None = None) -> None:
+        """``codes`` (``uint8[n, nbytes]``, rows in ascending id order) are kept as their distinct-code layer
+        (:mod:`dsh.index.distinct`), given as ``groups`` or built here."""
+        self._groups = groups if groups is not None else Groups.build(codes)
         self._ids = ids  # int64[n], strictly ascending
         self._catalog = catalog  # row i is the record of ids[i]
-        self._words = None  # uint64[n, W], built on first search
-        self._mih: MIHTables | None = None
+        self._words = None  # uint64[u, W] over the distinct codes, built on first search
+        self._mih: MIHTables | None = None  # over the distinct codes
         self._faiss = None
 
     @property
@@ -104,10 +128,21 @@ class HammingIndex:
 
     @property
     def codes(self) -> np.ndarray:
-        """``uint8[ntotal, nbytes]``, read-only, in ascending id order."""
-        v = self._codes.view(np.ndarray)
+        """``uint8[ntotal, nbytes]``, read-only, in ascending id order (made from the distinct codes when codes
+        repeat: ask once and keep it)."""
+        v = self._groups.item_codes().view(np.ndarray)
         v.flags.writeable = False
         return v
+
+    @property
+    def distinct(self) -> int:
+        """How many distinct codes the index holds (each is kept, scanned and hashed once)."""
+        return self._groups.u
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the codes, ids, distinct-code groups and MIH tables, in bytes."""
+        return int(self._groups.nbytes + self._ids.nbytes + (self._mih.nbytes if self._mih is not None else 0))
 
     @property
     def ids(self) -> np.ndarray:
@@ -151,7 +186,7 @@ class HammingIndex:
     def reset(self) -> None:
         """Remove everything (metadata stays; a catalog keeps its columns and class names, with no rows)."""
         cat = None if self._catalog is None else self._catalog.take(np.zeros(0, np.int64))
-        self._set(self._codes[:0].copy(), np.zeros(0, np.int64), cat)
+        self._set(self._groups.ucodes[:0].copy(), np.zeros(0, np.int64), cat)
 
     def add(self, codes: np.ndarray, ids: np.ndarray | None = None, *, labels=None, paths=None, keys=None,
             class_names=None) -> None:
@@ -183,7 +218,7 @@ class HammingIndex:
         if n == 0:
             self._catalog = catalog  # class names alone may have been given
             return
-        all_codes = np.concatenate([self._codes, codes])
+        all_codes = np.concatenate([self._groups.item_codes(), codes])
         all_ids = np.concatenate([self._ids, ids])
         if not (np.all(ids[1:] > ids[:-1]) and (self.ntotal == 0 or ids[0] > self._ids[-1])):
             order = np.argsort(all_ids, kind="stable")  # keep rows in id order (see the module docstring)
@@ -199,7 +234,7 @@ class HammingIndex:
         if removed:
             keep = ~drop
             cat = None if self._catalog is None else self._catalog.take(np.flatnonzero(keep))
-            self._set(np.ascontiguousarray(self._codes[keep]), self._ids[keep], cat)
+            self._set(np.ascontiguousarray(self._groups.item_codes()[keep]), self._ids[keep], cat)
         return removed
 
     def _positions(self, ids) -> np.ndarray:
@@ -214,7 +249,8 @@ class HammingIndex:
 
     def reconstruct(self, ids) -> np.ndarray:
         """Codes ``uint8[len(ids), nbytes]`` of the given ids; ``KeyError`` for an id not held."""
-        return np.asarray(self._codes[self._positions(ids)])
+        g = self._groups
+        return np.asarray(g.ucodes[g.group_of(self._positions(ids))])
 
     def lookup(self, ids) -> list[dict]:
         """The record of each id: ``{"id": id}`` plus the catalog's fields (see
@@ -231,8 +267,16 @@ class HammingIndex:
 
     def _get_words(self) -> np.ndarray:
         if self._words is None:
-            self._words = K.as_words(self._codes.view(np.ndarray))
+            self._words = K.as_words(self._groups.ucodes.view(np.ndarray))
         return self._words
+
+    def _expand_range(self, lims, D, U):
+        """Runs of distinct codes -> runs of positions, ordered by (distance, position)."""
+        g = self._groups
+        if g.identity:
+            return lims, D, U
+        counts, D, P = G.expand_range(lims, D, U, g.goff, g.gpos)
+        return K.join_ranges([(counts, D, P)], len(lims) - 1)
 
     def _ids_of(self, P: np.ndarray) -> np.ndarray:
         """Positions -> ids, keeping -1."""
@@ -240,28 +284,116 @@ class HammingIndex:
             return np.full(P.shape, -1, np.int64)
         return np.where(P >= 0, self._ids[np.maximum(P, 0)], -1)
 
-    def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    def search(self, q: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest codes to each query.
 
         ``q``: ``uint8[nq, nbytes]``. Returns ``D int32[nq, k]`` and ``I int64[nq, k]``, each row ordered by
         (distance, id). Where the index holds fewer than ``k`` codes, the missing tail is ``D = -1``, ``I = -1``.
+
+        ``method``: ``"flat"`` (a scan with the index's engine), ``"mih"`` (multi-index hashing with a growing
+        radius, tables built on first use) or ``"auto"`` (with the numba engine, MIH when a pilot of a few
+        queries shows it beats the scan, see :meth:`explain`; queries MIH would spend longer on are scanned).
+        All give the same result.
         """
         q = self._queries(q)
         k = check_k(k)
+        method = _check_method(method)
         nq, n = q.shape[0], self.ntotal
         D = np.full((nq, k), -1, np.int32)
         P = np.full((nq, k), -1, np.int64)
         if nq and n:
             kk = min(k, n)
-            if self._engine == "numba":
-                X, Q = self._get_words(), K.as_words(q)
-                x, W = X.reshape(-1), X.shape[1]
-                K.run_parallel(lambda a, b: K.knn_scan(x, n, W, Q, a, b, k, self._nbits, D, P), nq)
+            if self._engine == "numba" or method == "mih":
+                self._knn(K.as_words(q), k, method, D, P)
             elif self._engine == "faiss":
                 D[:, :kk], P[:, :kk] = self._faiss_knn(q, kk)
             else:
                 D[:, :kk], P[:, :kk] = self._numpy_knn(q, kk)
         return D, self._ids_of(P)
+
+    def explain(self, q: np.ndarray, k: int, method: str = "auto") -> dict:
+        """How :meth:`search` would answer ``q`` (it runs the pilot, a few queries by MIH, building the tables
+        if the plan says so): ``{"method": "flat" | "mih", "reason", "flat_ns", "mih_ns", "pilot",
+        "pilot_given_up", "budget_ns", "build_tables", "distinct", "ntotal", "nsub"}``, costs in estimated
+        nanoseconds per query."""
+        q = self._queries(q)
+        k = check_k(k)
+        method = _check_method(method)
+        if self._engine != "numba" and method != "mih":
+            out = KnnPlan("flat", f"the {self._engine} engine scans", float("nan")).as_dict()
+        else:
+            out = self._plan(K.as_words(q), k, method)[0].as_dict()
+        return {**out, "distinct": self.distinct, "ntotal": self.ntotal,
+                "nsub": None if self._mih is None else self._mih.nsub}
+
+    def _plan(self, Q: np.ndarray, k: int, method: str) -> tuple[KnnPlan, tuple | None]:
+        """The k-NN plan for queries ``Q`` (``uint64[nq, W]``) and, after a pilot, its results for the first
+        queries (as :meth:`MIHTables.knn` returns them)."""
+        g = self._groups
+        plan = plan_knn(g.u, self._nbits, len(Q), self._mih, method)
+        pilot = None
+        if plan.method == "mih" and method == "auto":
+            tables = self._mih if self._mih is not None else self.build_mih()
+            p, share = pilot_size(len(Q))
+            pilot = tables.knn(self._get_words(), Q[:p], k, g.goff, g.n, share * plan.flat_ns, parallel=False)
+            counts, work = pilot[0], pilot[3]
+            given_up = int((counts < 0).sum())
+            mih_ns = float(work[counts >= 0].mean()) if given_up < p else None
+            if 2 * given_up > p or mih_ns > plan.flat_ns / 2:
+                why = (f"{given_up} of {p} pilot queries would cost more than {share:.0%} of a scan by MIH"
+                       + ("" if mih_ns is None else f", the others ~{mih_ns / plan.flat_ns:.0%}"))
+                plan = dataclasses.replace(plan, method="flat", budget_ns=0.0)
+            else:
+                why = (f"{p - given_up} of {p} pilot queries finished by MIH within {share:.0%} of a scan, at "
+                       f"~{mih_ns / plan.flat_ns:.1%} of one on average")
+            plan = dataclasses.replace(plan, reason=why, mih_ns=mih_ns, pilot=p, pilot_given_up=given_up)
+        _log.debug("k-NN plan for %d queries, k=%d over %d codes (%d distinct): %s", len(Q), k, self.ntotal, g.u,
+                   plan)
+        return plan, pilot
+
+    def _knn(self, Q: np.ndarray, k: int, method: str, D: np.ndarray, P: np.ndarray) -> None:
+        """Exact k-NN of ``Q`` (``uint64[nq, W]``) into ``D`` / ``P`` (positions) by the plan's method."""
+        plan, pilot = self._plan(Q, k, method)
+        g = self._groups
+        scan = np.ones(len(Q), bool)  # queries left to the scan
+        if pilot is not None:
+            p = len(pilot[0])
+            self._expand_knn(pilot, k, D[:p], P[:p])
+            scan[:p] = pilot[0] < 0
+        if plan.method == "mih":
+            rest = np.arange(0 if pilot is None else len(pilot[0]), len(Q))
+            tables = self._mih if self._mih is not None else self.build_mih()
+            res = tables.knn(self._get_words(), Q[rest], k, g.goff, g.n, plan.budget_ns)
+            d, p_ = D[rest], P[rest]
+            self._expand_knn(res, k, d, p_)
+            D[rest], P[rest] = d, p_
+            scan[rest] = res[0] < 0
+        rows = np.flatnonzero(scan)
+        if rows.size:
+            d, p_ = self._scan_knn(Q[rows] if rows.size < len(Q) else Q, k)
+            D[rows], P[rows] = d, p_
+
+    def _expand_knn(self, res: tuple, k: int, D: np.ndarray, P: np.ndarray) -> None:
+        counts, Dg, Ug = res[0], res[1], res[2]
+        lims = np.zeros(len(counts) + 1, np.int64)
+        np.cumsum(np.maximum(counts, 0), out=lims[1:])
+        G.expand_knn(lims, Dg, Ug, self._groups.goff, self._groups.gpos, k, D, P)
+
+    def _scan_knn(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """The numba scan over the distinct codes: ``(D int32[nq, k], P int64[nq, k])``, positions."""
+        g, nq = self._groups, len(Q)
+        X = self._get_words()
+        x, W, u = X.reshape(-1), X.shape[1], g.u
+        D = np.full((nq, k), -1, np.int32)
+        P = np.full((nq, k), -1, np.int64)
+        if g.identity:
+            K.run_parallel(lambda a, b: K.knn_scan(x, u, W, Q, a, b, k, self._nbits, D, P), nq)
+        else:
+            parts = K.run_parallel(lambda a, b: G.knn_scan_groups(x, u, W, Q, a, b, k, self._nbits, g.goff), nq)
+            counts = np.concatenate([p[0] for p in parts])
+            self._expand_knn((counts, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])),
+                             k, D, P)
+        return D, P
 
     def range_search(self, q: np.ndarray, radius: int, method: str = "auto"
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -274,22 +406,21 @@ class HammingIndex:
         """
         q = self._queries(q)
         radius = check_radius(radius)
-        if method not in ("auto", "mih", "flat"):
-            raise InputError(f"method must be 'auto', 'mih' or 'flat', got {method!r}")
+        method = _check_method(method)
         nq, n = q.shape[0], self.ntotal
         if nq == 0 or n == 0:
             return np.zeros(nq + 1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
         if method == "auto":
-            use_mih = self._engine == "numba" and prefer_mih(n, self._nbits, radius, nq, self._mih)
+            use_mih = self._engine == "numba" and prefer_mih(self.distinct, self._nbits, radius, nq, self._mih)
             method = "mih" if use_mih else "flat"
         if method == "mih":
             tables = self._mih if self._mih is not None else self.build_mih()
-            lims, D, P = tables.search(self._get_words(), K.as_words(q), radius)
+            lims, D, P = self._expand_range(*tables.search(self._get_words(), K.as_words(q), radius))
         elif self._engine == "numba":
             X, Q = self._get_words(), K.as_words(q)
-            x, W = X.reshape(-1), X.shape[1]
-            parts = K.run_parallel(lambda a, b: K.range_scan(x, n, W, Q, a, b, radius, self._nbits), nq)
-            lims, D, P = K.join_ranges(parts, nq)
+            x, W, u = X.reshape(-1), X.shape[1], self.distinct
+            parts = K.run_parallel(lambda a, b: K.range_scan(x, u, W, Q, a, b, radius, self._nbits), nq)
+            lims, D, P = self._expand_range(*K.join_ranges(parts, nq))
         elif self._engine == "faiss":
             lims, D, P = self._faiss_range(q, radius)
         else:
@@ -297,8 +428,8 @@ class HammingIndex:
         return lims, D, self._ids_of(P)
 
     def build_mih(self, nsub: int | None = None) -> MIHTables:
-        """Build (or rebuild) the multi-index hashing tables with ``nsub`` substrings (default
-        :func:`dsh.index.mih.default_nsub`) and return them."""
+        """Build (or rebuild) the multi-index hashing tables over the distinct codes with ``nsub`` substrings
+        (default :func:`dsh.index.mih.default_nsub`) and return them."""
         self._mih = MIHTables.build(self._get_words(), self._nbits, nsub)
         return self._mih
 
@@ -309,19 +440,21 @@ class HammingIndex:
         return ((a, min(a + step, nq)) for a in range(0, nq, step))
 
     def _numpy_knn(self, q, k):
+        codes = self._groups.item_codes()
         D = np.empty((q.shape[0], k), np.int32)
         P = np.empty((q.shape[0], k), np.int64)
         for a, b in self._query_chunks(q.shape[0]):
-            dist = pairwise_hamming_reference(q[a:b], self._codes)
+            dist = pairwise_hamming_reference(q[a:b], codes)
             order = np.argsort(dist, axis=1, kind="stable")[:, :k]  # stable: ties stay in position = id order
             P[a:b] = order
             D[a:b] = np.take_along_axis(dist, order, axis=1)
         return D, P
 
     def _numpy_range(self, q, radius):
+        codes = self._groups.item_codes()
         Ds, Ps, counts = [], [], []
         for a, b in self._query_chunks(q.shape[0]):
-            dist = pairwise_hamming_reference(q[a:b], self._codes)
+            dist = pairwise_hamming_reference(q[a:b], codes)
             for row in dist:
                 sel = np.flatnonzero(row <= radius)
                 sel = sel[np.argsort(row[sel], kind="stable")]
@@ -337,8 +470,9 @@ class HammingIndex:
         if self._faiss is None:
             import faiss
 
-            self._faiss = faiss.IndexBinaryFlat(8 * self._codes.shape[1])  # padding bits are 0 on both sides
-            self._faiss.add(np.ascontiguousarray(self._codes))
+            codes = self._groups.item_codes()
+            self._faiss = faiss.IndexBinaryFlat(8 * codes.shape[1])  # padding bits are 0 on both sides
+            self._faiss.add(np.ascontiguousarray(codes))
         return self._faiss
 
     def _faiss_knn(self, q, k):
@@ -372,10 +506,11 @@ class HammingIndex:
         # an old index (which would then refuse it)
         meta = json.dumps(out, ensure_ascii=False, sort_keys=True).encode("utf-8")
         self.metadata = out
-        n, w = self._codes.shape
-        codes_off = _align(_HEADER.size)
-        ids_off = _align(codes_off + n * w)
-        header = _HEADER.pack(_MAGIC, _VERSION, _HEADER.size, self._nbits, w, n, 0, codes_off, ids_off, len(meta))
+        g = self._groups
+        n, u, w = self.ntotal, g.u, g.ucodes.shape[1]
+        codes_off, ids_off, goff_off, gpos_off, meta_off = _layout(_HEADER.size, n, w, u)
+        header = _HEADER.pack(_MAGIC, _VERSION, _HEADER.size, self._nbits, w, n, 0, codes_off, ids_off, len(meta),
+                              u, goff_off, gpos_off)
         crc = 0
         with atomic_write(path) as f:
 
@@ -384,13 +519,18 @@ class HammingIndex:
                 f.write(buf)
                 crc = zlib.crc32(buf, crc)
 
+            def put_array(a: np.ndarray, at: int) -> None:
+                put(bytes(at - f.tell()))
+                flat = np.ascontiguousarray(a).reshape(-1).view(np.uint8)
+                for a in range(0, flat.size, 1 << 24):  # in pieces, so a memory-mapped index is not read at once
+                    put(memoryview(flat[a : a + (1 << 24)]))
+
             put(header)
-            put(bytes(codes_off - _HEADER.size))
-            flat = np.ascontiguousarray(self._codes).reshape(-1)
-            for a in range(0, flat.size, 1 << 24):  # in pieces, so a memory-mapped index is not read at once
-                put(memoryview(flat[a : a + (1 << 24)]))
-            put(bytes(ids_off - codes_off - n * w))
-            put(memoryview(self._ids.astype("<i8")).cast("B"))
+            put_array(g.ucodes, codes_off)
+            put_array(self._ids.astype("<i8", copy=False), ids_off)
+            if u != n:
+                put_array(g.goff.astype("<i8"), goff_off)
+                put_array(g.gpos.astype("<i8"), gpos_off)
             put(meta)
             f.write(_TRAILER.pack(crc, _END))
             if self._catalog is not None:
@@ -416,20 +556,28 @@ class HammingIndex:
             raise DataError(f"{path}: no such index file")
         size = path.stat().st_size
         with open(path, "rb") as f:
-            _, _, hsize, nbits, w, n, flags, codes_off, ids_off, mlen = read_header(f, path, size, _HEADER, _MAGIC,
-                                                                                    _VERSION, "index")
-            if hsize != _HEADER.size or nbits < 1 or w != nbytes_for(nbits) or flags != 0 \
-                    or codes_off < hsize or codes_off % _ALIGN or ids_off != _align(codes_off + n * w):
+            old = f.read(12)[8:] == struct.pack("<I", 1)  # version 1: every code stored per item, no groups
+            f.seek(0)
+            head = _HEADER_V1 if old else _HEADER
+            fields = read_header(f, path, size, head, _MAGIC, 1 if old else _VERSION, "index")
+            _, _, hsize, nbits, w, n, flags, codes_off, ids_off, mlen = fields[:10]
+            u, goff_off, gpos_off = (n, 0, 0) if old else fields[10:]
+            if hsize != head.size or nbits < 1 or w != nbytes_for(nbits) or flags != 0 or not 0 < u <= n \
+                    and not u == n == 0 or codes_off < hsize or codes_off % _ALIGN \
+                    or (codes_off, ids_off, goff_off, gpos_off) != _layout(codes_off, n, w, u)[:4]:
                 raise DataError(f"{path}: corrupt index header")
-            check_trailer(f, path, size, ids_off + 8 * n + mlen + _TRAILER.size, "index", verify)
-            f.seek(ids_off + 8 * n)
+            meta_off = _layout(codes_off, n, w, u)[4]
+            check_trailer(f, path, size, meta_off + mlen + _TRAILER.size, "index", verify)
+            f.seek(meta_off)
             meta_bytes = f.read(mlen)
-        if mmap and n:
-            codes = np.memmap(path, np.uint8, "r", offset=codes_off, shape=(n, w)).view(np.ndarray)
-            ids = np.memmap(path, "<i8", "r", offset=ids_off, shape=(n,)).view(np.ndarray)
-        else:
-            codes = np.fromfile(path, np.uint8, count=n * w, offset=codes_off).reshape(n, w)
-            ids = np.fromfile(path, "<i8", count=n, offset=ids_off)
+
+        def section(dtype, offset, shape):
+            if mmap and n:
+                return np.memmap(path, dtype, "r", offset=offset, shape=shape).view(np.ndarray)
+            return np.fromfile(path, dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+
+        codes = section(np.uint8, codes_off, (u, w))
+        ids = section("<i8", ids_off, (n,))
         try:
             metadata = json.loads(meta_bytes.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -443,9 +591,18 @@ class HammingIndex:
         if n and (ids[0] < 0 or np.any(ids[1:] <= ids[:-1])):
             raise DataError(f"{path}: ids are not strictly ascending and >= 0")
         ids = ids.astype(np.int64, copy=False)
+        groups = None
+        if u != n:
+            dt = "<i8" if mmap else position_dtype(n)
+            goff = section("<i8", goff_off, (u + 1,)).astype(dt, copy=False)
+            gpos = section("<i8", gpos_off, (n,)).astype(dt, copy=False)
+            groups = Groups.from_arrays(codes, goff, gpos, n)
+            why = groups.check()
+            if why:
+                raise DataError(f"{path}: corrupt index: {why}")
         catalog = _load_catalog(path, metadata["catalog"], ids, mmap, verify) if "catalog" in metadata else None
         index = cls(nbits, engine=engine)
-        index._set(codes, ids, catalog)
+        index._set(codes, ids, catalog, groups)
         index.metadata = metadata
         return index
 
@@ -471,3 +628,9 @@ def _load_catalog(path: Path, entry, ids: np.ndarray, mmap: bool, verify: bool) 
         raise DataError(f"{path} and {cpath} do not belong together: {why}")
     return catalog
 
+
+
+def _check_method(method) -> str:
+    if method not in METHODS:
+        raise InputError(f"method must be 'auto', 'mih' or 'flat', got {method!r}")
+    return method

@@ -13,6 +13,10 @@ Tables are compressed sparse rows: the codes' positions grouped by key, position
 per table either a dense offsets array over all ``2**length`` keys (when that is no larger than about the
 positions) or the sorted distinct keys with their offsets, found through a directory over the keys' top bits.
 Substrings are at most 32 bits.
+
+k nearest neighbours grow the radius one step at a time (:func:`dsh.codes.group_kernels.mih_knn`) until the codes
+found within it weigh ``k``; a query that would cost more than a flat scan is given up and scanned instead
+(:func:`plan_knn` decides from a pilot of a few queries, measured in the units of the constants below).
 """
 
 from __future__ import annotations
@@ -22,17 +26,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..codes import group_kernels as G
 from ..codes import kernels as K
 from ..errors import InputError
 
-__all__ = ["MIHTables", "default_nsub", "split_bits", "search_radii", "prefer_mih"]
+__all__ = ["MIHTables", "KnnPlan", "default_nsub", "split_bits", "search_radii", "prefer_mih", "plan_knn",
+           "flat_knn_ns", "pilot_size"]
 
-# Rough costs, in nanoseconds, measured on the benchmark machine (benchmarks/search.py); they only steer
-# `prefer_mih`, never the results.
-_FLAT_NS_PER_WORD = 0.2  # one 64-bit word of one code in a vectorised scan, per query
-_PROBE_NS = 300.0  # one table probe: cache misses into the offsets and positions, or a binary search
-_CANDIDATE_NS = 60.0  # one candidate: its full code is fetched from a random place
-_BUILD_NS = 40.0  # one code into one table
+# Rough costs, in nanoseconds of one thread, measured on the benchmark machine (a 2-core Xeon with AVX-512
+# VPOPCNTDQ, benchmarks/speed/knn_scale.py) at 1M x 64-bit random and clustered codes; the machine was shared
+# (load average near 10), so what they keep right is their ratios, which is all a choice between MIH and the scan
+# needs. They only steer `prefer_mih` and `plan_knn`, never the results.
+_FLAT_NS_PER_WORD = 0.8  # one 64-bit word of one code in a vectorised scan, per query
+_PROBE_NS = 350.0  # one table probe: cache misses into the offsets and positions, or a binary search
+_CANDIDATE_NS = 150.0  # one candidate: its code fetched from a random place, its substrings and distance
+_BUILD_NS = 400.0  # one code into one table
+_SCAN_START_NS = 2000.0  # a scan's fixed cost per query (buffers, the final sort)
+_BUILD_PAYBACK = 10.0  # build tables for a k-NN batch only if its scan would take 10x the build
 
 
 def split_bits(nbits: int, nsub: int) -> tuple[np.ndarray, np.ndarray]:
@@ -190,10 +200,91 @@ class MIHTables:
         """Estimated nanoseconds per query: probes plus candidates, from the tables' real bucket sizes."""
         return mih_cost_ns(radius, self.lengths, self.occupancy)
 
+    def knn(self, words: np.ndarray, queries: np.ndarray, k: int, goff: np.ndarray, nitems: int, budget_ns: float,
+            parallel: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Exact k-NN over the indexed distinct codes ``words`` (``uint64[u, W]``) whose groups have offsets
+        ``goff`` (empty: one item each; ``nitems`` in all), for ``queries`` (``uint64[nq, W]``).
+
+        Returns ``(counts int64[nq], D int32[total], U int64[total], work float64[nq])``: per query the distinct
+        codes within its weighted k-th distance, ordered by (distance, code) (see
+        :func:`dsh.codes.group_kernels.mih_knn`); ``counts = -1`` where the estimated work passed ``budget_ns``.
+        """
+        if words.shape[0] != self.n:
+            raise RuntimeError("MIH tables are stale: the index changed since they were built")
+        X, W = words.reshape(-1), words.shape[1]
+
+        def run(a, b):
+            return G.mih_knn(X, self.n, W, queries, a, b, int(k), self.nbits, goff, int(nitems),
+                             float(budget_ns), _PROBE_NS, _CANDIDATE_NS, self.starts, self.lengths, self.dense,
+                             self.offsets, self.offset_base, self.keys, self.key_base, self.directory,
+                             self.directory_base, self.directory_shift, self.positions)
+
+        parts = K.run_parallel(run, len(queries), per_task=16) if parallel else [run(0, len(queries))]
+        counts = np.concatenate([p[0] for p in parts])
+        return (counts, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
+                np.concatenate([p[3] for p in parts]))
+
 
 def mih_cost_ns(radius: int, lengths: np.ndarray, occupancy: np.ndarray) -> float:
     probes = _probes(radius, lengths)
     return float(probes.sum() * _PROBE_NS + probes @ occupancy * _CANDIDATE_NS)
+
+
+def flat_knn_ns(u: int, nbits: int) -> float:
+    """Estimated nanoseconds per query of a flat k-NN scan over ``u`` distinct codes."""
+    return u * -(-int(nbits) // 64) * _FLAT_NS_PER_WORD + _SCAN_START_NS
+
+
+@dataclass(frozen=True)
+class KnnPlan:
+    """How :meth:`dsh.index.flat.HammingIndex.search` answers a k-NN batch, and why (``index.explain``).
+
+    ``method``: ``"flat"`` or ``"mih"`` (queries MIH gives up on are scanned). ``flat_ns`` / ``mih_ns``: estimated
+    nanoseconds per query (``mih_ns`` from the pilot's finished queries; ``None`` without a pilot).
+    """
+
+    method: str
+    reason: str
+    flat_ns: float
+    mih_ns: float | None = None
+    pilot: int = 0  # queries tried by MIH with the pilot's budget
+    pilot_given_up: int = 0
+    budget_ns: float = 0.0  # MIH's budget per query for the rest of the batch
+    build_tables: bool = False  # whether the tables are built for this batch
+
+    def as_dict(self) -> dict:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+def plan_knn(u: int, nbits: int, nq: int, tables: MIHTables | None, method: str = "auto") -> KnnPlan:
+    """The plan before any pilot: the method forced, or whether MIH may pay at all (its tables' build counted
+    when they are not built). :meth:`HammingIndex.search` then runs the pilot (:func:`pilot_size`) and keeps MIH
+    if most of its queries finish, on average at less than half a scan's cost."""
+    flat = flat_knn_ns(u, nbits)
+    if method == "flat" or u == 0:
+        return KnnPlan("flat", "asked for", flat)
+    if method == "mih":
+        return KnnPlan("mih", "asked for", flat, budget_ns=float("inf"), build_tables=tables is None)
+    if u < 4096 or nq == 0:
+        return KnnPlan("flat", f"{u} distinct codes: a scan is cheap", flat)
+    if tables is None:
+        build = u * default_nsub(nbits, u) * _BUILD_NS
+        if nq * flat < _BUILD_PAYBACK * build:
+            return KnnPlan("flat", f"no MIH tables, and building them (~{build / 1e6:.0f} ms) would cost more than "
+                                   f"1/{_BUILD_PAYBACK:g} of this batch's scan", flat)
+    return KnnPlan("mih", "pilot pending", flat, budget_ns=flat, build_tables=tables is None)
+
+
+PILOT_QUERIES = 16
+PILOT_BUDGET = 0.5  # of a scan's cost: what a pilot query may spend in MIH before it is given up ...
+PILOT_SHARE = 0.1  # ... and at most this share of the batch's scan for the whole pilot, so that where MIH does
+# not pay (random codes, a large k) auto costs at most 10% more than the scan
+
+
+def pilot_size(nq: int) -> tuple[int, float]:
+    """``(queries, budget as a share of one query's scan)`` of the pilot for a batch of ``nq`` queries."""
+    p = min(nq, PILOT_QUERIES)
+    return p, min(PILOT_BUDGET, PILOT_SHARE * nq / max(p, 1))
 
 
 def prefer_mih(n: int, nbits: int, radius: int, nq: int, tables: MIHTables | None) -> bool:

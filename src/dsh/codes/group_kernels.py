@@ -1,0 +1,321 @@
+"""Numba kernels over *distinct* codes: each distinct code stands for a group of items (its weight), and a result
+names distinct codes that are then expanded into item positions, ties by position.
+
+Words and queries are laid out as in :mod:`dsh.codes.kernels`. A group layer is ``goff int[u + 1]`` and
+``gpos int[n]``: group ``g``'s item positions are ``gpos[goff[g]:goff[g + 1]]``, ascending. An empty ``goff``
+means the identity layer (every code distinct, distinct code ``g`` is item position ``g``).
+
+Two searches end in the same shape, per query a run of distinct codes ``(D, U)`` ordered by (distance, code):
+
+- :func:`knn_scan_groups`: a flat scan keeping every distinct code within ``t``, the smallest distance whose
+  codes together weigh at least ``k`` (every code at ``t`` is kept, because ties are broken by item position
+  and any group at ``t`` may hold the smallest one);
+- :func:`mih_knn`: multi-index hashing with a radius that grows one step at a time (Norouzi et al.): step ``r``
+  probes table ``r % m`` at substrings exactly ``r // m`` bits from the query's, so after step ``r`` every code
+  within ``r`` has been found; it stops once the codes found within ``r`` weigh ``k``.
+
+:func:`expand_knn` and :func:`expand_range` turn those runs into item positions ordered by (distance, position),
+taking at the last distance only the smallest positions k needs.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+from .kernels import _CHUNK_BYTES, _SUB, _U0, _U1, _U2, _bucket, _chunk_min, _dist, _grow, _popcount, _substring
+
+__all__ = ["knn_scan_groups", "mih_knn", "expand_knn", "expand_range"]
+
+
+@njit(inline="always")
+def _sort_run(od, op, a, b, u):
+    """Order entries ``a .. b-1`` by (distance, code)."""
+    if b - a > 1:
+        keys = od[a:b].astype(np.int64) * np.int64(u) + op[a:b]
+        order = np.argsort(keys)
+        od[a:b] = od[a:b][order]
+        op[a:b] = op[a:b][order]
+
+
+@njit(inline="always")
+def _weight(goff, g):
+    """Items distinct code ``g`` stands for (1 in the identity layer)."""
+    if goff.shape[0] == 0:
+        return np.int64(1)
+    return np.int64(goff[g + 1]) - np.int64(goff[g])
+
+
+@njit(inline="always")
+def _kth(hist, k, nbits):
+    """Smallest distance ``t`` whose codes (with all closer ones) weigh at least ``k``; ``nbits`` if none."""
+    cum = 0
+    for t in range(nbits + 1):
+        cum += hist[t]
+        if cum >= k:
+            return t
+    return nbits
+
+
+@njit(nogil=True, cache=True)
+def knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
+    """Per query ``qa <= i < qb``: every distinct code within the weighted k-th distance, by a flat scan.
+
+    ``goff``: the group layer's offsets, which give the items each code stands for. Returns
+    ``counts int64[qb-qa]``, ``D int32[total]``, ``U int64[total]``, each query's run ordered by (distance, code).
+    """
+    nq = qb - qa
+    counts = np.zeros(nq, np.int64)
+    od = np.empty(1024, np.int32)
+    op = np.empty(1024, np.int64)
+    total = 0
+    if u == 0 or nq <= 0:
+        return counts, od[:0].copy(), op[:0].copy()
+    cap = max(2 * k, 1024)
+    B = max(1, min(64, (1 << 21) // cap))
+    CH = max(_SUB, (_CHUNK_BYTES // (8 * W)) // _SUB * _SUB)
+    Wu = np.uint64(W)
+    for b0 in range(qa, qb, B):
+        nb = min(B, qb - b0)
+        bufd = np.empty((nb, cap), np.int32)
+        bufp = np.empty((nb, cap), np.int64)
+        hist = np.zeros((nb, nbits + 2), np.int64)
+        size = np.zeros(nb, np.int64)
+        lim = np.full(nb, nbits + 1, np.int64)  # keep a code iff distance < lim (= t + 1 once k weight is in)
+        weight = np.zeros(nb, np.int64)  # weight of the kept codes with distance < lim
+        for c0 in range(0, u, CH):
+            c1 = min(c0 + CH, u)
+            for i in range(nb):
+                q = Q[b0 + i]
+                for s0 in range(c0, c1, _SUB):
+                    s1 = min(s0 + _SUB, c1)
+                    if np.int64(_chunk_min(X, q, W, np.uint64(s0), np.uint64(s1))) >= lim[i]:
+                        continue
+                    for g0 in range(s0, s1, 32):
+                        g1 = min(g0 + 32, s1)
+                        if np.int64(_chunk_min(X, q, W, np.uint64(g0), np.uint64(g1))) >= lim[i]:
+                            continue
+                        for j in range(g0, g1):
+                            d = np.int64(_dist(X, np.uint64(j) * Wu, q, W))
+                            if d >= lim[i]:
+                                continue
+                            if size[i] == bufd.shape[1]:
+                                # drop what the lowered limit excludes; grow when most entries stay
+                                m = 0
+                                for e in range(size[i]):
+                                    if bufd[i, e] < lim[i]:
+                                        bufd[i, m] = bufd[i, e]
+                                        bufp[i, m] = bufp[i, e]
+                                        m += 1
+                                size[i] = m
+                                if 2 * m > bufd.shape[1]:
+                                    nd = np.empty((nb, 2 * bufd.shape[1]), np.int32)
+                                    npp = np.empty((nb, 2 * bufd.shape[1]), np.int64)
+                                    nd[:, : bufd.shape[1]] = bufd
+                                    npp[:, : bufd.shape[1]] = bufp
+                                    bufd = nd
+                                    bufp = npp
+                            e = size[i]
+                            bufd[i, e] = d
+                            bufp[i, e] = j
+                            size[i] = e + 1
+                            wj = _weight(goff, j)
+                            hist[i, d] += wj
+                            weight[i] += wj
+                            if weight[i] >= k:
+                                # lower the limit while the codes below the top distance still weigh k
+                                t = lim[i] - 1
+                                while t > 0 and weight[i] - hist[i, t] >= k:
+                                    weight[i] -= hist[i, t]
+                                    t -= 1
+                                lim[i] = t + 1
+        for i in range(nb):
+            od = _grow(od, total + size[i])
+            op = _grow(op, total + size[i])
+            a = total
+            for e in range(size[i]):
+                if bufd[i, e] < lim[i]:
+                    od[total] = bufd[i, e]
+                    op[total] = bufp[i, e]
+                    total += 1
+            _sort_run(od, op, a, total, u)
+            counts[b0 - qa + i] = total - a
+    return counts, od[:total].copy(), op[:total].copy()
+
+
+@njit(nogil=True, cache=True)
+def mih_knn(X, u, W, Q, qa, qb, k, nbits, goff, nitems, budget, probe_ns, cand_ns, tstart, tlen, tdense, off_all,
+            off_base, key_all, key_base, dir_all, dir_base, dir_shift, pos_all):
+    """Per query ``qa <= i < qb``: every distinct code within the weighted k-th distance, by multi-index hashing
+    with a growing radius; the same runs as :func:`knn_scan_groups`.
+
+    A query whose estimated work (``probe_ns`` per probe plus ``cand_ns`` per candidate) passes ``budget`` ns is
+    given up: its count is ``-1`` and it has no entries (the caller scans it). Tables as in
+    :func:`dsh.codes.kernels.mih_range`. Returns ``counts``, ``D``, ``U`` and ``work float64[qb-qa]`` (ns).
+
+    A code is found at the first step whose table holds it within that step's substring distance: with
+    ``h_t`` its substring distance in table ``t``, at step ``min_t(h_t * m + t)``; a candidate met at a later
+    step is skipped, so no per-query "seen" set is needed. Once the codes found weigh ``nitems`` (all of them) the
+    search stops whatever the radius.
+    """
+    m = tstart.shape[0]
+    nq = qb - qa
+    counts = np.zeros(nq, np.int64)
+    work = np.zeros(nq, np.float64)
+    od = np.empty(1024, np.int32)
+    op = np.empty(1024, np.int64)
+    fd = np.empty(1024, np.int32)
+    fj = np.empty(1024, np.int64)
+    total = 0
+    Wu = np.uint64(W)
+    qkey = np.empty(m, np.uint64)
+    hist = np.zeros(nbits + 2, np.int64)
+    mu = np.int64(m)
+    for i in range(qa, qb):
+        q = Q[i]
+        for t in range(m):
+            qkey[t] = _substring(q, _U0, tstart[t], tlen[t])
+        hist[:] = 0
+        nf = 0
+        cost = 0.0
+        cum = 0
+        found = 0
+        gave_up = False
+        kth = nbits
+        for r in range(nbits + 1):
+            t = r % m
+            s = r // m
+            if s <= tlen[t]:
+                L = tlen[t]
+                mask = (_U1 << np.uint64(s)) - _U1
+                end = _U1 << np.uint64(L)
+                while mask < end:
+                    lo, hi = _bucket(qkey[t] ^ mask, t, tdense, off_all, off_base, key_all, key_base, dir_all,
+                                     dir_base, dir_shift)
+                    cost += probe_ns + cand_ns * (hi - lo)
+                    if hi > lo:
+                        fd = _grow(fd, nf + (hi - lo))
+                        fj = _grow(fj, nf + (hi - lo))
+                    for e in range(lo, hi):
+                        j = pos_all[t * u + e]
+                        base = np.uint64(j) * Wu
+                        first = True
+                        for v in range(m):
+                            if v != t:
+                                hv = np.int64(_popcount(_substring(X, base, tstart[v], tlen[v]) ^ qkey[v]))
+                                if hv * mu + v < r:
+                                    first = False
+                                    break
+                        if first:
+                            d = np.int64(_dist(X, base, q, W))
+                            fd[nf] = d
+                            fj[nf] = j
+                            nf += 1
+                            wj = _weight(goff, j)
+                            hist[d] += wj
+                            found += wj
+                    if s == 0:
+                        break
+                    c = mask & (~mask + _U1)
+                    r_ = mask + c
+                    mask = (((r_ ^ mask) >> _U2) // c) | r_
+                    if cost > budget:
+                        break
+            if cost > budget:
+                gave_up = True
+                break
+            cum += hist[r]  # every code within r is found now, so hist[0..r] is final
+            if cum >= k or found == nitems:
+                kth = _kth(hist, k, nbits)
+                break
+        work[i - qa] = cost
+        if gave_up:
+            counts[i - qa] = -1
+            continue
+        od = _grow(od, total + nf)
+        op = _grow(op, total + nf)
+        a = total
+        for e in range(nf):
+            if fd[e] <= kth:
+                od[total] = fd[e]
+                op[total] = fj[e]
+                total += 1
+        _sort_run(od, op, a, total, u)
+        counts[i - qa] = total - a
+    return counts, od[:total].copy(), op[:total].copy(), work
+
+
+@njit(inline="always")
+def _members(goff, gpos, g, out, o, limit):
+    """Write up to ``limit`` smallest positions of group ``g`` at ``out[o:]``; returns how many."""
+    if goff.shape[0] == 0:
+        out[o] = g
+        return 1
+    a = np.int64(goff[g])
+    b = min(np.int64(goff[g + 1]), a + limit)
+    for e in range(a, b):
+        out[o + e - a] = gpos[e]
+    return b - a
+
+
+@njit(nogil=True, cache=True)
+def expand_knn(lims, D, U, goff, gpos, k, outD, outP):
+    """Runs of distinct codes (``lims int64[nq + 1]``, ``D``, ``U``; ordered by distance) -> the k nearest items
+    per query, ordered by (distance, position), into ``outD int32[nq, k]`` and ``outP int64[nq, k]`` (``-1``
+    past the results). At each distance only as many positions per group as k still needs are read."""
+    nq = lims.shape[0] - 1
+    buf = np.empty(max(k, 16), np.int64)
+    for i in range(nq):
+        got = 0
+        e = lims[i]
+        end = lims[i + 1]
+        while e < end and got < k:
+            d = D[e]
+            f = e
+            w = 0
+            while f < end and D[f] == d:
+                w += _weight(goff, U[f])
+                f += 1
+            need = k - got
+            buf = _grow(buf, min(w, need * (f - e)))
+            nb = 0
+            for x in range(e, f):
+                nb += _members(goff, gpos, U[x], buf, nb, need)
+            if f - e > 1:
+                buf[:nb].sort()
+            take = min(nb, need)
+            for x in range(take):
+                outD[i, got + x] = d
+                outP[i, got + x] = buf[x]
+            got += take
+            e = f
+        outD[i, got:] = -1
+        outP[i, got:] = -1
+
+
+@njit(nogil=True, cache=True)
+def expand_range(lims, D, U, goff, gpos):
+    """Runs of distinct codes ordered by distance -> every item, per query ordered by (distance, position).
+    Returns ``counts int64[nq]``, ``D int32[total]``, ``P int64[total]``."""
+    nq = lims.shape[0] - 1
+    total = 0
+    for e in range(lims[nq]):
+        total += _weight(goff, U[e])
+    outD = np.empty(total, np.int32)
+    outP = np.empty(total, np.int64)
+    counts = np.zeros(nq, np.int64)
+    o = 0
+    big = np.int64(1) << 62
+    for i in range(nq):
+        a = o
+        e = lims[i]
+        while e < lims[i + 1]:
+            d = D[e]
+            s = o
+            while e < lims[i + 1] and D[e] == d:
+                o += _members(goff, gpos, U[e], outP, o, big)
+                e += 1
+            outP[s:o].sort()
+            outD[s:o] = d
+        counts[i] = o - a
+    return counts, outD, outP

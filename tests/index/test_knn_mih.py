@@ -1,0 +1,202 @@
+"""k-NN by multi-index hashing and the distinct-code layer, against a brute-force popcount with the (distance, id)
+order: random, clustered and heavily tied codes, after adds, removes, a save and a load."""
+
+import re
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_index import assert_same, brute_knn, brute_range
+
+from dsh import HammingIndex
+from dsh.errors import DataError, InputError
+from dsh.index.distinct import Groups
+
+
+def make_codes(rng, kind: str, n: int, nbits: int) -> np.ndarray:
+    """``uint8[n, ceil(nbits/8)]``: random, clustered (a few centres, bits flipped with p = 1.5 / nbits) or tied
+    (three values)."""
+    w = (nbits + 7) // 8
+    mask = np.full(w, 255, np.uint8)
+    if nbits % 8:
+        mask[-1] = (1 << (nbits % 8)) - 1
+    if kind == "random":
+        return rng.integers(0, 256, (n, w), dtype=np.uint8) & mask
+    pool = rng.integers(0, 256, (3 if kind == "tied" else 6, w), dtype=np.uint8) & mask
+    codes = pool[rng.integers(0, len(pool), n)]
+    if kind == "clustered":
+        codes ^= np.packbits(rng.random((n, nbits)) < 1.5 / nbits, axis=1, bitorder="little")
+    return codes
+
+
+def check_index(index: HammingIndex, codes: np.ndarray, ids: np.ndarray, q: np.ndarray, ks, radii, nsub):
+    """Every method of k-NN and radius search equals the brute force over (codes, ids)."""
+    order = np.argsort(ids)
+    codes, ids = codes[order], ids[order]
+    np.testing.assert_array_equal(index.ids, ids)
+    np.testing.assert_array_equal(index.codes, codes)
+    if len(ids):
+        np.testing.assert_array_equal(index.reconstruct(ids[::3]), codes[::3])
+        index.build_mih(nsub)
+    for k in ks:
+        want = brute_knn(q, codes, ids, k)
+        for method in ("flat", "mih", "auto"):
+            assert_same(index.search(q, k, method=method), want)
+    for r in radii:
+        want = brute_range(q, codes, ids, r)
+        for method in ("flat", "mih"):
+            assert_same(index.range_search(q, r, method=method), want)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(kind=st.sampled_from(["random", "clustered", "tied"]), nbits=st.sampled_from([12, 33, 64, 128]),
+       n=st.integers(0, 260), seed=st.integers(0, 2**16), nsub_frac=st.floats(0, 1),
+       k=st.integers(1, 40), radius=st.integers(0, 5), reload=st.booleans())
+def test_knn_and_range_equal_brute_force_after_changes(tmp_path, kind, nbits, n, seed, nsub_frac, k, radius,
+                                                       reload):
+    rng = np.random.default_rng(seed)
+    codes = make_codes(rng, kind, n, nbits)
+    ids = rng.permutation(4 * n + 1)[:n].astype(np.int64)  # ids in no order, with gaps
+    q = np.concatenate([codes[:4], make_codes(rng, kind, 4, nbits)])
+    # substrings of 4 to 12 bits: a forced MIH search far from every code probes every key within the radius
+    nsub = -(-nbits // 12) + int(nsub_frac * (nbits // 4 - -(-nbits // 12)))
+    ks, radii = (k, 1, n + 2), (radius,)
+    index = HammingIndex(nbits)
+    half = n // 2
+    index.add(codes[:half], ids[:half])
+    index.add(codes[half:], ids[half:])
+    check_index(index, codes, ids, q, ks, radii, nsub)
+    gone = ids[rng.random(n) < 0.3]
+    assert index.remove(gone) == len(gone)
+    keep = ~np.isin(ids, gone)
+    check_index(index, codes[keep], ids[keep], q, ks, radii, nsub)
+    if reload:
+        index.save(tmp_path / "i.idx")
+        for mmap in (False, True):
+            check_index(HammingIndex.load(tmp_path / "i.idx", mmap=mmap), codes[keep], ids[keep], q, ks, radii,
+                        nsub)
+
+
+def test_data_has_matches_and_ties():
+    """The generators make what the property test needs: repeated codes and tied distances."""
+    rng = np.random.default_rng(1)
+    tied = make_codes(rng, "tied", 200, 64)
+    assert len(np.unique(tied, axis=0)) == 3
+    clustered = make_codes(rng, "clustered", 200, 64)
+    assert 6 < len(np.unique(clustered, axis=0)) < 200
+    index = HammingIndex(64)
+    index.add(clustered)
+    assert index.distinct == len(np.unique(clustered, axis=0))
+    D, _ = index.search(clustered[:5], 30)
+    assert (D[:, 0] == 0).all() and (D[:, 1:] == D[:, :-1]).any()
+
+
+def test_groups_keep_each_distinct_code_once():
+    codes = np.array([[5], [3], [5], [7], [3], [5]], np.uint8)
+    g = Groups.build(codes)
+    assert g.ucodes[:, 0].tolist() == [5, 3, 7]  # by first item
+    assert g.goff.tolist() == [0, 3, 5, 6] and g.gpos.tolist() == [0, 2, 5, 1, 4, 3]
+    np.testing.assert_array_equal(g.item_codes(), codes)
+    assert g.check() is None
+    assert Groups.build(np.arange(4, dtype=np.uint8)[:, None]).identity
+
+
+def test_memory_per_item_goes_down_where_codes_repeat():
+    rng = np.random.default_rng(0)
+    repeated = np.repeat(rng.integers(0, 256, (100, 8), dtype=np.uint8), 50, axis=0)
+    distinct = rng.integers(0, 256, (5000, 8), dtype=np.uint8)
+    a, b = HammingIndex(64), HammingIndex(64)
+    a.add(repeated)
+    b.add(distinct)
+    assert a.distinct == 100 and b.distinct == 5000
+    assert a.nbytes < 8 + 4 + 5000 * 8 + 8 * 5000 and b.nbytes == 5000 * (8 + 8)
+
+
+def test_explain_shows_the_plan_and_method_overrides_it(caplog):
+    rng = np.random.default_rng(0)
+    centres = rng.integers(0, 256, (5000, 8), dtype=np.uint8)  # MIH pays where a scan has many codes to read
+    db = centres[rng.integers(0, 5000, 100_000)] ^ np.packbits(rng.random((100_000, 64)) < 0.02, axis=1,
+                                                               bitorder="little")
+    index = HammingIndex(64)
+    index.add(db)
+    q = db[:64]
+    assert index.explain(q, 10)["method"] == "flat" and index.mih is None  # the tables' build would not pay
+    index.build_mih()
+    plan = index.explain(q, 10)
+    assert plan["method"] == "mih" and plan["pilot"] == 16 and plan["mih_ns"] < plan["flat_ns"]
+    assert plan["distinct"] == index.distinct < 100_000
+    assert index.explain(q, 10, method="flat")["method"] == "flat"
+    random_q = rng.integers(0, 256, (64, 8), dtype=np.uint8)
+    rand = HammingIndex(64)
+    rand.add(rng.integers(0, 256, (20000, 8), dtype=np.uint8))
+    rand.build_mih()
+    assert rand.explain(random_q, 100)["method"] == "flat"  # MIH would probe too many keys
+    with caplog.at_level("DEBUG", logger="dsh.index"):
+        index.search(q, 10)
+    assert any("k-NN plan" in r.getMessage() for r in caplog.records)
+    want = brute_knn(q[:20], db, np.arange(len(db)), 10)
+    for method in ("flat", "mih", "auto"):
+        assert_same(index.search(q[:20], 10, method=method), want)
+
+
+@pytest.mark.parametrize("call", [lambda i, q: i.search(q, 0), lambda i, q: i.search(q, 2.5),
+                                  lambda i, q: i.search(q, 3, method="fast"), lambda i, q: i.explain(q, -1),
+                                  lambda i, q: i.range_search(q, -1), lambda i, q: i.range_search(q, 1, "mi")])
+def test_bad_k_radius_method_are_one_line_errors(call):
+    index = HammingIndex(16)
+    index.add(np.zeros((5, 2), np.uint8))
+    with pytest.raises(InputError) as e:
+        call(index, np.zeros((1, 2), np.uint8))
+    assert "\n" not in str(e.value)
+    with pytest.raises(InputError, match="nbits"):
+        HammingIndex(0)
+
+
+def saved(tmp_path, codes):
+    index = HammingIndex(64)
+    index.add(codes)
+    path = tmp_path / "g.idx"
+    index.save(path)
+    return path, index
+
+
+def test_damaged_grouped_file_is_refused(tmp_path):
+    rng = np.random.default_rng(0)
+    codes = np.repeat(rng.integers(0, 256, (40, 8), dtype=np.uint8), 5, axis=0)
+    path, index = saved(tmp_path, codes)
+    assert index.distinct == 40
+    blob = bytearray(path.read_bytes())
+    _, version, hsize, *_, u, goff_off, gpos_off = struct.unpack_from("<8sIIIIQQQQQQQQ", blob)
+    assert version == 2 and u == 40 and gpos_off > goff_off > 0
+    cases = {"checksum mismatch": (gpos_off + 8, 1), "group positions are not each item once": (gpos_off + 8, 1),
+             "group offsets do not cover": (goff_off + 8 * 40, 1), "corrupt index header": (hsize - 8, 1)}
+    for i, (problem, (at, bit)) in enumerate(cases.items()):
+        bad = bytearray(blob)
+        bad[at] ^= bit
+        p = tmp_path / f"bad{i}.idx"
+        p.write_bytes(bytes(bad))
+        verify = problem.startswith("checksum")
+        with pytest.raises(DataError, match=re.escape(problem)) as e:
+            HammingIndex.load(p, verify=verify)
+        assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+def test_version_1_files_are_still_read(tmp_path):
+    """A file in the first layout (every code per item, 64-byte header) loads and searches as before."""
+    rng = np.random.default_rng(0)
+    codes = np.repeat(rng.integers(0, 256, (30, 8), dtype=np.uint8), 4, axis=0)
+    ids = np.arange(0, 240, 2, dtype=np.int64)
+    meta = b'{"k": "v"}'
+    n = len(codes)
+    head = struct.pack("<8sIIIIQQQQQ", b"DSHINDEX", 1, 64, 64, 8, n, 0, 64, 64 + n * 8, len(meta))
+    body = head + codes.tobytes() + ids.astype("<i8").tobytes() + meta
+    path = tmp_path / "v1.idx"
+    path.write_bytes(body + struct.pack("<I4s", zlib.crc32(body), b"DSHE"))
+    for mmap in (False, True):
+        index = HammingIndex.load(path, mmap=mmap)
+        assert index.metadata == {"k": "v"} and index.distinct == 30
+        q = codes[::7]
+        assert_same(index.search(q, 9), brute_knn(q, codes, ids, 9))

@@ -24,7 +24,8 @@ Reads, under ``--results`` (default ``benchmarks/results``), whichever exist of:
 - ``tta_views.json`` / ``.md`` (``benchmarks/reproduce/tta_views.py``): a trained run's mAP under more test-time
   views;
 - ``train_throughput.json`` / ``.md`` (``benchmarks/speed/train_throughput.py``): training images/s;
-- ``search.json`` / ``.md`` (``benchmarks/speed/search.py``), and the other speed scripts' ``STEM.json`` / ``.md``:
+- ``search.json`` / ``.md`` (``benchmarks/speed/search.py``), ``knn_scale.json`` / ``.md``
+  (``benchmarks/speed/knn_scale.py``), and the other speed scripts' ``STEM.json`` / ``.md``:
   search, encoding, serving and scaling figures.
 
 Each table comes with the one-line command that re-makes it (run from the repository's root) and the machine it was
@@ -466,6 +467,15 @@ def search_section(ctx: Context) -> list[str]:
                                           "--queries", "1000", out=""))
 
 
+def knn_scale_section(ctx: Context) -> list[str]:
+    return md_section(ctx, "knn_scale", "Exact k-NN at 1M to 100M codes: scan, multi-index hashing, auto",
+                      "`HammingIndex.search` by its scan over distinct codes, by multi-index hashing with a growing "
+                      "radius and by its automatic choice, beside the scan over every item and faiss "
+                      "`IndexBinaryFlat`, on random, clustered and real learned (CIFAR-10) codes.",
+                      ctx.default_command("speed/knn_scale.py", "--sizes", "1000000", "10000000", "100000000",
+                                          "--threads", "2", out=""))
+
+
 def encode_section(ctx: Context) -> list[str]:
     return md_section(ctx, "encode_throughput", "Encoding throughput: torch against onnxruntime",
                       "Images/s and peak memory of `Encoder` on each backend (arrays in memory and JPEG files with "
@@ -498,7 +508,8 @@ def scale_section(ctx: Context) -> list[str]:
 # the generated blocks and their sections, in order
 BLOCKS: dict[str, list[Callable[[Context], list[str]]]] = {
     "quality": [paper_section, tta_section, seed_section, mosaic_section],
-    "speed": [throughput_section, search_section, encode_section, serve_section, scale_train_section, scale_section],
+    "speed": [throughput_section, search_section, knn_scale_section, encode_section, serve_section,
+              scale_train_section, scale_section],
 }
 
 

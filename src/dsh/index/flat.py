@@ -334,7 +334,7 @@ class HammingIndex:
         pilot = None
         if plan.method == "mih" and method == "auto":
             tables = self._mih if self._mih is not None else self.build_mih()
-            p, share = pilot_size(len(Q))
+            p, share = pilot_size(len(Q), K.num_threads())
             pilot = tables.knn(self._get_words(), Q[:p], k, g.goff, g.n, share * plan.flat_ns, parallel=False)
             counts, work = pilot[0], pilot[3]
             given_up = int((counts < 0).sum())

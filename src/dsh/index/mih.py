@@ -40,7 +40,7 @@ __all__ = ["MIHTables", "KnnPlan", "default_nsub", "split_bits", "search_radii",
 _FLAT_NS_PER_WORD = 0.8  # one 64-bit word of one code in a vectorised scan, per query
 _PROBE_NS = 350.0  # one table probe: cache misses into the offsets and positions, or a binary search
 _CANDIDATE_NS = 150.0  # one candidate: its code fetched from a random place, its substrings and distance
-_BUILD_NS = 400.0  # one code into one table
+_BUILD_NS = 100.0  # one code into one table
 _SCAN_START_NS = 2000.0  # a scan's fixed cost per query (buffers, the final sort)
 _BUILD_PAYBACK = 10.0  # build tables for a k-NN batch only if its scan would take 10x the build
 
@@ -277,14 +277,15 @@ def plan_knn(u: int, nbits: int, nq: int, tables: MIHTables | None, method: str 
 
 PILOT_QUERIES = 16
 PILOT_BUDGET = 0.5  # of a scan's cost: what a pilot query may spend in MIH before it is given up ...
-PILOT_SHARE = 0.1  # ... and at most this share of the batch's scan for the whole pilot, so that where MIH does
-# not pay (random codes, a large k) auto costs at most 10% more than the scan
+PILOT_SHARE = 0.05  # ... and at most this share of the batch's scan for the whole pilot, so that where MIH does
+# not pay (random codes, a large k) auto costs at most about 5% more than the scan
 
 
-def pilot_size(nq: int) -> tuple[int, float]:
-    """``(queries, budget as a share of one query's scan)`` of the pilot for a batch of ``nq`` queries."""
+def pilot_size(nq: int, threads: int = 1) -> tuple[int, float]:
+    """``(queries, budget as a share of one query's scan)`` of the pilot for a batch of ``nq`` queries whose scan
+    would run on ``threads`` threads (the pilot runs on one)."""
     p = min(nq, PILOT_QUERIES)
-    return p, min(PILOT_BUDGET, PILOT_SHARE * nq / max(p, 1))
+    return p, min(PILOT_BUDGET, PILOT_SHARE * nq / max(p, 1) / max(threads, 1))
 
 
 def prefer_mih(n: int, nbits: int, radius: int, nq: int, tables: MIHTables | None) -> bool:

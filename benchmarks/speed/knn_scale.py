@@ -195,6 +195,17 @@ def bounds(n: int, args) -> dict:
     out["dsh_qps"] = qps(lambda q: index.search(q, 100, method="flat"), queries, 2 * args.target_s)
     out["faiss_qps"] = qps(lambda q: fidx.search(q, 100), queries, 2 * args.target_s)
     out["dsh_qps_again"] = qps(lambda q: index.search(q, 100, method="flat"), queries, 2 * args.target_s)
+    # one thread each too: faiss's OpenMP threads wait by spinning, which a machine shared with other jobs
+    # punishes far more than dsh's thread pool
+    import faiss
+
+    numba.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    out["dsh_qps_1t"] = qps(lambda q: index.search(q, 100, method="flat"), queries, 2 * args.target_s)
+    out["faiss_qps_1t"] = qps(lambda q: fidx.search(q, 100), queries, 2 * args.target_s)
+    out["dsh_qps_1t_again"] = qps(lambda q: index.search(q, 100, method="flat"), queries, 2 * args.target_s)
+    numba.set_num_threads(args.threads)
+    faiss.omp_set_num_threads(args.threads)
     big = np.ones(1 << 27, np.uint64)  # 1 GiB, read by every thread at once (a part each)
     parts = np.array_split(big, args.threads)
     K.run_parallel(lambda a, b: [p.sum() for p in parts[a:b]], args.threads, per_task=1)
@@ -218,7 +229,9 @@ def bounds(n: int, args) -> dict:
     # with queries in blocks of 64 over an in-cache chunk, the database is read once per 64 queries
     out["memory_bound_qps"] = out["memory_gb_s"] * 1e9 / (n * 8) * 64
     out["popcount_bound_qps"] = out["popcount_codes_per_s"] / n
-    print(f"bounds at {n:,} x 64 bits, k=100: dsh {out['dsh_qps']:,.0f} q/s, faiss {out['faiss_qps']:,.0f} q/s "
+    print(f"bounds at {n:,} x 64 bits, k=100: dsh {out['dsh_qps']:,.0f} q/s, faiss {out['faiss_qps']:,.0f} q/s; "
+          f"one thread: dsh {out['dsh_qps_1t']:,.0f} / {out['dsh_qps_1t_again']:,.0f}, "
+          f"faiss {out['faiss_qps_1t']:,.0f} "
           f"({out['dsh_qps'] / out['faiss_qps']:.2f}x); memory {out['memory_gb_s']:.1f} GB/s, popcount "
           f"{out['popcount_codes_per_s'] / 1e9:.2f} G codes/s -> bounds {out['memory_bound_qps']:,.0f} / "
           f"{out['popcount_bound_qps']:,.0f} q/s", flush=True)
@@ -263,11 +276,15 @@ def markdown(res: dict) -> str:
     if b:
         lines += [f"The scan at {b['n']:,} random 64-bit codes, k = 100: **{fmt(b['dsh_qps'])} q/s against faiss "
                   f"IndexBinaryFlat {fmt(b['faiss_qps'])} q/s ({b['dsh_qps'] / b['faiss_qps']:.2f}x; dsh again after "
-                  f"faiss: {fmt(b['dsh_qps_again'])} q/s)**. This CPU's "
-                  f"bounds in the same run: memory {b['memory_gb_s']:.1f} GB/s (the database read once per block of "
-                  f"64 queries: {fmt(b['memory_bound_qps'])} q/s), an in-cache xor-popcount-min pass "
-                  f"{b['popcount_codes_per_s'] / 1e9:.2f} G codes/s ({fmt(b['popcount_bound_qps'])} q/s); the scan "
-                  f"reaches {b['dsh_qps'] / b['popcount_bound_qps']:.0%} of the popcount bound.", ""]
+                  f"faiss: {fmt(b['dsh_qps_again'])} q/s)**; on one thread each "
+                  f"{fmt(b.get('dsh_qps_1t'))} / {fmt(b.get('dsh_qps_1t_again'))} (before / after) against "
+                  f"{fmt(b.get('faiss_qps_1t'))} q/s. This CPU's "
+                  f"bounds in the same run: memory {b['memory_gb_s']:.1f} GB/s read by {res['threads']} threads (the "
+                  f"database read once per block of 64 queries: {fmt(b['memory_bound_qps'])} q/s, so the scan is not "
+                  f"memory-bound); the scan's own xor-popcount-min pass over 16,384 codes in cache, k = 1: "
+                  f"{b['popcount_codes_per_s'] / 1e9:.2f} G codes/s ({fmt(b['popcount_bound_qps'])} q/s at this "
+                  f"size), which the k = 100 scan reaches {b['dsh_qps'] / b['popcount_bound_qps']:.0%} of. Under "
+                  "this load every figure here moves by tens of percent from one measurement to the next.", ""]
     lines += ["q/s with the queries as one batch; *flat* scans the distinct codes, *item scan* every item (dsh before "
               "its distinct-code layer), *auto* is what `search` does by default (its choice in the last column). "
               "Memory: the index's structures (distinct codes, ids, groups, MIH tables) per item. Every mih and auto "

@@ -34,12 +34,13 @@ __all__ = ["MIHTables", "KnnPlan", "default_nsub", "split_bits", "search_radii",
            "flat_knn_ns", "pilot_size"]
 
 # Rough costs, in nanoseconds of one thread, measured on the benchmark machine (a 2-core Xeon with AVX-512
-# VPOPCNTDQ, benchmarks/speed/knn_scale.py) at 1M x 64-bit random and clustered codes; the machine was shared
+# VPOPCNTDQ, benchmarks/speed/knn_scale.py) at 1M x 64-bit random and clustered codes and the 48-bit CIFAR-10 codes
+# replicated to 10M (where 150 ns a candidate kept the scan at a third of MIH's speed); the machine was shared
 # (load average near 10), so what they keep right is their ratios, which is all a choice between MIH and the scan
 # needs. They only steer `prefer_mih` and `plan_knn`, never the results.
 _FLAT_NS_PER_WORD = 0.8  # one 64-bit word of one code in a vectorised scan, per query
 _PROBE_NS = 350.0  # one table probe: cache misses into the offsets and positions, or a binary search
-_CANDIDATE_NS = 150.0  # one candidate: its code fetched from a random place, its substrings and distance
+_CANDIDATE_NS = 60.0  # one candidate: its code fetched from a random place, its substrings and distance
 _BUILD_NS = 100.0  # one code into one table
 _SCAN_START_NS = 2000.0  # a scan's fixed cost per query (buffers, the final sort)
 _BUILD_PAYBACK = 10.0  # build tables for a k-NN batch only if its scan would take 10x the build

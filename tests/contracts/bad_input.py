@@ -144,11 +144,14 @@ def make_files(tmp_path_factory, digits_run) -> dict[str, Path]:
     index.save(p["idx"])
     p["idx_nocat"] = root / "nocat.dshidx"
     index.save(p["idx_nocat"])
-    os.unlink(root / "nocat.dshidx.catalog")
+    nocat = root / index.metadata["catalog"]["file"]
+    os.unlink(nocat)
+    p["nocat_catalog"] = nocat.name
     p["idx_othercat"] = root / "othercat.dshidx"
     index.save(p["idx_othercat"])
+    othercat = root / index.metadata["catalog"]["file"]
     index.save(root / "second.dshidx")
-    shutil.copy(root / "second.dshidx.catalog", root / "othercat.dshidx.catalog")  # another uid
+    shutil.copy(root / index.metadata["catalog"]["file"], othercat)  # another uid
     data = p["idx"].read_bytes()
     p["idx_truncated"] = root / "truncated.dshidx"
     p["idx_truncated"].write_bytes(data[:-20])

@@ -16,7 +16,7 @@ def add_parser(sub) -> None:
     src.add_argument("--codes", help=".npz of codes (from dsh encode)")
     src.add_argument("--images", help="image folder to encode with --run or --model (paths are stored)")
     add_model_source(p, False, "(with --images; also remembered for search by image)")
-    p.add_argument("--out", help="index file to write (its catalog goes beside it, OUT.catalog); with --format "
+    p.add_argument("--out", help="index file to write (its catalog goes beside it, OUT.<uid>.catalog); with --format "
                    "faiss a faiss binary index file")
     p.add_argument("--quiet", action="store_true")
     g = p.add_argument_group("where the index goes")

@@ -10,6 +10,7 @@ import errno
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 import zlib
@@ -96,21 +97,25 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
 
 
 def os_error_in(e: BaseException) -> OSError | None:
-    """The ``OSError`` (with an errno) that ``e`` is or that led to it. Some writers turn the ``OSError`` of a
-    failed ``write`` into their own error (``torch.save`` raises a ``RuntimeError`` whose context it is)."""
+    """The ``OSError`` that ``e`` is or that led to it. Some writers turn the ``OSError`` of a failed ``write``
+    into their own error (``torch.save`` raises a ``RuntimeError`` whose context it is)."""
     seen = set()
     while e is not None and id(e) not in seen:
-        if isinstance(e, OSError) and e.errno is not None:
+        if isinstance(e, OSError):
             return e
         seen.add(id(e))
         e = e.__cause__ or e.__context__
     return None
 
 
+# numpy's ndarray.tofile (np.save to a file) reports a write cut short by a full disk without the errno
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
 def write_error(path: Path, e: OSError) -> DataError:
     """The one line for an ``OSError`` while writing ``path``."""
     why = e.strerror or one_line(e)
-    if e.errno in NO_SPACE:
+    if e.errno in NO_SPACE or (e.errno is None and _SHORT_WRITE.search(str(e))):
         return DataError(f"{path}: cannot write: out of space ({why}); the previous file, if any, is unchanged")
     return DataError(f"{path}: cannot write ({why})")
 

@@ -266,6 +266,16 @@ def test_the_hand_made_icc_profile_is_srgb_when_its_colorants_are():
     assert close(decode_image(same, None, "RGB"), a, 1.0)
 
 
+def test_an_embedded_srgb_profile_changes_nothing():
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()  # as most cameras embed
+    data = jpeg(plain())
+    tagged = jpeg(plain(), icc_profile=srgb)
+    assert Image.open(io.BytesIO(tagged)).info["icc_profile"] == srgb
+    assert np.array_equal(decode_image(tagged, None, "RGB"), decode_image(data, None, "RGB"))
+
+
 @pytest.mark.parametrize("name", CASES)
 def test_a_picture_decodes_as_its_plain_twin(name, files, encoder):
     path, twin_path, tolerance = files[name]

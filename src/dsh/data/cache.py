@@ -28,7 +28,9 @@ from .imageset import ImageSet
 
 log = logging.getLogger("dsh.data")
 
-CACHE_FORMAT = 1
+# part of every entry's key: raised when decoding changes what a file's pixels are (2: images as a photo viewer
+# shows them, dsh.utils.imageio.as_displayed), so no entry decoded the old way is read again
+CACHE_FORMAT = 2
 
 
 def cache_dir(arg: str | os.PathLike | None = None) -> Path:

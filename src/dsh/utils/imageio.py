@@ -30,6 +30,7 @@ arrays cross process boundaries.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import io
 import math
 import multiprocessing
@@ -146,14 +147,22 @@ def _draft(im: Image.Image, size: tuple[int, int] | None, mode: str, resize: boo
     im.draft(mode, (ch, cw) if swap else (cw, ch))  # (width, height) as stored
 
 
-def _srgb_profile() -> ImageCms.ImageCmsProfile:
-    global _SRGB
-    if _SRGB is None:
-        _SRGB = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
-    return _SRGB
-
-
-_SRGB: ImageCms.ImageCmsProfile | None = None
+@functools.lru_cache(maxsize=32)
+def _transform_to_srgb(icc: bytes, mode: str):
+    """The lcms transform from the embedded profile ``icc`` to sRGB for ``mode`` pixels, or ``None`` where none is
+    needed or possible: a profile that says it is sRGB (most cameras embed one; converting would only add
+    rounding), one of another colour space than the pixels, or one lcms cannot read (viewers ignore those too).
+    Cached: a folder of photos from one camera shares one profile."""
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if src.profile.xcolor_space.strip() != ("RGB" if mode == "RGB" else "CMYK"):
+            return None
+        if "srgb" in (src.profile.profile_description or "").lower():
+            return None
+        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        return ImageCms.buildTransform(src, srgb, mode, "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError, AttributeError):
+        return None
 
 
 def _to_srgb(im: Image.Image) -> Image.Image:
@@ -161,12 +170,12 @@ def _to_srgb(im: Image.Image) -> Image.Image:
     icc = im.info.get("icc_profile")
     if not icc or im.mode not in ("RGB", "CMYK"):
         return im
+    transform = _transform_to_srgb(bytes(icc), im.mode)
+    if transform is None:
+        return im
     try:
-        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
-        if src.profile.xcolor_space.strip() != ("RGB" if im.mode == "RGB" else "CMYK"):
-            return im
-        return ImageCms.profileToProfile(im, src, _srgb_profile(), outputMode="RGB")
-    except (ImageCms.PyCMSError, OSError, ValueError, TypeError):  # a profile lcms cannot use: as viewers, ignore it
+        return ImageCms.applyTransform(im, transform)
+    except (ImageCms.PyCMSError, ValueError):
         return im
 
 

@@ -177,6 +177,7 @@ WRITERS = {
 
 # the command line, end to end: the exit status and the one line on stderr
 COMMANDS = {
+    "dsh index": ("db.dshidx", 100 << 10),
     "dsh encode --images": ("codes.npz", 6 << 10),
     "dsh train": ("run", 16 << 10),
 }
@@ -222,6 +223,22 @@ def _run_command(name: str, d: Path, run: Path) -> dict:
 
     target, limit = COMMANDS[name]
     target = d / target
+    if name == "dsh index":  # the catalog (paths of 300 images) fits, the index (3,000 256-bit codes) does not
+        from dsh import HammingIndex
+        from dsh.codes.codefile import CodeFile, save_codes
+
+        rng = np.random.default_rng(3)
+        for stem, n in (("old", 10), ("new", 3000)):
+            save_codes(d / f"{stem}.npz", CodeFile(rng.integers(0, 256, (n, 32), dtype=np.uint8), 256,
+                                                   labels=rng.integers(0, 3, n)))
+        assert main(["index", "--codes", str(d / "old.npz"), "--out", str(target), "--quiet"]) == 0
+        argv = ["index", "--codes", str(d / "new.npz"), "--out", str(target), "--quiet"]
+        before = _snapshot(d)
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err), full_disk(limit):
+            rc = main(argv)
+        return {"target": str(target), "rc": rc, "stderr": err.getvalue(), "intact": _snapshot(d) == before,
+                "left": sorted(set(_snapshot(d)) - set(before)), "loads": HammingIndex.load(target).ntotal == 10}
     if name == "dsh encode --images":
         write_digit_folder(d / "imgs", 300)
         argv = ["encode", "--run", str(run), "--images", str(d / "imgs"), "--out", str(target), "--quiet"]
@@ -289,6 +306,8 @@ def test_disk_full(name, results):
         _one_line_naming(case["stderr"], case["target"])
         assert "out of space" in case["stderr"] and case["intact"], case
         assert not [p for p in case["left"] if p.endswith(".tmp")], case["left"]
+        if name == "dsh index":  # the previous pair exactly, loadable, and nothing else
+            assert case["left"] == [] and case["loads"], case
         return
     if name == "dataset cache":  # optional: a warning naming the file, the data returned all the same
         assert case["error"] is None and len(case["warnings"]) == 1, case

@@ -39,7 +39,9 @@ class ServeSettings:
     - ``max_images``: images per ``/api/encode`` request;
     - ``map_image``: a PNG (e.g. the UMAP of the index) that the page shows, if any;
     - ``image_roots``: folders whose image files may be shown as items' pictures, besides the one the index records
-      it was built from (:mod:`dsh.serve.image_files`); no other file is ever sent.
+      it was built from (:mod:`dsh.serve.image_files`); no other file is ever sent;
+    - ``max_active``: requests in progress at once (``/healthz`` aside); past it a request is answered 503 at
+      once instead of queueing without bound (:class:`ActiveLimit`).
     """
 
     token: str | None = None
@@ -50,6 +52,7 @@ class ServeSettings:
     max_images: int = 64
     map_image: str | None = None
     image_roots: tuple[str, ...] = ()
+    max_active: int = 64
 
 
 class HexQuery(BaseModel):
@@ -94,6 +97,29 @@ class _TooLarge(Exception):
     pass
 
 
+class ActiveLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests in progress at once; one more is answered 503 JSON with
+    ``Retry-After: 1`` at once, so a burst cannot pile up work and memory without bound. ``/healthz`` is never
+    counted nor refused: a busy server still says it is alive. Idle connections hold no request and cost nothing
+    here (the connection count is uvicorn's ``limit_concurrency``)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") == "/healthz":
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            busy = _error(503, f"busy: {self.limit} requests in progress; retry shortly")
+            busy.headers["Retry-After"] = "1"
+            return await busy(scope, receive, send)
+        self.active += 1  # one event loop: no lock needed between the check and the count
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 def _status_of(e: UserError) -> int:
     text = str(e)
     if "over the limit of" in text and "pixels" in text:
@@ -121,6 +147,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
                          description="Deep supervised hashing: image -> binary code -> nearest items by Hamming "
                                      "distance.")
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(ActiveLimit, limit=settings.max_active)  # outermost: a refusal reads no body
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):

@@ -235,6 +235,8 @@ def make_files(tmp_path_factory, digits_run) -> dict[str, Path]:
     export_model(digits_run, p["st"])
     import onnx
 
+    from dsh.runtime.export import sealed_onnx
+
     proto = onnx.load(str(p["onnx"]))
     meta = {e.key: e.value for e in proto.metadata_props}
     for name, value in (("onnx_nometa", None), ("onnx_badjson", "{not json"),
@@ -245,7 +247,7 @@ def make_files(tmp_path_factory, digits_run) -> dict[str, Path]:
             e = m.metadata_props.add()
             e.key, e.value = "dsh", value
         p[name] = root / f"{name}.onnx"
-        onnx.save(m, str(p[name]))
+        p[name].write_bytes(sealed_onnx(m))  # sealed, so that what they say is what is refused
     st = bytearray(p["st"].read_bytes())
     st[-3] ^= 0x01  # a weight's last byte: the fingerprint in the header no longer matches
     p["st_tampered"] = root / "tampered.safetensors"

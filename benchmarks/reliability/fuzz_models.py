@@ -247,7 +247,6 @@ def markdown(result: dict) -> str:
     lines = ["Damaged model files (random bytes, truncations, 1-4 flipped bits, overwritten runs), each loaded in a "
              f"worker process with a {result['timeout_s']:g} s timeout; a load that succeeds must give what the "
              "last column says. Failed: another exception, a crash, a hang or a wrong load.", "",
-             "```bash", result["command"], "```", "",
              "| file | bytes | tried | refused | loaded | unchanged | failed | a load must give | slowest example |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |"]
     for r in result["rows"]:

@@ -268,7 +268,6 @@ def markdown(result: dict) -> str:
              f"image and by hex code and encodes of 1-4 JPEGs, while {result['idle']} idle connections are held open; "
              f"an index of {result['index_items']:,} images, a {result['nbits']}-bit ONNX model "
              f"(`--max-active {result['max_active']} --max-connections {result['max_connections']}`).", "",
-             "```bash", result["command"], "```", "",
              f"Requests {s['requests']:,}, errors **{s['errors']}**, health checks answered {s['health_ok']} of "
              f"{s['health_checks']}; idle connections open at the end {s['idle_open_end']} of {result['idle']} "
              f"(closed by the server: {s['idle_closed_by_server']}). Growth after the first minute: resident memory "
@@ -279,7 +278,9 @@ def markdown(result: dict) -> str:
              "| load (1 min) |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for r in result["minutes_rows"]:
-        lines.append(f"| {r['minute']} | {r['requests']:,} | {r['errors']} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | "
+        # requests still in flight at the deadline end after it: they get a row of their own
+        label = r["minute"] if r["minute"] <= np.ceil(result["minutes"]) else "after the end"
+        lines.append(f"| {label} | {r['requests']:,} | {r['errors']} | {_ms(r['p50_ms'])} | {_ms(r['p95_ms'])} | "
                      f"{_ms(r['p99_ms'])} | {r['health_ok']}/{r['health_checks']} | {r['rss_mb']} | {r['fds']} | "
                      f"{r['idle_open']} | {r['load_1min']} |")
     m = result["machine"]

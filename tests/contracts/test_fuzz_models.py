@@ -179,3 +179,16 @@ def test_a_sealed_safetensors_file_of_another_model_is_refused(folder, targets):
         path.write_bytes(sealed_safetensors(load(data), {"dsh": json.dumps({**info, **changes})}))
         with pytest.raises(ModelFileError, match=rf"^{path}: .*(do not match|does not fit)"):
             Encoder.from_file(path)
+
+
+@pytest.mark.parametrize("where", [b"dsh-model", b"images"])
+def test_a_sealed_onnx_file_with_text_that_is_not_utf8_is_refused(where, folder, targets):
+    """onnxruntime decodes metadata and input names as UTF-8 (the long fuzz run found these)."""
+    from dsh.models.sealing import ONNX_PREFIX
+
+    data = (folder / "onnx" / "base.onnx").read_bytes()
+    assert where in data
+    path = folder / f"not-utf8-{where.decode()}.onnx"
+    path.write_bytes(fuzz_models.reseal(data.replace(where, where[:2] + b"\x86" + where[3:]), ONNX_PREFIX))
+    with pytest.raises(ModelFileError, match=rf"^{path}: .*not UTF-8"):
+        Encoder.from_file(path)

@@ -23,7 +23,7 @@ from dsh.serve import ServeSettings, create_app  # noqa: E402
 CHECKS = [schemathesis.checks.not_a_server_error, status_code_conformance, content_type_conformance,
           response_schema_conformance]
 # examples per route and case; the whole file stays about a minute on 2 cores
-EXAMPLES = 25
+EXAMPLES = 80
 
 
 @pytest.fixture(scope="module")

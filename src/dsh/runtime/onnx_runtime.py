@@ -55,7 +55,12 @@ class OnnxRuntime:
                                                 providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for unreadable graphs
             raise ModelFileError(f"{self.source}: not a loadable ONNX model ({one_line(e)})") from None
-        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        try:
+            inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+            for arg in (*inputs, *outputs):
+                arg.name, arg.type, arg.shape  # noqa: B018  (read once: a name that is not UTF-8 fails here)
+        except UnicodeDecodeError:
+            raise ModelFileError(f"{self.source}: an input or output name that is not UTF-8") from None
         if len(inputs) != 1 or len(outputs) != 1:
             raise ModelFileError(f"{self.source}: expected one input (images) and one output (u), got "
                                  f"{len(inputs)} and {len(outputs)}")
@@ -63,7 +68,10 @@ class OnnxRuntime:
         self.nbits: int | None = None  # set by check(): the width every answer must have
 
     def metadata(self) -> str | None:
-        return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        try:
+            return self.session.get_modelmeta().custom_metadata_map.get(METADATA_KEY)
+        except UnicodeDecodeError:  # onnxruntime decodes every entry as UTF-8
+            raise ModelFileError(f"{self.source}: metadata that is not UTF-8") from None
 
     def check(self, info: ModelInfo) -> None:
         """The graph must take ``uint8[N, C, H, W]`` of ``info.input_shape`` for any ``N`` and give ``float32[N,

@@ -3,9 +3,9 @@ truncations, bit flips, overwritten runs), are refused with a one-line UserError
 the same ModelInfo and the same codes of probe images as the original. Damaged and then sealed again (a crafted
 file), they are refused or load as a working model; a third party's pretrained weights are refused or map onto
 the network. And ONNX graphs that are valid and sealed but not what their metadata says (another input shape,
-another code length, a fixed batch, extra outputs, a declared shape that the graph does not compute) are refused
-in one line. The files, damage and oracles: benchmarks/reliability/fuzz_models.py, which runs many more examples,
-each in a worker process with a timeout.
+another code length, a fixed batch, extra outputs, a declared shape that the graph does not compute, text that
+is not UTF-8) are refused in one line. The files, damage and oracles: benchmarks/reliability/fuzz_models.py, which
+runs many more examples, each in a worker process with a timeout.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def test_the_undamaged_file_loads(key, targets):
     assert fuzz_models.attempt(target, target.base, where) == "intact"
 
 
-def test_a_damaged_file_loads_exactly_the_same_codes_as_its_checkpoint(folder, targets):
+def test_the_exported_files_give_the_codes_of_their_checkpoint(folder, targets):
     """The oracle is not vacuous: the exported files give the checkpoint's codes, which differ between probes."""
     ckpt = fuzz_models._checkpoint(folder / "onnx")
     _, want = fuzz_models._encode(ckpt)

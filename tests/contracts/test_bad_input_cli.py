@@ -161,6 +161,8 @@ CLI_CASES = {
         (["serve", "--index", "{idx}"], "--run"),
         (["serve", "--index", "{idx_run}", "--model", "{onnx_nometa}"], "onnx_nometa.onnx"),
         (["serve", "--index", "{idx_run}", "--port", "http"], "--port"),
+        (["serve", "--index", "{idx_run}", "--max-active", "0"], "--max-active"),
+        (["serve", "--index", "{idx_run}", "--max-connections", "0"], "--max-connections"),
     ],
     "general": [
         (["frobnicate"], "frobnicate"),

@@ -71,12 +71,12 @@ def write_results(root: Path, paper_runs=None, seed_runs=None, benchmark: bool =
 
 
 def make_docs(root: Path) -> dict[str, Path]:
-    """A repository's Markdown as the generator finds it: a README without generated blocks, and docs/results.md
-    and docs/speed.md each with its block's placeholder between other text."""
+    """A repository's Markdown as the generator finds it: a README without generated blocks, and docs/results.md,
+    docs/speed.md and docs/reliability.md each with its block's placeholder between other text."""
     (root / "README.md").write_text("readme\n")
     (root / "docs").mkdir()
     docs = {}
-    for block, name in (("quality", "results.md"), ("speed", "speed.md")):
+    for block, name in (("quality", "results.md"), ("speed", "speed.md"), ("reliability", "reliability.md")):
         docs[block] = root / "docs" / name
         docs[block].write_text(f"intro\n\n## Results\n\nRESULTS_PLACEHOLDER:{block}\n\n## Layout\n")
     return docs

@@ -25,6 +25,12 @@ def add_parser(sub) -> None:
     p.add_argument("--max-upload-mb", type=int, default=10, help="largest request body in MB (default 10)")
     p.add_argument("--max-pixels", type=int, help="largest image in pixels (default: $DSH_MAX_PIXELS or 50M)")
     p.add_argument("--max-k", type=int, default=1000, help="largest k a client may ask for (default 1000)")
+    p.add_argument("--max-active", type=int, default=64,
+                   help="requests in progress at once (default 64); past it a request is answered 503 JSON at once "
+                        "(/healthz is never refused)")
+    p.add_argument("--max-connections", type=int, default=1000,
+                   help="open connections, idle ones included (default 1000); past it new requests get uvicorn's "
+                        "plain 503 (keep it under the open-files limit, ulimit -n)")
     p.add_argument("--force", action="store_true", help="serve with a model other than the index's")
     p.add_argument("--quiet", action="store_true", help="no access log")
     add_encoder_flags(p)
@@ -43,7 +49,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     # the flags first, before the model and the index are loaded
     for flag, value, low in (("--max-upload-mb", args.max_upload_mb, 1), ("--max-k", args.max_k, 1),
-                             ("--max-pixels", args.max_pixels, 1), ("--port", args.port, 0)):
+                             ("--max-pixels", args.max_pixels, 1), ("--port", args.port, 0),
+                             ("--max-active", args.max_active, 1), ("--max-connections", args.max_connections, 1)):
         if value is not None and value < low:
             raise DataError(f"{flag} must be >= {low}, got {value}")
     if args.port > 65535:
@@ -64,7 +71,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise InputError(f"--image-root {root}: no such folder")
     settings = ServeSettings(token=token, max_upload_bytes=args.max_upload_mb * 1024 * 1024,
                              max_pixels=args.max_pixels, max_k=args.max_k, map_image=map_image,
-                             image_roots=tuple(args.image_root))
+                             image_roots=tuple(args.image_root), max_active=args.max_active)
     app = create_app(searcher, settings)
     roots = ", ".join(map(str, app.state.image_roots)) or "none (no image root: pass --image-root DIR)"
     print(f"dsh serve: item pictures from image files under: {roots}", file=sys.stderr, flush=True)
@@ -73,6 +80,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
           f"({searcher.encoder.backend}); open http://{host}:{args.port}/", file=sys.stderr, flush=True)
     with searcher:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
-                    access_log=not args.quiet)
+                    access_log=not args.quiet, limit_concurrency=args.max_connections)
     return 0
 

@@ -22,7 +22,7 @@ from .. import __version__
 from ..errors import DataError, InputError, UserError, one_line
 from ..runtime.searcher import Searcher
 from ..utils.imageio import max_pixels_setting
-from .image_files import ImageFiles, recorded_image_root
+from .image_files import MEDIA_TYPES, ImageFiles, recorded_image_root
 
 log = logging.getLogger("dsh.serve")
 STATIC = Path(__file__).with_name("static")
@@ -39,7 +39,9 @@ class ServeSettings:
     - ``max_images``: images per ``/api/encode`` request;
     - ``map_image``: a PNG (e.g. the UMAP of the index) that the page shows, if any;
     - ``image_roots``: folders whose image files may be shown as items' pictures, besides the one the index records
-      it was built from (:mod:`dsh.serve.image_files`); no other file is ever sent.
+      it was built from (:mod:`dsh.serve.image_files`); no other file is ever sent;
+    - ``max_active``: requests in progress at once (``/healthz`` aside); past it a request is answered 503 at
+      once instead of queueing without bound (:class:`ActiveLimit`).
     """
 
     token: str | None = None
@@ -50,10 +52,33 @@ class ServeSettings:
     max_images: int = 64
     map_image: str | None = None
     image_roots: tuple[str, ...] = ()
+    max_active: int = 64
 
 
 class HexQuery(BaseModel):
     hex: str = Field(description="a code in hex, most significant bit first, as `dsh report` prints it")
+
+
+class ErrorDetail(BaseModel):
+    status: int
+    message: str = Field(description="one line; server paths cut down to file names")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+# every error answer has one shape, declared for every route, so that clients (and the schema's own checks) know it
+ERRORS: dict[int | str, dict[str, Any]] = {str(code): {"model": ErrorBody, "description": what} for code, what in (
+    (400, "bad input (an empty upload, an image that cannot be used)"), (401, "missing or wrong token"),
+    (404, "no such item, or no image or map to show"), (413, "a body, image or batch over the server's limits"),
+    (415, "not an image, or a body of another media type"), (422, "invalid parameters or body"),
+    (503, "busy: too many requests in progress; retry"), (500, "internal error (details in the server's log)"))}
+IMAGE_ANSWER = {"200": {"description": "the image file", "content": {t: {} for t in sorted(set(MEDIA_TYPES.values()))}}}
+SEARCH_BODY = {"requestBody": {"required": True, "content": {
+    "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                       "properties": {"image": {"type": "string", "format": "binary"}}}},
+    "application/json": {"schema": HexQuery.model_json_schema()}}}}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -94,6 +119,29 @@ class _TooLarge(Exception):
     pass
 
 
+class ActiveLimit:
+    """ASGI middleware: at most ``limit`` HTTP requests in progress at once; one more is answered 503 JSON with
+    ``Retry-After: 1`` at once, so a burst cannot pile up work and memory without bound. ``/healthz`` is never
+    counted nor refused: a busy server still says it is alive. Idle connections hold no request and cost nothing
+    here (the connection count is uvicorn's ``limit_concurrency``)."""
+
+    def __init__(self, app, limit: int):
+        self.app, self.limit, self.active = app, limit, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope.get("path") == "/healthz":
+            return await self.app(scope, receive, send)
+        if self.active >= self.limit:
+            busy = _error(503, f"busy: {self.limit} requests in progress; retry shortly")
+            busy.headers["Retry-After"] = "1"
+            return await busy(scope, receive, send)
+        self.active += 1  # one event loop: no lock needed between the check and the count
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 def _status_of(e: UserError) -> int:
     text = str(e)
     if "over the limit of" in text and "pixels" in text:
@@ -119,8 +167,9 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
 
     app = FastAPIOffline(title="dsh", version=__version__,
                          description="Deep supervised hashing: image -> binary code -> nearest items by Hamming "
-                                     "distance.")
+                                     "distance.", responses=ERRORS)
     app.add_middleware(BodyLimit, limit=settings.max_upload_bytes)
+    app.add_middleware(ActiveLimit, limit=settings.max_active)  # outermost: a refusal reads no body
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, e: HTTPException):
@@ -182,7 +231,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     def api_info() -> dict:
         return info
 
-    @app.post("/api/search", dependencies=api, tags=["search"])
+    @app.post("/api/search", dependencies=api, tags=["search"], openapi_extra=SEARCH_BODY)
     async def api_search(request: Request, k: int = Query(10, description="neighbours to return"),
                          radius: int | None = Query(None, description="every item within this Hamming distance "
                                                                       "instead of k")):
@@ -253,7 +302,8 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
             rec["image_url"] = f"/api/items/{item_id}/image"
         return rec
 
-    @app.get("/api/items/{item_id}/image", dependencies=api, tags=["items"])
+    @app.get("/api/items/{item_id}/image", dependencies=api, tags=["items"], response_class=FileResponse,
+             responses=IMAGE_ANSWER)
     def api_item_image(item_id: int):
         # only a path the catalog lists for this id is opened, and only an image file under an allowed root: the
         # catalog comes with the index, which may be someone else's file
@@ -262,7 +312,8 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
             raise HTTPException(404, f"item {item_id} has no image file")
         return FileResponse(found[0], media_type=found[1])
 
-    @app.get("/api/map.png", dependencies=api, tags=["service"])
+    @app.get("/api/map.png", dependencies=api, tags=["service"], response_class=FileResponse,
+             responses={"200": {"description": "the map", "content": {"image/png": {}}}})
     def api_map():
         if not settings.map_image or not os.path.isfile(settings.map_image):
             raise HTTPException(404, "this server has no map image")

@@ -56,7 +56,7 @@ try:
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None
 
-__all__ = ["LiveIndex", "LiveView", "FoldPolicy", "log_path", "lock_path", "check_unlocked"]
+__all__ = ["LiveIndex", "LiveView", "FoldPolicy", "log_path", "lock_path", "check_unlocked", "has_changes_logged"]
 
 _LOG_MAGIC = b"DSHILOG1"
 _LOG_HEAD = struct.Struct("<8sIQ8s")  # magic, nbits, the index file's size, its trailer (CRC-32 + end marker)
@@ -74,6 +74,14 @@ def lock_path(index_path: str | os.PathLike) -> Path:
     """The writer's lock beside an index file: its name with ``.lock`` appended."""
     p = Path(index_path)
     return p.with_name(p.name + ".lock")
+
+
+def has_changes_logged(index_path: str | os.PathLike) -> bool:
+    """Whether a log beside ``index_path`` holds records (changes that may not be in the file yet)."""
+    try:
+        return log_path(index_path).stat().st_size > _LOG_HEAD.size
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)

@@ -232,6 +232,8 @@ class LiveView:
 
     def merged(self) -> HammingIndex:
         """One :class:`HammingIndex` holding exactly this state's items (built once; reads the whole base)."""
+        if self._merged is None and not self.dead.shape[0] and not self.added.ntotal:
+            self._merged = self.base  # nothing changed since the file: the file's index is the answer
         if self._merged is None:
             keep = np.flatnonzero(~_member(self.dead, self.base.ids))
             parts = [_columns(self.base, None if keep.shape[0] == self.base.ntotal else keep)]

@@ -38,7 +38,6 @@ import json
 import os
 import queue
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -50,6 +49,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/: common.py and the other folders
 import common  # noqa: E402
 import numpy as np  # noqa: E402
+
+from speed.serve_load import free_port, wait_healthy  # noqa: E402
 
 STEM = "serve_updates"
 TARGET_P99_MS = 100.0
@@ -171,27 +172,6 @@ class Client:
             return status, None, dt
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 180.0) -> float:
-    t0 = time.monotonic()
-    while time.monotonic() < t0 + timeout:
-        if proc.poll() is not None:
-            raise SystemExit(f"dsh serve exited with {proc.returncode}: {proc.stderr.read()}")
-        try:
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
-            c.request("GET", "/healthz")
-            if c.getresponse().status == 200:
-                return time.monotonic() - t0
-        except OSError:
-            time.sleep(0.3)
-    raise SystemExit("dsh serve did not become healthy in time")
-
-
 def under_load(port: int, args, rate: float, pictures: Pictures) -> dict[str, Any]:
     """The searchers, and (``rate`` > 0) the adder and the prober, for ``args.seconds``."""
     lock = threading.Lock()
@@ -297,7 +277,9 @@ def serve_with_updates(args, work: Path, model: Path, pictures: Pictures) -> lis
            data_dir, "--host", "127.0.0.1", "--port", str(port), "--quiet", "--threads", str(args.threads)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        startup = wait_healthy(port, proc)
+        t0 = time.monotonic()
+        wait_healthy(port, proc)
+        startup = time.monotonic() - t0
         under_load(port, args, 0.0, pictures) if args.seconds >= 10 else None  # warm-up, not counted
         # the same searches alone, then with the adds: what the updates cost the searchers
         phases = [under_load(port, args, rate, pictures) for rate in (0.0, args.rate)]

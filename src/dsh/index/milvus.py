@@ -521,11 +521,8 @@ class MilvusIndex:
         codes = check_codes(codes, self.nbits)
         n = codes.shape[0]
         self._refresh_shared()
-        if ids is None and self._shared:
-            ids = self._random_ids(n)
-        elif ids is None:
-            start = int(self._meta["next_id"])
-            ids = np.arange(start, start + n, dtype=np.int64)
+        if ids is None:
+            ids = self.new_ids(n)
         else:
             ids = check_new_ids(ids, n)
             clash = self._held(ids) if check_ids else ids[:0]  # from_index: a new collection holds none
@@ -555,8 +552,14 @@ class MilvusIndex:
             self._save_meta()
         return ids
 
-    def _random_ids(self, n: int) -> np.ndarray:
-        """``n`` distinct random ids in ``[0, 2**RANDOM_ID_BITS)`` that the collection does not hold."""
+    def new_ids(self, n: int) -> np.ndarray:
+        """``int64[n]`` ids for new items, as :meth:`add` chooses them when given none: counting on in a Milvus
+        Lite file; in a server collection random, below 2**53, and not held now, so that other writers of the
+        collection (other processes, other services) do not give them too."""
+        n = check_whole("n", n, 0)
+        if not self._shared:
+            start = int(self._meta["next_id"])
+            return np.arange(start, start + n, dtype=np.int64)
         out = np.zeros(0, np.int64)
         while out.size < n:
             draw = np.frombuffer(os.urandom(8 * (n - out.size)), np.uint64) >> np.uint64(64 - RANDOM_ID_BITS)
@@ -589,8 +592,6 @@ class MilvusIndex:
         """The record of each id, as HammingIndex.lookup gives it: ``{"id": id}`` plus the catalog's fields
         (``label``, ``class``, ``path``, ``key``, those the index has); ``KeyError`` for an id not held."""
         ids = np.asarray(ids, dtype=np.int64).ravel()
-        if self._shared and not self._meta["catalog"]:  # another writer may have given it one
-            self._refresh_shared()
         found = self._fetch(ids, self._catalog_fields())
         missing = [int(i) for i in ids if int(i) not in found]
         if missing:
@@ -625,6 +626,8 @@ class MilvusIndex:
         return out
 
     def _catalog_fields(self) -> list[str]:
+        if self._shared:  # all of them: another writer may have given the catalog a column since (_catalog_of)
+            return ["id", "label", "labels", "path", "key"]
         cols = self.columns
         fields = ["id"]
         if "labels" in cols:
@@ -633,10 +636,8 @@ class MilvusIndex:
 
     def _catalog_of(self, rows: list[dict]) -> Catalog:
         """The catalog of these rows (as :meth:`_catalog_fields` reads them), in their order."""
-        if self._shared and self._meta["label_kind"] != "multi-hot":
-            n_names = len(self._meta["class_names"])
-            if any(r.get("label", -1) >= n_names for r in rows):  # another writer added class names
-                self._refresh_shared()
+        if self._shared and any(_unknown_columns(r, self.columns) for r in rows):
+            self._refresh_shared()  # another writer gave the catalog a column since this client read it
         cols = self.columns
         labels = None
         if "labels" in cols:
@@ -931,6 +932,12 @@ def _query_ids(client, collection: str, ids: list, fields: list[str], pk: str = 
         if int(count[0]["count(*)"]):
             raise
         return []
+
+
+def _unknown_columns(row: dict, columns: tuple[str, ...]) -> bool:
+    """Whether a row (all catalog fields read) holds a value in a catalog column not among ``columns``."""
+    return (("labels" not in columns and (row["label"] != -1 or bool(row["labels"]["ids"])))
+            or ("paths" not in columns and row["path"] != "") or ("keys" not in columns and row["key"] != ""))
 
 
 def _meta_text(meta: dict) -> str:

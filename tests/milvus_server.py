@@ -16,6 +16,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ SETTINGS = {"proxy.timeTickInterval": 20}
 # Milvus's components advertise their address to each other; the loopback keeps that traffic on this machine.
 for _part in ("rootCoord", "proxy", "queryCoord", "queryNode", "indexNode", "dataCoord", "dataNode"):
     SETTINGS[f"{_part}.ip"] = "127.0.0.1"
+ETCD_PEER_PORT = 2380  # the embedded etcd's, fixed (not in the package's settings): one such server per machine
 
 
 def why_not() -> str | None:
@@ -51,6 +53,12 @@ class EmbeddedMilvus:
     def start(self, timeout: float = 120.0) -> "EmbeddedMilvus":
         from milvus import MilvusServer
 
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", ETCD_PEER_PORT))
+            except OSError:
+                raise RuntimeError(f"port {ETCD_PEER_PORT} (the embedded Milvus's etcd) is taken: another embedded "
+                                   f"Milvus server runs on this machine (point $DSH_TEST_MILVUS_URI at it)") from None
         self.folder.mkdir(parents=True, exist_ok=True)
         server = MilvusServer(wait_for_started=False)
         server.set_base_dir(str(self.folder))

@@ -520,7 +520,8 @@ class MilvusIndex:
              force_catalog: bool = False, check_ids: bool = True) -> np.ndarray:
         codes = check_codes(codes, self.nbits)
         n = codes.shape[0]
-        self._refresh_shared()
+        if save:  # (from_index fills a new collection, which no other client opens until it is complete)
+            self._refresh_shared()
         if ids is None:
             ids = self.new_ids(n)
         else:
@@ -565,7 +566,7 @@ class MilvusIndex:
             draw = np.frombuffer(os.urandom(8 * (n - out.size)), np.uint64) >> np.uint64(64 - RANDOM_ID_BITS)
             out = np.unique(np.concatenate([out, draw.astype(np.int64)]))  # a repeat within the batch: draw again
             out = out[~np.isin(out, self._held(out))]
-        return np.random.default_rng().permutation(out)[:n]
+        return out
 
     def remove(self, ids) -> int:
         """Remove the codes with these ids (ids not held are ignored); returns how many were removed."""

@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import struct
+import threading
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,6 +48,7 @@ import numpy as np
 from ..codes.bits import check_codes
 from ..errors import DataError, InputError, one_line
 from ..utils.fileio import TRAILER, atomic_write
+from ..utils.runlock import lock_held
 from .base import check_k, check_new_ids, check_radius
 from .catalog import Catalog
 from .flat import HammingIndex
@@ -146,21 +148,8 @@ class _WriterLock:
 def check_unlocked(index_path: str | os.PathLike) -> None:
     """The one-line busy error if a live process writes ``index_path`` (for commands that would replace the
     file under it); creates nothing."""
-    path = lock_path(index_path)
-    if fcntl is None or not path.is_file():
-        return
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        raise _busy(Path(index_path), None) from None
-    except OSError:
-        return
-    finally:
-        os.close(fd)
+    if lock_held(lock_path(index_path)):
+        raise _busy(Path(index_path), None)
 
 
 # -- the snapshot searched --------------------------------------------------------------------------------------
@@ -421,6 +410,7 @@ class LiveIndex:
         self._log_len = log_len
         self.bytes_written = 0  # by adds, removes and folds, since open (for measuring what a change costs)
         self.folds = 0
+        self._changing = threading.RLock()  # one change at a time; searches never wait for it
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, writable: bool = True, policy: FoldPolicy | None = None,
@@ -533,6 +523,11 @@ class LiveIndex:
         """Add ``codes`` (``uint8[n, nbytes]``) with their catalog fields (as :meth:`HammingIndex.add`), durably;
         returns their ids (``int64[n]``: ``ids``, or new ones counting on from :attr:`next_id`). Nothing changes
         if anything is refused or the log cannot be written."""
+        with self._changing:
+            return self._add(codes, ids, {"labels": labels, "paths": paths, "keys": keys,
+                                          "class_names": class_names})
+
+    def _add(self, codes, ids, fields: dict) -> np.ndarray:
         self._check_writable()
         codes = check_codes(codes, self.nbits)
         n = codes.shape[0]
@@ -543,7 +538,6 @@ class LiveIndex:
             clash = ids[self._view.holds(ids)]
             if clash.size:
                 raise InputError(f"{clash.size} ids are already in the index, e.g. {clash[:5].tolist()}")
-        fields = {"labels": labels, "paths": paths, "keys": keys, "class_names": class_names}
         rec = {"op": "add", "ids": ids, "codes": codes, **fields}
         view = self._changed(rec)  # every check before anything is written
         if n:
@@ -554,6 +548,10 @@ class LiveIndex:
 
     def remove(self, ids) -> int:
         """Remove the items with these ids (ids not held are ignored), durably; how many were removed."""
+        with self._changing:
+            return self._remove(ids)
+
+    def _remove(self, ids) -> int:
         self._check_writable()
         ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
         ids = ids[self._view.holds(ids)]
@@ -650,6 +648,10 @@ class LiveIndex:
 
     def fold(self) -> None:
         """Write the index file with every change in it (atomically), then start an empty log."""
+        with self._changing:
+            self._fold()
+
+    def _fold(self) -> None:
         self._check_writable()
         v = self._view
         if not self.pending and self._log_len <= _LOG_HEAD.size:

@@ -5,14 +5,10 @@ was."""
 
 from __future__ import annotations
 
-import os
 import random
 import resource
 import shutil
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
 
@@ -21,6 +17,7 @@ import pytest
 httpx = pytest.importorskip("httpx", reason="httpx is not installed (the dev extra)")
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'dsh[serve]')")
 from conftest import write_digit_folder  # noqa: E402
+from serve_process import ServeProcess  # noqa: E402
 
 from dsh.cli import main  # noqa: E402
 from dsh.index.live import LiveIndex, log_path  # noqa: E402
@@ -28,37 +25,16 @@ from dsh.index.live import LiveIndex, log_path  # noqa: E402
 pytestmark = pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
 
 
-class Server:
-    """``dsh serve --writable`` in a child process on a free port of 127.0.0.1."""
+class Server(ServeProcess):
+    """``dsh serve --writable`` over an index file in a child process on a free port of 127.0.0.1."""
 
     def __init__(self, index, data, file_limit: int | None = None):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-
         def limit():  # the child's largest file: a disk that takes no more
             if file_limit is not None:
                 resource.setrlimit(resource.RLIMIT_FSIZE, (file_limit, file_limit))
 
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "dsh", "serve", "--index", str(index), "--writable", "--data-dir", str(data),
-             "--port", str(self.port), "--quiet"], stderr=subprocess.PIPE, text=True, preexec_fn=limit,
-            env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)})
-        end = time.monotonic() + 90
-        while time.monotonic() < end:
-            assert self.proc.poll() is None, f"dsh serve exited: {self.proc.stderr.read()}"
-            try:
-                if httpx.get(self.url + "/healthz", timeout=2).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                time.sleep(0.2)
-        raise AssertionError("dsh serve did not answer in time")
-
-    def kill(self) -> None:
-        os.kill(self.proc.pid, signal.SIGKILL)
-        self.proc.wait(timeout=30)
-        self.proc.stderr.close()
+        super().__init__(["--index", str(index), "--writable", "--data-dir", str(data)], preexec_fn=limit,
+                         timeout=90)
 
 
 @pytest.fixture

@@ -6,7 +6,8 @@ The index does the durable part: a :class:`dsh.index.live.LiveIndex` logs and fs
 ``remove`` return, so an answer is only sent for a change that survives a crash. An image file is written
 (atomically) before its item is added: a crash in between leaves a file no item names, never an item without its
 image. New ids come from ``ServeSettings.new_ids`` where given (several services over one distributed index must
-not give the same id twice), else from the index (``next_id``, or one more than its largest id).
+not give the same id twice), else from the index: its ``new_ids`` where it has one (a Milvus collection: ids that
+no other writer of it gives), its ``next_id``, or one more than its largest id.
 """
 
 from __future__ import annotations
@@ -87,8 +88,9 @@ class ItemWriter:
     # -- changes ------------------------------------------------------------------------------------------------
 
     def _allocate(self, n: int) -> np.ndarray:
-        if self._new_ids is not None:
-            return np.asarray(self._new_ids(n), np.int64)
+        new_ids = self._new_ids or getattr(self.index, "new_ids", None)  # an index several writers share has one
+        if new_ids is not None:
+            return np.asarray(new_ids(n), np.int64)
         start = getattr(self.index, "next_id", None)
         if start is None:
             start = int(np.max(self.index.ids)) + 1 if self.index.ntotal else 0

@@ -109,3 +109,35 @@ def write_digit_folder(folder: Path, n: int, scale: int = 1) -> list[Path]:
 def digits_run(tmp_path_factory) -> Path:
     """One short digits run for every test that only needs some trained model (3 epochs, seed 0)."""
     return train_digits_run(tmp_path_factory.mktemp("digits-run") / "run")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a Milvus server, for the Milvus backend's tests, the agreement test and the replica tests
+
+
+@pytest.fixture(scope="session")
+def milvus_server_uri(tmp_path_factory) -> str:
+    """The URI of a real Milvus server: ``$DSH_TEST_MILVUS_URI`` where set (a server of one's own, e.g. one that
+    ``python tests/milvus_server.py DIR`` keeps running), else an embedded Milvus 2.3 server (the ``milvus``
+    package) started for this session in a temporary folder and killed after it. Skipped, saying why, where
+    neither can be had: the package is missing, or the server does not come up (one embedded server per machine:
+    its etcd takes the fixed port 2380)."""
+    uri = os.environ.get("DSH_TEST_MILVUS_URI")
+    if uri:
+        yield uri
+        return
+    pytest.importorskip("pymilvus", reason="the milvus extra is not installed: pip install 'dsh[milvus]'")
+    from milvus_server import EmbeddedMilvus, why_not
+
+    reason = why_not()
+    if reason:
+        pytest.skip(reason)
+    server = EmbeddedMilvus(tmp_path_factory.mktemp("milvus-server"))
+    try:
+        server.start()
+    except RuntimeError as e:
+        pytest.skip(str(e))
+    try:
+        yield server.uri
+    finally:
+        server.stop()

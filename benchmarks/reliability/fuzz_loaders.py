@@ -131,10 +131,10 @@ def index_file_target(folder: Path) -> Target:
 
 
 def catalog_file_target(folder: Path) -> Target:
-    from dsh.index.catalog import Catalog, catalog_path
+    from dsh.index.catalog import Catalog
 
-    _, path = _index_pair(folder)
-    cpath = catalog_path(path)
+    index, path = _index_pair(folder)
+    cpath = path.with_name(index.metadata["catalog"]["file"])
     want, want_ids, want_uid = Catalog.load(cpath)
 
     def same(got) -> bool:

@@ -62,6 +62,30 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 180.0) -> N
     raise SystemExit("dsh serve did not become healthy in time")
 
 
+def post(conn: http.client.HTTPConnection, path: str, body: bytes, headers: dict[str, str]
+         ) -> tuple[int | str, http.client.HTTPConnection]:
+    """POST on a keep-alive connection: (the status, or the name of the connection error; the connection to use
+    next, a new one after an error)."""
+    try:
+        conn.request("POST", path, body=body, headers=headers)
+        r = conn.getresponse()
+        r.read()
+        return r.status, conn
+    except OSError as e:
+        conn.close()
+        return type(e).__name__, http.client.HTTPConnection(conn.host, conn.port, timeout=conn.timeout)
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """Ask the server to stop; kill it if it has not within 30 s."""
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def load(port: int, images: list[bytes], clients: int, seconds: float, max_requests: int, seed: int
          ) -> dict[str, Any]:
     """``clients`` threads, each on its own keep-alive connection, posting random images until the time or the
@@ -82,15 +106,7 @@ def load(port: int, images: list[bytes], clients: int, seconds: float, max_reque
                 sent[0] += 1
             body, kind = multipart("image", "q.jpg", images[rng.randrange(len(images))])
             t0 = time.perf_counter()
-            try:
-                conn.request("POST", "/api/search?k=10", body=body, headers={"Content-Type": kind})
-                r = conn.getresponse()
-                r.read()
-                status = r.status
-            except OSError as e:
-                status = type(e).__name__
-                conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+            status, conn = post(conn, "/api/search?k=10", body, {"Content-Type": kind})
             ms = (time.perf_counter() - t0) * 1000
             with lock:
                 if status == 200:
@@ -120,11 +136,7 @@ def serve_and_load(name: str, model_args: list[str], index: Path, images: list[b
         got = load(port, images, args.clients, args.seconds, args.max_requests, seed=0)
         peak = common.proc_status_kb(proc.pid, ("VmHWM",)).get("VmHWM", 0) / 1024
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop(proc)
     lat = np.asarray(got["latencies_ms"])
     n_err = sum(got["errors"].values())
     row = {"server": name, "command": " ".join(["dsh", *cmd[3:]]), "clients": args.clients,

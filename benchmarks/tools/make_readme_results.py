@@ -6,11 +6,12 @@
     python benchmarks/tools/make_readme_results.py --remake-metrics   # first re-make every row's figures from its codes
 
 The sections are named blocks (:data:`BLOCKS`): ``quality`` (retrieval quality: CIFAR-10, test-time views, MNIST,
-mosaics) and ``speed`` (training, search, encoding, serving and scale-out figures). Each lives in whichever Markdown
-file of the repository holds its markers, ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``: the
-files searched are ``README.md`` and ``docs/*.md`` under ``--root`` (default: this repository); today
-``docs/results.md`` and ``docs/speed.md``. Every block must be in exactly one file. Where a file has a line
-``RESULTS_PLACEHOLDER:NAME`` instead of the markers, it is replaced by them and the block. Written atomically.
+mosaics), ``speed`` (training, search, encoding, serving and scale-out figures) and ``reliability`` (model files
+under fuzzing, the soak of ``dsh serve``). Each lives in whichever Markdown file of the repository holds its
+markers, ``<!-- results:NAME:start -->`` and ``<!-- results:NAME:end -->``: the files searched are ``README.md`` and
+``docs/*.md`` under ``--root`` (default: this repository); today ``docs/results.md``, ``docs/speed.md`` and
+``docs/reliability.md``. Every block must be in exactly one file. Where a file has a line ``RESULTS_PLACEHOLDER:NAME``
+instead of the markers, it is replaced by them and the block. Written atomically.
 
 Reads, under ``--results`` (default ``benchmarks/results``), whichever exist of:
 
@@ -25,8 +26,10 @@ Reads, under ``--results`` (default ``benchmarks/results``), whichever exist of:
   views;
 - ``train_throughput.json`` / ``.md`` (``benchmarks/speed/train_throughput.py``): training images/s;
 - ``search.json`` / ``.md`` (``benchmarks/speed/search.py``), ``knn_scale.json`` / ``.md``
-  (``benchmarks/speed/knn_scale.py``), and the other speed scripts' ``STEM.json`` / ``.md``:
-  search, encoding, serving and scaling figures.
+  (``benchmarks/speed/knn_scale.py``), and the other speed scripts' ``STEM.json`` / ``.md``: search, encoding,
+  serving and scaling figures;
+- ``fuzz_models.json`` / ``.md`` and ``soak.json`` / ``.md`` (``benchmarks/reliability/``): model files under
+  fuzzing, and ``dsh serve`` for 20 minutes.
 
 Each table comes with the one-line command that re-makes it (run from the repository's root) and the machine it was
 measured on; figures are embedded with paths relative to the file that shows them.
@@ -492,6 +495,13 @@ def serve_section(ctx: Context) -> list[str]:
                                                "training images"))
 
 
+def serve_updates_section(ctx: Context) -> list[str]:
+    return md_section(ctx, "serve_updates", "Live updates under load", "A writable `dsh serve` searched by 8 clients "
+                      "while one adds 10 images/s, each added image searched by its own picture until found; and "
+                      "what one add to a 1M- and a 10M-item index file costs.",
+                      ctx.default_command("speed/serve_updates.py", out=""))
+
+
 def scale_train_section(ctx: Context) -> list[str]:
     return md_section(ctx, "scale_train", "Training with 1 and 2 processes", "`dsh train --nproc 2` (torchrun, "
                       "gloo on 127.0.0.1) against one process, the same global batch, on this 2-core machine.",
@@ -505,11 +515,24 @@ def scale_section(ctx: Context) -> list[str]:
                       ctx.default_command("speed/scale_search.py", "--n", "1000000", "--bits", "64", out=""))
 
 
+def fuzz_models_section(ctx: Context) -> list[str]:
+    return md_section(ctx, "fuzz_models", "Model files under fuzzing", "Damaged ONNX and safetensors files, each "
+                      "loaded in a worker process with a timeout: examples tried, refused, loaded, failures.",
+                      ctx.default_command("reliability/fuzz_models.py", "--examples", "2000", out=""))
+
+
+def soak_section(ctx: Context) -> list[str]:
+    return md_section(ctx, "soak", "Soak: 20 minutes of dsh serve", "A live server under 8 mixed clients with 500 "
+                      "idle connections held open; latency percentiles, memory and descriptors per minute.",
+                      ctx.default_command("reliability/soak.py", "--minutes", "20", out=""))
+
+
 # the generated blocks and their sections, in order
 BLOCKS: dict[str, list[Callable[[Context], list[str]]]] = {
     "quality": [paper_section, tta_section, seed_section, mosaic_section],
     "speed": [throughput_section, search_section, knn_scale_section, encode_section, serve_section,
-              scale_train_section, scale_section],
+              serve_updates_section, scale_train_section, scale_section],
+    "reliability": [fuzz_models_section, soak_section],
 }
 
 

@@ -144,11 +144,14 @@ def make_files(tmp_path_factory, digits_run) -> dict[str, Path]:
     index.save(p["idx"])
     p["idx_nocat"] = root / "nocat.dshidx"
     index.save(p["idx_nocat"])
-    os.unlink(root / "nocat.dshidx.catalog")
+    nocat = root / index.metadata["catalog"]["file"]
+    os.unlink(nocat)
+    p["nocat_catalog"] = nocat.name
     p["idx_othercat"] = root / "othercat.dshidx"
     index.save(p["idx_othercat"])
+    othercat = root / index.metadata["catalog"]["file"]
     index.save(root / "second.dshidx")
-    shutil.copy(root / "second.dshidx.catalog", root / "othercat.dshidx.catalog")  # another uid
+    shutil.copy(root / index.metadata["catalog"]["file"], othercat)  # another uid
     data = p["idx"].read_bytes()
     p["idx_truncated"] = root / "truncated.dshidx"
     p["idx_truncated"].write_bytes(data[:-20])
@@ -235,6 +238,13 @@ def make_files(tmp_path_factory, digits_run) -> dict[str, Path]:
     export_model(digits_run, p["st"])
     import onnx
 
+    from dsh.models.sealing import PLACEHOLDER, SAFETENSORS_PREFIX, seal
+    from dsh.runtime.export import sealed_onnx
+
+    def reseal(data: bytes, prefix: bytes) -> bytes:
+        start = data.index(prefix) + len(prefix)
+        return seal(data[:start] + PLACEHOLDER.encode() + data[start + 64 :], prefix)
+
     proto = onnx.load(str(p["onnx"]))
     meta = {e.key: e.value for e in proto.metadata_props}
     for name, value in (("onnx_nometa", None), ("onnx_badjson", "{not json"),
@@ -245,11 +255,30 @@ def make_files(tmp_path_factory, digits_run) -> dict[str, Path]:
             e = m.metadata_props.add()
             e.key, e.value = "dsh", value
         p[name] = root / f"{name}.onnx"
-        onnx.save(m, str(p[name]))
+        p[name].write_bytes(sealed_onnx(m))  # sealed, so that what they say is what is refused
+    m = onnx.load(str(p["onnx"]))  # the exported model without its seal (another tool's, or an old export)
+    kept = [e for e in m.metadata_props if e.key != "dsh_sha256"]
+    del m.metadata_props[:]
+    m.metadata_props.extend(kept)
+    p["onnx_unsealed"] = root / "onnx_unsealed.onnx"
+    onnx.save(m, str(p["onnx_unsealed"]))
+    m = onnx.load(str(p["onnx"]))  # sealed, and a second output beside u
+    node = m.graph.node.add()
+    node.op_type, node.input[:], node.output[:] = "Identity", [m.graph.output[0].name], ["u_copy"]
+    m.graph.output.add().CopyFrom(m.graph.output[0])
+    m.graph.output[1].name = "u_copy"
+    p["onnx_two_outputs"] = root / "onnx_two_outputs.onnx"
+    p["onnx_two_outputs"].write_bytes(sealed_onnx(m))
+    flipped = bytearray(p["onnx"].read_bytes())
+    flipped[len(flipped) // 2] ^= 0x10  # a weight's bit: the seal no longer matches
+    p["onnx_flipped"] = root / "onnx_flipped.onnx"
+    p["onnx_flipped"].write_bytes(bytes(flipped))
     st = bytearray(p["st"].read_bytes())
     st[-3] ^= 0x01  # a weight's last byte: the fingerprint in the header no longer matches
     p["st_tampered"] = root / "tampered.safetensors"
     p["st_tampered"].write_bytes(bytes(st))
+    p["st_resealed"] = root / "resealed.safetensors"  # the same, sealed again: the fingerprint refuses it
+    p["st_resealed"].write_bytes(reseal(bytes(st), SAFETENSORS_PREFIX))
     from safetensors.torch import save_file
 
     p["st_nometa"] = root / "nometa.safetensors"

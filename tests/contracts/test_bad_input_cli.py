@@ -138,7 +138,7 @@ CLI_CASES = {
         (["search", "--index", "{idx_truncated}", "--hex", "F7"], "truncated.dshidx"),
         (["search", "--index", "{idx_flipped}", "--hex", "F7"], "flipped.dshidx"),
         (["search", "--index", "{idx_version}", "--hex", "F7"], "version.dshidx"),
-        (["search", "--index", "{idx_nocat}", "--hex", "F7"], "nocat.dshidx.catalog"),
+        (["search", "--index", "{idx_nocat}", "--hex", "F7"], "{nocat_catalog}"),
         (["search", "--index", "{idx_othercat}", "--hex", "F7"], "othercat.dshidx"),
         (["search", "--index", "{idx}", "--image", "{img}"], "--run"),
         (["search", "--index", "{idx}", "--codes", "{q16}"], "q16.npz"),
@@ -161,6 +161,8 @@ CLI_CASES = {
         (["serve", "--index", "{idx}"], "--run"),
         (["serve", "--index", "{idx_run}", "--model", "{onnx_nometa}"], "onnx_nometa.onnx"),
         (["serve", "--index", "{idx_run}", "--port", "http"], "--port"),
+        (["serve", "--index", "{idx_run}", "--max-active", "0"], "--max-active"),
+        (["serve", "--index", "{idx_run}", "--max-connections", "0"], "--max-connections"),
     ],
     "general": [
         (["frobnicate"], "frobnicate"),

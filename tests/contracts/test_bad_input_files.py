@@ -71,8 +71,8 @@ LOADER_CASES = {
         "garbage_pt", "truncated_pt", "evil_pt", "notdsh_pt", "future_pt", "lacking_pt", "badconfig_pt",
         "mismatch_pt", "badnorm_pt", "altered_pt", "empty_dir")],
     "model files": [(_model(k), k) for k in (
-        "garbage_onnx", "onnx_nometa", "onnx_badjson", "onnx_shape", "garbage_safetensors", "st_tampered",
-        "st_nometa")],
+        "garbage_onnx", "onnx_nometa", "onnx_badjson", "onnx_shape", "onnx_unsealed", "onnx_two_outputs",
+        "onnx_flipped", "garbage_safetensors", "st_tampered", "st_resealed", "st_nometa")],
     "configs": [(_config(k), k) for k in (
         "bad.json", "list.yaml", "unknown.json", "typed.yaml", "python.yaml", "bomb.yaml", "keys.yaml",
         "latin1.json", "garbage_json")],

@@ -71,12 +71,12 @@ def write_results(root: Path, paper_runs=None, seed_runs=None, benchmark: bool =
 
 
 def make_docs(root: Path) -> dict[str, Path]:
-    """A repository's Markdown as the generator finds it: a README without generated blocks, and docs/results.md
-    and docs/speed.md each with its block's placeholder between other text."""
+    """A repository's Markdown as the generator finds it: a README without generated blocks, and docs/results.md,
+    docs/speed.md and docs/reliability.md each with its block's placeholder between other text."""
     (root / "README.md").write_text("readme\n")
     (root / "docs").mkdir()
     docs = {}
-    for block, name in (("quality", "results.md"), ("speed", "speed.md")):
+    for block, name in (("quality", "results.md"), ("speed", "speed.md"), ("reliability", "reliability.md")):
         docs[block] = root / "docs" / name
         docs[block].write_text(f"intro\n\n## Results\n\nRESULTS_PLACEHOLDER:{block}\n\n## Layout\n")
     return docs
@@ -109,9 +109,9 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     # no results files: the section says so, with the command
     # (the sections without results files here: in docs/results.md CIFAR-10's cifar10-1 protocol and paper-network
     # tables, the defaults' seed experiment, the test-time views, the mosaics with the preset and with the defaults;
-    # in docs/speed.md training throughput, search, k-NN at scale, encoding throughput, serving, training with 1 and
-    # 2 processes, Milvus)
-    assert text.count("Not yet run.") == 6 and speed.count("Not yet run.") == 7
+    # in docs/speed.md training throughput, search, k-NN at scale, encoding throughput, serving, live updates,
+    # training with 1 and 2 processes, Milvus)
+    assert text.count("Not yet run.") == 6 and speed.count("Not yet run.") == 8
     assert ("python benchmarks/reproduce/mosaic_mnist.py --preset none --threads 2 --out "
             "benchmarks/results/mosaic_mnist_defaults") in text
     assert ("python benchmarks/reproduce/paper_cifar10.py --protocol cifar10-1 --out "
@@ -119,6 +119,7 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     assert ("python benchmarks/reproduce/seed_mnist.py --preset none --out "
             "benchmarks/results/seed_mnist_defaults") in text
     assert "python benchmarks/speed/search.py --sizes 1000000 10000000 --bits 64 128" in speed
+    assert "python benchmarks/speed/serve_updates.py --out benchmarks/results" in speed
 
 
 def test_readme_seed_defaults_section_has_the_core_bar(tmp_path):

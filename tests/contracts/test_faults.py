@@ -208,7 +208,8 @@ def test_kill_9_during_dsh_index_keeps_the_previous_index(tmp_path):
                              labels=rng.integers(0, 10, 7000)))
     idx = tmp_path / "db.dshidx"
     assert main(["index", "--codes", str(old), "--out", str(idx)]) == 0
-    before = {p.name: p.read_bytes() for p in (idx, idx.with_name("db.dshidx.catalog"))}
+    before = {p.name: p.read_bytes() for p in (idx, *tmp_path.glob("db.dshidx.*.catalog"))}
+    assert len(before) == 2
     proc = start(["index", "--codes", str(new), "--out", str(idx)], hook_mid_write("dsh.index.flat", ".dshidx"),
                  tmp_path)
     kill_at_point(proc)
@@ -221,6 +222,7 @@ def test_kill_9_during_dsh_index_keeps_the_previous_index(tmp_path):
     assert main(["index", "--codes", str(new), "--out", str(idx)]) == 0
     assert temporaries(tmp_path) == []
     assert HammingIndex.load(idx).ntotal == 7000
+    assert len(list(tmp_path.glob("db.dshidx.*.catalog"))) == 1  # the killed save's catalog is gone too
 
 
 def test_kill_9_during_dsh_encode_images_keeps_the_previous_file(tmp_path, digits_run, image_tree_writer):

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 import dsh.index.catalog as catalog_module
 from dsh import HammingIndex
 from dsh.errors import DataError, InputError
-from dsh.index.catalog import Catalog, StringColumn, catalog_path
+from dsh.index.catalog import Catalog, StringColumn, catalog_file
 
 NBITS = 32
 NAMES = ["cat", "dog", "emu", "gnu"]
@@ -115,9 +115,11 @@ def test_round_trip(tmp_path, mmap):
     check_against(index, ref)
     path = tmp_path / "db.dshidx"
     index.save(path, metadata={"run": "r1"})
-    assert catalog_path(path) == tmp_path / "db.dshidx.catalog" and catalog_path(path).is_file()
     entry = index.metadata["catalog"]
-    assert entry["file"] == "db.dshidx.catalog" and entry["count"] == len(ids) and index.metadata["run"] == "r1"
+    cpath = catalog_file(path, entry["uid"])
+    assert cpath.name == f"db.dshidx.{entry['uid']}.catalog" and cpath.is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["db.dshidx", cpath.name])
+    assert entry["file"] == cpath.name and entry["count"] == len(ids) and index.metadata["run"] == "r1"
 
     loaded = HammingIndex.load(path, mmap=mmap)
     assert loaded.metadata == index.metadata
@@ -283,28 +285,34 @@ def test_a_catalog_from_another_index_is_refused(tmp_path, mmap):
     pa, pb = tmp_path / "a.idx", tmp_path / "b.idx"
     a.save(pa)
     b.save(pb)
-    good = catalog_path(pa).read_bytes()
-    catalog_path(pa).write_bytes(catalog_path(pb).read_bytes())
+    ca, cb = saved_catalog(a, pa), saved_catalog(b, pb)
+    good = ca.read_bytes()
+    ca.write_bytes(cb.read_bytes())
     with pytest.raises(DataError, match="do not belong together") as e:
         HammingIndex.load(pa, mmap=mmap)
-    assert str(pa) in one_line_error(e) and str(catalog_path(pa)) in str(e.value)
+    assert str(pa) in one_line_error(e) and str(ca) in str(e.value)
 
     # the right uid, but other ids (a catalog written for another state of the index)
-    cat, cids, uid = Catalog.load(catalog_path(pb))
-    cat.save(catalog_path(pa), cids + 1, a.metadata["catalog"]["uid"])
+    cat, cids, uid = Catalog.load(cb)
+    cat.save(ca, cids + 1, a.metadata["catalog"]["uid"])
     with pytest.raises(DataError, match="do not belong together") as e:
         HammingIndex.load(pa, mmap=mmap)
-    assert str(pa) in one_line_error(e) and str(catalog_path(pa)) in str(e.value)
-    cat.take(np.arange(10)).save(catalog_path(pa), cids[:10], a.metadata["catalog"]["uid"])
+    assert str(pa) in one_line_error(e) and str(ca) in str(e.value)
+    cat.take(np.arange(10)).save(ca, cids[:10], a.metadata["catalog"]["uid"])
     with pytest.raises(DataError, match="do not belong together"):
         HammingIndex.load(pa, mmap=mmap)
 
-    catalog_path(pa).write_bytes(good)
+    ca.write_bytes(good)
     check_against(HammingIndex.load(pa, mmap=mmap), ref)
-    catalog_path(pa).unlink()
+    ca.unlink()
     with pytest.raises(DataError, match="no such catalog file") as e:
         HammingIndex.load(pa, mmap=mmap)
-    assert str(catalog_path(pa)) in one_line_error(e)
+    assert str(ca) in one_line_error(e)
+
+
+def saved_catalog(index: HammingIndex, path: Path) -> Path:
+    """The catalog file the last save of ``index`` to ``path`` wrote."""
+    return catalog_file(path, index.metadata["catalog"]["uid"])
 
 
 def small_catalog_file(tmp_path) -> tuple[Path, bytes]:
@@ -368,7 +376,7 @@ def test_wrong_magic_and_other_files_are_refused(tmp_path):
     # a damaged catalog beside an index: the index load says so, naming the catalog
     index, _, _, _ = build_index(n=20)
     index.save(tmp_path / "i.idx")
-    cpath = catalog_path(tmp_path / "i.idx")
+    cpath = saved_catalog(index, tmp_path / "i.idx")
     cpath.write_bytes(cpath.read_bytes()[:-3])
     with pytest.raises(DataError, match="truncated") as e:
         HammingIndex.load(tmp_path / "i.idx")

@@ -1,9 +1,10 @@
 """Every index backend answers alike: one battery (k = 1, 10, 100; radius 0, 2, 8; heavy ties; the catalog after a
 remove) run on each backend that is installed, compared with a brute-force popcount reference and so with each
 other. Backends: HammingIndex's scan (numba, and faiss's engine where faiss is installed), HammingIndex with
-multi-index hashing for range search, a faiss binary index file opened by open_index, and a Milvus Lite collection
-(skipped, with the reason, without the milvus extra). Then open_index's refusals, and dsh serve over a Milvus
-collection answering as over the index file."""
+multi-index hashing for range search, a faiss binary index file opened by open_index, a Milvus Lite collection
+(skipped, with the reason, without the milvus extra) and a collection on a real Milvus server (the
+``milvus_server_uri`` fixture; skipped, with the reason, where none starts). Then open_index's refusals, and dsh
+serve over a Milvus collection answering as over the index file."""
 
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def copy_of(index: HammingIndex, engine: str = "auto") -> HammingIndex:
     return out
 
 
-BACKENDS = ["flat", "mih", "faiss-engine", "faiss-file", "faiss-shuffled", "faiss-ivf", "milvus"]
+BACKENDS = ["flat", "mih", "faiss-engine", "faiss-file", "faiss-shuffled", "faiss-ivf", "milvus", "milvus-server"]
 READ_ONLY = ("faiss-file", "faiss-shuffled", "faiss-ivf")  # faiss files, searched through FaissBinaryIndex
 
 
@@ -136,6 +137,19 @@ def milvus_db(tmp_path_factory):
     if NO_MILVUS:
         pytest.skip(NO_MILVUS)
     return str(tmp_path_factory.mktemp("agreement") / "agree.db")
+
+
+def available(name: str, request) -> bool:
+    """Whether backend ``name`` can be had here (for the tests that go through all of them in one)."""
+    if name == "milvus":
+        return NO_MILVUS is None
+    if name == "milvus-server":
+        try:
+            request.getfixturevalue("milvus_server_uri")
+        except pytest.skip.Exception:
+            return False
+        return True
+    return HAVE_FAISS or not name.startswith("faiss")
 
 
 def open_backend(name: str, index: HammingIndex, where, request):
@@ -161,7 +175,7 @@ def open_backend(name: str, index: HammingIndex, where, request):
         else:  # inverted lists, every one probed: exhaustive, so exact
             write_faiss(path, index, kind="ivf", nlist=8, nprobe=8)
         return open_index(path, nbits=index.nbits)
-    db = request.getfixturevalue("milvus_db")
+    db = request.getfixturevalue("milvus_db" if name == "milvus" else "milvus_server_uri")
     collection = "c_" + "".join(ch if ch.isalnum() else "_" for ch in request.node.name)[:60]
     write_index(index, IndexSpec(db, collection), overwrite=True)
     return open_index(db, collection=collection)
@@ -256,9 +270,14 @@ def test_the_catalog_after_remove(backend, data, tmp_path, request):
                                                                                    some)]
     with pytest.raises(KeyError):
         b.lookup(held[:1])
-    # new codes take ids after the largest held, and are found
-    b.add(np.asarray(index.codes[:2]), labels=[2, -1], paths=["/new/0.png", "/new/1.png"], keys=["n0", "n1"])
-    new = int(ids_left.max()) + 1 + np.arange(2)
+    # new codes take new ids (after the largest held, but on a Milvus server, which several clients may write
+    # at once: random ones, which add returns), and are found
+    got = b.add(np.asarray(index.codes[:2]), labels=[2, -1], paths=["/new/0.png", "/new/1.png"], keys=["n0", "n1"])
+    if backend == "milvus-server":
+        new = np.asarray(got)
+        assert new.shape == (2,) and not np.isin(new, ids_left).any() and new.min() >= 0
+    else:
+        new = int(ids_left.max()) + 1 + np.arange(2)
     assert [r["path"] for r in b.lookup(new)] == ["/new/0.png", "/new/1.png"]
     lims, _, I = b.range_search(np.asarray(index.codes[:1]), 0)
     assert new[0] in I.tolist()
@@ -270,7 +289,7 @@ def test_backends_equal_each_other(data, tmp_path, request):
     index, q = data["clustered"]
     answers = {}
     for name in BACKENDS:
-        if (name == "milvus" and NO_MILVUS) or (name.startswith("faiss") and not HAVE_FAISS):
+        if not available(name, request):
             continue
         b = open_backend(name, index, tmp_path, request)
         answers[name] = [b.search(q, k) for k in KS] + [b.range_search(q, r) for r in RADII]
@@ -289,7 +308,7 @@ def test_searcher_over_every_backend(data, tmp_path, request):
     want = [r.to_dict() for r in Searcher(copy_of(index)).search_codes(q, k=12)]
     want_r = [r.to_dict() for r in Searcher(copy_of(index)).search_codes(q, k=None, radius=2)]
     for name in BACKENDS[1:]:
-        if (name == "milvus" and NO_MILVUS) or (name.startswith("faiss") and not HAVE_FAISS):
+        if not available(name, request):
             continue
         b = open_backend(name, index, tmp_path, request)
         s = Searcher(b)

@@ -1,9 +1,12 @@
-"""Milvus as a search backend (dsh.index.milvus), on Milvus Lite: search, range search and the catalog through
-Milvus equal HammingIndex's exactly (ties by id), on codes with many ties and on clustered codes; remove and
-re-index; bad input (an unreachable server on 127.0.0.1 only, a collection of another nbits, an existing one
-without consent) as one-line errors, with no half-written collection left behind; the CLI end to end.
+"""Milvus as a search backend (dsh.index.milvus), each test twice: on Milvus Lite (a local file) and on a real
+Milvus server (the ``milvus_server_uri`` fixture: an embedded Milvus 2.3 server on 127.0.0.1). Search, range
+search and the catalog through Milvus equal HammingIndex's exactly (ties by id), on codes with many ties and on
+clustered codes; remove and re-index; bad input (an unreachable server on 127.0.0.1 only, a collection of another
+nbits, an existing one without consent) as one-line errors, with no half-written collection left behind; the CLI
+end to end.
 
-Skipped where the ``milvus`` extra (pymilvus, milvus-lite) is not installed. About 30 s on 2 cores."""
+Skipped where the ``milvus`` extra (pymilvus, milvus-lite) is not installed, the server half where no server
+starts (saying why). About 30 s on 2 cores for each half."""
 
 from __future__ import annotations
 
@@ -13,8 +16,6 @@ import numpy as np
 import pytest
 
 pymilvus = pytest.importorskip("pymilvus", reason="the milvus extra is not installed: pip install 'dsh[milvus]'")
-pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (or needs setuptools<81): "
-                    "pip install 'dsh[milvus]'")
 
 import dsh.index.milvus as mi  # noqa: E402
 from dsh.cli import main  # noqa: E402
@@ -60,9 +61,18 @@ def clustered_data(rng):
     return index, queries
 
 
-@pytest.fixture(scope="module")
-def db(tmp_path_factory):
+@pytest.fixture(scope="module", params=["lite", "server"])
+def db(request, tmp_path_factory):
+    """Where the collections go: a Milvus Lite file, or a Milvus server's URI."""
+    if request.param == "server":
+        return request.getfixturevalue("milvus_server_uri")
+    pytest.importorskip("milvus_lite", reason="milvus-lite is not installed (or needs setuptools<81): "
+                        "pip install 'dsh[milvus]'")
     return str(tmp_path_factory.mktemp("milvus-lite-with-a-long-folder-name-is-fine") / "t.db")  # name <= 36
+
+
+def is_server(uri: str) -> bool:
+    return uri.startswith("http://")
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +106,7 @@ def test_search_and_range_search_equal_hamming_index(written, name):
 
 def test_overflowing_requests_are_gathered_exactly(written, monkeypatch):
     """Ties at the k-th distance and range results beyond what one Milvus request returns (16,384; made 40 here)
-    are gathered a distance at a time, in halved id ranges, and still equal HammingIndex's."""
+    are gathered a distance at a time, in split id ranges, and still equal HammingIndex's."""
     monkeypatch.setattr(mi, "TOPK_MAX", 40)
     buckets = []
     real = MilvusIndex._bucket
@@ -109,7 +119,7 @@ def test_overflowing_requests_are_gathered_exactly(written, monkeypatch):
     index, q, m = written["ties"]
     for k in (10, 100):
         assert same(m.search(q, k), index.search(q, k)), k
-    assert buckets and max(buckets) > 0  # ties overflowed, and an id range was halved
+    assert buckets and max(buckets) > 0  # ties overflowed, and an id range was split
     for radius in (0, 2):
         assert same(m.range_search(q, radius), index.range_search(q, radius)), radius
 
@@ -139,11 +149,17 @@ def test_remove_add_and_reindex(db):
         assert m.remove(drop) == index.remove(drop)
         assert m.ntotal == index.ntotal
         assert same(m.search(q, 50), index.search(q, 50)) and same(m.range_search(q, 2), index.range_search(q, 2))
-        # default ids continue after the largest held, as HammingIndex's; a clash is refused and changes nothing
+        # default ids: in a Lite file they continue after the largest held, as HammingIndex's; on a server
+        # (several writers) they are random, new, and returned; a clash is refused and changes nothing
         new = rng.integers(0, 256, (5, 2), dtype=np.uint8)
-        m.add(new, labels=[0, 1, 2, 3, -1])
-        index.add(new, labels=[0, 1, 2, 3, -1])
-        assert m.lookup(index.ids[-5:]) == index.lookup(index.ids[-5:])
+        new_ids = m.add(new, labels=[0, 1, 2, 3, -1])
+        if is_server(db):
+            assert new_ids.dtype == np.int64 and len(set(new_ids.tolist()) | set(index.ids.tolist())) == \
+                index.ntotal + 5 and new_ids.max() < 2**53
+        else:
+            assert new_ids.tolist() == (int(index.ids.max()) + 1 + np.arange(5)).tolist()
+        index.add(new, new_ids, labels=[0, 1, 2, 3, -1])
+        assert m.lookup(new_ids) == index.lookup(new_ids)
         with pytest.raises(InputError, match="already in the index"):
             m.add(new[:1], ids=index.ids[:1])
         with pytest.raises(InputError):
@@ -268,13 +284,23 @@ def test_cli_index_and_search(db, tmp_path, capsys):
     assert "8-bit codes" in error(["search", *target, "--codes", str(other)])
     assert "needs --uri" in error(["search", "--store", "milvus", "--hex", "00FF"])
     assert "is for --store milvus" in error(["index", "--codes", str(db_npz), "--out", "x.dshidx", "--uri", db])
-    # appending continues the ids; the collection still searches as the index with both halves would
+    # appending gives new ids (counting on in a Lite file, random on a server); the collection still searches as
+    # the index with both halves would
     assert main(["index", "--codes", str(db_npz), *target, "--append"]) == 0
     capsys.readouterr()
+    n = index.ntotal
     both = HammingIndex(16)
-    both.add(np.concatenate([index.codes, index.codes]))
+    both.add(np.asarray(index.codes))
     with MilvusIndex.open(db, "cli") as m:
-        assert m.ntotal == 2 * index.ntotal
+        assert m.ntotal == 2 * n
+        new = m.ids[~np.isin(m.ids, np.arange(n))]
+        assert new.size == n
+        if not is_server(db):
+            assert new.tolist() == list(range(n, 2 * n))
+        again = m.reconstruct(new)
+        assert np.array_equal(np.unique(again, axis=0, return_counts=True)[1],
+                              np.unique(np.asarray(index.codes), axis=0, return_counts=True)[1])
+        both.add(again, new)
         assert same(m.search(q, 30), both.search(q, 30))
         m.drop()
 
@@ -301,7 +327,10 @@ def test_appending_an_index_keeps_one_model_and_one_code_length(db):
                  paths=[f"/more/{i}.png" for i in range(5)], keys=[f"m{i}" for i in range(5)])
         more.metadata["model"] = dict(index.metadata["model"])
         assert m.add_index(more) == 5
-        new_ids = int(index.ids.max()) + 1 + np.arange(5)
+        new_ids = m.ids[~np.isin(m.ids, index.ids)]
+        new_ids = new_ids[np.argsort([r["path"] for r in m.lookup(new_ids)])]
+        if not is_server(db):
+            assert new_ids.tolist() == (int(index.ids.max()) + 1 + np.arange(5)).tolist()
         assert [r["path"] for r in m.lookup(new_ids)] == [f"/more/{i}.png" for i in range(5)]
         assert [r.get("class") for r in m.lookup(new_ids)] == ["ant", "bee", "cat", "dog", None]
         both = HammingIndex(16)

@@ -179,9 +179,11 @@ def test_model_files_that_are_not_dsh_models(tmp_path, exported):
     import onnx
     import torch
 
+    from dsh.runtime.export import sealed_onnx, sealed_safetensors
+
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(os.urandom(300))
-    with pytest.raises(ModelFileError, match="garbage.onnx: not a loadable ONNX model"):
+    with pytest.raises(ModelFileError, match="garbage.onnx: not a dsh model file"):
         Encoder.from_file(garbage)
     # a valid ONNX model that is not a dsh model: no dsh metadata
     plain = tmp_path / "plain.onnx"
@@ -196,7 +198,7 @@ def test_model_files_that_are_not_dsh_models(tmp_path, exported):
     info["input_shape"] = [3, 32, 32]
     entry.value = json.dumps(info)
     other = tmp_path / "other-shape.onnx"
-    onnx.save(proto, str(other))
+    other.write_bytes(sealed_onnx(proto))  # sealed again, so the graph check is what refuses it
     with pytest.raises(ModelFileError, match=r"other-shape.onnx: its input is tensor\(uint8\)"):
         Encoder.from_file(other)
     # a safetensors file whose weights were altered no longer matches its fingerprint
@@ -211,8 +213,12 @@ def test_model_files_that_are_not_dsh_models(tmp_path, exported):
     name = next(k for k in tensors if k.endswith("weight"))
     tensors[name] = tensors[name] + 1
     save_file(tensors, str(tmp_path / "altered.safetensors"), metadata=meta)
-    with pytest.raises(ModelFileError, match="do not match the fingerprint"):
+    with pytest.raises(ModelFileError, match="altered.safetensors: checksum mismatch"):
         Encoder.from_file(tmp_path / "altered.safetensors")
+    # and sealed again (as a crafted file would be), it still does not match its fingerprint
+    (tmp_path / "resealed.safetensors").write_bytes(sealed_safetensors(tensors, meta))
+    with pytest.raises(ModelFileError, match="do not match the fingerprint"):
+        Encoder.from_file(tmp_path / "resealed.safetensors")
     with pytest.raises(InputError, match="runs on onnxruntime, not torch"):
         Encoder.from_file(exported / "model.onnx", backend="torch")
 

@@ -73,7 +73,7 @@ def test_cli_index_search_and_library_agree(setup, capsys, tmp_path):
     root, run, folder = setup
     idx = tmp_path / "imgs.dshidx"
     assert main(["index", "--images", str(folder), "--run", str(run), "--out", str(idx), "--quiet"]) == 0
-    assert (tmp_path / "imgs.dshidx.catalog").is_file()
+    assert len(list(tmp_path.glob("imgs.dshidx.*.catalog"))) == 1
     query = next(folder.rglob("*.png"))
     capsys.readouterr()
     assert main(["search", "--index", str(idx), "--image", str(query), "-k", "5", "--json"]) == 0
@@ -93,7 +93,8 @@ def test_cli_index_search_and_library_agree(setup, capsys, tmp_path):
     # an index with the catalog of another index: one line naming both
     idx2 = tmp_path / "second.dshidx"
     assert main(["index", "--images", str(folder), "--run", str(run), "--out", str(idx2), "--quiet"]) == 0
-    shutil.copy(tmp_path / "second.dshidx.catalog", tmp_path / "imgs.dshidx.catalog")
+    [own], [other] = tmp_path.glob("imgs.dshidx.*.catalog"), tmp_path.glob("second.dshidx.*.catalog")
+    shutil.copy(other, own)
     capsys.readouterr()
     assert main(["search", "--index", str(idx), "--hex", "0F"]) == 2
     err = capsys.readouterr().err.strip()

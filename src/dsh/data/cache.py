@@ -22,12 +22,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from ..errors import DataError, one_line
 from ..utils.fileio import atomic_write
 from .imageset import ImageSet
 
 log = logging.getLogger("dsh.data")
 
-CACHE_FORMAT = 1
+# part of every entry's key: raised when decoding changes what a file's pixels are (2: images as a photo viewer
+# shows them, dsh.utils.imageio.as_displayed), so no entry decoded the old way is read again
+CACHE_FORMAT = 2
 
 
 def cache_dir(arg: str | os.PathLike | None = None) -> Path:
@@ -91,12 +94,18 @@ def save_entry(directory: Path, stem: str, prefix: str, s: ImageSet, where: dict
         "class_names": list(s.class_names),
         "paths": s.paths,
     }
-    with atomic_write(directory / f"{stem}.images.npy") as f:
-        np.save(f, s.images.numpy(), allow_pickle=False)
-    with atomic_write(directory / f"{stem}.labels.npy") as f:
-        np.save(f, s.labels.numpy(), allow_pickle=False)
-    with atomic_write(directory / f"{stem}.json", "w") as f:
-        json.dump(meta, f)
+    try:
+        with atomic_write(directory / f"{stem}.images.npy") as f:
+            np.save(f, s.images.numpy(), allow_pickle=False)
+        with atomic_write(directory / f"{stem}.labels.npy") as f:
+            np.save(f, s.labels.numpy(), allow_pickle=False)
+        with atomic_write(directory / f"{stem}.json", "w") as f:
+            json.dump(meta, f)
+    except BaseException:
+        for part in (".images.npy", ".labels.npy"):  # an entry without its json is never read: don't keep half
+            with contextlib.suppress(OSError):
+                (directory / f"{stem}{part}").unlink()
+        raise
     for old in directory.glob(f"{prefix}-*"):
         if not old.name.startswith(stem + "."):
             with contextlib.suppress(OSError):
@@ -112,7 +121,7 @@ def cached(directory: Path, where: dict, what: str, decode: Callable[[], ImageSe
     s = decode()
     try:
         save_entry(directory, stem, prefix, s, where)
-    except OSError as e:
-        warnings.warn(f"could not write the dataset cache in {directory} ({e}); set DSH_CACHE to a writable "
-                      f"folder to avoid decoding again", stacklevel=3)
+    except (OSError, DataError) as e:  # atomic_write names the file in a DataError
+        warnings.warn(f"could not write the dataset cache in {directory} ({one_line(e)}); set DSH_CACHE to a "
+                      f"writable folder to avoid decoding again", stacklevel=3)
     return s

@@ -13,25 +13,43 @@ that one slice and a memory-mapped column costs nothing until it is read.
 A catalog is a value: ``take`` and ``concat`` return new catalogs and its arrays are read-only. ``save`` / ``load``
 write and read the checksummed catalog file (``mmap=True``: read-only memory-mapped columns); its byte layout is in
 docs/FORMATS.md ("Catalog").
+
+Beside an index, each save writes its catalog under a name of its own, ``INDEX.<uid>.catalog``
+(:func:`catalog_file`), before the index that names it; the index's rename is the one step that puts the new pair
+in place, and older catalogs of that index are removed after it (:func:`written_beside`). A crash at any moment
+thus leaves the old pair or the new one, both loadable, and at worst a file the next save removes.
 """
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import json
 import math
 import operator
 import os
+import re
+import secrets
 import struct
 import zlib
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 
-from ..errors import DataError, InputError
-from ..utils.fileio import END_MARKER, TRAILER, atomic_write, check_trailer, read_header
+from ..errors import DataError, InputError, one_line
+from ..utils.fileio import (
+    END_MARKER,
+    TRAILER,
+    atomic_write,
+    check_trailer,
+    folder_lock,
+    fsync_folder,
+    read_header,
+    remove_stale_temporaries,
+)
 
-__all__ = ["Catalog", "StringColumn", "catalog_path"]
+__all__ = ["Catalog", "StringColumn", "catalog_file", "catalog_path", "new_uid", "written_beside"]
 
 _MAGIC = b"DSHCATLG"
 _END = END_MARKER
@@ -55,9 +73,86 @@ def _frozen(a: np.ndarray) -> np.ndarray:
 
 
 def catalog_path(index_path: str | os.PathLike) -> Path:
-    """Where the catalog of the index file ``index_path`` goes: its name with ``.catalog`` appended."""
+    """The catalog name of index files written by earlier versions of dsh: the index's name with ``.catalog``
+    appended (such files still load: an index file names its catalog). New saves use :func:`catalog_file`."""
     p = Path(index_path)
     return p.with_name(p.name + ".catalog")
+
+
+_UID = re.compile(r"[0-9a-f]{16}")
+
+
+def new_uid() -> str:
+    """A fresh catalog uid, 16 hex digits: one per save, so an older catalog never passes for a newer one."""
+    return secrets.token_hex(8)
+
+
+def catalog_file(index_path: str | os.PathLike, uid: str) -> Path:
+    """Where the save of ``index_path`` whose catalog has ``uid`` writes it: ``INDEX.<uid>.catalog`` beside it."""
+    p = Path(index_path)
+    return p.with_name(f"{p.name}.{uid}.catalog")
+
+
+@contextlib.contextmanager
+def written_beside(catalog: "Catalog | None", index_path: str | os.PathLike, ids: np.ndarray, uid: str | None
+                   ) -> Iterator[None]:
+    """Around the write of the index file ``index_path``: writes ``catalog`` (with the index's ``ids`` and ``uid``)
+    to :func:`catalog_file` first; once the index is in place, removes the catalogs of earlier saves of that index
+    and the temporaries of killed saves. If the index's write fails, the new catalog is removed and the old pair
+    stays as it was. The folder is locked meanwhile, so two saves there do not interleave."""
+    index_path = Path(index_path)
+    folder = index_path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise DataError(f"{index_path}: cannot write here ({e.strerror or one_line(e)})") from None
+    cpath = None if catalog is None else catalog_file(index_path, uid)
+    with folder_lock(folder):
+        if catalog is not None:
+            catalog.save(cpath, ids, uid)
+            fsync_folder(folder)  # the catalog's rename reaches the disk before the index's that relies on it
+        try:
+            yield
+        except BaseException:
+            if cpath is not None:
+                with contextlib.suppress(OSError):
+                    cpath.unlink()
+            raise
+        fsync_folder(folder)
+        remove_stale_catalogs(index_path, keep=cpath)
+
+
+def remove_stale_catalogs(index_path: str | os.PathLike, keep: Path | None) -> list[Path]:
+    """Remove the catalogs of ``index_path`` other than ``keep`` (those of earlier saves, and the one an earlier
+    dsh wrote as :func:`catalog_path`), and the temporaries killed saves left; returns what was removed. Only a
+    file that is a catalog is removed, and under a per-save name only one whose uid is the one its name holds, so
+    another file that happens to match the pattern is left alone."""
+    index_path = Path(index_path)
+    folder, name = index_path.parent, index_path.name
+    removed = []
+    candidates = [catalog_path(index_path)]
+    temp_targets = {catalog_path(index_path)}
+    with contextlib.suppress(OSError):
+        for p in folder.glob(f"{glob.escape(name)}.*.catalog"):
+            tag = p.name[len(name) + 1 : -len(".catalog")]
+            if _UID.fullmatch(tag):
+                candidates.append(p)
+        for tmp in folder.glob(f".{glob.escape(name)}.*.catalog.dsh-*.tmp"):
+            target = tmp.name[1:].split(".dsh-", 1)[0]
+            if _UID.fullmatch(target[len(name) + 1 : -len(".catalog")]):
+                temp_targets.add(folder / target)
+    for p in candidates:
+        if keep is not None and p.name == keep.name:
+            continue
+        uid = Catalog.read_uid(p)
+        legacy = p.name == catalog_path(index_path).name
+        if uid is not None and (legacy or p.name == catalog_file(index_path, uid).name):
+            with contextlib.suppress(OSError):
+                p.unlink()
+                removed.append(p)
+    for target in sorted(temp_targets):
+        removed += remove_stale_temporaries(target)
+    return removed
 
 
 # -- strings -------------------------------------------------------------------------------------------------------
@@ -346,6 +441,26 @@ class Catalog:
             put(bytes(lay["json"] - pos))
             put(meta)
             f.write(_TRAILER.pack(crc, _END))
+
+    @staticmethod
+    def read_uid(path: str | os.PathLike) -> str | None:
+        """The uid of the catalog file ``path`` (its header and JSON only, nothing checksummed), or ``None`` where
+        ``path`` is not a readable catalog file."""
+        try:
+            with open(path, "rb") as f:
+                head = f.read(_HEADER.size)
+                if len(head) < _HEADER.size or head[: len(_MAGIC)] != _MAGIC:
+                    return None
+                fields = _HEADER.unpack(head)
+                json_off, mlen = fields[15], fields[16]
+                if fields[1] != _VERSION or json_off + mlen + _TRAILER.size != os.fstat(f.fileno()).st_size:
+                    return None
+                f.seek(json_off)
+                meta = json.loads(f.read(mlen).decode("utf-8"))
+        except (OSError, ValueError):
+            return None
+        uid = meta.get("uid") if isinstance(meta, dict) else None
+        return uid if isinstance(uid, str) else None
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False, verify: bool = True

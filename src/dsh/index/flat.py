@@ -13,9 +13,10 @@ Ids are int64 >= 0 (``-1`` marks a missing result). The index keeps its codes in
 
 Per-item records (labels, paths, user keys) live in ``index.catalog``, a :class:`dsh.index.catalog.Catalog` aligned row
 by row with the codes and kept in step by ``add``, ``remove`` and ``reset``; ``index.lookup(ids)`` reads them.
-``save`` writes the catalog beside the index (:func:`catalog_path`), then the index, which names it; ``load`` takes
-the catalog only if it is the index's. Both files are checksummed and written atomically; their byte layout is in
-docs/FORMATS.md ("Index file").
+``save`` writes the catalog beside the index under a name of this save's own (:func:`catalog_file`), then the
+index, which names it, and then removes the catalogs of earlier saves: the index's rename puts the new pair in place
+at once, so a crash leaves the old pair or the new one. ``load`` takes the catalog only if it is the index's. Both
+files are checksummed and written atomically; their byte layout is in docs/FORMATS.md ("Index file").
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import dataclasses
 import json
 import logging
 import os
-import secrets
 import struct
 import zlib
 from pathlib import Path
@@ -38,12 +38,12 @@ from ..codes.hamming import pairwise_hamming_reference
 from ..errors import DataError, InputError
 from ..utils.fileio import END_MARKER, TRAILER, atomic_write, check_trailer, read_header
 from .base import check_k, check_new_ids, check_radius, check_whole
-from .catalog import Catalog, catalog_path
+from .catalog import Catalog, catalog_file, catalog_path, new_uid, written_beside
 from .distinct import Groups, position_dtype
 from .faiss_file import knn_exact, range_exact
 from .mih import KnnPlan, MIHTables, pilot_size, plan_knn, prefer_mih
 
-__all__ = ["HammingIndex", "ENGINES", "catalog_path"]
+__all__ = ["HammingIndex", "ENGINES", "catalog_file", "catalog_path"]
 
 ENGINES = ("auto", "numba", "faiss", "numpy")
 METHODS = ("auto", "mih", "flat")
@@ -487,23 +487,22 @@ class HammingIndex:
         """Write the index to ``path`` (format in the module docstring), atomically.
 
         ``metadata``: a JSON-serialisable dict stored with it (default: ``self.metadata``); it becomes
-        ``self.metadata``. With a catalog, the catalog is first written to :func:`catalog_path` ``(path)`` and the
-        metadata gets ``"catalog": {"file", "uid", "count"}`` naming it. Without one, any ``"catalog"`` key is
-        dropped, so the file never names a catalog that is not its own.
+        ``self.metadata``. With a catalog, the catalog is first written to :func:`catalog_file` ``(path, uid)``, a
+        name of this save's own, and the metadata gets ``"catalog": {"file", "uid", "count"}`` naming it. Without
+        one, any ``"catalog"`` key is dropped, so the file never names a catalog that is not its own. Catalogs of
+        earlier saves of ``path`` are removed once the new index is in place.
         """
         if metadata is not None:
             if not isinstance(metadata, dict):
                 raise InputError(f"metadata must be a dict, got {type(metadata).__name__}")
             self.metadata = metadata
-        out = self.metadata
+        out, uid = self.metadata, None
         if self._catalog is not None:
-            cpath = catalog_path(path)
-            uid = secrets.token_hex(16)  # fresh each save: an older catalog left beside this index never matches
-            out = {**out, "catalog": {"file": cpath.name, "uid": uid, "count": self.ntotal}}
+            uid = new_uid()  # fresh each save: an older catalog left beside this index never matches
+            out = {**out, "catalog": {"file": catalog_file(path, uid).name, "uid": uid, "count": self.ntotal}}
         elif "catalog" in out:
             out = {k: v for k, v in out.items() if k != "catalog"}
-        # serialised before any file is touched: metadata that is not JSON must not leave a new catalog beside
-        # an old index (which would then refuse it)
+        # serialised before any file is touched: metadata that is not JSON writes nothing at all
         meta = json.dumps(out, ensure_ascii=False, sort_keys=True).encode("utf-8")
         self.metadata = out
         g = self._groups
@@ -512,7 +511,7 @@ class HammingIndex:
         header = _HEADER.pack(_MAGIC, _VERSION, _HEADER.size, self._nbits, w, n, 0, codes_off, ids_off, len(meta),
                               u, goff_off, gpos_off)
         crc = 0
-        with atomic_write(path) as f:
+        with written_beside(self._catalog, path, self._ids, uid), atomic_write(path) as f:
 
             def put(buf) -> None:
                 nonlocal crc
@@ -533,12 +532,6 @@ class HammingIndex:
                 put_array(g.gpos.astype("<i8"), gpos_off)
             put(meta)
             f.write(_TRAILER.pack(crc, _END))
-            if self._catalog is not None:
-                # put in place once the new index is fully written, just before it is renamed over the old one:
-                # a new index is never in place without its catalog, a crash while either is written leaves the
-                # old pair as it was, and only a crash between the two renames leaves the old index beside the
-                # new catalog, which it refuses by its uid (a clear error, never wrong data)
-                self._catalog.save(cpath, self._ids, uid)
 
     @classmethod
     def load(cls, path: str | os.PathLike, mmap: bool = False, verify: bool = True,

@@ -16,7 +16,7 @@ ties and all: Milvus returns codes at equal distance in an order of its own and 
 k-NN query asks for more results until the last one is farther than the k-th (every code at the k-th distance is
 then among them) and sorts them by (distance, id); a query whose ties do not fit in one request, and a range query
 with more results than that, are gathered one distance at a time, a distance with too many codes in id ranges
-halved until each fits. Nothing is approximate: the collection is indexed ``BIN_FLAT`` with metric ``HAMMING``.
+split until each fits. Nothing is approximate: the collection is indexed ``BIN_FLAT`` with metric ``HAMMING``.
 
 The URI is a local file (Milvus Lite, embedded: ``NAME.db``, created if absent, the file name at most 36
 characters of ``[A-Za-z0-9._-]``; one process at a time may open it) or a server, ``http://host:19530``
@@ -64,6 +64,12 @@ _SERVER_SCHEMES = ("http://", "https://", "tcp://", "unix:")
 _CHUNK_IDS = 4096  # ids per query(ids=...) / delete call
 _MAX_HITS = 1 << 21  # results per search request (nq x limit), about 25 MB of ids and distances
 _INSERT_BATCH = 10_000
+# A server collection may have several writers at once, so new items there take random ids below 2**53 (exact in
+# a JavaScript number, so the page shows them right), drawn afresh until none is held; two writers draw the same id
+# at the same instant with odds of about n1 * n2 / 2**53.
+RANDOM_ID_BITS = 53
+# What several writers of one collection share in its metadata row, read again before each write
+_SHARED_META = ("catalog", "columns", "label_kind", "label_columns", "class_names")
 
 
 class MissingExtraError(UserError, ImportError):
@@ -190,7 +196,9 @@ class MilvusIndex:
         self._uri = uri
         self._name = collection
         self._meta = meta
+        self._saved = _meta_text(meta)  # the row as last read or written: a write is needed when they differ
         self._dim = 8 * nbytes_for(meta["nbits"])
+        self._shared = check_uri(uri)[0] == "server"  # other clients may write it meanwhile
 
     # -- making and opening ----------------------------------------------------------------------------------------
 
@@ -480,11 +488,16 @@ class MilvusIndex:
     # -- changing --------------------------------------------------------------------------------------------------
 
     def add(self, codes: np.ndarray, ids: np.ndarray | None = None, *, labels=None, paths=None, keys=None,
-            class_names=None) -> None:
-        """Add ``codes`` with ``ids`` and catalog columns, with HammingIndex.add's rules: default ids count on
-        from one more than the largest id held; a column not given gets its fill value; nothing changes if an
-        argument is refused (``InputError``, also for ids already held)."""
-        self._add(codes, ids, labels=labels, paths=paths, keys=keys, class_names=class_names)
+            class_names=None) -> np.ndarray:
+        """Add ``codes`` with ``ids`` and catalog columns, with HammingIndex.add's rules, and return the ids
+        (``int64[n]``). Default ids: in a Milvus Lite file (one process at a time) they count on from one more
+        than the largest id held, as HammingIndex's; in a server collection, which several clients may write at
+        once, they are random, below 2**53, and not held (see :data:`RANDOM_ID_BITS`). A column not given gets its
+        fill value; nothing changes if an argument is refused (``InputError``, also for ids already held).
+
+        Once this returns, every client of the collection finds the new codes (searches ask for consistency
+        level Strong)."""
+        return self._add(codes, ids, labels=labels, paths=paths, keys=keys, class_names=class_names)
 
     def add_index(self, index) -> int:
         """Append every item of a :class:`~dsh.index.flat.HammingIndex` (codes and catalog; new ids, counting on), after
@@ -504,12 +517,13 @@ class MilvusIndex:
         return index.ntotal
 
     def _add(self, codes, ids=None, *, labels=None, paths=None, keys=None, class_names=None, save: bool = True,
-             force_catalog: bool = False, check_ids: bool = True) -> None:
+             force_catalog: bool = False, check_ids: bool = True) -> np.ndarray:
         codes = check_codes(codes, self.nbits)
         n = codes.shape[0]
+        if save:  # (from_index fills a new collection, which no other client opens until it is complete)
+            self._refresh_shared()
         if ids is None:
-            start = int(self._meta["next_id"])
-            ids = np.arange(start, start + n, dtype=np.int64)
+            ids = self.new_ids(n)
         else:
             ids = check_new_ids(ids, n)
             clash = self._held(ids) if check_ids else ids[:0]  # from_index: a new collection holds none
@@ -535,8 +549,24 @@ class MilvusIndex:
             self._meta.update(catalog=True, columns=list(merged.columns), label_kind=merged.label_kind,
                               label_columns=int(merged.labels.shape[1]) if merged.label_kind == "multi-hot" else 0,
                               class_names=list(merged.class_names))
-        if save:
+        if save and _meta_text(self._meta) != self._saved:
             self._save_meta()
+        return ids
+
+    def new_ids(self, n: int) -> np.ndarray:
+        """``int64[n]`` ids for new items, as :meth:`add` chooses them when given none: counting on in a Milvus
+        Lite file; in a server collection random, below 2**53, and not held now, so that other writers of the
+        collection (other processes, other services) do not give them too."""
+        n = check_whole("n", n, 0)
+        if not self._shared:
+            start = int(self._meta["next_id"])
+            return np.arange(start, start + n, dtype=np.int64)
+        out = np.zeros(0, np.int64)
+        while out.size < n:
+            draw = np.frombuffer(os.urandom(8 * (n - out.size)), np.uint64) >> np.uint64(64 - RANDOM_ID_BITS)
+            out = np.unique(np.concatenate([out, draw.astype(np.int64)]))  # a repeat within the batch: draw again
+            out = out[~np.isin(out, self._held(out))]
+        return out
 
     def remove(self, ids) -> int:
         """Remove the codes with these ids (ids not held are ignored); returns how many were removed."""
@@ -545,9 +575,9 @@ class MilvusIndex:
         if held.size:
             self._delete_ids(held)
             top = int(self._meta["next_id"]) - 1
-            if top in set(held.tolist()):
+            if not self._shared and top in set(held.tolist()):
                 self._meta["next_id"] = self._max_id(top) + 1
-            self._save_meta()
+                self._save_meta()
         return int(held.size)
 
     def reset(self) -> None:
@@ -597,6 +627,8 @@ class MilvusIndex:
         return out
 
     def _catalog_fields(self) -> list[str]:
+        if self._shared:  # all of them: another writer may have given the catalog a column since (_catalog_of)
+            return ["id", "label", "labels", "path", "key"]
         cols = self.columns
         fields = ["id"]
         if "labels" in cols:
@@ -605,6 +637,8 @@ class MilvusIndex:
 
     def _catalog_of(self, rows: list[dict]) -> Catalog:
         """The catalog of these rows (as :meth:`_catalog_fields` reads them), in their order."""
+        if self._shared and any(_unknown_columns(r, self.columns) for r in rows):
+            self._refresh_shared()  # another writer gave the catalog a column since this client read it
         cols = self.columns
         labels = None
         if "labels" in cols:
@@ -715,15 +749,15 @@ class MilvusIndex:
 
     def _bucket(self, qv, dist: int, need: int | None = None, lo: int = 0, hi: int | None = None) -> np.ndarray:
         """Ids (ascending) of the codes at exactly distance ``dist`` from ``qv`` with ``lo <= id < hi`` (``hi``
-        None: no upper bound), only the ``need`` smallest when given; an id range whose codes overflow a request
-        is halved."""
+        None: no upper bound), only the ``need`` smallest when given. An id range whose codes overflow a request
+        is split at the median of the ids that came back, so each part holds fewer codes than the whole (ids may
+        be anywhere in int64: a server's are random)."""
         flt = None if (lo == 0 and hi is None) else f"id >= {lo}" + ("" if hi is None else f" and id < {hi}")
         [(_, ids)] = self._search(qv[None], TOPK_MAX, lo=dist, hi=dist + 1, filter=flt)
         ids = np.sort(ids)
         if len(ids) < TOPK_MAX:
             return ids if need is None else ids[:need]
-        top = hi if hi is not None else max(int(self._meta["next_id"]), 2 * lo + 2)
-        mid = max((lo + top) // 2, lo + 1)
+        mid = int(ids[len(ids) // 2])  # > ids[0] >= lo: the ids below it are left out of the upper part, and so on
         left = self._bucket(qv, dist, need, lo, mid)
         if need is not None and len(left) >= need:
             return left[:need]
@@ -856,6 +890,23 @@ class MilvusIndex:
         _check_meta_size(self._meta)
         with self._calls(f"write {META_COLLECTION}"):
             self._client.upsert(META_COLLECTION, [{"name": self._name, "meta": self._meta, "v": [0.0, 0.0]}])
+        self._saved = _meta_text(self._meta)
+
+    def _refresh_shared(self) -> None:
+        """Read again what other writers of a server collection may have changed (its catalog columns and class
+        names), so that a write builds on theirs; the rest of the metadata stays this client's."""
+        if not self._shared:
+            return
+        with self._calls(f"read {META_COLLECTION}"):
+            rows = _query_ids(self._client, META_COLLECTION, [self._name], ["meta"], pk="name")
+        if not rows:
+            raise DataError(f"{self}: its record in {META_COLLECTION} is gone (was the collection dropped?)")
+        theirs = rows[0]["meta"]
+        mine_unsaved = _meta_text(self._meta) != self._saved
+        self._meta.update({k: theirs[k] for k in _SHARED_META})
+        if not mine_unsaved:
+            self._meta["metadata"] = theirs["metadata"]
+            self._saved = _meta_text(self._meta)
 
     def _drop_quietly(self, raise_errors: bool = False) -> None:
         """Drop the collection and its metadata row (best effort unless ``raise_errors``)."""
@@ -882,6 +933,16 @@ def _query_ids(client, collection: str, ids: list, fields: list[str], pk: str = 
         if int(count[0]["count(*)"]):
             raise
         return []
+
+
+def _unknown_columns(row: dict, columns: tuple[str, ...]) -> bool:
+    """Whether a row (all catalog fields read) holds a value in a catalog column not among ``columns``."""
+    return (("labels" not in columns and (row["label"] != -1 or bool(row["labels"]["ids"])))
+            or ("paths" not in columns and row["path"] != "") or ("keys" not in columns and row["key"] != ""))
+
+
+def _meta_text(meta: dict) -> str:
+    return json.dumps(meta, sort_keys=True)
 
 
 def _code_bytes(code) -> bytes:

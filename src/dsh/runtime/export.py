@@ -20,6 +20,7 @@ import torch.nn as nn
 from ..config import trained_with_tta_flip
 from ..errors import InputError, ModelFileError, one_line
 from ..models.modelinfo import METADATA_KEY, ModelInfo, tta_flip_fingerprint
+from ..models.sealing import DIGEST_KEY, ONNX_PREFIX, PLACEHOLDER, SAFETENSORS_PREFIX, seal
 from ..utils.fileio import atomic_write
 from .torch_runtime import load_torch
 
@@ -103,7 +104,22 @@ def onnx_bytes(model: nn.Module, normalizer, input_shape: tuple[int, int, int], 
     entry = proto.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, info.to_json()
     onnx.checker.check_model(proto)
-    return proto.SerializeToString()
+    return sealed_onnx(proto)
+
+
+def sealed_onnx(proto) -> bytes:
+    """An ONNX ``ModelProto`` serialised with its :mod:`dsh.models.sealing` entry (added, or reset if it has one)
+    holding the sha256 of the result."""
+    entry = next((e for e in proto.metadata_props if e.key == DIGEST_KEY), None) or proto.metadata_props.add()
+    entry.key, entry.value = DIGEST_KEY, PLACEHOLDER
+    return seal(proto.SerializeToString(), ONNX_PREFIX)
+
+
+def sealed_safetensors(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """``state`` as safetensors bytes, ``metadata`` in its header with the :mod:`dsh.models.sealing` entry."""
+    from safetensors.torch import save
+
+    return seal(save(state, metadata={**metadata, DIGEST_KEY: PLACEHOLDER}), SAFETENSORS_PREFIX)
 
 
 def check_onnx_matches(data: bytes, model: nn.Module, normalizer, input_shape, n: int = 8, seed: int = 0,
@@ -131,7 +147,8 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, fmt: str | N
 
     ONNX: one self-contained file, ``uint8[N, C, H, W]`` input ``images``, ``float32[N, nbits]`` output ``u``, the
     :class:`ModelInfo` JSON in its metadata under ``"dsh"``; checked against torch before it is written.
-    safetensors: the state_dict, with the same JSON in the header's metadata under ``"dsh"``.
+    safetensors: the state_dict, with the same JSON in the header's metadata under ``"dsh"``. Both carry their
+    own sha256 (:mod:`dsh.models.sealing`), checked when they are loaded.
 
     ``tta_flip`` (ONNX only): the graph returns the mean of ``u`` of each image and of its horizontal mirror; the
     JSON then says ``"tta_flip": true`` and carries :func:`dsh.models.modelinfo.tta_flip_fingerprint` of the weights'
@@ -159,10 +176,8 @@ def export_model(source: str | os.PathLike, out: str | os.PathLike, fmt: str | N
         data = onnx_bytes(loaded.model, loaded.normalizer, info.input_shape, info, opset, tta_flip=bool(tta_flip))
         check_onnx_matches(data, loaded.model, loaded.normalizer, info.input_shape, tta_flip=bool(tta_flip))
     else:
-        from safetensors.torch import save
-
         state = {k: v.detach().cpu().contiguous() for k, v in loaded.model.state_dict().items()}
-        data = save(state, metadata={METADATA_KEY: info.to_json()})
+        data = sealed_safetensors(state, {METADATA_KEY: info.to_json()})
     with atomic_write(out) as f:
         f.write(data)
     return info

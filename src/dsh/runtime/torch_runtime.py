@@ -6,6 +6,7 @@ not installed). Loading never unpickles anything but tensors and plain data (:mo
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from ..errors import ModelFileError, one_line
 from ..models.checkpoint import BEST, LoadedModel, load_model, weights_fingerprint
 from ..models.forward import compute_u
 from ..models.modelinfo import METADATA_KEY, ModelInfo
+from ..models.sealing import SAFETENSORS_PREFIX, check_seal
 
 
 class TorchRuntime:
@@ -54,12 +56,28 @@ def load_checkpoint(run_or_file: str | os.PathLike, which: str = BEST) -> tuple[
     return loaded, loaded.info()
 
 
+def _check_fits(model: torch.nn.Module, info: ModelInfo, path: Path) -> None:
+    """The network must take images of ``info.input_shape`` and give ``[N, info.nbits]``, as its description says
+    (what is described and what is built come from different parts of the file)."""
+    try:
+        with torch.no_grad():
+            u = model(torch.zeros((2, *info.input_shape)))
+    except (RuntimeError, ValueError) as e:
+        raise ModelFileError(f"{path}: the network does not fit its description: images of {list(info.input_shape)} "
+                             f"({one_line(e)})") from None
+    if tuple(u.shape) != (2, info.nbits):
+        raise ModelFileError(f"{path}: the network does not fit its description: it gives {list(u.shape)} for 2 "
+                             f"images, not [2, {info.nbits}]")
+
+
 def load_safetensors(path: str | os.PathLike) -> tuple[LoadedModel, ModelInfo]:
     """A weights file written by :func:`dsh.runtime.export.export_safetensors` -> the rebuilt model and its info.
 
-    The file's header carries the :class:`ModelInfo` JSON; the weights must hash to its fingerprint, so a file
-    whose weights were swapped or damaged is refused."""
-    from safetensors import SafetensorError, safe_open
+    The file carries its own sha256 (:mod:`dsh.models.sealing`), checked before it is parsed, and its header the
+    :class:`ModelInfo` JSON; the weights must hash to its fingerprint, so a file whose weights were damaged, or
+    swapped and sealed again, is refused."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load
 
     from ..models.normalize import Normalizer
     from ..models.registry import create_model
@@ -68,10 +86,15 @@ def load_safetensors(path: str | os.PathLike) -> tuple[LoadedModel, ModelInfo]:
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
     try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = (f.metadata() or {}).get(METADATA_KEY)
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
+        data = path.read_bytes()
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read the model file ({one_line(e)})") from None
+    check_seal(data, SAFETENSORS_PREFIX, str(path))  # before anything of it is parsed
+    try:
+        size = int.from_bytes(data[:8], "little")
+        meta = (json.loads(data[8 : 8 + size]).get("__metadata__") or {}).get(METADATA_KEY)
+        state = load(data)
+    except (SafetensorError, ValueError, RuntimeError, AttributeError) as e:
         raise ModelFileError(f"{path}: not a readable safetensors file ({one_line(e)})") from None
     info = ModelInfo.from_json(meta, str(path))
     try:
@@ -86,6 +109,7 @@ def load_safetensors(path: str | os.PathLike) -> tuple[LoadedModel, ModelInfo]:
     if weights_fingerprint(model.state_dict(), normalizer.to_dict(), model.config) != info.fingerprint:
         raise ModelFileError(f"{path}: the weights do not match the fingerprint in its header (damaged or altered)")
     model.eval()
+    _check_fits(model, info, path)
     loaded = LoadedModel(model=model, nbits=info.nbits, normalizer=normalizer, input_shape=info.input_shape,
                          class_names=list(info.class_names), config=dict(info.train_config), path=path,
                          epoch=info.epoch - 1)

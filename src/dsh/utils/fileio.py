@@ -1,11 +1,16 @@
-"""Atomic file writing."""
+"""Atomic file writing: a temporary beside the target renamed over it; a write that fails, for a full disk or a
+file-size limit among other reasons, leaves the previous file as it was, no temporary, and one line naming the file.
+Also the checksummed header and trailer of dsh's binary files, and a lock on a folder for writers of files that
+belong together."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import math
 import os
+import re
 import struct
 import tempfile
 import zlib
@@ -13,6 +18,14 @@ from pathlib import Path
 from typing import IO, Any, Iterator
 
 from ..errors import DataError, one_line
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - not on POSIX
+    fcntl = None
+
+# the write failed for want of space: the disk (or the user's quota) is full, or the file passed a size limit
+NO_SPACE = frozenset({errno.ENOSPC, errno.EFBIG, errno.EDQUOT})
 
 
 def _temp_prefix(path: Path) -> str:
@@ -61,6 +74,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         remove_stale_temporaries(path)
         fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path), suffix=".tmp", dir=path.parent)
     except OSError as e:
+        if e.errno in NO_SPACE:
+            raise write_error(path, e) from None
         raise DataError(f"{path}: cannot write here ({e.strerror or one_line(e)})") from None
     # mkstemp makes the file private (0600); give it the permissions a plain open() would have
     umask = os.umask(0)
@@ -75,9 +90,66 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
-        if isinstance(e, OSError) and e.errno is not None:  # disk full, a folder in the way, permissions
-            raise DataError(f"{path}: cannot write ({e.strerror or one_line(e)})") from e
+        cause = os_error_in(e)
+        if cause is not None:  # disk full, a folder in the way, permissions
+            raise write_error(path, cause) from e
         raise
+
+
+def os_error_in(e: BaseException) -> OSError | None:
+    """The ``OSError`` that ``e`` is or that led to it. Some writers turn the ``OSError`` of a failed ``write``
+    into their own error (``torch.save`` raises a ``RuntimeError`` whose context it is)."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, OSError):
+            return e
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+    return None
+
+
+# numpy's ndarray.tofile (np.save to a file) reports a write cut short by a full disk without the errno
+_SHORT_WRITE = re.compile(r"\d+ requested and \d+ written")
+
+
+def write_error(path: Path, e: OSError) -> DataError:
+    """The one line for an ``OSError`` while writing ``path``."""
+    why = e.strerror or one_line(e)
+    if e.errno in NO_SPACE or (e.errno is None and _SHORT_WRITE.search(str(e))):
+        return DataError(f"{path}: cannot write: out of space ({why}); the previous file, if any, is unchanged")
+    return DataError(f"{path}: cannot write ({why})")
+
+
+def fsync_folder(folder: str | os.PathLike) -> None:
+    """Make the renames done in ``folder`` durable (a crash of the machine cannot undo them out of order), where
+    the system allows it; otherwise nothing."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``folder`` itself (no lock file is made): writers of files that belong
+    together (an index and its catalog) take it so that two saves in one folder do not interleave. Where the
+    folder cannot be locked (no ``fcntl``, a file system without locks) nothing is locked."""
+    fd = None
+    if fcntl is not None:
+        try:
+            fd = os.open(folder, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        except OSError:
+            if fd is not None:
+                os.close(fd)
+            fd = None
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # closing releases the lock
 
 
 # dsh's binary files (index, catalog) end with a CRC-32 (zlib) of every byte before it and an end marker

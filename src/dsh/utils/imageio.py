@@ -4,9 +4,16 @@ Nothing here imports torch, so the torch-free encoder (onnxruntime) and the HTTP
 
 **The input policy** (:func:`to_model_input`), for files, encoded bytes, ``PIL.Image`` objects and arrays alike:
 
+- *As a photo viewer shows it* (:func:`as_displayed`): a file is turned upright by its EXIF orientation (all
+  eight: rotations and mirrorings, in JPEG, PNG, WebP and TIFF files alike); colours with an embedded ICC profile
+  are converted to sRGB (an unreadable profile is ignored); 16-bit images are scaled to 8 bits (``v / 257``,
+  rounded); transparency (an alpha channel, or a palette's or a colour's transparency) is composited over white,
+  :data:`BACKGROUND`; a CMYK image becomes RGB as PIL converts it; of an animated GIF or WebP, the first frame is
+  taken. Formats PIL does not read are refused in one line naming the file, and HEIC or HEIF and SVG (no pixels until
+  rendered) are named as such.
 - *Channels*: images become the model's channel count. Colour to grey uses ITU-R 601-2 luma, exactly as PIL's
   ``convert("L")`` computes it (so a file and the same pixels as an array give the same input); grey to colour
-  repeats the grey value in R, G and B; an alpha channel or a palette is converted as PIL converts it to RGB.
+  repeats the grey value in R, G and B.
 - *Size*: an image that is not the model's ``H x W`` is scaled (bilinear, antialiased) to the smallest size with
   its own aspect ratio that covers ``H x W``, then centre-cropped to it: the same geometry that folder datasets
   get for training with ``--image-size``. With ``resize=False`` such an image is refused instead, in one line
@@ -23,6 +30,7 @@ arrays cross process boundaries.
 from __future__ import annotations
 
 import concurrent.futures as cf
+import functools
 import io
 import math
 import multiprocessing
@@ -34,13 +42,19 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from ..errors import DataError, InputError, one_line
 from .cpu import usable_cpus
 
-# Lower-case suffixes treated as images (those of torchvision's ImageFolder).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+# Lower-case suffixes treated as images (those of torchvision's ImageFolder, and GIF).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp", ".gif")
+
+# What shows through transparent pixels: white, as most photo viewers and web pages show them.
+BACKGROUND = (255, 255, 255)
+
+_EXIF_ORIENTATION = 0x0112
+_SWAPS_AXES = (5, 6, 7, 8)  # orientations that turn the stored image by 90 degrees (with or without a mirroring)
 
 # 50 megapixels: a 8,000 x 6,000 photo passes; decoded as RGB it is 150 MB, so a few workers at once stay bounded.
 DEFAULT_MAX_PIXELS = 50_000_000
@@ -107,12 +121,113 @@ def _fit(im: Image.Image, size: tuple[int, int] | None, mode: str, name: str, re
             raise InputError(f"image {name} is {im.width}x{im.height} pixels but the model takes "
                              f"{size[1]}x{size[0]} (width x height); allow resizing (--resize) to use it")
         ch, cw = cover_size(im.height, im.width, size)
-        if im.format == "JPEG":
-            im.draft(mode, (cw, ch))  # let libjpeg decode at a reduced scale (never below (cw, ch))
         im = im.convert(mode).resize((cw, ch), Image.BILINEAR)
         top, left = (ch - size[0]) // 2, (cw - size[1]) // 2
         return im.crop((left, top, left + size[1], top + size[0]))
     return im.convert(mode) if im.mode != mode else im
+
+
+def _orientation(im: Image.Image) -> int:
+    try:
+        value = im.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block: show the image as stored, as viewers do
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _draft(im: Image.Image, size: tuple[int, int] | None, mode: str, resize: bool, orientation: int) -> None:
+    """Let libjpeg decode a JPEG at a reduced scale, never below what covering ``size`` needs once upright."""
+    if im.format != "JPEG" or size is None or not resize:
+        return
+    swap = orientation in _SWAPS_AXES
+    h, w = (im.width, im.height) if swap else (im.height, im.width)  # as shown
+    if (h, w) == size:
+        return
+    ch, cw = cover_size(h, w, size)
+    im.draft(mode, (ch, cw) if swap else (cw, ch))  # (width, height) as stored
+
+
+@functools.lru_cache(maxsize=32)
+def _transform_to_srgb(icc: bytes, mode: str):
+    """The lcms transform from the embedded profile ``icc`` to sRGB for ``mode`` pixels, or ``None`` where none is
+    needed or possible: a profile that says it is sRGB (most cameras embed one; converting would only add
+    rounding), one of another colour space than the pixels, or one lcms cannot read (viewers ignore those too).
+    Cached: a folder of photos from one camera shares one profile."""
+    try:
+        src = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if src.profile.xcolor_space.strip() != ("RGB" if mode == "RGB" else "CMYK"):
+            return None
+        if "srgb" in (src.profile.profile_description or "").lower():
+            return None
+        srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+        return ImageCms.buildTransform(src, srgb, mode, "RGB")
+    except (ImageCms.PyCMSError, OSError, ValueError, TypeError, AttributeError):
+        return None
+
+
+def _to_srgb(im: Image.Image) -> Image.Image:
+    """RGB or CMYK pixels with an embedded ICC profile, converted to sRGB (``RGB``); else ``im`` as it is."""
+    icc = im.info.get("icc_profile")
+    if not icc or im.mode not in ("RGB", "CMYK"):
+        return im
+    transform = _transform_to_srgb(bytes(icc), im.mode)
+    if transform is None:
+        return im
+    try:
+        return ImageCms.applyTransform(im, transform)
+    except (ImageCms.PyCMSError, ValueError):
+        return im
+
+
+def _has_alpha(im: Image.Image) -> bool:
+    return im.mode in ("RGBA", "LA", "PA", "RGBa", "La") or "transparency" in im.info
+
+
+def as_displayed(im: Image.Image) -> Image.Image:
+    """A decoded image as a photo viewer shows it (the module docstring's first point), as ``L`` (grey sources) or
+    ``RGB``: upright, 8 bits, sRGB, transparency over :data:`BACKGROUND`. ``im`` is not changed."""
+    orientation = _orientation(im)
+    if orientation != 1:
+        im = ImageOps.exif_transpose(im)
+    if im.mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        # PIL's own conversion clips these to 255 instead of scaling them: a 16-bit grey photo would come out white
+        a = np.clip(np.asarray(im, dtype=np.int64), 0, 65535)
+        im = Image.fromarray(((a + 128) // 257).astype(np.uint8))  # 65535 -> 255, 257 * v -> v
+    elif im.mode == "F":
+        im = Image.fromarray(np.clip(np.rint(np.asarray(im)), 0, 255).astype(np.uint8))
+    elif im.mode == "1":
+        im = im.convert("L")
+    if _has_alpha(im):
+        rgba = im.convert("RGBA")
+        if im.mode == "RGBA" and im.info.get("icc_profile"):
+            rgb = im.convert("RGB")
+            rgb.info["icc_profile"] = im.info["icc_profile"]
+            rgba = Image.merge("RGBA", (*_to_srgb(rgb).split(), rgba.getchannel("A")))
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (*BACKGROUND, 255)), rgba).convert("RGB")
+    im = _to_srgb(im)
+    if im.mode not in ("L", "RGB"):
+        im = im.convert("RGB")  # CMYK, YCbCr, LAB, HSV, P without transparency
+    return im
+
+
+def _unreadable_kind(source: Any) -> str | None:
+    """For a file PIL cannot identify: ``"a HEIC or HEIF image"`` or ``"an SVG drawing"`` where its first bytes say
+    so, else ``None``."""
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            head = bytes(source[:512])
+        else:
+            with open(source, "rb") as f:
+                head = f.read(512)
+    except OSError:
+        return None
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1",
+                                               b"msf1", b"avci"):
+        return "a HEIC or HEIF image"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    if text.startswith((b"<?xml", b"<svg", b"<!doctype svg")) and b"<svg" in head.lower():
+        return "an SVG drawing"
+    return None
 
 
 def decode_image(source: Any, size: tuple[int, int] | None, mode: str, *, resize: bool = True,
@@ -140,7 +255,9 @@ def decode_image(source: Any, size: tuple[int, int] | None, mode: str, *, resize
                                  f"the limit of {limit:,} (DSH_MAX_PIXELS)")
             with warnings.catch_warnings():
                 warnings.simplefilter("error", Image.DecompressionBombWarning)
-                a = np.asarray(_fit(im, size, mode, name, resize), dtype=np.uint8)  # decodes here at the latest
+                _draft(im, size, mode, resize, _orientation(im))
+                shown = as_displayed(im)  # decodes here
+                a = np.asarray(_fit(shown, size, mode, name, resize), dtype=np.uint8)
         finally:
             if close:
                 im.close()
@@ -153,6 +270,13 @@ def decode_image(source: Any, size: tuple[int, int] | None, mode: str, *, resize
         raise DataError(f"no such image file {name}") from None
     except IsADirectoryError:
         raise DataError(f"{name} is a folder, not an image file") from None
+    except UnidentifiedImageError:
+        kind = _unreadable_kind(source)
+        if kind:
+            raise DataError(f"cannot decode image {name}: it is {kind}, which dsh does not read; convert it to JPEG "
+                            f"or PNG") from None
+        raise DataError(f"cannot decode image {name}: not an image format dsh reads (JPEG, PNG, WebP, TIFF, GIF, "
+                        f"BMP, ...)") from None
     except Exception as e:  # PIL raises many types for bad files: name the file, keep one line
         why = re.sub(r" ?<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", one_line(e))  # no memory address
         raise DataError(f"cannot decode image {name}: {why}") from None

@@ -104,6 +104,22 @@ def test_groups_keep_each_distinct_code_once():
     assert Groups.build(np.arange(4, dtype=np.uint8)[:, None]).identity
 
 
+def test_an_index_built_batch_by_batch_groups_its_codes_once_and_answers_as_one_built_at_once():
+    rng = np.random.default_rng(3)
+    codes = make_codes(rng, "clustered", 3000, 48)
+    whole, batched = HammingIndex(48), HammingIndex(48)
+    whole.add(codes)
+    for a in range(0, len(codes), 256):  # as dsh index --images adds each encoded batch
+        batched.add(codes[a : a + 256])
+    assert batched._built_groups is None  # adds only appended rows: nothing grouped yet
+    q = np.concatenate([codes[::97], make_codes(rng, "random", 10, 48)])
+    check_index(batched, codes, np.arange(len(codes)), q, ks=(1, 10, 100), radii=(0, 2), nsub=None)
+    assert batched.distinct == whole.distinct < len(codes)
+    batched.remove(np.arange(0, 3000, 7))
+    keep = np.setdiff1d(np.arange(3000), np.arange(0, 3000, 7))
+    check_index(batched, codes[keep], keep, q, ks=(10,), radii=(1,), nsub=None)
+
+
 def test_memory_per_item_goes_down_where_codes_repeat():
     rng = np.random.default_rng(0)
     repeated = np.repeat(rng.integers(0, 256, (100, 8), dtype=np.uint8), 50, axis=0)

@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import struct
+import threading
 import zlib
 from pathlib import Path
 
@@ -48,6 +49,8 @@ __all__ = ["HammingIndex", "ENGINES", "catalog_file", "catalog_path"]
 ENGINES = ("auto", "numba", "faiss", "numpy")
 METHODS = ("auto", "mih", "flat")
 _log = logging.getLogger("dsh.index")
+# one lock for building any index's groups: searches on several threads then build them once
+_GROUPING = threading.Lock()
 
 _MAGIC = b"DSHINDEX"
 _END = END_MARKER
@@ -104,12 +107,29 @@ class HammingIndex:
              groups: Groups | None = None) -> None:
         """``codes`` (``uint8[n, nbytes]``, rows in ascending id order) are kept as their distinct-code layer
         (:mod:`dsh.index.distinct`), given as ``groups`` or built here."""
-        self._groups = groups if groups is not None else Groups.build(codes)
+        # the distinct-code layer is built when first needed: a run of adds (an index built batch by batch)
+        # only appends rows, and groups them once
+        self._built_groups = groups
+        self._pending_codes = None if groups is not None else codes
         self._ids = ids  # int64[n], strictly ascending
         self._catalog = catalog  # row i is the record of ids[i]
         self._words = None  # uint64[u, W] over the distinct codes, built on first search
         self._mih: MIHTables | None = None  # over the distinct codes
         self._faiss = None
+
+    @property
+    def _groups(self) -> Groups:
+        if self._built_groups is None:
+            with _GROUPING:
+                if self._built_groups is None:
+                    self._built_groups = Groups.build(self._pending_codes)
+                    self._pending_codes = None
+        return self._built_groups
+
+    def _item_codes(self) -> np.ndarray:
+        """``uint8[ntotal, nbytes]`` in id order, without grouping codes that are not grouped yet."""
+        pending = self._pending_codes
+        return pending if pending is not None else self._groups.item_codes()
 
     @property
     def nbits(self) -> int:
@@ -130,7 +150,7 @@ class HammingIndex:
     def codes(self) -> np.ndarray:
         """``uint8[ntotal, nbytes]``, read-only, in ascending id order (made from the distinct codes when codes
         repeat: ask once and keep it)."""
-        v = self._groups.item_codes().view(np.ndarray)
+        v = self._item_codes().view(np.ndarray)
         v.flags.writeable = False
         return v
 
@@ -186,7 +206,7 @@ class HammingIndex:
     def reset(self) -> None:
         """Remove everything (metadata stays; a catalog keeps its columns and class names, with no rows)."""
         cat = None if self._catalog is None else self._catalog.take(np.zeros(0, np.int64))
-        self._set(self._groups.ucodes[:0].copy(), np.zeros(0, np.int64), cat)
+        self._set(self._item_codes()[:0].copy(), np.zeros(0, np.int64), cat)
 
     def add(self, codes: np.ndarray, ids: np.ndarray | None = None, *, labels=None, paths=None, keys=None,
             class_names=None) -> None:
@@ -218,7 +238,7 @@ class HammingIndex:
         if n == 0:
             self._catalog = catalog  # class names alone may have been given
             return
-        all_codes = np.concatenate([self._groups.item_codes(), codes])
+        all_codes = np.concatenate([self._item_codes(), codes])
         all_ids = np.concatenate([self._ids, ids])
         if not (np.all(ids[1:] > ids[:-1]) and (self.ntotal == 0 or ids[0] > self._ids[-1])):
             order = np.argsort(all_ids, kind="stable")  # keep rows in id order (see the module docstring)
@@ -234,7 +254,7 @@ class HammingIndex:
         if removed:
             keep = ~drop
             cat = None if self._catalog is None else self._catalog.take(np.flatnonzero(keep))
-            self._set(np.ascontiguousarray(self._groups.item_codes()[keep]), self._ids[keep], cat)
+            self._set(np.ascontiguousarray(self._item_codes()[keep]), self._ids[keep], cat)
         return removed
 
     def _positions(self, ids) -> np.ndarray:
@@ -440,7 +460,7 @@ class HammingIndex:
         return ((a, min(a + step, nq)) for a in range(0, nq, step))
 
     def _numpy_knn(self, q, k):
-        codes = self._groups.item_codes()
+        codes = self._item_codes()
         D = np.empty((q.shape[0], k), np.int32)
         P = np.empty((q.shape[0], k), np.int64)
         for a, b in self._query_chunks(q.shape[0]):
@@ -451,7 +471,7 @@ class HammingIndex:
         return D, P
 
     def _numpy_range(self, q, radius):
-        codes = self._groups.item_codes()
+        codes = self._item_codes()
         Ds, Ps, counts = [], [], []
         for a, b in self._query_chunks(q.shape[0]):
             dist = pairwise_hamming_reference(q[a:b], codes)
@@ -470,7 +490,7 @@ class HammingIndex:
         if self._faiss is None:
             import faiss
 
-            codes = self._groups.item_codes()
+            codes = self._item_codes()
             self._faiss = faiss.IndexBinaryFlat(8 * codes.shape[1])  # padding bits are 0 on both sides
             self._faiss.add(np.ascontiguousarray(codes))
         return self._faiss

@@ -485,6 +485,13 @@ def serve_section(ctx: Context) -> list[str]:
                                                "training images"))
 
 
+def serve_updates_section(ctx: Context) -> list[str]:
+    return md_section(ctx, "serve_updates", "Live updates under load", "A writable `dsh serve` searched by 8 clients "
+                      "while one adds 10 images/s, each added image searched by its own picture until found; and "
+                      "what one add to a 1M- and a 10M-item index file costs.",
+                      ctx.default_command("speed/serve_updates.py", out=""))
+
+
 def scale_train_section(ctx: Context) -> list[str]:
     return md_section(ctx, "scale_train", "Training with 1 and 2 processes", "`dsh train --nproc 2` (torchrun, "
                       "gloo on 127.0.0.1) against one process, the same global batch, on this 2-core machine.",
@@ -513,7 +520,8 @@ def soak_section(ctx: Context) -> list[str]:
 # the generated blocks and their sections, in order
 BLOCKS: dict[str, list[Callable[[Context], list[str]]]] = {
     "quality": [paper_section, tta_section, seed_section, mosaic_section],
-    "speed": [throughput_section, search_section, encode_section, serve_section, scale_train_section, scale_section],
+    "speed": [throughput_section, search_section, encode_section, serve_section, serve_updates_section,
+              scale_train_section, scale_section],
     "reliability": [fuzz_models_section, soak_section],
 }
 

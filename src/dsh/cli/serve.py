@@ -22,6 +22,13 @@ def add_parser(sub) -> None:
     p.add_argument("--image-root", action="append", default=[], metavar="DIR",
                    help="a folder whose image files may be shown as items' pictures, besides the one the index was "
                         "built from (repeatable); no other file is ever served")
+    p.add_argument("--writable", action="store_true",
+                   help="take changes: POST /api/items adds uploaded images, DELETE /api/items/ID removes one "
+                        "(behind --token when one is set); an index file is claimed by this one writer and its "
+                        "changes logged beside it (F.log), folded into it on shutdown")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="--writable: where uploaded images are kept and served from (default: beside the index "
+                        "file, F.data/)")
     p.add_argument("--max-upload-mb", type=int, default=10, help="largest request body in MB (default 10)")
     p.add_argument("--max-pixels", type=int, help="largest image in pixels (default: $DSH_MAX_PIXELS or 50M)")
     p.add_argument("--max-k", type=int, default=1000, help="largest k a client may ask for (default 1000)")
@@ -60,9 +67,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     token = args.token or os.environ.get("DSH_TOKEN") or None
     spec = IndexSpec.from_flags("serve", index=args.index, store=args.store, uri=args.uri,
                                 collection=args.collection, timeout=args.timeout)
-    searcher = Searcher.open(spec, model=args.model or args.run, force=args.force, backend=args.backend,
-                             threads=args.threads, batch_size=args.batch_size, workers=1, resize=args.resize,
-                             tta_flip=args.tta_flip)
+    data_dir = _data_dir(args, spec)
+    where = spec
+    if args.writable and not spec.is_milvus:
+        from ..index.live import LiveIndex
+
+        where = LiveIndex.open(spec.location)  # one writer: a second is refused here, in one line
+    try:
+        searcher = Searcher.open(where, model=args.model or args.run, force=args.force, backend=args.backend,
+                                 threads=args.threads, batch_size=args.batch_size, workers=1, resize=args.resize,
+                                 tta_flip=args.tta_flip)
+    except BaseException:
+        if where is not spec:
+            where.close(fold=False)
+        raise
     map_image = args.map
     if map_image is None and args.run and (Path(args.run) / "plots" / "umap.png").is_file():
         map_image = str(Path(args.run) / "plots" / "umap.png")
@@ -71,15 +89,37 @@ def cmd_serve(args: argparse.Namespace) -> int:
             raise InputError(f"--image-root {root}: no such folder")
     settings = ServeSettings(token=token, max_upload_bytes=args.max_upload_mb * 1024 * 1024,
                              max_pixels=args.max_pixels, max_k=args.max_k, map_image=map_image,
-                             image_roots=tuple(args.image_root), max_active=args.max_active)
+                             image_roots=tuple(args.image_root), max_active=args.max_active,
+                             writable=args.writable, data_dir=data_dir)
     app = create_app(searcher, settings)
     roots = ", ".join(map(str, app.state.image_roots)) or "none (no image root: pass --image-root DIR)"
     print(f"dsh serve: item pictures from image files under: {roots}", file=sys.stderr, flush=True)
     host = "127.0.0.1" if args.host == "localhost" else args.host
+    if args.writable:
+        print(f"dsh serve: writable; uploaded images kept in {data_dir}", file=sys.stderr, flush=True)
     print(f"dsh serve: {searcher.index.ntotal:,} items, model {searcher.encoder.source} "
           f"({searcher.encoder.backend}); open http://{host}:{args.port}/", file=sys.stderr, flush=True)
-    with searcher:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
-                    access_log=not args.quiet, limit_concurrency=args.max_connections)
+    try:
+        with searcher:
+            uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
+                        access_log=not args.quiet, limit_concurrency=args.max_connections)
+    finally:
+        if where is not spec:
+            where.close()  # a clean stop folds the logged changes into the index file
     return 0
 
+
+
+def _data_dir(args: argparse.Namespace, spec) -> str | None:
+    """Where a writable service keeps uploaded images: ``--data-dir``, else ``F.data`` beside the index file."""
+    if not args.writable:
+        if args.data_dir is not None:
+            raise InputError("--data-dir is for --writable")
+        return None
+    if args.data_dir is not None:
+        return args.data_dir
+    if spec.is_milvus:
+        raise InputError("--writable with --store milvus needs --data-dir DIR (a folder every service over the "
+                         "collection can read)")
+    index = Path(spec.location)
+    return str(index.with_name(index.name + ".data"))

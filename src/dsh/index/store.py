@@ -20,6 +20,7 @@ from pathlib import Path
 from ..errors import DataError, InputError
 from .faiss_file import FAISS_KINDS, read_faiss, write_faiss
 from .flat import HammingIndex
+from .live import LiveIndex, has_changes_logged
 
 __all__ = ["IndexSpec", "Written", "check_target", "open_index", "write_index"]
 
@@ -85,7 +86,8 @@ def open_index(where, collection: str | None = None, *, nbits: int | None = None
     """The index at ``where``: a path, a Milvus URI with ``collection``, or an :class:`IndexSpec`.
 
     - a dsh index file (``.dshidx``, :meth:`HammingIndex.load`): with its catalog, memory-mapped unless
-      ``mmap=False``; ``verify=False`` skips the checksums;
+      ``mmap=False``; ``verify=False`` skips the checksums; where its change log holds changes not yet folded in,
+      a read-only :class:`dsh.index.live.LiveIndex` (the file and its log, as they are now);
     - a faiss binary index file (:func:`dsh.index.faiss_file.read_faiss`): read-only, no catalog; ``nbits`` its
       code length where that is not the file's ``8 * ceil(nbits / 8)`` dimensions;
     - a Milvus collection (:meth:`dsh.index.milvus.MilvusIndex.open`, needs the ``milvus`` extra).
@@ -105,7 +107,9 @@ def open_index(where, collection: str | None = None, *, nbits: int | None = None
     if not path.is_file():
         raise DataError(f"{path}: no such index file")
     if _starts_with(path, (_DSH_MAGIC,)):
-        index = HammingIndex.load(path, mmap=mmap, verify=verify)
+        # changes logged beside the file (dsh index add / remove, a writable dsh serve) are part of the index
+        index = LiveIndex.open(path, writable=False, verify=verify) if has_changes_logged(path) else \
+            HammingIndex.load(path, mmap=mmap, verify=verify)
     elif _starts_with(path, (_FAISS_MAGIC,)):
         return read_faiss(path, nbits=nbits)
     else:

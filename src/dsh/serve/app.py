@@ -7,7 +7,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 from fastapi import Depends, FastAPI, File, Query, Request, UploadFile
@@ -23,6 +23,7 @@ from ..errors import DataError, InputError, UserError, one_line
 from ..runtime.searcher import Searcher
 from ..utils.imageio import max_pixels_setting
 from .image_files import MEDIA_TYPES, ImageFiles, recorded_image_root
+from .items import ItemWriter
 
 log = logging.getLogger("dsh.serve")
 STATIC = Path(__file__).with_name("static")
@@ -41,7 +42,12 @@ class ServeSettings:
     - ``image_roots``: folders whose image files may be shown as items' pictures, besides the one the index records
       it was built from (:mod:`dsh.serve.image_files`); no other file is ever sent;
     - ``max_active``: requests in progress at once (``/healthz`` aside); past it a request is answered 503 at
-      once instead of queueing without bound (:class:`ActiveLimit`).
+      once instead of queueing without bound (:class:`ActiveLimit`);
+    - ``writable``: whether ``POST /api/items`` and ``DELETE /api/items/{id}`` change the index (403 otherwise);
+    - ``data_dir``: where uploaded images are kept (needed when ``writable``; it becomes an image root);
+    - ``new_ids``: ``n -> int64[n]`` ids for new items that no other writer will give (for several services over
+      one distributed index); by default the index's ``next_id`` where it has one, else one more than its
+      largest id, taken under the service's write lock.
     """
 
     token: str | None = None
@@ -53,6 +59,9 @@ class ServeSettings:
     map_image: str | None = None
     image_roots: tuple[str, ...] = ()
     max_active: int = 64
+    writable: bool = False
+    data_dir: str | None = None
+    new_ids: Callable[[int], np.ndarray] | None = None
 
 
 class HexQuery(BaseModel):
@@ -71,14 +80,22 @@ class ErrorBody(BaseModel):
 # every error answer has one shape, declared for every route, so that clients (and the schema's own checks) know it
 ERRORS: dict[int | str, dict[str, Any]] = {str(code): {"model": ErrorBody, "description": what} for code, what in (
     (400, "bad input (an empty upload, an image that cannot be used)"), (401, "missing or wrong token"),
-    (404, "no such item, or no image or map to show"), (413, "a body, image or batch over the server's limits"),
+    (403, "a change asked of a read-only server"), (404, "no such item, or no image or map to show"),
+    (413, "a body, image or batch over the server's limits"),
     (415, "not an image, or a body of another media type"), (422, "invalid parameters or body"),
-    (503, "busy: too many requests in progress; retry"), (500, "internal error (details in the server's log)"))}
+    (503, "busy: too many requests in progress; retry"),
+    (507, "the server's disk refused the write (full, or a file size limit); nothing was changed"),
+    (500, "internal error (details in the server's log)"))}
 IMAGE_ANSWER = {"200": {"description": "the image file", "content": {t: {} for t in sorted(set(MEDIA_TYPES.values()))}}}
 SEARCH_BODY = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
                                        "properties": {"image": {"type": "string", "format": "binary"}}}},
     "application/json": {"schema": HexQuery.model_json_schema()}}}}
+_TEXT_PER_IMAGE = {"type": "array", "items": {"type": "string"}}
+ITEMS_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["image"],
+    "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}},
+                   "label": _TEXT_PER_IMAGE, "class": _TEXT_PER_IMAGE, "key": _TEXT_PER_IMAGE}}}}}}
 
 
 def _error(status: int, message: str) -> JSONResponse:
@@ -144,6 +161,8 @@ class ActiveLimit:
 
 def _status_of(e: UserError) -> int:
     text = str(e)
+    if isinstance(e, DataError) and "cannot write" in text:
+        return 507  # the server's disk (full, or a file size limit): nothing was changed
     if "over the limit of" in text and "pixels" in text:
         return 413
     if isinstance(e, DataError) and ("cannot decode image" in text or "cannot read an image" in text):
@@ -163,7 +182,15 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     max_radius = settings.max_radius if settings.max_radius is not None else index.nbits
     info = _info(searcher, settings)
     recorded = recorded_image_root(index.metadata)
-    image_files = ImageFiles([*([recorded] if recorded else []), *settings.image_roots])
+    items = ItemWriter(index, settings) if settings.writable else None
+    data_root = [items.data_dir] if items is not None else []
+    image_files = ImageFiles([*([recorded] if recorded else []), *settings.image_roots, *data_root])
+
+    def current() -> Searcher:
+        """A searcher over the index as it is now (a snapshot, where the index takes changes while it is
+        searched): a search and the lookup of its results see the same items."""
+        snap = index.snapshot() if hasattr(index, "snapshot") else index
+        return searcher if snap is index else Searcher(snap, encoder, force=True, name=searcher.name)
 
     app = FastAPIOffline(title="dsh", version=__version__,
                          description="Deep supervised hashing: image -> binary code -> nearest items by Hamming "
@@ -229,7 +256,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
 
     @app.get("/api/info", dependencies=api, tags=["service"])
     def api_info() -> dict:
-        return info
+        return {**info, "index": {**info["index"], "items": index.ntotal}}
 
     @app.post("/api/search", dependencies=api, tags=["search"], openapi_extra=SEARCH_BODY)
     async def api_search(request: Request, k: int = Query(10, description="neighbours to return"),
@@ -244,7 +271,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
                 body = HexQuery.model_validate(await request.json())
             except ValueError as e:
                 raise HTTPException(422, f"expected JSON {{\"hex\": \"...\"}} ({one_line(e, 120)})") from None
-            results = await run_in_threadpool(searcher.search_hex, [body.hex], k, radius)
+            results = await run_in_threadpool(current().search_hex, [body.hex], k, radius)
         elif kind.startswith("multipart/form-data"):
             form = await request.form()
             upload = form.get("image")
@@ -252,12 +279,24 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
                 raise HTTPException(422, "multipart field 'image' (a file) is missing")
             data = await read_upload(upload)
             try:
-                results = await run_in_threadpool(lambda: searcher.search([data], k=k, radius=radius))
+                results = await run_in_threadpool(lambda: current().search([data], k=k, radius=radius))
             except UserError as e:
                 raise _naming_upload(e, data, upload.filename) from None
         else:
             raise HTTPException(415, "send an image as multipart/form-data (field 'image') or JSON {\"hex\": ...}")
         return search_answer(results[0])
+
+    async def encode_uploads(data: list[bytes], names: list[str | None]):
+        try:
+            return await run_in_threadpool(encoder.encode, data)
+        except UserError as e:
+            # which upload it was (the error path alone decodes them one by one), named by its file name
+            for d, name in zip(data, names):
+                try:
+                    await run_in_threadpool(encoder.prepare, [d])
+                except UserError as one:
+                    raise _naming_upload(one, d, name) from None
+            raise e
 
     @app.post("/api/encode", dependencies=api, tags=["encode"])
     async def api_encode(image: list[UploadFile] = File(..., description="one or more image files"),
@@ -266,16 +305,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         if len(image) > settings.max_images:
             raise HTTPException(413, f"at most {settings.max_images} images per request, got {len(image)}")
         data = [await read_upload(f) for f in image]
-        try:
-            enc = await run_in_threadpool(encoder.encode, data)
-        except UserError as e:
-            # which upload it was (the error path alone decodes them one by one), named by its file name
-            for d, f in zip(data, image):
-                try:
-                    await run_in_threadpool(encoder.prepare, [d])
-                except UserError as one:
-                    raise _naming_upload(one, d, f.filename) from None
-            raise e
+        enc = await encode_uploads(data, [f.filename for f in image])
         from ..codes.bits import to_binary_string, to_hex
 
         hexes, bits = to_hex(enc.codes, encoder.nbits), to_binary_string(enc.codes, encoder.nbits)
@@ -285,13 +315,14 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
                 row["u"] = values
         return {"nbits": encoder.nbits, "codes": out}
 
-    has_catalog = info["index"]["has_catalog"]  # asked once: a remote index reads its whole catalog to answer
+    # asked once: a remote index reads its whole catalog to answer (a writable service gives every item a record)
+    has_catalog = info["index"]["has_catalog"] or settings.writable
 
     def record_of(item_id: int) -> dict[str, Any]:
         if not has_catalog or item_id < 0:
             raise HTTPException(404, f"no item {item_id}")
         try:
-            return index.lookup([item_id])[0]
+            return current().index.lookup([item_id])[0]
         except KeyError:
             raise HTTPException(404, f"no item {item_id}") from None
 
@@ -311,6 +342,42 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
         if found is None:
             raise HTTPException(404, f"item {item_id} has no image file")
         return FileResponse(found[0], media_type=found[1])
+
+    def writer() -> ItemWriter:
+        if items is None:
+            raise HTTPException(403, "this server is read-only: start it with dsh serve --writable to add or "
+                                     "remove items")
+        return items
+
+    @app.post("/api/items", dependencies=api, tags=["items"], status_code=201, openapi_extra=ITEMS_BODY)
+    async def api_add(request: Request):
+        """Add images to the index (multipart: ``image`` repeated, and optionally ``label`` (a class id), ``class``
+        (a class name) and ``key`` once per image, in the same order; an empty value means none). Each image is
+        encoded, kept in the data folder, and its item logged durably before the answer: ``{"items": [{"id",
+        "image_url", ...its record}]}``."""
+        w = writer()
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(415, "send images as multipart/form-data (field 'image', repeated)")
+        form = await request.form()
+        uploads = form.getlist("image")
+        if not uploads or any(isinstance(u, str) for u in uploads):
+            raise HTTPException(422, "multipart field 'image' (one or more files) is missing")
+        if len(uploads) > settings.max_images:
+            raise HTTPException(413, f"at most {settings.max_images} images per request, got {len(uploads)}")
+        fields = {name: form.getlist(name) for name in ("label", "class", "key")}
+        labels, keys = w.check_fields(len(uploads), fields)
+        data = [await read_upload(u) for u in uploads]
+        enc = await encode_uploads(data, [u.filename for u in uploads])
+        ids = await run_in_threadpool(w.add, enc.codes, data, labels, keys)
+        records = current().index.lookup(ids)
+        return {"items": [{**r, "image_url": f"/api/items/{r['id']}/image"} for r in records]}
+
+    @app.delete("/api/items/{item_id}", dependencies=api, tags=["items"])
+    def api_remove(item_id: int) -> dict:
+        """Remove one item (and its kept image): ``{"removed": id}``; 404 where there is no such item."""
+        if not writer().remove(item_id):
+            raise HTTPException(404, f"no item {item_id}")
+        return {"removed": item_id}
 
     @app.get("/api/map.png", dependencies=api, tags=["service"], response_class=FileResponse,
              responses={"200": {"description": "the map", "content": {"image/png": {}}}})
@@ -374,4 +441,5 @@ def _info(searcher: Searcher, settings: ServeSettings) -> dict[str, Any]:
                    "max_radius": settings.max_radius if settings.max_radius is not None else index.nbits,
                    "max_pixels": max_pixels_setting(settings.max_pixels), "max_images": settings.max_images},
         "auth": settings.token is not None,
+        "writable": settings.writable,
     }

@@ -58,3 +58,20 @@ class ImageFiles:
         except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
             return None
         return (resolved, media_type) if media_type else None
+
+
+# the file name ending an uploaded image is kept under, by its content
+SUFFIXES = {"JPEG": ".jpg", "PNG": ".png", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp", "TIFF": ".tif",
+            "PPM": ".ppm"}
+
+
+def image_suffix(data: bytes) -> str:
+    """The file name ending for an image's bytes, by what its header says it is (``.img`` where a browser would
+    not show it: such a file is kept, never served)."""
+    import io
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            return SUFFIXES.get(im.format or "", ".img")
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError):
+        return ".img"

@@ -23,7 +23,7 @@ try:
 except ImportError:  # pragma: no cover - not on POSIX
     fcntl = None
 
-__all__ = ["LOCK_NAME", "RunLock", "check_unlocked"]
+__all__ = ["LOCK_NAME", "RunLock", "check_unlocked", "lock_held"]
 
 LOCK_NAME = ".lock"
 
@@ -117,17 +117,25 @@ def check_unlocked(run_dir: str | os.PathLike) -> None:
     that checks before starting the processes that will claim the folder)."""
     run_dir = Path(run_dir)
     path = run_dir / LOCK_NAME
-    if fcntl is None or not path.is_file():
-        return
+    if lock_held(path):
+        raise _busy(run_dir, path)
+
+
+def lock_held(path: str | os.PathLike) -> bool:
+    """Whether a live process holds an exclusive ``flock`` on the file ``path`` (``False`` where there is no such
+    file, or no ``fcntl``); creates nothing."""
+    if fcntl is None or not os.path.isfile(path):
+        return False
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
-        return
+        return False
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        raise _busy(run_dir, path) from None
+        return True
     except OSError:
-        return
+        return False
     finally:
         os.close(fd)
+    return False

@@ -129,6 +129,36 @@ function showClassTable(table) {
   $("class-table").classList.remove("muted");
 }
 
+// shown only when the server takes changes (dsh serve --writable): upload images, each with the class and key chosen
+function setUpAdding(info) {
+  if (!info.writable) return;
+  const names = info.model.class_names || (info.class_table ? info.class_table.classes.map((c) => c.name) : []);
+  for (const name of names) {
+    const option = document.createElement("option");
+    option.value = option.textContent = name;
+    $("add-class").append(option);
+  }
+  $("add-form").hidden = false;
+  $("add-form").addEventListener("submit", async (e) => {
+    e.preventDefault();
+    showError("");
+    const files = [...$("add-files").files];
+    const form = new FormData();
+    for (const file of files) {
+      form.append("image", file);
+      form.append("class", $("add-class").value);
+      form.append("key", $("add-key").value.trim());
+    }
+    try {
+      const answer = await api("/api/items", { method: "POST", body: form });
+      const ids = answer.items.map((item) => `#${item.id}`).join(", ");
+      $("add-status").textContent = `added ${ids}`;
+      $("add-form").reset();
+      if (files.length === 1) searchFile(files[0]);
+    } catch (err) { showError(err.message); }
+  });
+}
+
 async function start() {
   try {
     const info = await api("/api/info");
@@ -136,6 +166,7 @@ async function start() {
     $("model").textContent = `${m.file}: ${m.nbits}-bit codes, input ${m.input_shape.join("×")}, ` +
       `${info.index.items.toLocaleString()} items, ${m.backend}`;
     showClassTable(info.class_table);
+    setUpAdding(info);
     if (info.map_image) {
       $("map-section").hidden = false;
       loadImage($("map"), info.map_image);

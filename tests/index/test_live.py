@@ -1,0 +1,253 @@
+"""The live index (dsh.index.live): every state it reaches, live, replayed from its log or folded, answers exactly as
+a plain HammingIndex built by the same operations; a torn last record is dropped, a damaged one refused; searches
+see a change whole or not at all; one writer; a full disk changes nothing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+from dsh.errors import DataError, InputError
+from dsh.index.flat import HammingIndex
+from dsh.index.live import FoldPolicy, LiveIndex, log_path
+
+NBITS = 12  # a small code space, so queries have many neighbours at small distances
+CLASSES = ["a", "b", "c"]
+
+
+def random_codes(rng, n):
+    return np.packbits(rng.random((n, NBITS)) < 0.5, axis=1, bitorder="little")
+
+
+def make_file(path, rng, n=200):
+    index = HammingIndex(NBITS)
+    index.add(random_codes(rng, n), labels=rng.integers(-1, 3, n), class_names=CLASSES,
+              paths=[f"/img/{i}.png" for i in range(n)])
+    index.metadata["source"] = "test"
+    index.save(path)
+    return HammingIndex.load(path)
+
+
+def random_ops(rng, ref: HammingIndex, live: LiveIndex, count: int) -> None:
+    """``count`` adds and removes applied to both (the reference by hand, with the ids the live index chose)."""
+    for _ in range(count):
+        if rng.random() < 0.6 or ref.ntotal < 5:
+            n = int(rng.integers(1, 4))
+            codes, labels = random_codes(rng, n), rng.integers(-1, 3, n)
+            paths = [f"/new/{rng.integers(1 << 30)}.png" for _ in range(n)]
+            ids = live.add(codes, labels=labels, paths=paths)
+            assert ids.min() > (ref.ids.max() if ref.ntotal else -1) or ids.min() >= 0
+            ref.add(codes, ids, labels=labels, paths=paths)
+        else:
+            held = ref.ids
+            victims = rng.choice(held, size=min(3, held.shape[0]), replace=False)
+            victims = np.append(victims, 10**9)  # an id never held is ignored
+            assert live.remove(victims) == ref.remove(victims) == victims.shape[0] - 1
+
+
+def assert_same(index, ref: HammingIndex, rng) -> None:
+    assert index.ntotal == ref.ntotal
+    np.testing.assert_array_equal(index.ids, ref.ids)
+    q = np.concatenate([random_codes(rng, 6), ref.codes[:3]])
+    for k in (1, 7, 40, ref.ntotal + 5):
+        D, I = index.search(q, k)
+        Dr, Ir = ref.search(q, k)
+        np.testing.assert_array_equal(I, Ir)
+        np.testing.assert_array_equal(D, Dr)
+    assert (D[:, 0] == 0).sum() >= 3  # the reference's own codes are found at distance 0: the data has matches
+    for r in (0, 2):
+        got, want = index.range_search(q, r), ref.range_search(q, r)
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
+    assert index.lookup(ref.ids) == ref.lookup(ref.ids)
+
+
+@pytest.fixture
+def setup(tmp_path):
+    rng = np.random.default_rng(0)
+    path = tmp_path / "db.dshidx"
+    ref = make_file(path, rng)
+    return path, ref, rng
+
+
+def test_live_replayed_and_folded_agree_with_the_reference(setup):
+    path, ref, rng = setup
+    live = LiveIndex.open(path)
+    size_before = path.stat().st_size
+    random_ops(rng, ref, live, 60)
+    assert path.stat().st_size == size_before  # nothing folded yet: the index file is as it was
+    assert live.pending > 0
+    assert_same(live, ref, rng)
+    live.close(fold=False)  # as a crash would leave it: the changes only in the log
+    with LiveIndex.open(path) as again:
+        assert_same(again, ref, rng)
+        random_ops(rng, ref, again, 20)
+    # closed cleanly: folded, the file alone holds everything
+    plain = HammingIndex.load(path)
+    assert_same(plain, ref, rng)
+    assert plain.metadata["source"] == "test"
+    with LiveIndex.open(path, writable=False) as reader:
+        assert reader.pending == 0
+        assert_same(reader, ref, rng)
+
+
+def test_one_add_writes_one_record_not_the_index(setup):
+    path, ref, rng = setup
+    with LiveIndex.open(path) as live:
+        before = live.bytes_written
+        live.add(random_codes(rng, 1), labels=[1], paths=["/x.png"])
+        assert 0 < live.bytes_written - before < 300
+        assert os.path.getsize(log_path(path)) < 400
+
+
+def test_new_ids_are_never_reused(setup):
+    path, ref, rng = setup
+    with LiveIndex.open(path) as live:
+        top = live.add(random_codes(rng, 1))[0]
+        live.remove([top])
+    with LiveIndex.open(path) as live:
+        assert live.add(random_codes(rng, 1))[0] == top + 1
+        with pytest.raises(InputError, match="already in the index"):
+            live.add(random_codes(rng, 1), ids=[3])
+
+
+def test_folds_by_policy_and_reads_the_log_only_once(setup):
+    path, ref, rng = setup
+    live = LiveIndex.open(path, policy=FoldPolicy(added=5, removed=3))
+    random_ops(rng, ref, live, 40)
+    assert live.folds >= 3
+    assert_same(live, ref, rng)
+    old_log = log_path(path).read_bytes()
+    live.fold()
+    # a crash between writing the new index file and the new log leaves the old log beside it: it names the old
+    # file and is dropped, so nothing is applied twice
+    live.close(fold=False)
+    log_path(path).write_bytes(old_log)
+    with LiveIndex.open(path) as again:
+        assert again.pending == 0
+        assert_same(again, ref, rng)
+
+
+def test_torn_tail_is_dropped_and_damaged_middle_refused(setup):
+    path, ref, rng = setup
+    live = LiveIndex.open(path)
+    random_ops(rng, ref, live, 10)
+    before = log_path(path).stat().st_size
+    codes = random_codes(rng, 1)
+    live.add(codes, labels=[2])
+    live.close(fold=False)
+    full = log_path(path).read_bytes()
+    for cut in (1, 9, len(full) - before - 1):  # inside the record's header, its payload, one byte short
+        log_path(path).write_bytes(full[: len(full) - cut])
+        with LiveIndex.open(path, writable=False) as reader:
+            assert_same(reader, ref, rng)  # the torn add is not there, everything before it is
+    log_path(path).write_bytes(full[: before + 5])
+    with LiveIndex.open(path) as writer:  # the writer cuts the torn tail off before appending
+        assert_same(writer, ref, rng)
+        writer.remove([int(ref.ids[0])])
+        ref.remove([int(ref.ids[0])])
+        writer.close(fold=False)
+    with LiveIndex.open(path, writable=False) as reader:
+        assert_same(reader, ref, rng)
+    damaged = bytearray(log_path(path).read_bytes())
+    damaged[28 + 12 + 5] ^= 0xFF  # the first record's payload, records after it
+    log_path(path).write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match="damaged record at byte 28") as e:
+        LiveIndex.open(path)
+    assert "\n" not in str(e.value)
+
+
+def test_a_second_writer_is_refused_in_one_line(setup):
+    path, _, _ = setup
+    with LiveIndex.open(path):
+        with pytest.raises(DataError, match=r"another dsh process \(pid \d+\) is writing this index") as e:
+            LiveIndex.open(path)
+        assert "\n" not in str(e.value)
+        LiveIndex.open(path, writable=False).close()  # readers are never refused
+    LiveIndex.open(path).close()  # let go on close
+
+
+def test_snapshots_see_each_change_whole(setup):
+    path, ref, rng = setup
+    live = LiveIndex.open(path)
+    snap = live.snapshot()
+    frozen = HammingIndex(NBITS)
+    frozen.add(ref.codes, ref.ids, labels=ref.catalog.labels, paths=ref.catalog.paths, class_names=CLASSES)
+    random_ops(rng, ref, live, 30)
+    assert_same(snap, frozen, rng)  # the snapshot is the index before the changes
+    # readers search for one code while the writer adds copies of it in batches of 4: each search finds whole
+    # batches, and every id it finds can be looked up in its snapshot
+    probe = random_codes(rng, 1)
+    seen, errors, done = [], [], threading.Event()
+    base = live.range_search(probe, 0)[0][1]
+
+    def reader():
+        while not done.is_set():
+            view = live.snapshot()
+            lims, D, I = view.range_search(probe, 0)
+            try:
+                view.lookup(I)
+            except KeyError as e:
+                errors.append(e)
+            seen.append(int(lims[1] - base))
+
+    threads = [threading.Thread(target=reader) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for _ in range(25):
+        live.add(np.repeat(probe, 4, axis=0), labels=[0, 1, 2, 0])
+    done.set()
+    for t in threads:
+        t.join()
+    live.close(fold=False)
+    assert not errors and seen and all(n % 4 == 0 for n in seen)
+    assert max(seen) <= 100
+
+
+def test_refused_adds_change_nothing(setup):
+    path, ref, rng = setup
+    with LiveIndex.open(path) as live:
+        size = live.bytes_written
+        with pytest.raises(InputError):
+            live.add(random_codes(rng, 2), labels=[[0, 1, 1], [1, 0, 0]])  # multi-hot into a class-id catalog
+        with pytest.raises(InputError):
+            live.add(random_codes(rng, 1), class_names=["x", "y"])
+        with pytest.raises(InputError):
+            live.add(np.zeros((1, 5), np.uint8))
+        assert live.bytes_written == size
+        assert_same(live, ref, rng)
+
+
+FULL_DISK = """
+import resource, sys
+import numpy as np
+from dsh.index.live import LiveIndex, log_path
+from dsh.errors import DataError
+live = LiveIndex.open(sys.argv[1])
+size = log_path(sys.argv[1]).stat().st_size
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 20, size + 20))  # room for part of a record, not all of it
+try:
+    live.add(np.zeros((1, 2), np.uint8), paths=["/" + "x" * 200])
+except DataError as e:
+    print("refused:", e)
+live.close(fold=False)
+"""
+
+
+def test_a_full_disk_during_an_add_changes_nothing(setup):
+    path, ref, rng = setup
+    with LiveIndex.open(path) as live:
+        random_ops(rng, ref, live, 5)
+        live.close(fold=False)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    out = subprocess.run([sys.executable, "-c", FULL_DISK, str(path)], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "refused:" in out.stdout and "cannot write the change" in out.stdout and "File too large" in out.stdout
+    with LiveIndex.open(path, writable=False) as reader:
+        assert_same(reader, ref, rng)

@@ -109,9 +109,9 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     # no results files: the section says so, with the command
     # (the sections without results files here: in docs/results.md CIFAR-10's cifar10-1 protocol and paper-network
     # tables, the defaults' seed experiment, the test-time views, the mosaics with the preset and with the defaults;
-    # in docs/speed.md training throughput, search, encoding throughput, serving, training with 1 and 2 processes,
-    # Milvus)
-    assert text.count("Not yet run.") == 6 and speed.count("Not yet run.") == 6
+    # in docs/speed.md training throughput, search, encoding throughput, serving, live updates, training with 1 and
+    # 2 processes, Milvus)
+    assert text.count("Not yet run.") == 6 and speed.count("Not yet run.") == 7
     assert ("python benchmarks/reproduce/mosaic_mnist.py --preset none --threads 2 --out "
             "benchmarks/results/mosaic_mnist_defaults") in text
     assert ("python benchmarks/reproduce/paper_cifar10.py --protocol cifar10-1 --out "
@@ -119,6 +119,7 @@ def test_readme_section_from_results_and_missing_files(tmp_path):
     assert ("python benchmarks/reproduce/seed_mnist.py --preset none --out "
             "benchmarks/results/seed_mnist_defaults") in text
     assert "python benchmarks/speed/search.py --sizes 1000000 10000000 --bits 64 128" in speed
+    assert "python benchmarks/speed/serve_updates.py --out benchmarks/results" in speed
 
 
 def test_readme_seed_defaults_section_has_the_core_bar(tmp_path):

@@ -324,7 +324,7 @@ def add_cost(work: Path, n: int, adds: int) -> dict[str, Any]:
     log = log_path(path)
     if log.is_file():
         log.unlink()
-    files_bytes = path.stat().st_size + path.with_name(path.name + ".catalog").stat().st_size
+    files_bytes = path.stat().st_size + sum(c.stat().st_size for c in path.parent.glob(f"{path.name}.*.catalog"))
     t0 = time.perf_counter()
     live = LiveIndex.open(path)
     open_s = time.perf_counter() - t0

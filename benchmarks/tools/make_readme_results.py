@@ -522,8 +522,9 @@ def fuzz_models_section(ctx: Context) -> list[str]:
 
 
 def soak_section(ctx: Context) -> list[str]:
-    return md_section(ctx, "soak", "Soak: 20 minutes of dsh serve", "A live server under 8 mixed clients with 500 "
-                      "idle connections held open; latency percentiles, memory and descriptors per minute.",
+    return md_section(ctx, "soak", "Soak: 20 minutes of dsh serve", "A live, writable server under 8 mixed clients, "
+                      "one adding and removing items, and 500 idle connections held open; latency percentiles, "
+                      "memory, descriptors and items per minute.",
                       ctx.default_command("reliability/soak.py", "--minutes", "20", out=""))
 
 

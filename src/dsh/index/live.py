@@ -660,9 +660,9 @@ class LiveIndex:
         meta = {**merged.metadata, "next_id": self._next_id}
         merged.save(self.path, meta)
         self.bytes_written += os.path.getsize(self.path)
-        cpath = self.path.with_name(self.path.name + ".catalog")
-        if merged.catalog is not None and cpath.is_file():
-            self.bytes_written += os.path.getsize(cpath)
+        entry = merged.metadata.get("catalog")  # the save names the catalog it wrote beside the file
+        if entry is not None:
+            self.bytes_written += os.path.getsize(self.path.with_name(entry["file"]))
         self._view = LiveView(merged, np.zeros(0, np.int64), HammingIndex(merged.nbits))
         self.folds += 1
         self._log_fd_close()

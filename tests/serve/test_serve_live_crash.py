@@ -153,3 +153,26 @@ def test_a_full_disk_during_an_add_is_a_507_and_changes_nothing(setup):
         server.kill()
     assert log_path(index).stat().st_size == size
     assert state_of(index) == before
+
+
+@pytest.mark.parametrize("stop", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_folds_the_log_into_the_index_file(setup, stop):
+    """What a service manager sends (SIGTERM) stops the service as cleanly as Ctrl-C (SIGINT): the changes it
+    acknowledged are folded into the index file and the log left empty."""
+    index, data, pool = setup
+    before = state_of(index)
+    server = Server(index, data)
+    try:
+        r = httpx.post(server.url + "/api/items", files={"image": ("a.png", pool[0].read_bytes(), "image/png")},
+                       timeout=30)
+        assert r.status_code == 201, r.text
+        new = r.json()["items"][0]["id"]
+        assert log_path(index).stat().st_size > 28  # logged, not yet folded
+        server.proc.send_signal(stop)
+        assert server.proc.wait(timeout=60) == 0
+    finally:
+        if server.proc.poll() is None:
+            server.kill()
+        server.proc.stderr.close()
+    assert log_path(index).stat().st_size == 28  # folded: an empty log
+    assert set(state_of(index)) == set(before) | {new}

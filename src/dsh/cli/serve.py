@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from ..errors import DataError, InputError
@@ -100,13 +103,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"dsh serve: {searcher.index.ntotal:,} items, model {searcher.encoder.source} "
           f"({searcher.encoder.backend}); open http://{host}:{args.port}/", file=sys.stderr, flush=True)
     try:
-        with searcher:
+        with searcher, _sigterm_as_ctrl_c():
             uvicorn.run(app, host=args.host, port=args.port, log_level="warning" if args.quiet else "info",
                         access_log=not args.quiet, limit_concurrency=args.max_connections)
     finally:
         if where is not spec:
             where.close()  # a clean stop folds the logged changes into the index file
     return 0
+
+
+@contextlib.contextmanager
+def _sigterm_as_ctrl_c():
+    """SIGTERM (what service managers and ``kill`` send) handled as Ctrl-C. uvicorn shuts down on either and then
+    raises the signal again under the handler it found: Python's default for SIGTERM would end the process there,
+    before the caller's clean-up (a writable index's fold) runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 

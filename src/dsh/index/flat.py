@@ -44,7 +44,7 @@ from .distinct import Groups, position_dtype
 from .faiss_file import knn_exact, range_exact
 from .mih import KnnPlan, MIHTables, pilot_size, plan_knn, prefer_mih
 
-__all__ = ["HammingIndex", "ENGINES", "catalog_file", "catalog_path"]
+__all__ = ["HammingIndex", "ENGINES", "catalog_file", "catalog_path", "warm_up_kernels"]
 
 ENGINES = ("auto", "numba", "faiss", "numpy")
 METHODS = ("auto", "mih", "flat")
@@ -647,3 +647,19 @@ def _check_method(method) -> str:
     if method not in METHODS:
         raise InputError(f"method must be 'auto', 'mih' or 'flat', got {method!r}")
     return method
+
+
+def warm_up_kernels() -> None:
+    """Compile (or load from numba's cache) every search kernel for both layouts of the distinct-code layer, one
+    code per item and codes that repeat, whose arrays differ in type. A service calls this before it listens: the
+    first index whose codes repeat (a few uploads of one picture) would otherwise stall every request for the
+    seconds a compile takes."""
+    rng = np.random.default_rng(0)
+    distinct = rng.integers(0, 256, (24, 8), dtype=np.uint8)
+    for codes in (distinct, np.repeat(distinct[:8], 3, axis=0)):
+        index = HammingIndex(64)
+        index.add(codes)
+        index.build_mih()
+        for method in ("flat", "mih"):
+            index.search(codes[:2], 3, method=method)
+            index.range_search(codes[:2], 1, method=method)

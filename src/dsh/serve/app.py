@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import DataError, InputError, UserError, one_line
+from ..index.flat import warm_up_kernels
 from ..runtime.searcher import Searcher
 from ..utils.imageio import max_pixels_setting
 from .image_files import MEDIA_TYPES, ImageFiles, recorded_image_root
@@ -177,6 +178,7 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
 
     settings = settings or ServeSettings()
     encoder = searcher.encoder  # load the model now, not on the first request
+    warm_up_kernels()  # and the search kernels: a compile later would stall every request meanwhile
     if settings.max_pixels is not None:
         encoder.max_pixels = max_pixels_setting(settings.max_pixels)
     index = searcher.index

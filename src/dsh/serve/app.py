@@ -20,7 +20,7 @@ from starlette.exceptions import HTTPException
 
 from .. import __version__
 from ..errors import DataError, InputError, UserError, one_line
-from ..index.flat import warm_up_kernels
+from ..index import warm_up_kernels
 from ..runtime.searcher import Searcher
 from ..utils.imageio import max_pixels_setting
 from .image_files import MEDIA_TYPES, ImageFiles, recorded_image_root

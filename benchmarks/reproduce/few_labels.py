@@ -3,19 +3,26 @@ against training from scratch.
 
 The labelled images are a seeded stratified subset of the training split; the database is the whole training split
 (50,000 images, labels used only to judge), the queries a stratified subset of the test split (``--queries``,
-default 1,000). mAP@all is tie-aware. For each budget:
+default 1,000). mAP@all is tie-aware. Every image is decoded at its own 32 px and the pretrained network resizes it
+to ``--input-size`` itself, so training, queries and database see the same pixels. For each budget:
 
-- ``pretrained``: EfficientNet-Lite0 frozen, the hash head trained on its cached features (``--tune head``; the
-  settings of preset ``cifar10-lite0-head`` at ``--input-size``). The database is encoded through the backbone's
-  cached features and the trained head: the same codes as the whole network (tests/train/test_train_pretrained.py checks
+- ``head``: EfficientNet-Lite0 frozen, the hash head trained on its cached features (``--tune head``; the settings
+  of preset ``cifar10-lite0-head`` at ``--input-size``). The database is encoded through the backbone's cached
+  features and the trained head: the same codes as the whole network (tests/train/test_train_pretrained.py checks
   that a head run's figures on cached features equal the network's on the images), one feature pass for every
   budget.
+- ``finetune``: EfficientNet-Lite0 fine-tuned (preset ``cifar10-lite0-finetune`` at ``--input-size``: the head
+  on cached features first, then the whole network), for about ``--finetune-steps`` optimiser steps of batch 32
+  whatever the budget; the database is encoded by the run's network.
 - ``scratch``: preset ``cifar10-cpu`` (the airbench network, 0.83 mAP@all at 48 bits with all 50,000 labels), its
   epochs raised so that the run takes about ``--scratch-steps`` optimiser steps whatever the budget.
 
     python benchmarks/reproduce/few_labels.py --per-class 10 50 100 --bits 48 --out benchmarks/results/few_labels
+    python benchmarks/reproduce/few_labels.py --methods finetune     # one method; the others' rows are kept
 
-Writes ``OUT/results.json`` and ``OUT/results.md``; the runs stay in ``OUT/runs/`` (ignored by git).
+Writes ``OUT/results.json`` and ``OUT/results.md``: a run of some methods replaces their entries and keeps the other
+methods' from earlier runs (each entry records its own command and load average). The runs stay in ``OUT/runs/``
+(ignored by git).
 """
 
 from __future__ import annotations
@@ -65,41 +72,69 @@ def evaluate(q_codes, q_labels, db_codes, db_labels, nbits: int) -> dict:
     return {"map": m.map, "precision_at_radius_2": m.precision_at_radius}
 
 
-def run_pretrained(args, tree: Path, per_class: int, database, queries, out: Path) -> dict:
-    import torch
+METHODS = ("head", "finetune", "scratch")
+TITLES = {"head": "pretrained (Lite0, head on frozen features)", "finetune": "pretrained (Lite0, fine-tuned)",
+          "scratch": "from scratch (airbench)"}
 
-    from dsh.codes.bits import codes_from_u
+
+def run_head(args, tree: Path, per_class: int, database, queries, out: Path) -> dict:
     from dsh.config import resolve_config
-    from dsh.data import cache_dir
-    from dsh.models.checkpoint import load_model
-    from dsh.train import train
-    from dsh.train.features import cached_features
 
     fit_images = int(per_class * len(CLASSES) * 0.8)  # val_size 0.2 of the labelled images chooses the epoch
     cfg = resolve_config({"dataset": "folder", "data_root": str(tree), "nbits": args.bits, "input_size":
                           args.input_size, "val_size": 0.2, "seed": args.seed, "threads": args.threads,
-                          "tensorboard": False, "image_size": None, "batch_size": min(128, fit_images)},
+                          "tensorboard": False, "image_size": 32, "batch_size": min(128, fit_images)},
                          preset="cifar10-lite0-head")
-    run_dir = out / "runs" / f"pretrained_{per_class}"
+    return train_and_judge(cfg, out / "runs" / f"head_{per_class}", database, queries)
+
+
+def encode_and_judge(run_dir: Path, database, queries, nbits: int) -> dict:
+    """The tie-aware mAP of the codes the run's own network (torch, as it judged itself) gives the images; a head
+    run's through the backbone's cached features (the same codes: tests/train/test_train_pretrained.py), so the
+    database's features are computed once for every budget."""
+    from dsh.models.checkpoint import BEST, load_model
+    from dsh.runtime import Encoder
+    from dsh.train.backbone import encode_on_cached_features
+
+    encoder = Encoder.from_run(run_dir, backend="torch")
+    if encoder.info.train_config.get("tune") == "head":
+        loaded = load_model(run_dir, BEST)
+
+        def codes(part):
+            return encode_on_cached_features(loaded.model, loaded.normalizer, part.images,
+                                             tta_flip=encoder.tta_flip)[1]
+    else:
+        def codes(part):
+            return encoder.encode_array(part.images.numpy()).codes
+    return evaluate(codes(queries), queries.labels.numpy(), codes(database), database.labels.numpy(), nbits)
+
+
+def train_and_judge(cfg, run_dir: Path, database, queries) -> dict:
+    """Train ``cfg`` into ``run_dir``, then judge the codes of its network: the row of one method and budget."""
+    from dsh.train import train
+
     t0 = time.perf_counter()
     result = train(cfg, run_dir, progress=False, log=lambda m: None)
-    loaded = load_model(run_dir / "best.pt")
-    model = loaded.model.eval()
-    with torch.no_grad():
-        feats = {name: cached_features(model, part.images, loaded.normalizer, cache=cache_dir(),
-                                       device=torch.device("cpu")) for name, part in
-                 (("database", database), ("queries", queries))}
-        db_codes = codes_from_u(model.head(feats["database"]).numpy())
-        q_codes = codes_from_u(model.head(feats["queries"]).numpy())
-    row = evaluate(q_codes, queries.labels.numpy(), db_codes, database.labels.numpy(), args.bits)
+    row = encode_and_judge(run_dir, database, queries, cfg.nbits)
     return {**row, "train_seconds": result.train_seconds, "seconds": time.perf_counter() - t0,
             "best_val_map": result.best_val_map, "settings": cfg.to_dict()}
 
 
+def run_finetune(args, tree: Path, per_class: int, database, queries, out: Path) -> dict:
+    from dsh.config import resolve_config
+
+    fit_images = int(per_class * len(CLASSES) * 0.8)
+    batch = min(32, fit_images)
+    epochs = max(1, round(args.finetune_steps / max(1, fit_images // batch)))
+    cfg = resolve_config({"dataset": "folder", "data_root": str(tree), "nbits": args.bits, "input_size":
+                          args.input_size, "val_size": 0.2, "seed": args.seed, "threads": args.threads,
+                          "tensorboard": False, "image_size": 32, "batch_size": batch, "epochs": epochs},
+                         preset="cifar10-lite0-finetune")
+    return train_and_judge(cfg, out / "runs" / f"finetune_{per_class}", database, queries)
+
+
 def run_scratch(args, tree: Path, per_class: int, database, queries, out: Path) -> dict:
     from dsh.config import resolve_config
-    from dsh.runtime import Encoder
-    from dsh.train import train
 
     labelled = per_class * len(CLASSES) * 0.8
     base = resolve_config({}, preset="cifar10-cpu")
@@ -108,32 +143,48 @@ def run_scratch(args, tree: Path, per_class: int, database, queries, out: Path) 
     cfg = resolve_config({"dataset": "folder", "data_root": str(tree), "nbits": args.bits, "val_size": 0.2,
                           "seed": args.seed, "threads": args.threads, "tensorboard": False, "epochs": epochs,
                           "batch_size": int(min(base.batch_size, labelled))}, preset="cifar10-cpu")
-    run_dir = out / "runs" / f"scratch_{per_class}"
-    t0 = time.perf_counter()
-    result = train(cfg, run_dir, progress=False, log=lambda m: None)
-    encoder = Encoder.from_run(run_dir, backend="torch")  # the codes the run judged itself by
-    db_codes = encoder.encode_array(database.images.numpy()).codes
-    q_codes = encoder.encode_array(queries.images.numpy()).codes
-    row = evaluate(q_codes, queries.labels.numpy(), db_codes, database.labels.numpy(), args.bits)
-    return {**row, "train_seconds": result.train_seconds, "seconds": time.perf_counter() - t0,
-            "best_val_map": result.best_val_map, "settings": cfg.to_dict()}
+    return train_and_judge(cfg, out / "runs" / f"scratch_{per_class}", database, queries)
 
 
 def markdown(result: dict) -> str:
+    methods = [m for m in METHODS if any(m in r for r in result["rows"])]
     lines = [f"CIFAR-10 (JPEG copy), {result['bits']} bits: labelled training images per class, "
              f"{result['n_queries']:,} test queries against the {result['n_database']:,} training images; "
-             f"tie-aware mAP@all.", "",
-             "| labelled per class | pretrained (Lite0, head on frozen features) | from scratch (airbench) | "
-             "difference | pretrained training | from-scratch training |",
-             "| ---: | ---: | ---: | ---: | ---: | ---: |"]
-    for r in result["rows"]:
-        p, s = r["pretrained"], r["scratch"]
-        lines.append(f"| {r['per_class']} | {p['map']:.4f} | {s['map']:.4f} | {p['map'] - s['map']:+.4f} | "
-                     f"{common.fmt_seconds(p['train_seconds'])} | {common.fmt_seconds(s['train_seconds'])} |")
-    la = result["loadavg"]
-    lines += ["", f"Load average at start {la['start']}, at end {la['end']}.", "",
-              f"Command: `{result['command']}`", ""]
-    return "\n".join(lines)
+             f"tie-aware mAP@all (training time in brackets).", "",
+             "| labelled per class | " + " | ".join(TITLES[m] for m in methods)
+             + (" | best pretrained minus scratch |" if "scratch" in methods else " |"),
+             "| ---: |" + " ---: |" * (len(methods) + ("scratch" in methods))]
+    for r in sorted(result["rows"], key=lambda r: r["per_class"]):
+        cells = [f"{r[m]['map']:.4f} ({common.fmt_seconds(r[m]['train_seconds'])})" if m in r else "—"
+                 for m in methods]
+        if "scratch" in methods:
+            pre = [r[m]["map"] for m in ("head", "finetune") if m in r]
+            cells.append(f"{max(pre) - r['scratch']['map']:+.4f}" if pre and "scratch" in r else "—")
+        lines.append(f"| {r['per_class']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    for m in methods:
+        entries = [r[m] for r in result["rows"] if m in r]
+        commands = sorted({e["command"] for e in entries})
+        loads = [e["loadavg"] for e in entries]
+        lines.append(f"- {TITLES[m]}: `{'`, `'.join(commands)}`; load average at start {loads[0]['start']}, "
+                     f"at end {loads[-1]['end']}.")
+    return "\n".join(lines) + "\n"
+
+
+def merged_rows(old: dict | None, new_rows: list[dict], bits: int, n_queries: int, n_database: int) -> list[dict]:
+    """``new_rows`` over the rows of an earlier ``results.json`` of the same length, queries and database: a
+    method's entry for a budget is replaced, the other methods' entries are kept, entries of unknown methods are
+    dropped. Results of another setting (a smoke test's small database) are refused rather than replaced."""
+    if old is None:
+        return new_rows
+    if (old["bits"], old["n_queries"], old["n_database"]) != (bits, n_queries, n_database):
+        raise common.DataError(f"the results folder holds {old['bits']}-bit results of {old['n_queries']:,} queries "
+                               f"against {old['n_database']:,} images; use another --out for {bits} bits, "
+                               f"{n_queries:,} against {n_database:,}")
+    rows = {r["per_class"]: {k: v for k, v in r.items() if k == "per_class" or k in METHODS} for r in old["rows"]}
+    for r in new_rows:
+        rows.setdefault(r["per_class"], {"per_class": r["per_class"]}).update(r)
+    return [rows[k] for k in sorted(rows)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,10 +196,11 @@ def main(argv: list[str] | None = None) -> int:
                                                 "(smoke tests only; default: all of them)")
     p.add_argument("--input-size", type=int, default=128)
     p.add_argument("--scratch-steps", type=int, default=600, help="optimiser steps of a from-scratch run")
+    p.add_argument("--finetune-steps", type=int, default=300, help="optimiser steps of a fine-tuning run")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--jpeg-root", help="the CIFAR-10 JPEG copy (default: the shared data folder's)")
-    p.add_argument("--methods", nargs="+", default=["pretrained", "scratch"], choices=["pretrained", "scratch"])
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     p.add_argument("--out", default="benchmarks/results/few_labels")
     args = p.parse_args(argv)
 
@@ -167,25 +219,23 @@ def main(argv: list[str] | None = None) -> int:
     queries = test.subset(query_subset(test.labels.numpy(), args.queries, args.seed))
     if args.database:
         database = database.subset(query_subset(database.labels.numpy(), args.database, args.seed))
-    start = common.load_average()
+    runners = {"head": run_head, "finetune": run_finetune, "scratch": run_scratch}
+    command = common.command_line()
     rows = []
     for per_class in args.per_class:
         tree = labelled_tree(jpeg, per_class, args.seed, out / "runs" / f"data_{per_class}")
         row = {"per_class": per_class}
         for method in args.methods:
-            runner = run_pretrained if method == "pretrained" else run_scratch
-            row[method] = runner(args, tree, per_class, database, queries, out)
+            start = common.load_average()
+            row[method] = runners[method](args, tree, per_class, database, queries, out)
+            row[method].update(command=command, loadavg={"start": start, "end": common.load_average()})
             print(f"{per_class}/class {method}: mAP {row[method]['map']:.4f} "
                   f"({common.fmt_seconds(row[method]['train_seconds'])} of training)", flush=True)
         rows.append(row)
+    rows = merged_rows(common.read_json(out / "results.json"), rows, args.bits, len(queries), len(database))
     result = {"bits": args.bits, "n_queries": len(queries), "n_database": len(database), "rows": rows,
-              "loadavg": {"start": start, "end": common.load_average()}, "command": common.command_line(),
               "machine": common.machine_info(args.threads)}
-    if set(args.methods) == {"pretrained", "scratch"}:
-        common.write_results(out, "results", result, markdown(result))
-        print(markdown(result))
-    else:
-        common.write_results(out, "results_partial", result, "")
+    common.write_results(out, "results", result, markdown(result))
     return 0
 
 

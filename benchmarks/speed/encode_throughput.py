@@ -58,9 +58,11 @@ CONFIGS = {
     "resnet18-3x224x224": ("resnet18", (3, 224, 224), "cifar224"),
     # ImageNet-pretrained backbones at their own input size (the speed does not depend on the weights)
     "efficientnet-lite0-3x224x224": ("efficientnet-lite0", (3, 224, 224), "cifar224"),
+    "efficientnet-lite1-3x240x240": ("efficientnet-lite1", (3, 240, 240), "cifar240"),
+    "efficientnet-lite2-3x260x260": ("efficientnet-lite2", (3, 260, 260), "cifar260"),
 }
 DATA_NAMES = {"mnist": "MNIST test", "cifar": "CIFAR-10 (JPEG copy) test",
-              "cifar224": "CIFAR-10 (JPEG copy) test, resized to 224"}
+              **{f"cifar{n}": f"CIFAR-10 (JPEG copy) test, resized to {n}" for n in (224, 240, 260)}}
 SMOKE = {"limit_train": 300, "limit_test": 200, "large_images": 16, "repeats": 1, "large_repeats": 1}
 # resnet18 at 224x224: two batches (so iter_encode_files decodes in worker processes while the network runs) and one
 # timed pass per row keep it near a minute per backend on 2 cores; the paper net: median of 3 passes over 10,000
@@ -301,6 +303,11 @@ def model_files(name: str, arch: str, shape: tuple[int, int, int], class_names: 
     return ckpt, onnx
 
 
+def large_side(kind: str) -> int | None:
+    """The side of the resized CIFAR images of an input kind (``cifar224`` -> 224), ``None`` for the others."""
+    return int(kind[len("cifar"):]) if kind.startswith("cifar") and kind != "cifar" else None
+
+
 class Inputs:
     """The test images of each kind as arrays (``.npy``, loaded by the measuring process) and as JPEG files."""
 
@@ -318,17 +325,19 @@ class Inputs:
     def class_names(self, kind: str) -> list[str]:
         return list(self.sets["mnist" if kind == "mnist" else "cifar"].class_names)
 
-    def _large(self):
-        """A stratified ``large_images`` of the CIFAR test images, resized to 224x224 (dsh's ``resize_images``)."""
+    def _large(self, kind: str):
+        """A stratified ``large_images`` of the CIFAR test images, resized to the side of ``kind`` (``cifar224``:
+        224x224) with dsh's ``resize_images``."""
         from dsh.data import resize_images, stratified_subset
 
+        side = large_side(kind)
         s = self.sets["cifar"]
         keep = stratified_subset(s.labels.numpy(), min(self.large_images, len(s.labels)), seed=0)
-        return resize_images(s.images[keep], (224, 224)).numpy(), s.labels.numpy()[keep]
+        return resize_images(s.images[keep], (side, side)).numpy(), s.labels.numpy()[keep]
 
     def array(self, kind: str) -> Path:
         if kind not in self._arrays:
-            x = self._large()[0] if kind == "cifar224" else self.sets[kind].images.numpy()
+            x = self._large(kind)[0] if large_side(kind) else self.sets[kind].images.numpy()
             path = self.work / "arrays" / f"{kind}.npy"
             path.parent.mkdir(parents=True, exist_ok=True)
             np.save(path, np.ascontiguousarray(x))
@@ -348,8 +357,8 @@ class Inputs:
                 paths = write_jpegs(s.images.numpy(), s.labels.numpy(), self.class_names("mnist"),
                                     self.work / "jpeg" / "mnist")
             else:
-                x, y = self._large()
-                paths = write_jpegs(x, y, self.class_names("cifar"), self.work / "jpeg" / "cifar224")
+                x, y = self._large(kind)
+                paths = write_jpegs(x, y, self.class_names("cifar"), self.work / "jpeg" / kind)
             read_once(paths)
             path = self.work / "files" / f"{kind}.txt"
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -371,13 +380,13 @@ def throughput_part(args, inputs: Inputs, work: Path) -> list[dict[str, Any]]:
             where = ({"images": str(inputs.array(kind))} if source == "array"
                      else {"files": str(inputs.files(kind))})
             for backend in BACKENDS:
-                repeats = args.large_repeats if kind == "cifar224" else args.repeats
+                repeats = args.large_repeats if large_side(kind) else args.repeats
                 spec = {"kind": "throughput", "model": str(ckpt if backend == "torch" else onnx),
                         "backend": backend, "threads": args.threads, "batch_size": args.batch_size,
                         "workers": args.workers, "repeats": repeats, "source": source, **where,
                         # a 256-image resnet18 batch takes seconds, so a short warm-up batch does (first full
                         # batch: its kernel set-up costs milliseconds of those seconds)
-                        "warm_images": LARGE_WARM_IMAGES if kind == "cifar224" else None}
+                        "warm_images": LARGE_WARM_IMAGES if large_side(kind) else None}
                 r = run_child(spec, work / "children")
                 row = {"config": name, "model": arch, "input": "x".join(map(str, shape)), "nbits": args.nbits,
                        "data": DATA_NAMES[kind], "source": source, "batch_size": args.batch_size,

@@ -386,3 +386,24 @@ def test_tta_views_are_the_shifted_and_mirrored_images_and_combine_as_documented
     np.testing.assert_allclose(tta_views.combine(u, "flip + 2 shifts"), (flip + two) / 2, rtol=1e-6)
     four = sum(u[k] + u[f"{k}, mirrored"] for k in want if k != "identity") / 8
     np.testing.assert_allclose(tta_views.combine(u, "flip + 4 shifts"), (flip + four) / 2, rtol=1e-6)
+
+
+def test_few_labels_merge_replaces_a_methods_entries_and_keeps_the_others():
+    from reproduce import few_labels
+
+    def entry(map_):
+        return {"map": map_, "train_seconds": 10.0, "command": "cmd", "loadavg": {"start": [1.0], "end": [1.0]}}
+
+    old = {"bits": 48, "n_queries": 1000, "n_database": 50000,
+           "rows": [{"per_class": 10, "scratch": entry(0.13), "pretrained": entry(0.25)},
+                    {"per_class": 100, "scratch": entry(0.31), "head": entry(0.34)}]}
+    merged = few_labels.merged_rows(old, [{"per_class": 100, "finetune": entry(0.5), "head": entry(0.36)}],
+                                    48, 1000, 50000)
+    assert [(r["per_class"], sorted((k, v["map"]) for k, v in r.items() if k != "per_class")) for r in merged] == [
+        (10, [("scratch", 0.13)]),  # an entry of a method no longer run is dropped
+        (100, [("finetune", 0.5), ("head", 0.36), ("scratch", 0.31)])]
+    table = few_labels.markdown({"bits": 48, "n_queries": 1000, "n_database": 50000, "rows": merged})
+    assert "| 100 | 0.3600 (10.0 s) | 0.5000 (10.0 s) | 0.3100 (10.0 s) | +0.1900 |" in table
+    assert "| 10 | — | — | 0.1300 (10.0 s) | — |" in table
+    with pytest.raises(common.DataError, match="use another --out"):
+        few_labels.merged_rows(old, [{"per_class": 2, "head": entry(0.1)}], 48, 50, 200)

@@ -68,6 +68,30 @@ def test_a_head_run_trains_the_head_alone_and_validates_as_the_full_network_woul
     assert result.best_val_map > 0.2  # ImageNet features tell digits apart far better than chance (~0.1)
 
 
+def test_a_head_run_is_judged_on_cached_features_with_the_codes_of_the_whole_network(head_run, tmp_path,
+                                                                                      monkeypatch):
+    from dsh.train import encode_and_evaluate
+    from dsh.train import features as feature_cache
+
+    run, _ = head_run
+    first = encode_and_evaluate(run)
+    # every image of the query and database now has cached features: a second judgement runs the head alone
+    with monkeypatch.context() as mp:
+        mp.setattr(feature_cache, "extract_features", lambda *a, **k: pytest.fail("features recomputed"))
+        mp.setattr(Encoder, "encode_array", lambda *a, **k: pytest.fail("the backbone ran on the images"))
+        again = encode_and_evaluate(run)
+    assert np.array_equal(first.database.codes, again.database.codes)
+    # the codes are the whole network's on the images: where float rounding flips a bit, its u was ~0
+    from dsh.train.experiment import judged_parts
+
+    encoder = Encoder.from_run(run, backend="torch")
+    for part, images in zip((first.query, first.database), judged_parts(settings(tune="head"))):
+        full = encoder.encode_array(images.images.numpy())
+        differ = np.any(part.codes != full.codes, axis=1)
+        assert differ.mean() <= 0.01
+        assert np.all(np.abs(full.u[differ]).min(axis=1) < 1e-3)
+
+
 def test_a_head_run_resumes_exactly(tmp_path, head_run):
     run, _ = head_run
     part = tmp_path / "part"

@@ -120,3 +120,28 @@ def prepare(cfg: TrainConfig, model: PretrainedHashNet, fit, val, normalizer: No
              nbits=cfg.nbits, epochs=cfg.head_epochs, batch_size=cfg.batch_size, margin=cfg.margin,
              alpha=cfg.alpha, seed=cfg.seed, log=log)
     return BackboneStart()
+
+
+@torch.no_grad()
+def encode_on_cached_features(model: PretrainedHashNet, normalizer: Normalizer, images: torch.Tensor, *,
+                              tta_flip: bool, log: Callable[[str], None] = lambda m: None
+                              ) -> tuple[np.ndarray, np.ndarray]:
+    """``u`` ``float32[N, nbits]`` and codes ``uint8[N, ceil(nbits/8)]`` of ``uint8[N, C, H, W]`` images under a
+    network whose backbone is frozen (``tune=head``): the backbone's features come from the feature cache (computed
+    and kept where absent), so every later code length or head on the same images costs the head alone. The codes
+    are the whole network's (up to float rounding); ``tta_flip`` averages ``u`` over each image and its mirror, as
+    :class:`dsh.runtime.Encoder` does."""
+    if model.tune != "head":
+        raise ConfigError(f"cached features encode only a network whose backbone did not train (tune=head), "
+                          f"not tune={model.tune}")
+    model.eval()
+    device = next(model.parameters()).device
+
+    def u_of(x: torch.Tensor) -> torch.Tensor:
+        return model.head(cached_features(model, x, normalizer, cache=cache_dir(), device=device, log=log).to(device))
+
+    u = u_of(images)
+    if tta_flip:
+        u = (u + u_of(images.flip(-1))) * 0.5
+    u = u.float().cpu().numpy()
+    return u, codes_from_u(u)

@@ -61,8 +61,9 @@ def encode_and_evaluate(
     protocol = cfg.protocol
     t0 = time.perf_counter()
     query, database = judged_parts(cfg, data_root)
-    q_u, q_codes = encoder.encode_array(query.images.numpy())
-    db_codes = encoder.encode_array(database.images.numpy()).codes
+    encode = _frozen_backbone_encoding(run_dir, cfg, encoder)
+    q_u, q_codes = encode(query.images)
+    db_codes = encode(database.images)[1]
     encode_seconds = time.perf_counter() - t0
     names = np.asarray(list(query.class_names))
     q = CodeFile(q_codes, encoder.nbits, query.labels.numpy(), u=q_u if keep_u else None, class_names=names)
@@ -75,6 +76,22 @@ def encode_and_evaluate(
     from ..runtime.searcher import model_record
 
     return RunEvaluation(q, db, metrics, encode_seconds, time.perf_counter() - t0, model_record(encoder))
+
+
+def _frozen_backbone_encoding(run_dir, cfg: TrainConfig, encoder: Encoder):
+    """``uint8[N, C, H, W]`` tensor -> ``(u float32[N, nbits], codes uint8[N, nbytes])``: for a pretrained run that
+    trained its head alone, the head on the backbone's cached features (the database's features are then computed
+    once for every code length and head); for any other run, ``encoder``."""
+    from ..models.pretrained import is_pretrained
+
+    if not (is_pretrained(cfg.model) and cfg.tune == "head"):
+        return lambda images: tuple(encoder.encode_array(images.numpy()))
+    from ..models.checkpoint import BEST, load_model
+    from .backbone import encode_on_cached_features
+
+    loaded = load_model(run_dir, BEST)
+    return lambda images: encode_on_cached_features(loaded.model, loaded.normalizer, images,
+                                                    tta_flip=encoder.tta_flip)
 
 
 def model_part(encoder: Encoder, part: str, *, dataset: str | None = None,

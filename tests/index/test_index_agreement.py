@@ -230,13 +230,26 @@ def test_search_and_range_search_equal_brute_force(backend, which, data, tmp_pat
         assert same(b.search(q, k), reference_knn(q, codes, ids, k)), (backend, which, k)
     for r in RADII:
         assert same(b.range_search(q, r), reference_range(q, codes, ids, r)), (backend, which, r)
+    # the results with their records in one call: the same hits, laid out as a range search's, each with the
+    # record its lookup gives
+    for k in KS:
+        lims, D, I, records = b.search_records(q, k)
+        Dk, Ik = reference_knn(q, codes, ids, k)
+        held = Ik >= 0
+        assert np.array_equal(np.diff(lims), held.sum(axis=1)) and same((D, I), (Dk[held], Ik[held])), (backend, k)
+        assert records == b.lookup(I), (backend, which, k)
+    for r in RADII:
+        *got, records = b.range_search_records(q, r)
+        assert same(got, reference_range(q, codes, ids, r)) and records == b.lookup(got[2]), (backend, which, r)
     # the shared checks, in every backend's words
     for bad in (0, -1, 2.5, True, "3"):
-        with pytest.raises(InputError, match="k must be an integer >= 1"):
-            b.search(q, bad)
+        for call in (b.search, b.search_records):
+            with pytest.raises(InputError, match="k must be an integer >= 1"):
+                call(q, bad)
     for bad in (-1, 1.5, False):
-        with pytest.raises(InputError, match="radius must be an integer >= 0"):
-            b.range_search(q, bad)
+        for call in (b.range_search, b.range_search_records):
+            with pytest.raises(InputError, match="radius must be an integer >= 0"):
+                call(q, bad)
     # every id a search returns has a record, its catalog's where the backend keeps one
     _, I = b.search(q, 10)
     records = b.lookup(I[I >= 0])

@@ -16,6 +16,7 @@ import pytest
 
 from dsh.errors import DataError, InputError
 from dsh.index import HammingIndex, Index, IndexSpec, open_index, write_index
+from dsh.index.base import SearchThenLookup
 
 HAVE_FAISS = importlib.util.find_spec("faiss") is not None
 
@@ -106,8 +107,9 @@ def same(a, b) -> bool:
 # -- the backends --------------------------------------------------------------------------------------------------
 
 
-class MIHRange:
-    """A HammingIndex whose range searches go through its multi-index hashing tables."""
+class MIHRange(SearchThenLookup):
+    """A HammingIndex whose range searches go through its multi-index hashing tables (range_search_records
+    too)."""
 
     def __init__(self, index: HammingIndex):
         self._index = index
@@ -117,6 +119,16 @@ class MIHRange:
 
     def __getattr__(self, name):
         return getattr(self._index, name)
+
+
+def subset(index: HammingIndex, n: int) -> HammingIndex:
+    """A copy of ``index``'s first ``n`` items, catalog and metadata with them."""
+    out = HammingIndex(index.nbits)
+    cat = index.catalog.take(np.arange(n))
+    out.add(np.asarray(index.codes[:n]), np.asarray(index.ids[:n]), labels=cat.labels, paths=cat.paths,
+            keys=cat.keys, class_names=cat.class_names or None)
+    out.metadata = dict(index.metadata)
+    return out
 
 
 def copy_of(index: HammingIndex, engine: str = "auto") -> HammingIndex:
@@ -218,13 +230,26 @@ def test_search_and_range_search_equal_brute_force(backend, which, data, tmp_pat
         assert same(b.search(q, k), reference_knn(q, codes, ids, k)), (backend, which, k)
     for r in RADII:
         assert same(b.range_search(q, r), reference_range(q, codes, ids, r)), (backend, which, r)
+    # the results with their records in one call: the same hits, laid out as a range search's, each with the
+    # record its lookup gives
+    for k in KS:
+        lims, D, I, records = b.search_records(q, k)
+        Dk, Ik = reference_knn(q, codes, ids, k)
+        held = Ik >= 0
+        assert np.array_equal(np.diff(lims), held.sum(axis=1)) and same((D, I), (Dk[held], Ik[held])), (backend, k)
+        assert records == b.lookup(I), (backend, which, k)
+    for r in RADII:
+        *got, records = b.range_search_records(q, r)
+        assert same(got, reference_range(q, codes, ids, r)) and records == b.lookup(got[2]), (backend, which, r)
     # the shared checks, in every backend's words
     for bad in (0, -1, 2.5, True, "3"):
-        with pytest.raises(InputError, match="k must be an integer >= 1"):
-            b.search(q, bad)
+        for call in (b.search, b.search_records):
+            with pytest.raises(InputError, match="k must be an integer >= 1"):
+                call(q, bad)
     for bad in (-1, 1.5, False):
-        with pytest.raises(InputError, match="radius must be an integer >= 0"):
-            b.range_search(q, bad)
+        for call in (b.range_search, b.range_search_records):
+            with pytest.raises(InputError, match="radius must be an integer >= 0"):
+                call(q, bad)
     # every id a search returns has a record, its catalog's where the backend keeps one
     _, I = b.search(q, 10)
     records = b.lookup(I[I >= 0])
@@ -414,12 +439,9 @@ def ask(app, files) -> dict:
 
 
 @pytest.fixture(scope="module")
-def served_pair(tmp_path_factory, digits_run, milvus_db):
-    """`dsh serve` over an index file of 60 digit images made with a run, and over the same items in a Milvus
-    Lite collection (`--store milvus --uri --collection`, the flags of dsh search): uvicorn.run is replaced by a
-    function that puts the app through :func:`ask` while the command holds it, so no socket is opened."""
+def digit_index(tmp_path_factory, digits_run):
+    """60 digit images and the index file `dsh index` makes of them with a run: ``(folder, index file, images)``."""
     pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'dsh[serve]')")
-    import uvicorn
     from conftest import write_digit_folder
 
     from dsh.cli import main
@@ -429,8 +451,21 @@ def served_pair(tmp_path_factory, digits_run, milvus_db):
     index = root / "db.dshidx"
     assert main(["index", "--images", str(root / "imgs"), "--run", str(digits_run), "--out", str(index),
                  "--quiet"]) == 0
+    return root / "imgs", index, files
+
+
+@pytest.fixture(scope="module")
+def served_pair(digit_index, digits_run, milvus_db):
+    """`dsh serve` over an index file of 60 digit images made with a run, and over the same items in a Milvus
+    Lite collection (`--store milvus --uri --collection`, the flags of dsh search): uvicorn.run is replaced by a
+    function that puts the app through :func:`ask` while the command holds it, so no socket is opened."""
+    import uvicorn
+
+    from dsh.cli import main
+
+    images, index, files = digit_index
     milvus = ["--store", "milvus", "--uri", milvus_db, "--collection", "served"]
-    assert main(["index", "--images", str(root / "imgs"), "--run", str(digits_run), *milvus, "--overwrite",
+    assert main(["index", "--images", str(images), "--run", str(digits_run), *milvus, "--overwrite",
                  "--quiet"]) == 0
     answers = {}
     real_run = uvicorn.run
@@ -455,6 +490,98 @@ def test_serve_over_milvus_answers_as_over_the_file(served_pair):
     assert any(file[k][1]["results"] for k in file if k.endswith("radius=0"))
     found = [v for k, v in file.items() if k.startswith("item ")]
     assert found[0][0] == 200 and found[0][1]["path"].endswith(".png") and found[1][0] == 404
+
+
+def milvus_requests(monkeypatch) -> list[str]:
+    """From now on, the name of every pymilvus ``MilvusClient`` method called (each one a request to Milvus), in
+    order, in a list that the caller may clear."""
+    import inspect
+
+    import pymilvus
+
+    calls: list[str] = []
+    for name in dir(pymilvus.MilvusClient):
+        method = inspect.getattr_static(pymilvus.MilvusClient, name)
+        if name.startswith("_") or not inspect.isfunction(method):
+            continue  # helpers, and static or class methods (a schema, index parameters: no request)
+
+        def spy(self, *args, _name=name, _method=method, **kwargs):
+            calls.append(_name)
+            return _method(self, *args, **kwargs)
+
+        monkeypatch.setattr(pymilvus.MilvusClient, name, spy)
+    return calls
+
+
+@pytest.mark.parametrize("backend", ["milvus", "milvus-server"])
+def test_a_service_search_is_one_milvus_request(backend, digit_index, tmp_path, request, monkeypatch):
+    """Each search through a writable `dsh serve` over a Milvus collection (Milvus Lite, and a server where one
+    starts) asks Milvus once: a search that brings back its hits' records, no count before it and no lookup
+    after it; and it answers as the service over the index file: the same hits with the same records. The index
+    holds 20 items, fewer than a k-NN's first request asks for (k + 32), so ties never call for a second search
+    (test_searcher_asks_milvus_only_to_search has ties that do)."""
+    from fastapi.testclient import TestClient
+
+    from dsh.runtime.searcher import Searcher
+    from dsh.serve.app import ServeSettings, create_app
+
+    _, path, files = digit_index
+    with open_index(path) as full:
+        small = subset(full, 20)
+    small.save(tmp_path / "small.dshidx")
+    db = request.getfixturevalue("milvus_db" if backend == "milvus" else "milvus_server_uri")
+    spec = IndexSpec(db, "one_request")
+    write_index(small, spec, overwrite=True)
+    calls = milvus_requests(monkeypatch)
+    answers: dict[str, dict] = {}
+    for name, where in (("file", tmp_path / "small.dshidx"), ("milvus", spec)):
+        with Searcher.open(where) as searcher:
+            c = TestClient(create_app(searcher, ServeSettings(writable=True, data_dir=str(tmp_path / name))))
+            for f in files[:5]:
+                for query in ("k=1", "k=10", "radius=2"):
+                    calls.clear()
+                    r = c.post(f"/api/search?{query}", files={"image": (f.name, f.read_bytes(), "image/png")})
+                    answers.setdefault(name, {})[f"{f.name} {query}"] = (r.status_code, r.json(), list(calls))
+                calls.clear()
+                r = c.post("/api/search?k=7", json={"hex": r.json()["query"]["hex"]})
+                answers[name][f"{f.name} hex"] = (r.status_code, r.json(), list(calls))
+    with open_index(spec) as index:
+        index.drop()
+    assert answers["file"].keys() == answers["milvus"].keys()
+    for what, (status, body, asked) in answers["milvus"].items():
+        assert status == 200 and asked == ["search"], what
+        assert body == answers["file"][what][1], what
+        assert answers["file"][what][2] == []  # the file index asks no one
+    found = [n for _, body, _ in answers["file"].values() for n in body["results"]]
+    assert len(found) > 5 * 12 and all(n["path"].endswith(".png") and "label" in n for n in found)
+    assert any(body["results"] for what, (_, body, _) in answers["file"].items() if "radius" in what)
+
+
+def test_searcher_asks_milvus_only_to_search(data, tmp_path, request, monkeypatch):
+    """With heavy ties (a k-NN's ties overflow its first request, so it asks again with a larger limit) and range
+    searches, a Searcher over Milvus sends searches only, each bringing its hits' records: never a lookup."""
+    from dsh.runtime.searcher import Searcher
+
+    index, q = data["ties"]
+    want = {(k, r): [x.to_dict() for x in Searcher(copy_of(index)).search_codes(q, k=k, radius=r)]
+            for k, r in ((12, None), (1000, None), (None, 2))}
+    ran = 0
+    for name in ("milvus", "milvus-server"):
+        if not available(name, request):
+            continue
+        b = open_backend(name, index, tmp_path, request)
+        calls = milvus_requests(monkeypatch)
+        for (k, r), expected in want.items():
+            calls.clear()
+            assert [x.to_dict() for x in Searcher(b).search_codes(q, k=k, radius=r)] == expected, (name, k, r)
+            assert calls and set(calls) == {"search"}, (name, k, r, calls)
+            if k == 12:
+                assert len(calls) > 1  # the ties did overflow the first request
+        monkeypatch.undo()
+        b.close()
+        ran += 1
+    if not ran:
+        pytest.skip(NO_MILVUS or "no Milvus here")
 
 
 def test_no_front_end_imports_a_backend():

@@ -7,7 +7,9 @@ so the same codes give the same arrays whatever holds them. :func:`dsh.index.sto
 :class:`dsh.runtime.searcher.Searcher` and the front ends take any of them.
 
 The checks (:func:`check_k`, :func:`check_radius`, :func:`check_new_ids`) are written once here so that every
-backend refuses a bad value with the same one-line :class:`dsh.errors.InputError`.
+backend refuses a bad value with the same one-line :class:`dsh.errors.InputError`. :class:`SearchThenLookup` gives a
+backend whose records are in this process ``search_records`` and ``range_search_records`` as its search followed
+by its lookup; a remote backend answers both in one request of its own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from ..errors import InputError
 if TYPE_CHECKING:
     from .catalog import Catalog
 
-__all__ = ["Index", "check_k", "check_radius", "check_new_ids", "check_whole"]
+__all__ = ["Index", "SearchThenLookup", "check_k", "check_radius", "check_new_ids", "check_whole"]
 
 
 @runtime_checkable
@@ -40,6 +42,11 @@ class Index(Protocol):
       :class:`~dsh.errors.InputError` from both.
     - ``lookup(ids) -> list[dict]``: each id's record, ``{"id": id}`` plus the catalog's fields (``label``,
       ``class``, ``path``, ``key``, those the index has); ``KeyError`` for an id not held.
+    - ``search_records(q, k)`` and ``range_search_records(q, radius)``: the results and the record of each,
+      seen in one state of the index (what a front end shows): ``lims int64[nq + 1]``, ``D int32[m]``,
+      ``I int64[m]`` laid out as range_search's (for k-NN, query ``i``'s at most ``k`` results, fewer where the
+      index holds fewer) and ``records``, ``m`` dicts, ``records[t] == lookup([I[t]])[0]``. A remote index
+      answers each in one request, not a search and then a lookup.
     - ``catalog``: every record as a :class:`~dsh.index.catalog.Catalog` whose row ``i`` belongs to the ``i``-th
       smallest id, or ``None`` where the index has none (a remote index reads all of it: use ``lookup`` for a few).
     - ``metadata``: a JSON-able dict that belongs to the whole index (the model that made the codes, the source).
@@ -69,7 +76,33 @@ class Index(Protocol):
 
     def lookup(self, ids) -> list[dict]: ...
 
+    def search_records(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]: ...
+
+    def range_search_records(self, q: np.ndarray, radius: int
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]: ...
+
     def close(self) -> None: ...
+
+
+class SearchThenLookup:
+    """:meth:`search_records` and :meth:`range_search_records` of :class:`Index` for a backend that holds its
+    records in this process (where a lookup costs no request): its own ``search`` or ``range_search``, then its
+    ``lookup`` of what was found. The backend must not change between the two (an index that takes changes while
+    it is searched hands out immutable snapshots, and these run on one)."""
+
+    def search_records(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        # never more columns than the index holds: a huge k must not allocate nq x k result arrays
+        D, I = self.search(q, min(check_k(k), max(self.ntotal, 1)))
+        found = I >= 0  # the -1 tail of each row
+        lims = np.zeros(D.shape[0] + 1, np.int64)
+        np.cumsum(found.sum(axis=1), out=lims[1:])
+        D, I = D[found], I[found]
+        return lims, D, I, self.lookup(I) if I.size else []
+
+    def range_search_records(self, q: np.ndarray, radius: int
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        lims, D, I = self.range_search(q, radius)
+        return lims, D, I, self.lookup(I) if I.size else []
 
 
 def check_whole(name: str, value, low: int) -> int:

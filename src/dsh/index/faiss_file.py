@@ -26,7 +26,7 @@ import numpy as np
 from ..codes.bits import check_codes, nbytes_for
 from ..errors import DataError, InputError
 from ..utils.fileio import atomic_write
-from .base import check_k, check_new_ids, check_radius, check_whole
+from .base import SearchThenLookup, check_k, check_new_ids, check_radius, check_whole
 
 __all__ = ["FAISS_KINDS", "FaissBinaryIndex", "knn_exact", "range_exact", "read_faiss", "to_faiss", "write_faiss"]
 
@@ -167,7 +167,7 @@ def range_exact(index, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarr
     return lims, Df[order].astype(np.int32), If[order].astype(np.int64)
 
 
-class FaissBinaryIndex:
+class FaissBinaryIndex(SearchThenLookup):
     """A faiss binary index (a file :func:`read_faiss` read, or one in memory) behind dsh's
     :class:`~dsh.index.base.Index` interface: ``search`` and ``range_search`` in (distance, id) order, read-only
     (``add`` and ``remove`` raise :class:`InputError`), no catalog (``lookup`` gives ``{"id": id}``).

@@ -38,7 +38,7 @@ from ..codes.bits import check_codes, nbytes_for
 from ..codes.hamming import pairwise_hamming_reference
 from ..errors import DataError, InputError
 from ..utils.fileio import END_MARKER, TRAILER, atomic_write, check_trailer, read_header
-from .base import check_k, check_new_ids, check_radius, check_whole
+from .base import SearchThenLookup, check_k, check_new_ids, check_radius, check_whole
 from .catalog import Catalog, catalog_file, catalog_path, new_uid, written_beside
 from .distinct import Groups, position_dtype
 from .faiss_file import knn_exact, range_exact
@@ -79,7 +79,7 @@ def _layout(hsize: int, n: int, w: int, u: int) -> tuple[int, int, int, int, int
     return codes_off, ids_off, goff_off, gpos_off, gpos_off + 8 * n
 
 
-class HammingIndex:
+class HammingIndex(SearchThenLookup):
     """Exact search over ``nbits``-bit packed codes ``uint8[n, ceil(nbits / 8)]``.
 
     ``engine``: ``"auto"`` (= ``"numba"``), ``"numba"`` (multi-threaded scan; ``numba.set_num_threads`` sets the

@@ -49,7 +49,7 @@ from ..codes.bits import check_codes
 from ..errors import DataError, InputError, one_line
 from ..utils.fileio import TRAILER, atomic_write
 from ..utils.runlock import lock_held
-from .base import check_k, check_new_ids, check_radius
+from .base import SearchThenLookup, check_k, check_new_ids, check_radius
 from .catalog import Catalog
 from .flat import HammingIndex
 
@@ -175,7 +175,7 @@ def _build(nbits: int, *parts: dict) -> HammingIndex:
     return out
 
 
-class LiveView:
+class LiveView(SearchThenLookup):
     """An immutable state of a live index: ``base`` (the index file's items, never changed), ``dead`` (ids of
     ``base`` removed, ``int64[m]`` ascending) and ``added`` (items added since, in memory). It answers every
     reading call of :class:`dsh.index.base.Index` exactly as one :class:`HammingIndex` holding the same items
@@ -506,6 +506,12 @@ class LiveIndex:
 
     def lookup(self, ids):
         return self._view.lookup(ids)
+
+    def search_records(self, q, k):
+        return self._view.search_records(q, k)  # one view for the search and its lookup
+
+    def range_search_records(self, q, radius):
+        return self._view.range_search_records(q, radius)
 
     def __repr__(self) -> str:
         return f"LiveIndex({str(self.path)!r}, ntotal={self.ntotal}, pending={self.pending}, writable={self.writable})"

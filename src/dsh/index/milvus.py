@@ -686,27 +686,10 @@ class MilvusIndex:
         each row ordered by (distance, id), the tail ``-1`` where the index holds fewer than ``k`` codes."""
         q = check_codes(q, self.nbits, name="queries")
         k = check_k(k)
-        nq = q.shape[0]
-        D = np.full((nq, k), -1, np.int32)
-        I = np.full((nq, k), -1, np.int64)
-        limit = min(TOPK_MAX, max(2 * k, k + 32))
-        todo = np.arange(nq)
-        while todo.size:
-            results = self._search(q[todo], limit)
-            later = []
-            for j, (d, i) in zip(todo, results):
-                # fewer results than asked for: nothing was left out. Otherwise every code nearer than the last
-                # one returned is among them, and so is every code at the k-th distance once the last is farther
-                if len(i) < limit or (len(i) > k and d[-1] > d[k - 1]):
-                    m = min(k, len(i))
-                    D[j, :m], I[j, :m] = d[:m], i[:m]
-                elif limit >= TOPK_MAX:
-                    d, i = self._knn_by_distance(q[j], k, d, i)
-                    D[j, : len(i)], I[j, : len(i)] = d, i
-                else:
-                    later.append(j)
-            todo = np.asarray(later, np.int64)
-            limit = min(TOPK_MAX, 4 * limit)
+        D = np.full((q.shape[0], k), -1, np.int32)
+        I = np.full((q.shape[0], k), -1, np.int64)
+        for j, (d, i, _) in enumerate(self._knn(q, k)):
+            D[j, : len(i)], I[j, : len(i)] = d, i
         return D, I
 
     def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -714,22 +697,77 @@ class MilvusIndex:
         ``lims int64[nq + 1]``, ``D int32[lims[-1]]``, ``I int64[lims[-1]]``, each query's ordered by (distance,
         id)."""
         q = check_codes(q, self.nbits, name="queries")
-        radius = min(check_radius(radius), self._dim)
-        nq = q.shape[0]
-        if nq == 0:
-            return np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64)
-        results = self._search(q, TOPK_MAX, lo=0, hi=radius + 1)
-        Ds, Is = [], []
-        for j, (d, i) in enumerate(results):
+        lims, D, I, _ = _joined(self._range(q, check_radius(radius)))
+        return lims, D, I
+
+    def search_records(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """:meth:`search` and the record of every code found (as :meth:`lookup` gives it), laid out as
+        :meth:`range_search`'s results: ``lims``, ``D``, ``I``, ``records`` (see :class:`dsh.index.base.Index`).
+        One Milvus request per block of queries: the search returns the catalog fields with its hits, so no
+        lookup follows it (a second request, which could also see a later state of the collection than the
+        search did: an item removed meanwhile would have no record)."""
+        q = check_codes(q, self.nbits, name="queries")
+        return self._with_records(self._knn(q, check_k(k), self._catalog_fields()))
+
+    def range_search_records(self, q: np.ndarray, radius: int
+                             ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        """:meth:`range_search` and the record of every code found, in one request, as :meth:`search_records`."""
+        q = check_codes(q, self.nbits, name="queries")
+        return self._with_records(self._range(q, check_radius(radius), self._catalog_fields()))
+
+    def _knn(self, q: np.ndarray, k: int, fields: list[str] | None = None) -> list[tuple]:
+        """Per query ``(D int32[m], I int64[m], rows)``, its ``m <= k`` nearest codes ordered by (distance, id);
+        ``rows``: each one's ``fields`` (a dict per code), or None without ``fields``."""
+        out: list[tuple] = [None] * q.shape[0]
+        limit = min(TOPK_MAX, max(2 * k, k + 32))
+        todo = np.arange(q.shape[0])
+        while todo.size:
+            results = self._search(q[todo], limit, fields=fields)
+            later = []
+            for j, (d, i, rows) in zip(todo, results):
+                # fewer results than asked for: nothing was left out. Otherwise every code nearer than the last
+                # one returned is among them, and so is every code at the k-th distance once the last is farther
+                if len(i) < limit or (len(i) > k and d[-1] > d[k - 1]):
+                    m = min(k, len(i))
+                    out[j] = (d[:m], i[:m], None if rows is None else rows[:m])
+                elif limit >= TOPK_MAX:
+                    d, i = self._knn_by_distance(q[j], k, d, i)
+                    out[j] = (d, i, self._rows_of(i, fields))
+                else:
+                    later.append(j)
+            todo = np.asarray(later, np.int64)
+            limit = min(TOPK_MAX, 4 * limit)
+        return out
+
+    def _range(self, q: np.ndarray, radius: int, fields: list[str] | None = None) -> list[tuple]:
+        """Per query ``(D, I, rows)`` as :meth:`_knn`'s, every code within distance ``radius``."""
+        radius = min(radius, self._dim)
+        if q.shape[0] == 0:
+            return []
+        out = []
+        for j, (d, i, rows) in enumerate(self._search(q, TOPK_MAX, lo=0, hi=radius + 1, fields=fields)):
             if len(i) >= TOPK_MAX:  # more than one request holds: gather them a distance at a time
                 parts = [self._bucket(q[j], dist) for dist in range(radius + 1)]
                 i = np.concatenate(parts)
                 d = np.concatenate([np.full(len(p), dist, np.int32) for dist, p in enumerate(parts)])
-            Ds.append(d)
-            Is.append(i)
-        lims = np.zeros(nq + 1, np.int64)
-        lims[1:] = np.cumsum([len(i) for i in Is])
-        return lims, np.concatenate(Ds).astype(np.int32), np.concatenate(Is).astype(np.int64)
+                rows = self._rows_of(i, fields)
+            out.append((d, i, rows))
+        return out
+
+    def _rows_of(self, ids: np.ndarray, fields: list[str] | None) -> list[dict] | None:
+        """``fields`` of each of ``ids`` (held), for results gathered by more than one request (ties or a range
+        past Milvus's cap), where one more request is the least of the cost."""
+        if fields is None:
+            return None
+        found = self._fetch(ids, fields)
+        return [found[int(x)] for x in ids]
+
+    def _with_records(self, results: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict]]:
+        lims, D, I, rows = _joined(results)
+        if not rows:
+            return lims, D, I, []
+        cat = self._catalog_of(rows)
+        return lims, D, I, [{"id": int(x), **cat.record(t)} for t, x in enumerate(I)]
 
     def _knn_by_distance(self, qv, k, d, i):
         """k-NN for a query whose ties at the k-th distance overflow a request: the codes nearer than the last
@@ -753,7 +791,7 @@ class MilvusIndex:
         is split at the median of the ids that came back, so each part holds fewer codes than the whole (ids may
         be anywhere in int64: a server's are random)."""
         flt = None if (lo == 0 and hi is None) else f"id >= {lo}" + ("" if hi is None else f" and id < {hi}")
-        [(_, ids)] = self._search(qv[None], TOPK_MAX, lo=dist, hi=dist + 1, filter=flt)
+        [(_, ids, _)] = self._search(qv[None], TOPK_MAX, lo=dist, hi=dist + 1, filter=flt)
         ids = np.sort(ids)
         if len(ids) < TOPK_MAX:
             return ids if need is None else ids[:need]
@@ -765,9 +803,10 @@ class MilvusIndex:
         return np.concatenate([left, right])
 
     def _search(self, q: np.ndarray, limit: int, lo: int | None = None, hi: int | None = None,
-                filter: str | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
-        """One Milvus search per block of queries: per query ``(D int32, I int64)`` sorted by (distance, id).
-        ``lo``/``hi``: only distances ``lo <= d < hi`` (a range search)."""
+                filter: str | None = None, fields: list[str] | None = None) -> list[tuple]:
+        """One Milvus search per block of queries: per query ``(D int32, I int64, rows)`` sorted by (distance,
+        id). ``lo``/``hi``: only distances ``lo <= d < hi`` (a range search). ``fields``: the search returns these
+        fields of each hit too (``rows``, a dict per hit; None without ``fields``)."""
         params: dict[str, Any] = {"metric_type": "HAMMING"}
         if hi is not None:
             params["params"] = {"radius": int(hi), "range_filter": int(lo or 0)}
@@ -776,18 +815,30 @@ class MilvusIndex:
         for a in range(0, q.shape[0], step):
             data = [row.tobytes() for row in q[a : a + step]]
             with self._calls("search"):
+                # Strong: the search sees every write acknowledged before it was sent, by this client or any other
+                # (another service over the collection). Session would miss the other clients' writes, and
+                # Bounded (or Eventually) may miss any write of the last few seconds (the server's graceful time,
+                # 5 s by default), while an added item must be found through every service at once. Its price is
+                # a wait for the server's next time tick, paid once per search now that one request brings the
+                # records too.
                 res = self._client.search(self._name, data=data, anns_field="code", limit=int(limit),
-                                          search_params=params, filter=filter or "", output_fields=[])
+                                          search_params=params, filter=filter or "", output_fields=fields or [],
+                                          consistency_level="Strong")
             for hits in res:
+                rows = None
                 ids = getattr(hits, "ids", None)
-                if ids is not None:
+                if fields:
+                    rows = [h["entity"] for h in hits]
+                    I = np.array([h["id"] for h in hits], np.int64)
+                    D = np.rint(np.array([h["distance"] for h in hits], np.float64)).astype(np.int32)
+                elif ids is not None:
                     I = np.asarray(ids, np.int64)
                     D = np.rint(np.asarray(hits.distances, np.float64)).astype(np.int32)
                 else:  # older pymilvus: a list of dicts
                     I = np.array([h["id"] for h in hits], np.int64)
                     D = np.rint(np.array([h["distance"] for h in hits], np.float64)).astype(np.int32)
                 order = np.lexsort((I, D))
-                out.append((D[order], I[order]))
+                out.append((D[order], I[order], None if rows is None else [rows[t] for t in order]))
         return out
 
     # -- helpers ---------------------------------------------------------------------------------------------------
@@ -970,3 +1021,14 @@ def _check_meta_size(meta: dict) -> None:
     if size > _META_MAX:
         raise InputError(f"the index metadata (class names, model record, ...) takes {size:,} bytes as JSON; "
                          f"Milvus keeps at most {_META_MAX:,}")
+
+
+def _joined(results: list[tuple]) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[dict] | None]:
+    """Per-query ``(D, I, rows)`` -> ``lims int64[nq + 1]``, ``D int32[m]``, ``I int64[m]`` laid out as a range
+    search's, and the rows joined alike (None where the results have none)."""
+    lims = np.zeros(len(results) + 1, np.int64)
+    lims[1:] = np.cumsum([len(i) for _, i, _ in results])
+    D = np.concatenate([np.zeros(0, np.int32), *(d for d, _, _ in results)]).astype(np.int32)
+    I = np.concatenate([np.zeros(0, np.int64), *(i for _, i, _ in results)]).astype(np.int64)
+    rows = None if any(r is None for _, _, r in results) else [row for _, _, r in results for row in r]
+    return lims, D, I, rows

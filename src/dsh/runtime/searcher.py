@@ -165,23 +165,18 @@ class Searcher:
         ``radius`` every item within that Hamming distance (inclusive), ordered by (distance, id)."""
         codes = check_codes(codes, self.index.nbits, name="query codes")
         nbits = self.index.nbits
+        # the results and their records together: a remote index answers both in one request (and a search
+        # followed by a lookup would cost two, and could see two states of an index that others change)
         if radius is not None:
             # beyond nbits every item is within the radius already
-            lims, D, I = self.index.range_search(codes, min(check_radius(radius), nbits))
-            rows = [(D[lims[j] : lims[j + 1]], I[lims[j] : lims[j + 1]]) for j in range(codes.shape[0])]
+            lims, D, I, records = self.index.range_search_records(codes, min(check_radius(radius), nbits))
         else:
-            # never more than the index holds: a huge k must not allocate nq x k result arrays
-            kk = min(check_k(k), max(self.index.ntotal, 1))
-            D, I = self.index.search(codes, kk)
-            rows = [(D[j][I[j] >= 0], I[j][I[j] >= 0]) for j in range(codes.shape[0])]
+            lims, D, I, records = self.index.search_records(codes, check_k(k))
         hexes, bits = to_hex(codes, nbits), to_binary_string(codes, nbits)
-        # one lookup for all the queries (a remote index answers it in one round trip)
-        all_ids = [int(x) for _, i in rows for x in i]
-        records = self._records(all_ids)
-        bounds = np.concatenate([[0], np.cumsum([len(i) for _, i in rows])]).astype(int)
         return [QueryResult(codes[j].copy(), hexes[j], bits[j],
-                            self.neighbors(d, i, records[bounds[j] : bounds[j + 1]]))
-                for j, (d, i) in enumerate(rows)]
+                            self.neighbors(D[lims[j] : lims[j + 1]], I[lims[j] : lims[j + 1]],
+                                           records[lims[j] : lims[j + 1]]))
+                for j in range(codes.shape[0])]
 
     def _records(self, ids: list[int]) -> list[dict]:
         # lookup, not the catalog: a remote index reads only these records (and one without a catalog gives

@@ -90,6 +90,8 @@ class TrainConfig:
     # --- optimisation ---
     # 16: at 8, MNIST's validation mAP was still rising (8 bits stopped near 0.983 test mAP); 16 passed 0.99
     epochs: int = setting(16, "passes over the training images")
+    min_steps: int | None = setting(None, "optimiser steps a run makes at least: where the training images are few, "
+                                          "the epochs are raised to reach them (a pretrained backbone's recipe: 300)")
     batch_size: int = setting(128, "images per step; the loss uses all pairs of a batch")
     optimizer: str = setting("adamw", "adamw, or sgd (with Nesterov momentum)", choices=("adamw", "sgd"))
     lr: float = setting(1e-3, "peak learning rate")
@@ -128,6 +130,7 @@ class TrainConfig:
 
         need(1 <= self.nbits <= MAX_NBITS, "nbits", f"between 1 and {MAX_NBITS}")
         need(self.epochs >= 1, "epochs", ">= 1")
+        need(self.min_steps is None or self.min_steps >= 1, "min_steps", ">= 1")
         need(self.batch_size >= 2, "batch_size", ">= 2 (the loss needs pairs)")
         need(self.lr > 0 and math.isfinite(self.lr), "lr", "a finite number > 0")
         need(self.alpha >= 0 and math.isfinite(self.alpha), "alpha", "a finite number >= 0")

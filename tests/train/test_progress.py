@@ -120,3 +120,25 @@ def test_a_resumed_run_stands_where_an_uninterrupted_one_does(tmp_path, monkeypa
     on_disk.load_state_dict(saved)
     assert on_disk == last
     assert_same({k: saved[k] for k in STATEFUL}, resumed[-1][1], "last.pt")
+
+
+def test_min_steps_raises_the_epochs_of_a_small_dataset_and_a_resume_ends_alike(tmp_path):
+    from dsh.train.setup import with_min_steps
+
+    cfg = TrainConfig(dataset="digits", nbits=8, epochs=1, min_steps=7, batch_size=512, tensorboard=False)
+    assert with_min_steps(cfg, 3, log=lambda m: None).epochs == 3  # ceil(7 / 3)
+    assert with_min_steps(cfg, 7, log=lambda m: None) is cfg  # one epoch already makes 7 steps
+    unset = dataclasses.replace(cfg, min_steps=None)
+    assert with_min_steps(unset, 3, log=lambda m: None) is unset
+    import re
+
+    said: list[str] = []
+    whole = loop.train(cfg, tmp_path / "whole", progress=False, log=said.append)
+    steps = int(re.search(r"1 epochs of (\d+) steps are fewer than min_steps 7", "\n".join(said)).group(1))
+    epochs = -(-7 // steps)
+    assert epochs > 1 and len(whole.history) == epochs
+    quiet = dict(progress=False, log=lambda m: None)
+    loop.train(cfg, tmp_path / "resumed", stop_after=1, **quiet)
+    resumed = loop.train(cfg, tmp_path / "resumed", resume=True, **quiet)
+    assert len(resumed.history) == epochs
+    assert read_checkpoint(tmp_path / "resumed", "last.pt")[1]["config"]["epochs"] == epochs

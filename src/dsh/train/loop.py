@@ -246,6 +246,7 @@ def train(
 
         with ctx.local_master_first():  # ddp: one download and one dataset cache entry per machine
             run, state = setup(cfg, run_dir, ctx.device, saved, world_size=ctx.world_size, log=log)
+        cfg = run.cfg  # min_steps may have raised the epochs
         if saved is not None:
             log(f"resuming {run_dir} at epoch {state.epoch + 2}/{cfg.epochs}")
         if ctx.ddp:

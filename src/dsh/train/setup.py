@@ -228,6 +228,7 @@ def setup(cfg: TrainConfig, run_dir: Path, device: torch.device, saved: dict[str
     a pretrained backbone's feature caching reports. Returns the run and where it stands."""
     seed_everything(cfg.seed)
     data = setup_data(cfg, device, normalizer=saved["normalizer"] if saved is not None else None)
+    cfg = with_min_steps(cfg, len(data.loader), log)
     parts = setup_model(cfg, data, device, saved, run_dir, world_size, log)
     run = Run(cfg=cfg, run_dir=run_dir, device=device, data=data, raw_model=parts.model, loss_fn=parts.loss_fn,
               optimizer=parts.optimizer, scheduler=parts.scheduler, model=parts.start.step_module,
@@ -237,6 +238,18 @@ def setup(cfg: TrainConfig, run_dir: Path, device: torch.device, saved: dict[str
         with resume_errors(run_dir):
             load_resume_state(state, run.stateful(), saved)
     return run, state
+
+
+def with_min_steps(cfg: TrainConfig, steps_per_epoch: int, log: Callable[[str], None] = print) -> TrainConfig:
+    """``cfg`` with its epochs raised so that the run makes at least ``cfg.min_steps`` optimiser steps of
+    ``steps_per_epoch`` each (unchanged without ``min_steps`` or where the epochs already reach it). The same
+    settings and images give the same epochs, so a resumed run ends where an uninterrupted one would."""
+    if not cfg.min_steps or steps_per_epoch * cfg.epochs >= cfg.min_steps:
+        return cfg
+    epochs = -(-cfg.min_steps // steps_per_epoch)
+    log(f"{cfg.epochs} epochs of {steps_per_epoch} steps are fewer than min_steps {cfg.min_steps}: training "
+        f"{epochs} epochs")
+    return dataclasses.replace(cfg, epochs=epochs)
 
 
 @contextmanager

@@ -3,6 +3,8 @@ the full network on the images), the head warm start before fine-tuning, resume,
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -125,6 +127,37 @@ def test_the_onnx_export_of_a_pretrained_run_gives_the_torch_codes(head_run, tmp
     onnx_codes = Encoder.from_file(tmp_path / "m.onnx").encode_array(images).codes
     same = np.mean(np.all(torch_codes == onnx_codes, axis=1))
     assert same >= 0.999 and len(np.unique(onnx_codes, axis=0)) > 10
+
+
+def test_dsh_serve_serves_the_onnx_export_of_a_pretrained_run(head_run, tmp_path):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("fastapi")
+    from conftest import write_digit_folder
+    from fastapi.testclient import TestClient
+
+    from dsh.runtime.searcher import Searcher
+    from dsh.serve import create_app
+
+    run, _ = head_run
+    model = tmp_path / "m.onnx"
+    assert main(["export", "--run", str(run), "--out", str(model)]) == 0
+    files = write_digit_folder(tmp_path / "imgs", 40)
+    index = tmp_path / "db.dshidx"
+    assert main(["index", "--images", str(tmp_path / "imgs"), "--model", str(model), "--out", str(index),
+                 "--quiet"]) == 0
+    client = TestClient(create_app(Searcher.open(index, model=str(model))))
+    assert client.get("/healthz").status_code == 200
+    from dsh.codes.bits import to_hex
+
+    torch_encoder = Encoder.from_run(run, backend="torch")
+    torch_hex = to_hex(torch_encoder.encode([str(f) for f in files]).codes, torch_encoder.nbits)
+    for i in (0, 17, 39):
+        r = client.post("/api/search?k=5", files={"image": ("q.png", files[i].read_bytes(), "image/png")})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["query"]["hex"] == torch_hex[i]  # the backbone and head, as torch has them
+        hits = {Path(h["path"]).name: h["distance"] for h in body["results"]}
+        assert hits.get(files[i].name) == 0  # the picture finds itself
 
 
 @pytest.mark.parametrize("overrides,flag", [

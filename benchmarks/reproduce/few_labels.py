@@ -129,7 +129,7 @@ def run_finetune(args, tree: Path, per_class: int, database, queries, out: Path)
     cfg = resolve_config({"dataset": "folder", "data_root": str(tree), "nbits": args.bits, "input_size":
                           args.input_size, "val_size": 0.2, "seed": args.seed, "threads": args.threads,
                           "tensorboard": False, "image_size": 32, "batch_size": batch, "epochs": epochs,
-                          "tta_flip": False},
+                          "tta_flip": False, "min_steps": args.finetune_steps},
                          preset="cifar10-lite0-finetune")
     return train_and_judge(cfg, out / "runs" / f"finetune_{per_class}", database, queries)
 

@@ -92,21 +92,14 @@ def encode_and_judge(run_dir: Path, database, queries, nbits: int) -> dict:
     """The tie-aware mAP of the codes the run's own network (torch, as it judged itself) gives the images; a head
     run's through the backbone's cached features (the same codes: tests/train/test_train_pretrained.py), so the
     database's features are computed once for every budget."""
-    from dsh.models.checkpoint import BEST, load_model
+    from dsh.config import TrainConfig
     from dsh.runtime import Encoder
-    from dsh.train.backbone import encode_on_cached_features
+    from dsh.train.experiment import run_encoding
 
     encoder = Encoder.from_run(run_dir, backend="torch")
-    if encoder.info.train_config.get("tune") == "head":
-        loaded = load_model(run_dir, BEST)
-
-        def codes(part):
-            return encode_on_cached_features(loaded.model, loaded.normalizer, part.images,
-                                             tta_flip=encoder.tta_flip)[1]
-    else:
-        def codes(part):
-            return encoder.encode_array(part.images.numpy()).codes
-    return evaluate(codes(queries), queries.labels.numpy(), codes(database), database.labels.numpy(), nbits)
+    encode = run_encoding(run_dir, TrainConfig.of_model(encoder.info, encoder.source), encoder)
+    return evaluate(encode(queries.images)[1], queries.labels.numpy(), encode(database.images)[1],
+                    database.labels.numpy(), nbits)
 
 
 def train_and_judge(cfg, run_dir: Path, database, queries) -> dict:

@@ -61,7 +61,7 @@ def encode_and_evaluate(
     protocol = cfg.protocol
     t0 = time.perf_counter()
     query, database = judged_parts(cfg, data_root)
-    encode = _frozen_backbone_encoding(run_dir, cfg, encoder)
+    encode = run_encoding(run_dir, cfg, encoder)
     q_u, q_codes = encode(query.images)
     db_codes = encode(database.images)[1]
     encode_seconds = time.perf_counter() - t0
@@ -78,7 +78,7 @@ def encode_and_evaluate(
     return RunEvaluation(q, db, metrics, encode_seconds, time.perf_counter() - t0, model_record(encoder))
 
 
-def _frozen_backbone_encoding(run_dir, cfg: TrainConfig, encoder: Encoder):
+def run_encoding(run_dir, cfg: TrainConfig, encoder: Encoder):
     """``uint8[N, C, H, W]`` tensor -> ``(u float32[N, nbits], codes uint8[N, nbytes])``: for a pretrained run that
     trained its head alone, the head on the backbone's cached features (the database's features are then computed
     once for every code length and head); for any other run, ``encoder``."""

@@ -4,6 +4,7 @@ see a change whole or not at all; one writer; a full disk changes nothing."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 
 from dsh.errors import DataError, InputError
 from dsh.index.flat import HammingIndex
-from dsh.index.live import FoldPolicy, LiveIndex, log_path
+from dsh.index.live import _LOG_HEAD, FoldPolicy, LiveIndex, has_changes_logged, log_path
 
 NBITS = 12  # a small code space, so queries have many neighbours at small distances
 CLASSES = ["a", "b", "c"]
@@ -118,14 +119,14 @@ def test_new_ids_are_never_reused(setup):
 
 def test_folds_by_policy_and_reads_the_log_only_once(setup):
     path, ref, rng = setup
-    live = LiveIndex.open(path, policy=FoldPolicy(added=5, removed=3))
+    live = LiveIndex.open(path, policy=FoldPolicy(added=5, removed=3, background=False))
     random_ops(rng, ref, live, 40)
     assert live.folds >= 3
     assert_same(live, ref, rng)
     old_log = log_path(path).read_bytes()
     live.fold()
-    # a crash between writing the new index file and the new log leaves the old log beside it: it names the old
-    # file and is dropped, so nothing is applied twice
+    # a crash between writing the new index file and the new log leaves the old log beside it: the file records
+    # the number of the last record it holds, and those records are skipped, so nothing is applied twice
     live.close(fold=False)
     log_path(path).write_bytes(old_log)
     with LiveIndex.open(path) as again:
@@ -155,9 +156,9 @@ def test_torn_tail_is_dropped_and_damaged_middle_refused(setup):
     with LiveIndex.open(path, writable=False) as reader:
         assert_same(reader, ref, rng)
     damaged = bytearray(log_path(path).read_bytes())
-    damaged[28 + 12 + 5] ^= 0xFF  # the first record's payload, records after it
+    damaged[_LOG_HEAD.size + 12 + 5] ^= 0xFF  # the first record's payload, records after it
     log_path(path).write_bytes(bytes(damaged))
-    with pytest.raises(DataError, match="damaged record at byte 28") as e:
+    with pytest.raises(DataError, match=f"damaged record at byte {_LOG_HEAD.size}") as e:
         LiveIndex.open(path)
     assert "\n" not in str(e.value)
 
@@ -221,6 +222,129 @@ def test_refused_adds_change_nothing(setup):
             live.add(np.zeros((1, 5), np.uint8))
         assert live.bytes_written == size
         assert_same(live, ref, rng)
+
+
+def _hold_saves(monkeypatch):
+    """HammingIndex.save made to wait (in the fold's thread) until the test lets it go on."""
+    started, release = threading.Event(), threading.Event()
+    real_save = HammingIndex.save
+
+    def held_save(self, *args, **kwargs):
+        started.set()
+        assert release.wait(60)
+        return real_save(self, *args, **kwargs)
+
+    monkeypatch.setattr(HammingIndex, "save", held_save)
+    return started, release
+
+
+def test_a_background_fold_lets_changes_and_searches_go_on(setup, tmp_path, monkeypatch):
+    path, ref, rng = setup
+    started, release = _hold_saves(monkeypatch)
+    live = LiveIndex.open(path, policy=FoldPolicy(added=5))
+    while not live.folding:
+        random_ops(rng, ref, live, 1)
+    assert started.wait(30)
+    size_before = path.stat().st_size
+    random_ops(rng, ref, live, 30)  # the fold is writing the file meanwhile: changes are not held up
+    assert live.folding and live.folds == 0
+    assert_same(live, ref, rng)
+    # a kill -9 now: the file as it was, the log with every change
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for f in tmp_path.iterdir():
+        if f.is_file():
+            (crashed / f.name).write_bytes(f.read_bytes())
+    with LiveIndex.open(crashed / path.name, writable=False) as reader:
+        assert_same(reader, ref, rng)
+    release.set()
+    assert live.wait_for_fold(60)
+    assert live.folds == 1 and live.last_fold_error is None
+    assert path.stat().st_size != size_before
+    assert live.pending > 0  # the changes made during the fold are kept, now on top of the folded file
+    assert_same(live, ref, rng)
+    random_ops(rng, ref, live, 5)
+    live.close(fold=False)
+    with LiveIndex.open(path, writable=False) as reader:
+        assert_same(reader, ref, rng)
+    with LiveIndex.open(path, policy=FoldPolicy(background=False)) as again:
+        assert_same(again, ref, rng)
+    assert not has_changes_logged(path)
+    assert_same(HammingIndex.load(path), ref, rng)
+
+
+def test_a_fold_whose_log_cannot_be_rewritten_keeps_the_old_log(setup, monkeypatch):
+    path, ref, rng = setup
+    live = LiveIndex.open(path, policy=FoldPolicy(added=5, background=False))
+    random_ops(rng, ref, live, 3)
+    real_write_log = LiveIndex._write_log
+
+    def full_disk(self, *args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(LiveIndex, "_write_log", full_disk)
+    while live.folds == 0:
+        random_ops(rng, ref, live, 1)
+    monkeypatch.setattr(LiveIndex, "_write_log", real_write_log)
+    random_ops(rng, ref, live, 10)  # appended to the old log, which still extends the new file
+    assert_same(live, ref, rng)
+    live.close(fold=False)
+    with LiveIndex.open(path, writable=False) as reader:
+        assert_same(reader, ref, rng)
+
+
+def test_a_background_fold_that_fails_loses_nothing_and_is_tried_again(setup, monkeypatch):
+    path, ref, rng = setup
+    real_save = HammingIndex.save
+    failures = []
+
+    def failing_save(self, *args, **kwargs):
+        failures.append(1)
+        raise DataError(f"{args[0]}: cannot write: out of space")
+
+    monkeypatch.setattr(HammingIndex, "save", failing_save)
+    live = LiveIndex.open(path, policy=FoldPolicy(added=5, retry_seconds=0.0))
+    while not failures:
+        random_ops(rng, ref, live, 1)
+    live.wait_for_fold(60)
+    assert live.folds == 0 and "out of space" in live.last_fold_error
+    random_ops(rng, ref, live, 5)
+    assert_same(live, ref, rng)
+    monkeypatch.setattr(HammingIndex, "save", real_save)
+    live.wait_for_fold(60)
+    random_ops(rng, ref, live, 1)  # past the limit still: the policy tries again
+    live.wait_for_fold(60)
+    assert live.folds == 1 and live.last_fold_error is None
+    live.close(fold=False)
+    with LiveIndex.open(path, writable=False) as reader:
+        assert_same(reader, ref, rng)
+
+
+def test_a_log_of_the_earlier_format_is_replayed_and_rewritten(setup):
+    path, ref, rng = setup
+    import struct
+    import zlib
+
+    from dsh.index.live import _file_identity
+
+    codes = random_codes(rng, 2)
+    added = [{"op": "add", "ids": [500, 501], "codes": codes.tobytes().hex(), "labels": [1, 2]},
+             {"op": "remove", "ids": [int(ref.ids[0])]}]
+    body = b""
+    for rec in added:
+        payload = json.dumps(rec).encode()
+        body += struct.pack("<4sII", b"RECD", len(payload), zlib.crc32(payload)) + payload
+    log_path(path).write_bytes(struct.pack("<8sIQ8s", b"DSHILOG1", NBITS, *_file_identity(path)) + body)
+    ref.add(codes, [500, 501], labels=[1, 2])
+    ref.remove([int(ref.ids[0])])
+    with LiveIndex.open(path, writable=False) as reader:
+        assert_same(reader, ref, rng)
+    with LiveIndex.open(path) as writer:
+        assert log_path(path).read_bytes()[:8] == b"DSHILOG2"
+        assert_same(writer, ref, rng)
+        writer.close(fold=False)
+    with LiveIndex.open(path, writable=False) as reader:
+        assert_same(reader, ref, rng)
 
 
 FULL_DISK = """

@@ -29,6 +29,10 @@ def add_parser(sub) -> None:
                    help="take changes: POST /api/items adds uploaded images, DELETE /api/items/ID removes one "
                         "(behind --token when one is set); an index file is claimed by this one writer and its "
                         "changes logged beside it (F.log), folded into it on shutdown")
+    p.add_argument("--fold-after", type=int, default=None, metavar="N",
+                   help="--writable over an index file: fold the logged changes into the file (in the background; "
+                        "searches and changes go on) once N items are added or 2,000 removed since the last fold "
+                        "(default 200,000)")
     p.add_argument("--data-dir", metavar="DIR",
                    help="--writable: where uploaded images are kept and served from (default: beside the index "
                         "file, F.data/)")
@@ -72,10 +76,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                 collection=args.collection, timeout=args.timeout)
     data_dir = _data_dir(args, spec)
     where = spec
+    if args.fold_after is not None and (args.fold_after < 1 or not args.writable or spec.is_milvus):
+        raise InputError("--fold-after must be a positive number of items" if args.fold_after < 1 else
+                         "--fold-after is for --writable over an index file")
     if args.writable and not spec.is_milvus:
-        from ..index.live import LiveIndex
+        from ..index.live import FoldPolicy, LiveIndex
 
-        where = LiveIndex.open(spec.location)  # one writer: a second is refused here, in one line
+        policy = FoldPolicy() if args.fold_after is None else FoldPolicy(added=args.fold_after)
+        where = LiveIndex.open(spec.location, policy=policy)  # one writer: a second is refused here, in one line
     try:
         searcher = Searcher.open(where, model=args.model or args.run, force=args.force, backend=args.backend,
                                  threads=args.threads, batch_size=args.batch_size, workers=1, resize=args.resize,

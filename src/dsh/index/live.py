@@ -8,18 +8,24 @@
 Three files sit together: the index file ``F`` (:class:`~dsh.index.flat.HammingIndex`, untouched by an add),
 its change log ``F.log`` and the writer's lock ``F.lock``.
 
-- **The log.** Each change is one record (``add`` with its codes and catalog fields, or ``remove``), appended to
-  ``F.log`` and fsynced before :meth:`LiveIndex.add` / :meth:`LiveIndex.remove` return: a change that returned
-  survives ``kill -9`` or a power cut, and one item added to a 10M-item index writes a few hundred bytes, not the
-  index. The log's header names the index file it extends (its size and trailing checksum), so a log left from
-  before a fold is recognised and dropped. A record is ``b"RECD"``, its payload's length and CRC-32, then the
-  payload (UTF-8 JSON; codes as hex). On open the records are replayed; a record cut short at the end of the log
-  (the process died while writing it, before acknowledging it) is dropped, and a damaged record with more log
-  after it is refused with a one-line :class:`~dsh.errors.DataError`.
-- **The fold.** From time to time (when the log, the additions held in memory or the removals pass their limits)
-  and on a clean :meth:`LiveIndex.close`, the changes are folded into a new ``F`` written atomically
-  (:meth:`HammingIndex.save`), then a new empty log is put in place. A crash between the two leaves the new ``F``
-  beside the old log, which no longer names it and is dropped: nothing is applied twice or lost.
+- **The log.** Each change is one record (``add`` with its codes and catalog fields, or ``remove``), numbered in
+  order, appended to ``F.log`` and fsynced before :meth:`LiveIndex.add` / :meth:`LiveIndex.remove` return: a change
+  that returned survives ``kill -9`` or a power cut, and one item added to a 10M-item index writes a few hundred
+  bytes, not the index. A record is ``b"RECD"``, its payload's length and CRC-32, then the payload (UTF-8 JSON with
+  the record's number ``seq``; codes as hex). The log's header names the index file it extends (a random log id
+  that the file's metadata repeats once a fold has written it, or the file's size and trailing checksum before
+  then) and the number of the last record folded when it was started. On open the records the file does not hold
+  yet are replayed; a record cut short at the end of the log (the process died while writing it, before
+  acknowledging it) is dropped, and a damaged record with more log after it is refused with a one-line
+  :class:`~dsh.errors.DataError`.
+- **The fold.** From time to time (when the log, the additions held in memory or the removals pass their limits),
+  on :meth:`LiveIndex.fold` and on a clean :meth:`LiveIndex.close`, the changes are folded into a new ``F`` written
+  atomically (:meth:`HammingIndex.save`), whose metadata records the number of the last record it holds
+  (``log_seq``); then the log is rewritten (atomically) with only the records after it. A fold the policy asks for
+  runs in a thread of its own: searches and further changes go on while the file is written (seconds at 10M
+  items), and what changed meanwhile is replayed onto the new file's items when it is in place. A crash at any
+  point leaves a file and a log that together hold every acknowledged change once: records the file already holds
+  are skipped by number.
 - **Snapshots.** What a search sees is an immutable :class:`LiveView` (the index file's items, the ids removed
   from them, the items added since): a change builds a new view and swaps it in with one assignment, so a search
   that runs during an update sees it whole or not at all. :meth:`LiveIndex.snapshot` hands one out, so a search
@@ -36,9 +42,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +61,8 @@ from .base import SearchThenLookup, check_k, check_new_ids, check_radius
 from .catalog import Catalog
 from .flat import HammingIndex
 
+logger = logging.getLogger(__name__)
+
 try:
     import fcntl
 except ImportError:  # pragma: no cover - not on POSIX
@@ -60,8 +70,13 @@ except ImportError:  # pragma: no cover - not on POSIX
 
 __all__ = ["LiveIndex", "LiveView", "FoldPolicy", "log_path", "lock_path", "check_unlocked", "has_changes_logged"]
 
-_LOG_MAGIC = b"DSHILOG1"
-_LOG_HEAD = struct.Struct("<8sIQ8s")  # magic, nbits, the index file's size, its trailer (CRC-32 + end marker)
+_LOG_MAGIC = b"DSHILOG2"
+# magic, nbits, the index file's size and trailer (CRC-32 + end marker) when the log was started, the log's id,
+# the number of the last record folded into that file
+_LOG_HEAD = struct.Struct("<8sIQ8s16sQ")
+# an earlier log: the file's size and trailer only, records unnumbered (read, then written again in this format)
+_LOG_MAGIC_V1 = b"DSHILOG1"
+_LOG_HEAD_V1 = struct.Struct("<8sIQ8s")
 _REC = struct.Struct("<4sII")  # b"RECD", payload bytes, CRC-32 of the payload
 _REC_MAGIC = b"RECD"
 
@@ -81,9 +96,12 @@ def lock_path(index_path: str | os.PathLike) -> Path:
 def has_changes_logged(index_path: str | os.PathLike) -> bool:
     """Whether a log beside ``index_path`` holds records (changes that may not be in the file yet)."""
     try:
-        return log_path(index_path).stat().st_size > _LOG_HEAD.size
+        with open(log_path(index_path), "rb") as f:
+            head = f.read(_LOG_HEAD.size)
+            size = os.fstat(f.fileno()).st_size
     except OSError:
         return False
+    return size > (_LOG_HEAD_V1.size if head[:8] == _LOG_MAGIC_V1 else _LOG_HEAD.size)
 
 
 @dataclass(frozen=True)
@@ -95,6 +113,11 @@ class FoldPolicy:
     log_bytes: int = 64 << 20
     added: int = 200_000
     removed: int = 2_000
+    #: fold in a thread of its own (changes and searches go on meanwhile); False folds inside the change that
+    #: passed a limit, before it returns
+    background: bool = True
+    #: after a fold failed (a full disk), seconds before the policy tries again (the log keeps every change)
+    retry_seconds: float = 30.0
 
 
 # -- the writer's lock ------------------------------------------------------------------------------------------
@@ -318,6 +341,27 @@ class LiveView(SearchThenLookup):
             if where.shape[0]:
                 for j, rec in zip(where, part.lookup(ids[where])):
                     out[j] = rec
+        # a column that one part has and the other lacks: the fill value the merged catalog would give
+        fill: dict = {}
+        for cat in (self.base.catalog, self.added.catalog):
+            if cat is None:
+                continue
+            if cat.paths is not None:
+                fill["path"] = ""
+            if cat.keys is not None:
+                fill["key"] = ""
+            if cat.labels is not None and cat.labels.ndim == 1:
+                fill["label"] = -1
+            elif cat.labels is not None:
+                fill["label"] = []
+                if cat.class_names:
+                    fill["class"] = []
+        if fill:
+            for rec in out:
+                labelled = "label" in rec
+                for name, value in fill.items():
+                    if name not in rec and (name != "class" or not labelled):
+                        rec[name] = value
         return out
 
     def close(self) -> None:
@@ -345,8 +389,8 @@ def _file_identity(path: Path) -> tuple[int, bytes]:
         return size, f.read(TRAILER.size).ljust(TRAILER.size, b"\0")
 
 
-def _add_payload(codes: np.ndarray, ids: np.ndarray, catalog: dict) -> bytes:
-    rec = {"op": "add", "ids": ids.tolist(), "codes": codes.tobytes().hex()}
+def _add_payload(seq: int, codes: np.ndarray, ids: np.ndarray, catalog: dict) -> bytes:
+    rec = {"op": "add", "seq": seq, "ids": ids.tolist(), "codes": codes.tobytes().hex()}
     for name, value in catalog.items():
         if value is None:
             continue
@@ -358,18 +402,54 @@ def _add_payload(codes: np.ndarray, ids: np.ndarray, catalog: dict) -> bytes:
     return json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def _read_records(path: Path, nbits: int, identity: tuple[int, bytes]) -> tuple[list[dict], int] | None:
-    """The log's records and the length of its intact part, or ``None`` where the log extends another index file
-    (one folded since, or replaced). A torn last record is left out; a damaged record before the end raises."""
+def _remove_payload(seq: int, ids: np.ndarray) -> bytes:
+    return json.dumps({"op": "remove", "seq": seq, "ids": ids.tolist()}, separators=(",", ":")).encode()
+
+
+def _folded_seq(base: HammingIndex) -> int:
+    """The number of the last log record the index file holds (0: none, a file no fold has written)."""
+    seq = base.metadata.get("log_seq")
+    return seq if isinstance(seq, int) and seq >= 0 else 0
+
+
+@dataclass
+class _Replay:
+    """What a log holds for its index file: ``records`` (``(seq, record, payload bytes)``, those after the file's
+    ``log_seq`` only), the length of its intact part, the number of its last record (or of the last one folded),
+    its id, and whether it must be written again before appending (an earlier format, records the file already
+    holds, or a torn tail)."""
+
+    records: list
+    length: int
+    last_seq: int
+    log_id: bytes
+    rewrite: bool
+
+
+def _read_records(path: Path, base: HammingIndex, identity: tuple[int, bytes]) -> _Replay | None:
+    """The log's records that ``base`` (the index file, whose size and trailer are ``identity``) does not hold,
+    or ``None`` where the log extends another index file (one replaced since) or was started after a fold this
+    file does not hold (a reader that read the file before that fold). A torn last record is left out; a damaged
+    record before the end raises."""
     data = path.read_bytes()
-    if len(data) < _LOG_HEAD.size or data[:8] != _LOG_MAGIC:
+    magic = data[:8]
+    folded = _folded_seq(base)
+    if magic == _LOG_MAGIC and len(data) >= _LOG_HEAD.size:
+        _, bits, size, trailer, log_id, start_seq = _LOG_HEAD.unpack_from(data)
+        pos = _LOG_HEAD.size
+        ours = base.metadata.get("log_id") == log_id.hex() or (size, trailer) == identity
+        if not ours or start_seq > folded:
+            return None
+    elif magic == _LOG_MAGIC_V1 and len(data) >= _LOG_HEAD_V1.size:
+        _, bits, size, trailer = _LOG_HEAD_V1.unpack_from(data)
+        pos, log_id, start_seq = _LOG_HEAD_V1.size, b"", 0
+        if (size, trailer) != identity:
+            return None
+    else:
         raise DataError(f"{path}: not a dsh index log (no {_LOG_MAGIC.decode()} header)")
-    _, bits, size, trailer = _LOG_HEAD.unpack_from(data)
-    if (size, trailer) != identity:
-        return None
-    if bits != nbits:
-        raise DataError(f"{path}: the log holds {bits}-bit codes, its index {nbits}-bit")
-    records, pos = [], _LOG_HEAD.size
+    if bits != base.nbits:
+        raise DataError(f"{path}: the log holds {bits}-bit codes, its index {base.nbits}-bit")
+    records, seq, skipped = [], start_seq, False
     while pos < len(data):
         end = pos + _REC.size
         if end > len(data):
@@ -382,13 +462,27 @@ def _read_records(path: Path, nbits: int, identity: tuple[int, bytes]) -> tuple[
                 break  # the last record, cut short or not yet on disk whole: never acknowledged
             raise DataError(f"{path}: damaged record at byte {pos} with {len(data) - pos} bytes of log after it; "
                             f"the log cannot be replayed (restore it, or move it away to lose its changes)")
+        payload = data[end:stop]
         try:
-            rec = json.loads(data[end:stop].decode("utf-8"))
+            rec = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise DataError(f"{path}: unreadable record at byte {pos}") from None
-        records.append(rec)
+        if not isinstance(rec, dict):
+            raise DataError(f"{path}: unreadable record at byte {pos}")
+        if magic == _LOG_MAGIC_V1:
+            rec["seq"] = seq + 1
+            payload = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+        if rec.get("seq") != seq + 1:
+            raise DataError(f"{path}: record at byte {pos} is numbered {rec.get('seq')!r} after {seq}; the log "
+                            f"cannot be replayed (restore it, or move it away to lose its changes)")
+        seq += 1
+        if seq > folded:
+            records.append((seq, rec, payload))
+        else:
+            skipped = True  # the fold that wrote the file ended before it rewrote the log
         pos = stop
-    return records, pos
+    return _Replay(records, pos, max(seq, folded), log_id,
+                   rewrite=magic == _LOG_MAGIC_V1 or skipped or pos != len(data))
 
 
 # -- the live index ---------------------------------------------------------------------------------------------
@@ -399,7 +493,7 @@ class LiveIndex:
     :class:`dsh.index.base.Index` interface, and :meth:`add` answers the new ids (``int64[n]``)."""
 
     def __init__(self, path: Path, view: LiveView, *, writable: bool, policy: FoldPolicy, next_id: int,
-                 lock: _WriterLock | None, log_len: int):
+                 lock: _WriterLock | None, log_len: int, seq: int, log_id: bytes):
         self.path = path
         self._view = view
         self.writable = writable
@@ -408,9 +502,17 @@ class LiveIndex:
         self._lock = lock
         self._log_fd: int | None = None
         self._log_len = log_len
+        self._seq = seq  # the number of the last record logged (or folded)
+        self._log_id = log_id
         self.bytes_written = 0  # by adds, removes and folds, since open (for measuring what a change costs)
         self.folds = 0
+        self.last_fold_error: str | None = None  # why the last fold failed, until one succeeds
         self._changing = threading.RLock()  # one change at a time; searches never wait for it
+        self._fold_thread: threading.Thread | None = None
+        self._fold_failed_at: float | None = None
+        # while a fold writes the file: the changes made since it began, (seq, record, payload), to replay onto
+        # the folded items and to keep in the log
+        self._tail: list | None = None
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, writable: bool = True, policy: FoldPolicy | None = None,
@@ -427,27 +529,28 @@ class LiveIndex:
                 base = HammingIndex.load(path, mmap=True, verify=verify)
                 identity = _file_identity(path)
                 lpath = log_path(path)
-                replay = _read_records(lpath, base.nbits, identity) if lpath.is_file() else None
+                replay = _read_records(lpath, base, identity) if lpath.is_file() else None
                 # a reader may meet a fold between reading the file and the log: read both again
                 if replay is not None or writable or not lpath.is_file() or attempt == 2:
                     break
-            records, log_len = replay if replay is not None else ([], 0)
-            empty = HammingIndex(base.nbits)
             meta_next = base.metadata.get("next_id")
             next_id = max(int(base.ids[-1]) + 1 if base.ntotal else 0,
                           meta_next if isinstance(meta_next, int) else 0)
-            live = cls(path, LiveView(base, np.zeros(0, np.int64), empty), writable=writable,
-                       policy=policy or FoldPolicy(), next_id=next_id, lock=lock, log_len=log_len)
-            for rec in records:
+            folded = _folded_seq(base)
+            known_id = base.metadata.get("log_id")
+            log_id = (replay.log_id if replay is not None and replay.log_id else
+                      bytes.fromhex(known_id) if isinstance(known_id, str) and len(known_id) == 32 else os.urandom(16))
+            live = cls(path, LiveView(base, np.zeros(0, np.int64), HammingIndex(base.nbits)), writable=writable,
+                       policy=policy or FoldPolicy(), next_id=next_id, lock=lock,
+                       log_len=replay.length if replay is not None else 0,
+                       seq=replay.last_seq if replay is not None else folded, log_id=log_id)
+            for _, rec, _ in replay.records if replay is not None else ():
                 live._apply(rec, where=lpath)
             if writable:
-                if replay is None:
-                    live._new_log(identity)
+                if replay is None or replay.rewrite:
+                    live._write_log(identity, folded, [] if replay is None else replay.records)
                 else:
                     live._log_fd = os.open(lpath, os.O_WRONLY)
-                    if os.fstat(live._log_fd).st_size != log_len:  # a torn tail: cut it off before appending
-                        os.ftruncate(live._log_fd, log_len)
-                        os.fsync(live._log_fd)
         except BaseException:
             if lock is not None:
                 lock.release()
@@ -547,7 +650,7 @@ class LiveIndex:
         rec = {"op": "add", "ids": ids, "codes": codes, **fields}
         view = self._changed(rec)  # every check before anything is written
         if n:
-            self._append(_add_payload(codes, ids, fields))
+            self._append(_add_payload(self._seq + 1, codes, ids, fields), rec)
         self._set(view, ids)
         self._maybe_fold()
         return ids
@@ -562,8 +665,9 @@ class LiveIndex:
         ids = np.unique(np.asarray(ids, dtype=np.int64).ravel())
         ids = ids[self._view.holds(ids)]
         if ids.shape[0]:
-            view = self._changed({"op": "remove", "ids": ids})
-            self._append(json.dumps({"op": "remove", "ids": ids.tolist()}).encode())
+            rec = {"op": "remove", "ids": ids}
+            view = self._changed(rec)
+            self._append(_remove_payload(self._seq + 1, ids), rec)
             self._set(view, None)
             self._maybe_fold()
         return int(ids.shape[0])
@@ -573,9 +677,9 @@ class LiveIndex:
             self._next_id = max(self._next_id, int(added_ids.max()) + 1)
         self._view = view  # one assignment: a search holds either the old view or this one
 
-    def _changed(self, rec: dict) -> LiveView:
-        """The view after one change (the current one is not touched)."""
-        v = self._view
+    def _changed(self, rec: dict, v: LiveView | None = None) -> LiveView:
+        """The view after one change to ``v`` (default: the current view, which is not touched)."""
+        v = self._view if v is None else v
         ids = np.asarray(rec["ids"], np.int64)
         if rec["op"] == "remove":
             from_added = ids[_member(v.added.ids, ids)]
@@ -601,7 +705,7 @@ class LiveIndex:
         return LiveView(v.base, v.dead, added)
 
     def _apply(self, rec: dict, where: Path) -> None:
-        """Replay one log record."""
+        """Replay one log record (as JSON gave it)."""
         try:
             if rec.get("op") == "add":
                 n = len(rec["ids"])
@@ -613,10 +717,11 @@ class LiveIndex:
             raise DataError(f"{where}: a record cannot be replayed ({one_line(e, 120)})") from None
         self._set(view, np.asarray(rec["ids"], np.int64) if rec["op"] == "add" else None)
 
-    def _append(self, payload: bytes) -> None:
-        """One record at the end of the log, fsynced; on failure the log is cut back and a ``DataError`` raised."""
+    def _append(self, payload: bytes, rec: dict) -> None:
+        """Record number ``self._seq + 1`` (``payload``, which says so) at the end of the log, fsynced; on
+        failure the log is cut back and a ``DataError`` raised."""
         if self._log_fd is None:
-            self._new_log(_file_identity(self.path))
+            raise DataError(f"{log_path(self.path)}: the change log is not open; nothing was changed")
         buf = _REC.pack(_REC_MAGIC, len(payload), zlib.crc32(payload)) + payload
         start = self._log_len
         try:
@@ -631,48 +736,136 @@ class LiveIndex:
             raise DataError(f"{log_path(self.path)}: cannot write the change ({e.strerror or one_line(e)}); "
                             f"nothing was changed") from None
         self._log_len = start + len(buf)
+        self._seq += 1
         self.bytes_written += len(buf)
+        if self._tail is not None:
+            self._tail.append((self._seq, rec, payload))
 
-    def _new_log(self, identity: tuple[int, bytes]) -> None:
-        """An empty log naming the index file as it is now, put in place atomically, then opened to append."""
-        if self._log_fd is not None:
-            os.close(self._log_fd)
-            self._log_fd = None
+    def _write_log(self, identity: tuple[int, bytes], folded: int, records: list) -> None:
+        """A log naming the index file as it is now (``identity``, which holds the records up to ``folded``)
+        and holding ``records`` (``(seq, record, payload)``), put in place atomically, then opened to append."""
+        head = _LOG_HEAD.pack(_LOG_MAGIC, self.nbits, *identity, self._log_id, folded)
+        body = b"".join(_REC.pack(_REC_MAGIC, len(p), zlib.crc32(p)) + p for _, _, p in records)
         lpath = log_path(self.path)
         with atomic_write(lpath) as f:
-            f.write(_LOG_HEAD.pack(_LOG_MAGIC, self.nbits, *identity))
-        self._log_fd = os.open(lpath, os.O_WRONLY)
-        self._log_len = _LOG_HEAD.size
-        self.bytes_written += _LOG_HEAD.size
+            f.write(head + body)
+        fd = os.open(lpath, os.O_WRONLY)
+        self._log_fd_close()
+        self._log_fd = fd
+        self._log_len = len(head) + len(body)
+        self.bytes_written += len(head) + len(body)
 
     # -- folding ------------------------------------------------------------------------------------------------
 
     def _maybe_fold(self) -> None:
         v, p = self._view, self.policy
-        if self._log_len > p.log_bytes or v.added.ntotal > p.added or v.dead.shape[0] > p.removed:
-            self.fold()
+        if not (self._log_len > p.log_bytes or v.added.ntotal > p.added or v.dead.shape[0] > p.removed):
+            return
+        if self._fold_thread is not None:
+            return  # one is under way; the changes since it began wait for the next
+        failed = self._fold_failed_at
+        if failed is not None and time.monotonic() - failed < p.retry_seconds:
+            return
+        if not p.background:
+            self._fold_now()
+            return
+        self._fold_thread = threading.Thread(target=self._fold_in_background, name=f"dsh-fold {self.path.name}",
+                                             daemon=True)
+        self._fold_thread.start()
 
     def fold(self) -> None:
-        """Write the index file with every change in it (atomically), then start an empty log."""
-        with self._changing:
-            self._fold()
+        """Write the index file with every change in it (atomically), then start an empty log; waits for a fold
+        under way first. Raises what stopped it (a one-line ``DataError``: nothing is lost, the log holds all)."""
+        while True:
+            self.wait_for_fold()
+            with self._changing:
+                if self._fold_thread is None:  # none can start while this holds the change lock
+                    self._fold_now()
+                    return
 
-    def _fold(self) -> None:
-        self._check_writable()
-        v = self._view
-        if not self.pending and self._log_len <= _LOG_HEAD.size:
+    def wait_for_fold(self, timeout: float | None = None) -> bool:
+        """Wait for a fold running in the background, if any; whether none is running now."""
+        thread = self._fold_thread
+        if thread is not None:
+            thread.join(timeout)
+        return self._fold_thread is None or not self._fold_thread.is_alive()
+
+    @property
+    def folding(self) -> bool:
+        """Whether a fold runs in the background now."""
+        return self._fold_thread is not None
+
+    def _fold_now(self) -> None:
+        start = self._begin_fold()
+        if start is None:
             return
-        merged = v.merged()
-        meta = {**merged.metadata, "next_id": self._next_id}
+        try:
+            merged = self._write_folded(*start)
+        except BaseException:
+            self._tail = None
+            raise
+        self._finish_fold(merged, start[1])
+
+    def _fold_in_background(self) -> None:
+        try:
+            with self._changing:
+                start = self._begin_fold()
+            if start is None:
+                return
+            try:
+                merged = self._write_folded(*start)  # the long part: changes and searches go on meanwhile
+            except BaseException:
+                with self._changing:
+                    self._tail = None
+                raise
+            with self._changing:
+                self._finish_fold(merged, start[1])
+        except Exception as e:  # noqa: BLE001 - a full disk, say: the log still holds every change
+            self.last_fold_error = one_line(e)
+            self._fold_failed_at = time.monotonic()
+            logger.warning("%s: folding the change log into the index file failed (%s); the log keeps every "
+                           "change, and the fold is tried again later", self.path, self.last_fold_error)
+        finally:
+            self._fold_thread = None
+
+    def _begin_fold(self) -> tuple[LiveView, int, int] | None:
+        """Under the change lock: what the fold writes (the view, the number of its last record, the next id),
+        or None where the file holds everything already."""
+        self._check_writable()
+        if not self.pending and self._seq == _folded_seq(self._view.base):
+            return None
+        self._tail = []
+        return self._view, self._seq, self._next_id
+
+    def _write_folded(self, view: LiveView, seq: int, next_id: int) -> HammingIndex:
+        """The index file written (atomically) with the items of ``view``, which holds the records up to ``seq``."""
+        merged = view.merged()
+        meta = {**merged.metadata, "next_id": next_id, "log_id": self._log_id.hex(), "log_seq": seq}
         merged.save(self.path, meta)
-        self.bytes_written += os.path.getsize(self.path)
+        written = os.path.getsize(self.path)
         entry = merged.metadata.get("catalog")  # the save names the catalog it wrote beside the file
         if entry is not None:
-            self.bytes_written += os.path.getsize(self.path.with_name(entry["file"]))
-        self._view = LiveView(merged, np.zeros(0, np.int64), HammingIndex(merged.nbits))
+            written += os.path.getsize(self.path.with_name(entry["file"]))
+        self.bytes_written += written
+        return merged
+
+    def _finish_fold(self, merged: HammingIndex, seq: int) -> None:
+        """Under the change lock, once the file holds the records up to ``seq``: the changes made since, replayed
+        onto its items, become the view, and the log keeps only them."""
+        tail, self._tail = self._tail or [], None
+        view = LiveView(merged, np.zeros(0, np.int64), HammingIndex(merged.nbits))
+        for _, rec, _ in tail:
+            view = self._changed(rec, view)
+        self._view = view
         self.folds += 1
-        self._log_fd_close()
-        self._new_log(_file_identity(self.path))  # should this fail, the next change makes it first
+        self.last_fold_error, self._fold_failed_at = None, None
+        try:
+            self._write_log(_file_identity(self.path), seq, tail)
+        except (OSError, DataError) as e:
+            # the old log is still in place and still right beside the new file (it skips the records the file
+            # holds); changes go on being appended to it, and the next fold writes a shorter one
+            logger.warning("%s: the log could not be rewritten after a fold (%s); the old one stays in use",
+                           log_path(self.path), getattr(e, "strerror", None) or one_line(e))
 
     def _log_fd_close(self) -> None:
         fd, self._log_fd = self._log_fd, None
@@ -684,7 +877,8 @@ class LiveIndex:
         if self._lock is None:
             return
         try:
-            if fold and self.writable and self.pending:
+            self.wait_for_fold()
+            if fold and self.writable:
                 self.fold()
         finally:
             self._log_fd_close()

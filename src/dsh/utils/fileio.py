@@ -87,6 +87,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        _fsync_folder(path.parent)
     except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -94,6 +95,17 @@ def atomic_write(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
         if cause is not None:  # disk full, a folder in the way, permissions
             raise write_error(path, cause) from e
         raise
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a rename in ``folder`` durable: files written in turn (an index, then its log) reach the disk in that
+    order after a power cut, not only after a crash of the process."""
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened or synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def os_error_in(e: BaseException) -> OSError | None:

@@ -46,8 +46,9 @@ class EmbeddedMilvus:
     ``stop`` kills it (SIGKILL: its orderly shutdown takes tens of seconds and writes nothing dsh needs, since
     every write dsh acknowledges has been accepted by the server's write-ahead log, which a restart replays)."""
 
-    def __init__(self, folder: str | os.PathLike):
+    def __init__(self, folder: str | os.PathLike, settings: dict | None = None):
         self.folder = Path(folder)
+        self.settings = {**SETTINGS, **(settings or {})}
         self._server = None
 
     def start(self, timeout: float = 120.0) -> "EmbeddedMilvus":
@@ -62,7 +63,7 @@ class EmbeddedMilvus:
         self.folder.mkdir(parents=True, exist_ok=True)
         server = MilvusServer(wait_for_started=False)
         server.set_base_dir(str(self.folder))
-        for key, value in SETTINGS.items():
+        for key, value in self.settings.items():
             server.config.set(key, value)
         server.start()
         self._server = server
@@ -109,16 +110,28 @@ class EmbeddedMilvus:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) != 1:
-        print("usage: python tests/milvus_server.py FOLDER", file=sys.stderr)
-        return 2
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python tests/milvus_server.py", description="start an embedded Milvus server")
+    p.add_argument("folder", help="where its data, configuration and logs live")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a server setting over this module's SETTINGS, e.g. --set proxy.timeTickInterval=10 "
+                        "(repeatable)")
+    args = p.parse_args(argv)
+    settings = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            p.error(f"--set {item!r}: expected KEY=VALUE")
+        settings[key] = int(value) if value.lstrip("-").isdigit() else value
     reason = why_not()
     if reason:
         print(reason, file=sys.stderr)
         return 1
     t0 = time.perf_counter()
-    with EmbeddedMilvus(argv[0]) as server:
-        print(f"Milvus at {server.uri} (started in {time.perf_counter() - t0:.1f} s; data in {argv[0]}); "
+    with EmbeddedMilvus(args.folder, settings) as server:
+        print(f"Milvus at {server.uri} (started in {time.perf_counter() - t0:.1f} s; data in {args.folder}; "
+              f"settings {settings or 'as in this module'}); "
               f"Ctrl+C stops it", flush=True)
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
         try:

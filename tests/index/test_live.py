@@ -224,6 +224,22 @@ def test_refused_adds_change_nothing(setup):
         assert_same(live, ref, rng)
 
 
+def test_a_reader_follows_a_writer_through_its_folds(setup):
+    path, ref, rng = setup
+    reader = LiveIndex.open(path, writable=False)
+    reader.follow_seconds = 0.0  # look at every snapshot
+    writer = LiveIndex.open(path, policy=FoldPolicy(added=5, background=False))
+    seen = []
+    for _ in range(6):
+        random_ops(rng, ref, writer, 4)
+        assert_same(reader.snapshot(), ref, rng)
+        seen.append(writer.folds)
+    assert seen[0] < seen[-1]  # the writer folded between looks: the reader took in the new file and log
+    writer.close()
+    assert_same(reader.snapshot(), ref, rng)
+    assert not reader.refresh()  # nothing more to take in
+
+
 def _hold_saves(monkeypatch):
     """HammingIndex.save made to wait (in the fold's thread) until the test lets it go on."""
     started, release = threading.Event(), threading.Event()

@@ -129,3 +129,28 @@ def test_a_jpeg_upload_is_kept_as_jpeg(service):
     got = c.get(item["image_url"])
     assert got.headers["content-type"] == "image/jpeg" and got.content == buf.getvalue()
     assert (service["data"] / f"{item['id']}.jpg").is_file()
+
+
+def test_a_read_only_service_follows_dsh_index_add(service):
+    service["live"].close(fold=False)  # the writer is another process's now: dsh index add
+    index, tmp, new = service["index"], service["tmp"], service["new"]
+    reader = LiveIndex.open(index, writable=False)
+    reader.follow_seconds = 0.0  # look for changes at every request
+    c = TestClient(create_app(Searcher.open(reader), ServeSettings()))
+    assert c.get("/healthz").json()["items"] == 40
+    more = tmp / "more"
+    for f in new[:3]:
+        (more / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, more / f.parent.name / f.name)
+    assert main(["index", "add", "--index", str(index), "--images", str(more), "--quiet"]) == 0
+    assert c.get("/healthz").json()["items"] == 43  # logged by the writer, taken in by the reader
+
+    def found(path) -> list[int]:
+        hits = c.post("/api/search?radius=0", files={"image": ("q.png", path.read_bytes(), "image/png")}).json()
+        return [h["id"] for h in hits["results"]]
+
+    assert all(set(found(f)) & {40, 41, 42} for f in new[:3])
+    assert main(["index", "remove", "--index", str(index), "--ids", "41", "--fold", "--quiet"]) == 0
+    assert c.get("/healthz").json()["items"] == 42  # folded into a new file: the reader reads it
+    assert c.get("/api/items/41").status_code == 404 and c.get("/api/items/42").status_code == 200
+    reader.close()

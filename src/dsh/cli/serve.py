@@ -58,7 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ..serve import ServeSettings, create_app
     except ModuleNotFoundError as e:
         raise DataError(f"dsh serve needs the {e.name} package: pip install 'dsh[serve]'") from None
-    from ..index.store import IndexSpec
+    from ..index.live import FoldPolicy, LiveIndex
+    from ..index.store import IndexSpec, is_dsh_index_file
     from ..runtime.searcher import Searcher
 
     # the flags first, before the model and the index are loaded
@@ -80,10 +81,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise InputError("--fold-after must be a positive number of items" if args.fold_after < 1 else
                          "--fold-after is for --writable over an index file")
     if args.writable and not spec.is_milvus:
-        from ..index.live import FoldPolicy, LiveIndex
-
         policy = FoldPolicy() if args.fold_after is None else FoldPolicy(added=args.fold_after)
         where = LiveIndex.open(spec.location, policy=policy)  # one writer: a second is refused here, in one line
+    elif not spec.is_milvus and is_dsh_index_file(spec.location):
+        # read-only, following the changes a writer in another process (dsh index add / remove) logs beside it
+        where = LiveIndex.open(spec.location, writable=False)
     try:
         searcher = Searcher.open(where, model=args.model or args.run, force=args.force, backend=args.backend,
                                  threads=args.threads, batch_size=args.batch_size, workers=1, resize=args.resize,

@@ -449,7 +449,18 @@ def _read_records(path: Path, base: HammingIndex, identity: tuple[int, bytes]) -
         raise DataError(f"{path}: not a dsh index log (no {_LOG_MAGIC.decode()} header)")
     if bits != base.nbits:
         raise DataError(f"{path}: the log holds {bits}-bit codes, its index {base.nbits}-bit")
-    records, seq, skipped = [], start_seq, False
+    records, pos, seq, skipped = _parse_records(path, data, pos, start_seq, folded, numbered=magic == _LOG_MAGIC)
+    return _Replay(records, pos, max(seq, folded), log_id,
+                   rewrite=magic == _LOG_MAGIC_V1 or skipped or pos != len(data))
+
+
+def _parse_records(path: Path, data: bytes, pos: int, seq: int, folded: int, *, numbered: bool = True,
+                   offset: int = 0) -> tuple[list, int, int, bool]:
+    """The records in ``data`` from ``pos`` on (``data`` is the log from byte ``offset``), the first numbered
+    ``seq + 1``: ``(records after folded, as (seq, record, payload), position after the last intact one, the last
+    number, whether some were skipped as folded)``. ``numbered=False``: records of the earlier format, numbered
+    here in order."""
+    records, skipped = [], False
     while pos < len(data):
         end = pos + _REC.size
         if end > len(data):
@@ -460,29 +471,28 @@ def _read_records(path: Path, base: HammingIndex, identity: tuple[int, bytes]) -
         if not intact:
             if tag == _REC_MAGIC and stop >= len(data) or not any(data[pos:]):
                 break  # the last record, cut short or not yet on disk whole: never acknowledged
-            raise DataError(f"{path}: damaged record at byte {pos} with {len(data) - pos} bytes of log after it; "
-                            f"the log cannot be replayed (restore it, or move it away to lose its changes)")
+            raise DataError(f"{path}: damaged record at byte {offset + pos} with {len(data) - pos} bytes of log "
+                            f"after it; the log cannot be replayed (restore it, or move it away to lose its changes)")
         payload = data[end:stop]
         try:
             rec = json.loads(payload.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
-            raise DataError(f"{path}: unreadable record at byte {pos}") from None
+            raise DataError(f"{path}: unreadable record at byte {offset + pos}") from None
         if not isinstance(rec, dict):
-            raise DataError(f"{path}: unreadable record at byte {pos}")
-        if magic == _LOG_MAGIC_V1:
+            raise DataError(f"{path}: unreadable record at byte {offset + pos}")
+        if not numbered:
             rec["seq"] = seq + 1
             payload = json.dumps(rec, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
         if rec.get("seq") != seq + 1:
-            raise DataError(f"{path}: record at byte {pos} is numbered {rec.get('seq')!r} after {seq}; the log "
-                            f"cannot be replayed (restore it, or move it away to lose its changes)")
+            raise DataError(f"{path}: record at byte {offset + pos} is numbered {rec.get('seq')!r} after {seq}; the "
+                            f"log cannot be replayed (restore it, or move it away to lose its changes)")
         seq += 1
         if seq > folded:
             records.append((seq, rec, payload))
         else:
             skipped = True  # the fold that wrote the file ended before it rewrote the log
         pos = stop
-    return _Replay(records, pos, max(seq, folded), log_id,
-                   rewrite=magic == _LOG_MAGIC_V1 or skipped or pos != len(data))
+    return records, pos, seq, skipped
 
 
 # -- the live index ---------------------------------------------------------------------------------------------
@@ -513,6 +523,12 @@ class LiveIndex:
         # while a fold writes the file: the changes made since it began, (seq, record, payload), to replay onto
         # the folded items and to keep in the log
         self._tail: list | None = None
+        # a reader's: the file and log it read (to notice a writer's changes), and when it last looked
+        self._identity: tuple[int, bytes] | None = None
+        self._log_ino: int | None = None
+        self._verify = True
+        self._looked_at = 0.0
+        self._looking = threading.Lock()
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, writable: bool = True, policy: FoldPolicy | None = None,
@@ -546,6 +562,10 @@ class LiveIndex:
                        seq=replay.last_seq if replay is not None else folded, log_id=log_id)
             for _, rec, _ in replay.records if replay is not None else ():
                 live._apply(rec, where=lpath)
+            live._identity, live._verify, live._looked_at = identity, verify, time.monotonic()
+            if replay is not None:
+                with contextlib.suppress(OSError):
+                    live._log_ino = os.stat(lpath).st_ino
             if writable:
                 if replay is None or replay.rewrite:
                     live._write_log(identity, folded, [] if replay is None else replay.records)
@@ -560,8 +580,50 @@ class LiveIndex:
     # -- reading: the current view ------------------------------------------------------------------------------
 
     def snapshot(self) -> LiveView:
-        """The current state, which later changes leave as it is."""
+        """The current state, which later changes leave as it is. A reader first takes in what a writer in another
+        process changed since it last looked (:meth:`refresh`, at most every :attr:`follow_seconds`)."""
+        if not self.writable and time.monotonic() - self._looked_at >= self.follow_seconds:
+            with contextlib.suppress(DataError, OSError):  # a file being replaced: the next look sees it whole
+                self.refresh()
         return self._view
+
+    #: how often a reader's :meth:`snapshot` looks for a writer's changes (two ``stat`` calls and an 8-byte read)
+    follow_seconds = 0.1
+
+    def refresh(self) -> bool:
+        """A reader: take in what a writer (``dsh index add``, a writable ``dsh serve``) changed since this was
+        opened or last refreshed: the records appended to the log, or, after a fold, the new file and log.
+        Whether anything changed. A writer's own changes are always current (False)."""
+        if self.writable:
+            return False
+        if not self._looking.acquire(blocking=False):
+            return False  # another thread is looking: the view it makes is as good
+        try:
+            self._looked_at = time.monotonic()
+            lpath = log_path(self.path)
+            try:
+                log = os.stat(lpath)
+            except FileNotFoundError:
+                log = None
+            if _file_identity(self.path) != self._identity or (None if log is None else log.st_ino) != self._log_ino:
+                fresh = LiveIndex.open(self.path, writable=False, policy=self.policy, verify=self._verify)
+                self._view, self._seq, self._next_id = fresh._view, fresh._seq, fresh._next_id
+                self._log_len, self._identity, self._log_ino = fresh._log_len, fresh._identity, fresh._log_ino
+                return True
+            if log is None or log.st_size <= self._log_len:
+                return False
+            with open(lpath, "rb") as f:
+                f.seek(self._log_len)
+                data = f.read()
+            records, used, seq, _ = _parse_records(lpath, data, 0, self._seq, _folded_seq(self._view.base),
+                                                   offset=self._log_len)
+            for _, rec, _ in records:
+                self._apply(rec, where=lpath)
+            self._log_len += used
+            self._seq = seq
+            return bool(records)
+        finally:
+            self._looking.release()
 
     @property
     def nbits(self) -> int:

@@ -22,7 +22,7 @@ from .faiss_file import FAISS_KINDS, read_faiss, write_faiss
 from .flat import HammingIndex
 from .live import LiveIndex, has_changes_logged
 
-__all__ = ["IndexSpec", "Written", "check_target", "open_index", "write_index"]
+__all__ = ["IndexSpec", "Written", "check_target", "is_dsh_index_file", "open_index", "write_index"]
 
 DEFAULT_TIMEOUT = 10.0  # seconds to wait for a Milvus connection (dsh.index.milvus.DEFAULT_TIMEOUT)
 _DSH_MAGIC = b"DSHINDEX"
@@ -117,6 +117,11 @@ def open_index(where, collection: str | None = None, *, nbits: int | None = None
     if nbits is not None and int(nbits) != index.nbits:
         raise DataError(f"{path} holds {index.nbits}-bit codes, not {nbits}-bit")
     return index
+
+
+def is_dsh_index_file(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a dsh index file (by its first bytes; False for a folder, a URI or a missing file)."""
+    return Path(path).is_file() and _starts_with(Path(path), (_DSH_MAGIC,))
 
 
 def _starts_with(path: Path, magics: tuple[bytes, ...]) -> bool:

@@ -189,10 +189,14 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
     data_root = [items.data_dir] if items is not None else []
     image_files = ImageFiles([*([recorded] if recorded else []), *settings.image_roots, *data_root])
 
+    def now():
+        """The index as it is now: a snapshot, where the index takes changes while it is searched (a reader of an
+        index file takes in a writer's changes first)."""
+        return index.snapshot() if hasattr(index, "snapshot") else index
+
     def current() -> Searcher:
-        """A searcher over the index as it is now (a snapshot, where the index takes changes while it is
-        searched): a search and the lookup of its results see the same items."""
-        snap = index.snapshot() if hasattr(index, "snapshot") else index
+        """A searcher over the index as it is now: a search and the lookup of its results see the same items."""
+        snap = now()
         return searcher if snap is index else Searcher(snap, encoder, force=True, name=searcher.name)
 
     app = FastAPIOffline(title="dsh", version=__version__,
@@ -255,11 +259,11 @@ def create_app(searcher: Searcher, settings: ServeSettings | None = None) -> Fas
 
     @app.get("/healthz", tags=["service"])
     def healthz() -> dict:
-        return {"status": "ok", "items": index.ntotal}
+        return {"status": "ok", "items": now().ntotal}
 
     @app.get("/api/info", dependencies=api, tags=["service"])
     def api_info() -> dict:
-        return {**info, "index": {**info["index"], "items": index.ntotal}}
+        return {**info, "index": {**info["index"], "items": now().ntotal}}
 
     @app.post("/api/search", dependencies=api, tags=["search"], openapi_extra=SEARCH_BODY)
     async def api_search(request: Request, k: int = Query(10, description="neighbours to return"),

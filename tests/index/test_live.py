@@ -83,6 +83,9 @@ def test_live_replayed_and_folded_agree_with_the_reference(setup):
     random_ops(rng, ref, live, 60)
     assert path.stat().st_size == size_before  # nothing folded yet: the index file is as it was
     assert live.pending > 0
+    # the added items sit in segments whose sizes fall geometrically: a few, not one per add
+    sizes = [seg.ntotal for seg, _ in live.snapshot().segments]
+    assert 1 <= len(sizes) <= np.log2(sum(sizes)) + 2 and all(a > 2 * b for a, b in zip(sizes, sizes[1:]))
     assert_same(live, ref, rng)
     live.close(fold=False)  # as a crash would leave it: the changes only in the log
     with LiveIndex.open(path) as again:

@@ -198,23 +198,39 @@ def _build(nbits: int, *parts: dict) -> HammingIndex:
     return out
 
 
-class LiveView(SearchThenLookup):
-    """An immutable state of a live index: ``base`` (the index file's items, never changed), ``dead`` (ids of
-    ``base`` removed, ``int64[m]`` ascending) and ``added`` (items added since, in memory). It answers every
-    reading call of :class:`dsh.index.base.Index` exactly as one :class:`HammingIndex` holding the same items
-    would (:meth:`merged` builds that index)."""
+_EMPTY_IDS = np.zeros(0, np.int64)
 
-    def __init__(self, base: HammingIndex, dead: np.ndarray, added: HammingIndex):
-        self.base, self.dead, self.added = base, dead, added
+
+class LiveView(SearchThenLookup):
+    """An immutable state of a live index, as parts: the index file's items (``base``, never changed) and the
+    items added since, in memory, as a few segments whose sizes fall geometrically (an add makes a new small
+    segment and merges it with the ones before it as long as they are not much larger, so an add costs
+    O(log n) amortised, not O(items added)). Each part has the ids removed from it (``int64[m]`` ascending;
+    ``dead`` is the base's). It answers every reading call of :class:`dsh.index.base.Index` exactly as one
+    :class:`HammingIndex` holding the same items would (:meth:`merged` builds that index)."""
+
+    def __init__(self, base: HammingIndex, dead: np.ndarray = _EMPTY_IDS,
+                 segments: tuple[tuple[HammingIndex, np.ndarray], ...] = ()):
+        self.base, self.dead, self.segments = base, dead, segments
         self._merged: HammingIndex | None = None
+
+    @property
+    def parts(self) -> tuple[tuple[HammingIndex, np.ndarray], ...]:
+        """``(index, ids removed from it)`` for the base and each segment."""
+        return ((self.base, self.dead), *self.segments)
 
     @property
     def nbits(self) -> int:
         return self.base.nbits
 
     @property
+    def added(self) -> int:
+        """Items held in the segments (added since the file was written, not removed since)."""
+        return sum(seg.ntotal - int(gone.shape[0]) for seg, gone in self.segments)
+
+    @property
     def ntotal(self) -> int:
-        return self.base.ntotal - int(self.dead.shape[0]) + self.added.ntotal
+        return sum(part.ntotal - int(gone.shape[0]) for part, gone in self.parts)
 
     def __len__(self) -> int:
         return self.ntotal
@@ -226,17 +242,27 @@ class LiveView(SearchThenLookup):
     def holds(self, ids: np.ndarray) -> np.ndarray:
         """``bool[len(ids)]``: which of ``ids`` (``int64``) this state holds."""
         ids = np.asarray(ids, np.int64).ravel()
-        return _member(self.added.ids, ids) | (_member(self.base.ids, ids) & ~_member(self.dead, ids))
+        out = np.zeros(ids.shape, bool)
+        for part, gone in self.parts:
+            out |= _member(part.ids, ids) & ~_member(gone, ids)
+        return out
+
+    def where(self, ids: np.ndarray) -> np.ndarray:
+        """``int64[len(ids)]``: the part (0 the base, 1.. the segments) that holds each id, -1 where none."""
+        ids = np.asarray(ids, np.int64).ravel()
+        out = np.full(ids.shape, -1, np.int64)
+        for j, (part, gone) in enumerate(self.parts):
+            out[_member(part.ids, ids) & ~_member(gone, ids)] = j
+        return out
 
     @property
     def max_id(self) -> int:
         """The largest id held, or -1."""
-        tops = [int(self.added.ids[-1])] if self.added.ntotal else []
-        alive = self.base.ids
-        if alive.shape[0]:
-            # the largest base id not removed: walk down past the removed ones at the top
+        tops = []
+        for part, gone in self.parts:
+            alive = part.ids
             j = alive.shape[0] - 1
-            while j >= 0 and _member(self.dead, alive[j : j + 1])[0]:
+            while j >= 0 and _member(gone, alive[j : j + 1])[0]:  # walk down past the removed ones at the top
                 j -= 1
             if j >= 0:
                 tops.append(int(alive[j]))
@@ -244,17 +270,13 @@ class LiveView(SearchThenLookup):
 
     def merged(self) -> HammingIndex:
         """One :class:`HammingIndex` holding exactly this state's items (built once; reads the whole base)."""
-        if self._merged is None and not self.dead.shape[0] and not self.added.ntotal:
+        if self._merged is None and not self.dead.shape[0] and not self.segments:
             self._merged = self.base  # nothing changed since the file: the file's index is the answer
         if self._merged is None:
-            keep = np.flatnonzero(~_member(self.dead, self.base.ids))
-            parts = [_columns(self.base, None if keep.shape[0] == self.base.ntotal else keep)]
-            if self.added.ntotal:
-                parts.append(_columns(self.added))
-            merged = _build(self.nbits, *parts)
+            merged = _build(self.nbits, *(_alive_columns(part, gone) for part, gone in self.parts if part.ntotal))
             merged.metadata = dict(self.base.metadata)
             if merged.catalog is None and self.base.catalog is not None:
-                merged.catalog = self.base.catalog.take(np.zeros(0, np.int64))
+                merged.catalog = self.base.catalog.take(_EMPTY_IDS)
             self._merged = merged
         return self._merged
 
@@ -268,7 +290,7 @@ class LiveView(SearchThenLookup):
 
     @property
     def catalog(self) -> Catalog | None:
-        if self.base.catalog is None and self.added.catalog is None:
+        if all(part.catalog is None for part, _ in self.parts):
             return None
         return self.merged().catalog
 
@@ -278,16 +300,16 @@ class LiveView(SearchThenLookup):
         k = check_k(k)
         nq = q.shape[0]
         parts_d, parts_i = [], []
-        if self.base.ntotal:
+        for part, gone in self.parts:
+            if not part.ntotal:
+                continue
             # removed items may take places among the nearest: ask for as many more as there are removed ids
-            Db, Ib = self.base.search(q, min(k + int(self.dead.shape[0]), self.base.ntotal))
-            gone = _member(self.dead, Ib.ravel()).reshape(Ib.shape)
-            parts_d.append(np.where(gone, -1, Db))
-            parts_i.append(np.where(gone, -1, Ib))
-        if self.added.ntotal:
-            Da, Ia = self.added.search(q, min(k, self.added.ntotal))
-            parts_d.append(Da)
-            parts_i.append(Ia)
+            Dp, Ip = part.search(q, min(k + int(gone.shape[0]), part.ntotal))
+            if gone.shape[0]:
+                out = _member(gone, Ip.ravel()).reshape(Ip.shape)
+                Dp, Ip = np.where(out, -1, Dp), np.where(out, -1, Ip)
+            parts_d.append(Dp)
+            parts_i.append(Ip)
         D = np.full((nq, k), -1, np.int32)
         I = np.full((nq, k), -1, np.int64)
         if not parts_d:
@@ -309,13 +331,13 @@ class LiveView(SearchThenLookup):
         radius = check_radius(radius)
         nq = q.shape[0]
         rows, ds, is_ = [], [], []
-        for part, drop in ((self.base, self.dead), (self.added, None)):
+        for part, gone in self.parts:
             if not part.ntotal:
                 continue
             lims, D, I = part.range_search(q, radius)
             row = np.repeat(np.arange(nq, dtype=np.int64), np.diff(lims))
-            if drop is not None and drop.shape[0]:
-                keep = ~_member(drop, I)
+            if gone.shape[0]:
+                keep = ~_member(gone, I)
                 row, D, I = row[keep], D[keep], I[keep]
             rows.append(row)
             ds.append(D)
@@ -331,19 +353,19 @@ class LiveView(SearchThenLookup):
     def lookup(self, ids) -> list[dict]:
         """Each id's record; ``KeyError`` for an id not held."""
         ids = np.asarray(ids, np.int64).ravel()
-        held = self.holds(ids)
-        if not held.all():
-            raise KeyError(f"ids not in the index: {ids[~held][:5].tolist()}")
-        in_added = _member(self.added.ids, ids)
+        holder = self.where(ids)
+        if (holder < 0).any():
+            raise KeyError(f"ids not in the index: {ids[holder < 0][:5].tolist()}")
         out: list[dict] = [{}] * ids.shape[0]
-        for part, sel in ((self.added, in_added), (self.base, ~in_added)):
-            where = np.flatnonzero(sel)
-            if where.shape[0]:
-                for j, rec in zip(where, part.lookup(ids[where])):
-                    out[j] = rec
-        # a column that one part has and the other lacks: the fill value the merged catalog would give
+        for j, (part, _) in enumerate(self.parts):
+            at = np.flatnonzero(holder == j)
+            if at.shape[0]:
+                for i, rec in zip(at, part.lookup(ids[at])):
+                    out[i] = rec
+        # a column that one part has and another lacks: the fill value the merged catalog would give
         fill: dict = {}
-        for cat in (self.base.catalog, self.added.catalog):
+        for part, _ in self.parts:
+            cat = part.catalog
             if cat is None:
                 continue
             if cat.paths is not None:
@@ -366,6 +388,52 @@ class LiveView(SearchThenLookup):
 
     def close(self) -> None:
         """Nothing to let go of (the live index owns the files)."""
+
+    # -- the next state ---------------------------------------------------------------------------------------
+
+    def with_added(self, cols: dict) -> "LiveView":
+        """This state with the items of ``cols`` (:meth:`HammingIndex.add`'s arguments) added as a new segment,
+        merged with the last ones while they are not more than twice its size."""
+        segments = [*self.segments, (_build(self.nbits, cols), _EMPTY_IDS)]
+        return LiveView(self.base, self.dead, _settled(self.nbits, segments))
+
+    def without(self, ids: np.ndarray) -> "LiveView":
+        """This state with the items of ``ids`` (held ones, ``int64``) removed. A segment that loses more than
+        half its items is rebuilt without them (so removed ids never outnumber the held ones)."""
+        holder = self.where(ids)
+        dead = np.union1d(self.dead, ids[holder == 0]) if (holder == 0).any() else self.dead
+        segments = []
+        for j, (seg, gone) in enumerate(self.segments, start=1):
+            mine = ids[holder == j]
+            if mine.shape[0]:
+                gone = np.union1d(gone, mine)
+                if 2 * gone.shape[0] > seg.ntotal:
+                    seg, gone = _build(self.nbits, _alive_columns(seg, gone)), _EMPTY_IDS
+            if seg.ntotal:
+                segments.append((seg, gone))
+        return LiveView(self.base, dead, _settled(self.nbits, segments))
+
+
+def _settled(nbits: int, segments: list) -> tuple:
+    """``segments`` (oldest first) with each one more than twice the size of the next: a segment not larger than
+    that is merged with the one after it (their removed items left out), from the newest back."""
+    j = len(segments) - 2
+    while j >= 0:
+        if j + 1 < len(segments) and segments[j][0].ntotal <= 2 * segments[j + 1][0].ntotal:
+            (older, gone_a), (newer, gone_b) = segments[j], segments[j + 1]
+            segments[j : j + 2] = [(_build(nbits, _alive_columns(older, gone_a), _alive_columns(newer, gone_b)),
+                                    _EMPTY_IDS)]
+            j = min(j, len(segments) - 2)  # the merged one may now be too close to the next (or the one before)
+            continue
+        j -= 1
+    return tuple(segments)
+
+
+def _alive_columns(part: HammingIndex, gone: np.ndarray) -> dict:
+    """The columns of ``part``'s items whose ids are not in ``gone``."""
+    if not gone.shape[0]:
+        return _columns(part)
+    return _columns(part, np.flatnonzero(~_member(gone, part.ids)))
 
 
 def _member(sorted_ids: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -556,7 +624,7 @@ class LiveIndex:
             known_id = base.metadata.get("log_id")
             log_id = (replay.log_id if replay is not None and replay.log_id else
                       bytes.fromhex(known_id) if isinstance(known_id, str) and len(known_id) == 32 else os.urandom(16))
-            live = cls(path, LiveView(base, np.zeros(0, np.int64), HammingIndex(base.nbits)), writable=writable,
+            live = cls(path, LiveView(base), writable=writable,
                        policy=policy or FoldPolicy(), next_id=next_id, lock=lock,
                        log_len=replay.length if replay is not None else 0,
                        seq=replay.last_seq if replay is not None else folded, log_id=log_id)
@@ -661,7 +729,7 @@ class LiveIndex:
     def pending(self) -> int:
         """Changes held in the log, not yet folded into the index file (items added + file items removed)."""
         v = self._view
-        return v.added.ntotal + int(v.dead.shape[0])
+        return v.added + int(v.dead.shape[0])
 
     def search(self, q, k):
         return self._view.search(q, k)
@@ -744,27 +812,19 @@ class LiveIndex:
         v = self._view if v is None else v
         ids = np.asarray(rec["ids"], np.int64)
         if rec["op"] == "remove":
-            from_added = ids[_member(v.added.ids, ids)]
-            from_base = ids[_member(v.base.ids, ids) & ~_member(v.dead, ids)]
-            added = v.added
-            if from_added.shape[0]:
-                added = _build(v.nbits, _columns(v.added, np.flatnonzero(~_member(from_added, v.added.ids))))
-            dead = np.union1d(v.dead, from_base) if from_base.shape[0] else v.dead
-            return LiveView(v.base, dead, added)
+            return v.without(ids[v.holds(ids)])
         codes = rec["codes"]
         fields = {k: rec.get(k) for k in ("labels", "paths", "keys", "class_names")}
         # what the file's catalog would say to these rows: the error now, not at the fold
         given = any(x is not None for x in fields.values())
-        if given or v.base.catalog is not None or v.added.catalog is not None:
+        catalogs = [part.catalog for part, _ in v.parts if part.catalog is not None]
+        if given or catalogs:
             new = Catalog.from_columns(codes.shape[0], **fields)
-            for cat in (v.base.catalog, v.added.catalog):
-                if cat is not None:
-                    cat.take(np.zeros(0, np.int64)).concat(new)
+            for cat in catalogs:
+                cat.take(_EMPTY_IDS).concat(new)
             if fields["class_names"] is None and v.base.catalog is not None and v.base.catalog.class_names:
                 fields["class_names"] = v.base.catalog.class_names
-        parts = [_columns(v.added)] if v.added.ntotal else []
-        added = _build(v.nbits, *parts, {"codes": codes, "ids": ids, **fields})
-        return LiveView(v.base, v.dead, added)
+        return v.with_added({"codes": codes, "ids": ids, **fields})
 
     def _apply(self, rec: dict, where: Path) -> None:
         """Replay one log record (as JSON gave it)."""
@@ -821,7 +881,7 @@ class LiveIndex:
 
     def _maybe_fold(self) -> None:
         v, p = self._view, self.policy
-        if not (self._log_len > p.log_bytes or v.added.ntotal > p.added or v.dead.shape[0] > p.removed):
+        if not (self._log_len > p.log_bytes or v.added > p.added or v.dead.shape[0] > p.removed):
             return
         if self._fold_thread is not None:
             return  # one is under way; the changes since it began wait for the next
@@ -915,7 +975,7 @@ class LiveIndex:
         """Under the change lock, once the file holds the records up to ``seq``: the changes made since, replayed
         onto its items, become the view, and the log keeps only them."""
         tail, self._tail = self._tail or [], None
-        view = LiveView(merged, np.zeros(0, np.int64), HammingIndex(merged.nbits))
+        view = LiveView(merged)
         for _, rec, _ in tail:
             view = self._changed(rec, view)
         self._view = view

@@ -154,3 +154,14 @@ def test_a_read_only_service_follows_dsh_index_add(service):
     assert c.get("/healthz").json()["items"] == 42  # folded into a new file: the reader reads it
     assert c.get("/api/items/41").status_code == 404 and c.get("/api/items/42").status_code == 200
     reader.close()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--writable", "--fold-after", "0"], "--fold-after must be a positive number"),
+    (["--fold-after", "5"], "--fold-after is for --writable over an index file"),
+])
+def test_a_bad_fold_after_is_one_line(service, capsys, flags, message):
+    service["live"].close(fold=False)
+    code = main(["serve", "--index", str(service["index"]), *flags])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and message in err[-1]

@@ -13,6 +13,7 @@ import threading
 import numpy as np
 import pytest
 
+import dsh.index.live as live_module
 from dsh.errors import DataError, InputError
 from dsh.index.flat import HammingIndex
 from dsh.index.live import _LOG_HEAD, FoldPolicy, LiveIndex, has_changes_logged, log_path
@@ -76,7 +77,7 @@ def setup(tmp_path):
     return path, ref, rng
 
 
-def test_live_replayed_and_folded_agree_with_the_reference(setup):
+def test_live_replayed_and_folded_agree_with_the_reference(setup, monkeypatch):
     path, ref, rng = setup
     live = LiveIndex.open(path)
     size_before = path.stat().st_size
@@ -84,8 +85,13 @@ def test_live_replayed_and_folded_agree_with_the_reference(setup):
     assert path.stat().st_size == size_before  # nothing folded yet: the index file is as it was
     assert live.pending > 0
     # the added items sit in segments whose sizes fall geometrically: a few, not one per add
+    monkeypatch.setattr(live_module, "_SMALL_SEGMENT", 1)  # (small ones are merged: none would be left here)
+    random_ops(rng, ref, live, 30)
     sizes = [seg.ntotal for seg, _ in live.snapshot().segments]
-    assert 1 <= len(sizes) <= np.log2(sum(sizes)) + 2 and all(a > 2 * b for a, b in zip(sizes, sizes[1:]))
+    assert 2 <= len(sizes) <= np.log2(sum(sizes)) + 2 and all(a > 2 * b for a, b in zip(sizes, sizes[1:]))
+    monkeypatch.undo()
+    random_ops(rng, ref, live, 1)
+    assert len(live.snapshot().segments) == 1  # all below 4,096 items: one segment
     assert_same(live, ref, rng)
     live.close(fold=False)  # as a crash would leave it: the changes only in the log
     with LiveIndex.open(path) as again:

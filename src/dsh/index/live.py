@@ -204,7 +204,7 @@ _EMPTY_IDS = np.zeros(0, np.int64)
 class LiveView(SearchThenLookup):
     """An immutable state of a live index, as parts: the index file's items (``base``, never changed) and the
     items added since, in memory, as a few segments whose sizes fall geometrically (an add makes a new small
-    segment and merges it with the ones before it as long as they are not much larger, so an add costs
+    segment and merges it with the ones before it as long as they are not much larger, or small, so an add costs
     O(log n) amortised, not O(items added)). Each part has the ids removed from it (``int64[m]`` ascending;
     ``dead`` is the base's). It answers every reading call of :class:`dsh.index.base.Index` exactly as one
     :class:`HammingIndex` holding the same items would (:meth:`merged` builds that index)."""
@@ -414,12 +414,18 @@ class LiveView(SearchThenLookup):
         return LiveView(self.base, dead, _settled(self.nbits, segments))
 
 
+# segments below this many items are merged whatever their sizes: rebuilding one costs well under a millisecond,
+# and every segment costs each search a call of its own
+_SMALL_SEGMENT = 4096
+
+
 def _settled(nbits: int, segments: list) -> tuple:
-    """``segments`` (oldest first) with each one more than twice the size of the next: a segment not larger than
-    that is merged with the one after it (their removed items left out), from the newest back."""
+    """``segments`` (oldest first) with each one more than twice the size of the next and above
+    :data:`_SMALL_SEGMENT` items (but the newest): a segment not larger than that is merged with the one after it
+    (their removed items left out), from the newest back."""
     j = len(segments) - 2
     while j >= 0:
-        if j + 1 < len(segments) and segments[j][0].ntotal <= 2 * segments[j + 1][0].ntotal:
+        if j + 1 < len(segments) and segments[j][0].ntotal <= max(2 * segments[j + 1][0].ntotal, _SMALL_SEGMENT):
             (older, gone_a), (newer, gone_b) = segments[j], segments[j + 1]
             segments[j : j + 2] = [(_build(nbits, _alive_columns(older, gone_a), _alive_columns(newer, gone_b)),
                                     _EMPTY_IDS)]

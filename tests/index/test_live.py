@@ -247,6 +247,20 @@ def test_a_reader_follows_a_writer_through_its_folds(setup):
     writer.close()
     assert_same(reader.snapshot(), ref, rng)
     assert not reader.refresh()  # nothing more to take in
+    # a record the reader took in and the writer then cut back (its fsync failed), and another numbered alike
+    # in its place: the reader reads everything again rather than stopping at the numbering
+    writer = LiveIndex.open(path, policy=FoldPolicy(background=False))
+    start = log_path(path).stat().st_size
+    random_ops(rng, HammingIndex.load(path), writer, 1)  # a change the writer will take back
+    assert reader.refresh()
+    writer.close(fold=False)
+    with open(log_path(path), "r+b") as f:
+        f.truncate(start)
+    writer = LiveIndex.open(path, policy=FoldPolicy(background=False))
+    random_ops(rng, ref, writer, 2)
+    assert reader.refresh()
+    assert_same(reader.snapshot(), ref, rng)
+    writer.close(fold=False)
 
 
 def _hold_saves(monkeypatch):

@@ -498,6 +498,7 @@ class _Replay:
     last_seq: int
     log_id: bytes
     rewrite: bool
+    last_record: tuple | None = None
 
 
 def _read_records(path: Path, base: HammingIndex, identity: tuple[int, bytes]) -> _Replay | None:
@@ -523,18 +524,19 @@ def _read_records(path: Path, base: HammingIndex, identity: tuple[int, bytes]) -
         raise DataError(f"{path}: not a dsh index log (no {_LOG_MAGIC.decode()} header)")
     if bits != base.nbits:
         raise DataError(f"{path}: the log holds {bits}-bit codes, its index {base.nbits}-bit")
-    records, pos, seq, skipped = _parse_records(path, data, pos, start_seq, folded, numbered=magic == _LOG_MAGIC)
+    records, pos, seq, skipped, last = _parse_records(path, data, pos, start_seq, folded,
+                                                      numbered=magic == _LOG_MAGIC)
     return _Replay(records, pos, max(seq, folded), log_id,
-                   rewrite=magic == _LOG_MAGIC_V1 or skipped or pos != len(data))
+                   rewrite=magic == _LOG_MAGIC_V1 or skipped or pos != len(data), last_record=last)
 
 
 def _parse_records(path: Path, data: bytes, pos: int, seq: int, folded: int, *, numbered: bool = True,
-                   offset: int = 0) -> tuple[list, int, int, bool]:
+                   offset: int = 0) -> tuple[list, int, int, bool, tuple | None]:
     """The records in ``data`` from ``pos`` on (``data`` is the log from byte ``offset``), the first numbered
     ``seq + 1``: ``(records after folded, as (seq, record, payload), position after the last intact one, the last
-    number, whether some were skipped as folded)``. ``numbered=False``: records of the earlier format, numbered
-    here in order."""
-    records, skipped = [], False
+    number, whether some were skipped as folded, (CRC-32, bytes) of the last intact record or None)``.
+    ``numbered=False``: records of the earlier format, numbered here in order."""
+    records, skipped, last = [], False, None
     while pos < len(data):
         end = pos + _REC.size
         if end > len(data):
@@ -565,8 +567,9 @@ def _parse_records(path: Path, data: bytes, pos: int, seq: int, folded: int, *, 
             records.append((seq, rec, payload))
         else:
             skipped = True  # the fold that wrote the file ended before it rewrote the log
+        last = (crc, stop - pos)
         pos = stop
-    return records, pos, seq, skipped
+    return records, pos, seq, skipped, last
 
 
 # -- the live index ---------------------------------------------------------------------------------------------
@@ -603,6 +606,8 @@ class LiveIndex:
         self._verify = True
         self._looked_at = 0.0
         self._looking = threading.Lock()
+        self._last_record: tuple | None = None  # (CRC-32, bytes) of the last record read
+        self._log_seen: tuple | None = None  # the log's (size, mtime) when it was last read
 
     @classmethod
     def open(cls, path: str | os.PathLike, *, writable: bool = True, policy: FoldPolicy | None = None,
@@ -637,6 +642,7 @@ class LiveIndex:
             for _, rec, _ in replay.records if replay is not None else ():
                 live._apply(rec, where=lpath)
             live._identity, live._verify, live._looked_at = identity, verify, time.monotonic()
+            live._last_record = replay.last_record if replay is not None else None
             if replay is not None:
                 with contextlib.suppress(OSError):
                     live._log_ino = os.stat(lpath).st_ino
@@ -679,25 +685,46 @@ class LiveIndex:
                 log = os.stat(lpath)
             except FileNotFoundError:
                 log = None
-            if _file_identity(self.path) != self._identity or (None if log is None else log.st_ino) != self._log_ino:
-                fresh = LiveIndex.open(self.path, writable=False, policy=self.policy, verify=self._verify)
-                self._view, self._seq, self._next_id = fresh._view, fresh._seq, fresh._next_id
-                self._log_len, self._identity, self._log_ino = fresh._log_len, fresh._identity, fresh._log_ino
+            replaced = _file_identity(self.path) != self._identity
+            ino = None if log is None else log.st_ino
+            if replaced or ino != self._log_ino or (log is not None and log.st_size < self._log_len):
+                self._read_again()
                 return True
-            if log is None or log.st_size <= self._log_len:
+            if log is None or (log.st_size, log.st_mtime_ns) == self._log_seen:
                 return False
+            # from the last record read, to check that it is still there: a writer whose fsync failed cuts its
+            # record back, and the next one takes its number
+            at = self._log_len - self._last_record[1] if self._last_record else self._log_len
             with open(lpath, "rb") as f:
-                f.seek(self._log_len)
+                f.seek(at)
                 data = f.read()
-            records, used, seq, _ = _parse_records(lpath, data, 0, self._seq, _folded_seq(self._view.base),
-                                                   offset=self._log_len)
+            try:
+                if self._last_record:
+                    tag, length, crc = _REC.unpack_from(data, 0)
+                    if (tag, crc, _REC.size + length) != (_REC_MAGIC, self._last_record[0], self._last_record[1]):
+                        raise DataError("the last record read was replaced")
+                start = self._log_len - at
+                records, used, seq, _, last = _parse_records(lpath, data, start, self._seq,
+                                                             _folded_seq(self._view.base), offset=at)
+            except (DataError, struct.error):  # not what followed the records read: read everything again
+                self._read_again()
+                return True
             for _, rec, _ in records:
                 self._apply(rec, where=lpath)
-            self._log_len += used
+            self._last_record = last or self._last_record
+            self._log_len = at + used
             self._seq = seq
+            self._log_seen = (log.st_size, log.st_mtime_ns)
             return bool(records)
         finally:
             self._looking.release()
+
+    def _read_again(self) -> None:
+        """A reader: the file and its log read afresh."""
+        fresh = LiveIndex.open(self.path, writable=False, policy=self.policy, verify=self._verify)
+        self._view, self._seq, self._next_id = fresh._view, fresh._seq, fresh._next_id
+        self._log_len, self._identity, self._log_ino = fresh._log_len, fresh._identity, fresh._log_ino
+        self._last_record = fresh._last_record
 
     @property
     def nbits(self) -> int:

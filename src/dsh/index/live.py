@@ -32,7 +32,9 @@ its change log ``F.log`` and the writer's lock ``F.lock``.
   and the lookup of its results see the same items.
 - **One writer.** ``F.lock`` is held with ``fcntl.flock`` while a writable :class:`LiveIndex` is open (the kernel
   lets it go when the process ends, however it ends); a second writer gets a one-line ``DataError`` naming the
-  holder's pid. Readers (``writable=False``) take no lock: they read the file and replay the log as it is.
+  holder's pid. Readers (``writable=False``) take no lock: they read the file and replay the log as it is, and
+  :meth:`LiveIndex.refresh` (which :meth:`LiveIndex.snapshot` calls at most every 0.1 s) takes in what the writer
+  changed since: the records appended, or the new file and log after a fold.
 
 New ids count on from one more than the largest id this index has ever held (kept in the index's metadata as
 ``next_id`` across folds), so an id is never given twice.
@@ -709,8 +711,13 @@ class LiveIndex:
             except (DataError, struct.error):  # not what followed the records read: read everything again
                 self._read_again()
                 return True
-            for _, rec, _ in records:
-                self._apply(rec, where=lpath)
+            before = self._view, self._next_id
+            try:
+                for _, rec, _ in records:
+                    self._apply(rec, where=lpath)
+            except BaseException:
+                self._view, self._next_id = before  # all of these records or none
+                raise
             self._last_record = last or self._last_record
             self._log_len = at + used
             self._seq = seq

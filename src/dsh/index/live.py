@@ -298,6 +298,8 @@ class LiveView(SearchThenLookup):
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`HammingIndex.search`: ``D int32[nq, k]``, ``I int64[nq, k]`` ordered by (distance, id)."""
+        if not self.segments and not self.dead.shape[0]:
+            return self.base.search(q, k)  # the file as it is (a reader with no changes to take in)
         q = check_codes(q, self.nbits, name="queries")
         k = check_k(k)
         nq = q.shape[0]
@@ -329,6 +331,8 @@ class LiveView(SearchThenLookup):
 
     def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As :meth:`HammingIndex.range_search`: ``lims int64[nq + 1]``, ``D int32[..]``, ``I int64[..]``."""
+        if not self.segments and not self.dead.shape[0]:
+            return self.base.range_search(q, radius)
         q = check_codes(q, self.nbits, name="queries")
         radius = check_radius(radius)
         nq = q.shape[0]
@@ -354,6 +358,8 @@ class LiveView(SearchThenLookup):
 
     def lookup(self, ids) -> list[dict]:
         """Each id's record; ``KeyError`` for an id not held."""
+        if not self.segments and not self.dead.shape[0]:
+            return self.base.lookup(ids)
         ids = np.asarray(ids, np.int64).ravel()
         holder = self.where(ids)
         if (holder < 0).any():

@@ -311,6 +311,21 @@ def io_written() -> int:
     return int(fields["wchar"])
 
 
+def single_adds(live, rng, adds: int) -> tuple[list, list, list, np.ndarray]:
+    """``adds`` adds of one random 64-bit code each: their seconds, the bytes the index logged and the bytes the
+    kernel was handed for each, and the last code."""
+    times, logged, kernel = [], [], []
+    for _ in range(adds):
+        code = rng.integers(0, 256, (1, 8), dtype=np.uint8)
+        b0, k0 = live.bytes_written, io_written()
+        t0 = time.perf_counter()
+        live.add(code, labels=[int(rng.integers(10))])
+        times.append(time.perf_counter() - t0)
+        logged.append(live.bytes_written - b0)
+        kernel.append(io_written() - k0)
+    return times, logged, kernel, code
+
+
 def add_cost(work: Path, n: int, adds: int, pending: int = 100_000) -> dict[str, Any]:
     from dsh.index.flat import HammingIndex
     from dsh.index.live import LiveIndex, log_path
@@ -332,27 +347,14 @@ def add_cost(work: Path, n: int, adds: int, pending: int = 100_000) -> dict[str,
     open_s = time.perf_counter() - t0
     stat0 = path.stat()
     rng = np.random.default_rng(2)
-    times, logged, kernel = [], [], []
-    for _ in range(adds):
-        code = rng.integers(0, 256, (1, 8), dtype=np.uint8)
-        b0, k0 = live.bytes_written, io_written()
-        t0 = time.perf_counter()
-        live.add(code, labels=[int(rng.integers(10))])
-        times.append(time.perf_counter() - t0)
-        logged.append(live.bytes_written - b0)
-        kernel.append(io_written() - k0)
+    times, logged, kernel, code = single_adds(live, rng, adds)
     stat1 = path.stat()
     lims, D, I = live.range_search(code, 0)
     assert live.next_id - 1 in I, "the last add is found"
     # the same single adds once `pending` items wait in memory for the next fold (1,000 at a time)
     for a in range(0, pending, 1000):
         live.add(rng.integers(0, 256, (min(1000, pending - a), 8), dtype=np.uint8))
-    times_pending = []
-    for _ in range(adds):
-        code = rng.integers(0, 256, (1, 8), dtype=np.uint8)
-        t0 = time.perf_counter()
-        live.add(code, labels=[int(rng.integers(10))])
-        times_pending.append(time.perf_counter() - t0)
+    times_pending = single_adds(live, rng, adds)[0]
     segments = len(live.snapshot().segments)
     untouched = (stat0.st_size, stat0.st_mtime_ns, stat0.st_ino) == (stat1.st_size, stat1.st_mtime_ns, stat1.st_ino)
     k0 = io_written()

@@ -243,11 +243,7 @@ class LiveView(SearchThenLookup):
 
     def holds(self, ids: np.ndarray) -> np.ndarray:
         """``bool[len(ids)]``: which of ``ids`` (``int64``) this state holds."""
-        ids = np.asarray(ids, np.int64).ravel()
-        out = np.zeros(ids.shape, bool)
-        for part, gone in self.parts:
-            out |= _member(part.ids, ids) & ~_member(gone, ids)
-        return out
+        return self.where(ids) >= 0
 
     def where(self, ids: np.ndarray) -> np.ndarray:
         """``int64[len(ids)]``: the part (0 the base, 1.. the segments) that holds each id, -1 where none."""
@@ -406,8 +402,9 @@ class LiveView(SearchThenLookup):
         return LiveView(self.base, self.dead, _settled(self.nbits, segments))
 
     def without(self, ids: np.ndarray) -> "LiveView":
-        """This state with the items of ``ids`` (held ones, ``int64``) removed. A segment that loses more than
-        half its items is rebuilt without them (so removed ids never outnumber the held ones)."""
+        """This state with the items of ``ids`` (``int64``; those not held are ignored) removed. A segment that
+        loses more than half its items is rebuilt without them (so removed ids never outnumber the held ones)."""
+        ids = np.asarray(ids, np.int64).ravel()
         holder = self.where(ids)
         dead = np.union1d(self.dead, ids[holder == 0]) if (holder == 0).any() else self.dead
         segments = []
@@ -858,7 +855,7 @@ class LiveIndex:
         v = self._view if v is None else v
         ids = np.asarray(rec["ids"], np.int64)
         if rec["op"] == "remove":
-            return v.without(ids[v.holds(ids)])
+            return v.without(ids)
         codes = rec["codes"]
         fields = {k: rec.get(k) for k in ("labels", "paths", "keys", "class_names")}
         # what the file's catalog would say to these rows: the error now, not at the fold

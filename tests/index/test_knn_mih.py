@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from test_index import assert_same, brute_knn, brute_range
 
 from dsh import HammingIndex
+from dsh.codes.kernels import as_words
 from dsh.errors import DataError, InputError
 from dsh.index.distinct import Groups
 
@@ -118,6 +119,59 @@ def test_an_index_built_batch_by_batch_groups_its_codes_once_and_answers_as_one_
     batched.remove(np.arange(0, 3000, 7))
     keep = np.setdiff1d(np.arange(3000), np.arange(0, 3000, 7))
     check_index(batched, codes[keep], keep, q, ks=(10,), radii=(1,), nsub=None)
+
+
+@pytest.mark.parametrize("nbits", [48, 33, 128])
+def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brute_force_results(nbits):
+    """Codes that repeat heavily around a few centres (as learned codes do) are kept in sorted order too: queries
+    equal to a code that holds k items are looked up, repeated queries answered once, and the scan skips blocks
+    whose codes all differ from the query in more bits than the k-th distance; every answer is the brute force's."""
+    from dsh.index.sorted_codes import BLOCK
+
+    rng = np.random.default_rng(nbits)
+    w = (nbits + 7) // 8
+    centres = make_codes(rng, "random", 8, nbits)
+    distinct = centres[rng.integers(0, 8, 600)] ^ np.packbits(rng.random((600, nbits)) < 3 / nbits, axis=1,
+                                                               bitorder="little")[:, :w]
+    distinct[:, -1] &= (1 << (nbits % 8)) - 1 if nbits % 8 else 255  # the last byte's padding bits stay 0
+    weights = rng.zipf(1.6, len(distinct)).clip(1, 300)  # a few codes hold many items, most hold one or two
+    codes = np.repeat(distinct, weights, axis=0)[rng.permutation(int(weights.sum()))]
+    ids = rng.permutation(3 * len(codes))[: len(codes)].astype(np.int64)
+    index = HammingIndex(nbits)
+    index.add(codes, ids)
+    sorted_codes = index._sorted_codes()
+    assert sorted_codes is not None and index.distinct > 8 * BLOCK
+    assert sorted_codes.agreed_bits > 4  # blocks share bits, so bounds prune
+    popular = distinct[np.argsort(-weights)[:5]]
+    q = np.concatenate([popular, popular[:2], codes[:40], make_codes(rng, "clustered", 10, nbits),
+                        make_codes(rng, "random", 5, nbits)])
+    q[:, -1] &= (1 << (nbits % 8)) - 1 if nbits % 8 else 255
+    for k in (1, 7, 60, 700):
+        want = brute_knn(q, codes, ids, k)
+        hits = index._exact_hits(as_words(q), k)
+        assert (hits < 0).any() and (hits >= 0).any() == (k <= weights.max())  # both paths where a code holds k
+        for method in ("auto", "flat", "mih"):
+            assert_same(index.search(q, k, method=method), want)
+    info = index.explain(q, 7)
+    assert info["distinct_queries"] < len(q) and info["exact_hits"] > 0
+
+
+def test_the_sorted_scan_equals_the_plain_grouped_scan():
+    """The block-skipping scan over sorted codes returns the same runs of distinct codes as the plain scan."""
+    from dsh.codes import group_kernels as G
+    from dsh.index.sorted_codes import SortedCodes
+
+    rng = np.random.default_rng(11)
+    codes = np.repeat(make_codes(rng, "clustered", 400, 64), rng.integers(1, 6, 400), axis=0)
+    g = Groups.build(codes)
+    X = as_words(g.ucodes)
+    Q = as_words(np.concatenate([codes[::37], make_codes(rng, "random", 6, 64)]))
+    s = SortedCodes.build(X)
+    for k in (1, 5, 40):
+        plain = G.knn_scan_groups(X.reshape(-1), g.u, 1, Q, 0, len(Q), k, 64, g.goff)
+        fast = s.knn(Q, k, 64, g.goff)
+        for a, b in zip(plain, fast):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_memory_per_item_goes_down_where_codes_repeat():

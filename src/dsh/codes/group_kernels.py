@@ -25,7 +25,7 @@ from numba import njit
 
 from .kernels import _CHUNK_BYTES, _SUB, _U0, _U1, _U2, _bucket, _chunk_min, _dist, _grow, _popcount, _substring
 
-__all__ = ["knn_scan_groups", "mih_knn", "expand_knn", "expand_range"]
+__all__ = ["knn_scan_groups", "knn_scan_sorted", "mih_knn", "expand_knn", "expand_range", "exact_groups"]
 
 
 @njit(inline="always")
@@ -57,6 +57,188 @@ def _kth(hist, k, nbits):
     return nbits
 
 
+@njit(inline="always")
+def _lower_bound(S, W, u, q):
+    """First place among the ``u`` codes of ``S`` (words in sorted order) whose code is not below ``q``."""
+    lo, hi = 0, u
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        below = False
+        for w in range(W):
+            a, b = S[mid * W + w], q[w]
+            if a != b:
+                below = a < b
+                break
+        if below:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
+@njit(inline="always")
+def _no_runs(nq):
+    """``(counts int64[nq], D, U)``: empty outputs to grow, every query's run empty so far."""
+    return np.zeros(max(nq, 0), np.int64), np.empty(1024, np.int32), np.empty(1024, np.int64)
+
+
+@njit(inline="always")
+def _take(bufd, bufp, size, d, g, goff, hist, weight):
+    """Keep distinct code ``g`` at distance ``d`` as entry ``size``, its items weighed into ``hist`` and the
+    total; returns ``(size + 1, new total weight)``."""
+    bufd[size] = d
+    bufp[size] = g
+    wj = _weight(goff, g)
+    hist[d] += wj
+    return size + 1, weight + wj
+
+
+@njit(inline="always")
+def _lowered(weight, hist, lim, k):
+    """``(weight, lim)`` after lowering the limit while the kept codes below the top distance still weigh ``k``
+    (``hist[d]``: the weight kept at distance ``d``; call once the kept weight reaches ``k``)."""
+    t = lim - 1
+    while t > 0 and weight - hist[t] >= k:
+        weight -= hist[t]
+        t -= 1
+    return weight, t + 1
+
+
+@njit(inline="always")
+def _compact(bufd, bufp, size, lim):
+    """Keep the first ``size`` entries whose distance is below ``lim``, in place; returns how many."""
+    m = 0
+    for e in range(size):
+        if bufd[e] < lim:
+            bufd[m] = bufd[e]
+            bufp[m] = bufp[e]
+            m += 1
+    return m
+
+
+@njit(inline="always")
+def _emit(od, op, total, bufd, bufp, size, lim, u):
+    """Append a query's kept entries below ``lim`` to the output ``(od, op)`` from ``total`` on, ordered by
+    (distance, code); returns ``(od, op, new total)``."""
+    od = _grow(od, total + size)
+    op = _grow(op, total + size)
+    a = total
+    total += _compact(bufd[:size], bufp[:size], size, lim)
+    od[a:total] = bufd[: total - a]
+    op[a:total] = bufp[: total - a]
+    _sort_run(od, op, a, total, u)
+    return od, op, total
+
+
+@njit(nogil=True, cache=True)
+def exact_groups(S, order, W, Q, goff, k):
+    """Per query, the distinct code equal to it when that code alone stands for at least ``k`` items, else -1.
+
+    ``S``: the distinct codes' words sorted lexicographically (word 0 first, ``uint64[u * W]``), ``order[s]`` the
+    distinct code at sorted place ``s``. Such a query's k nearest are the code's first ``k`` item positions at
+    distance 0: nothing else is that close, and the group's positions ascend. Returns ``int64[nq]``.
+    """
+    nq = Q.shape[0]
+    out = np.full(nq, -1, np.int64)
+    u = order.shape[0]
+    for i in range(nq):
+        s = _lower_bound(S, W, u, Q[i])
+        if s < u:
+            same = True
+            for w in range(W):
+                if S[s * W + w] != Q[i, w]:
+                    same = False
+                    break
+            if same and _weight(goff, order[s]) >= k:
+                out[i] = order[s]
+    return out
+
+
+@njit(inline="always")
+def _block_bounds(fixed, value, nblocks, W, q, out):
+    """``out[b]``: the fewest bits query ``q`` differs in from any code of block ``b`` (vectorised for W = 1)."""
+    nb = np.uint64(nblocks)
+    if W == 1:
+        q0 = q[0]
+        for b in range(_U0, nb):
+            out[b] = np.uint8(_popcount((value[b] ^ q0) & fixed[b]))
+    else:
+        Wu = np.uint64(W)
+        for b in range(_U0, nb):
+            t = _U0
+            for w in range(_U0, Wu):
+                t += _popcount((value[b * Wu + w] ^ q[w]) & fixed[b * Wu + w])
+            out[b] = np.uint8(t)
+
+
+@njit(nogil=True, cache=True)
+def knn_scan_sorted(S, order, fixed, value, block, u, W, Q, qa, qb, k, nbits, goff):
+    """Per query ``qa <= i < qb``: every distinct code within the weighted k-th distance, by a scan over the
+    distinct codes in sorted order that skips whole blocks; the same runs as :func:`knn_scan_groups`.
+
+    ``S``: the codes' words in sorted order (``uint64[u * W]``), ``order[s]`` the distinct code at sorted place
+    ``s``. Block ``b`` (places ``b * block`` onwards) has ``fixed`` words (``uint64[nblocks * W]``), the bits on
+    which all its codes agree, and ``value`` those bits: ``popcount((q ^ value) & fixed)`` is a lower bound on the
+    distance from ``q`` to each of its codes, and a block whose bound reaches the limit is not read. Sorted codes
+    that share leading bits share blocks, so where codes cluster (learned codes) most blocks are skipped.
+    """
+    nq = qb - qa
+    counts, od, op = _no_runs(nq)
+    nblocks = (u + block - 1) // block
+    total = 0
+    if u == 0 or nq <= 0:
+        return counts, od[:0].copy(), op[:0].copy()
+    bufd = np.empty(max(2 * k, 256), np.int32)
+    bufp = np.empty(max(2 * k, 256), np.int64)
+    hist = np.zeros(nbits + 2, np.int64)
+    bounds = np.empty(nblocks, np.uint8)
+    first = np.empty(nbits + 2, np.int64)
+    visit = np.empty(nblocks, np.int64)
+    Wu = np.uint64(W)
+    for i in range(qa, qb):
+        q = Q[i]
+        hist[:] = 0
+        size = 0
+        lim = nbits + 1  # keep a code iff distance < lim (= t + 1 once k weight is in)
+        weight = 0  # weight of the kept codes with distance < lim
+        # every block's bound (one vectorised pass), then the blocks in order of bound (a counting sort): the
+        # nearest blocks first bring the limit down soonest, and the first block whose bound reaches it ends the scan
+        _block_bounds(fixed, value, nblocks, W, q, bounds)
+        first[:] = 0
+        for b in range(nblocks):
+            first[np.int64(bounds[b]) + 1] += 1
+        for t in range(1, nbits + 2):
+            first[t] += first[t - 1]
+        for b in range(nblocks):
+            t = np.int64(bounds[b])
+            visit[first[t]] = b
+            first[t] += 1
+        for v in range(nblocks):
+            b = visit[v]
+            if np.int64(bounds[b]) >= lim:
+                break
+            j0, j1 = b * block, min((b + 1) * block, u)
+            if np.int64(_chunk_min(S, q, W, np.uint64(j0), np.uint64(j1))) >= lim:
+                continue
+            for j in range(j0, j1):
+                d = np.int64(_dist(S, np.uint64(j) * Wu, q, W))
+                if d >= lim:
+                    continue
+                if size == bufd.shape[0]:
+                    # drop what the lowered limit excludes; grow when most entries stay
+                    size = _compact(bufd, bufp, size, lim)
+                    if 2 * size > bufd.shape[0]:
+                        bufd = _grow(bufd, 2 * bufd.shape[0])
+                        bufp = _grow(bufp, 2 * bufp.shape[0])
+                size, weight = _take(bufd, bufp, size, d, np.int64(order[j]), goff, hist, weight)
+                if weight >= k:
+                    weight, lim = _lowered(weight, hist, lim, k)
+        before = total
+        od, op, total = _emit(od, op, total, bufd, bufp, size, lim, u)
+        counts[i - qa] = total - before
+    return counts, od[:total].copy(), op[:total].copy()
+
+
 @njit(nogil=True, cache=True)
 def knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
     """Per query ``qa <= i < qb``: every distinct code within the weighted k-th distance, by a flat scan.
@@ -65,9 +247,7 @@ def knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
     ``counts int64[qb-qa]``, ``D int32[total]``, ``U int64[total]``, each query's run ordered by (distance, code).
     """
     nq = qb - qa
-    counts = np.zeros(nq, np.int64)
-    od = np.empty(1024, np.int32)
-    op = np.empty(1024, np.int64)
+    counts, od, op = _no_runs(nq)
     total = 0
     if u == 0 or nq <= 0:
         return counts, od[:0].copy(), op[:0].copy()
@@ -101,12 +281,7 @@ def knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
                                 continue
                             if size[i] == bufd.shape[1]:
                                 # drop what the lowered limit excludes; grow when most entries stay
-                                m = 0
-                                for e in range(size[i]):
-                                    if bufd[i, e] < lim[i]:
-                                        bufd[i, m] = bufd[i, e]
-                                        bufp[i, m] = bufp[i, e]
-                                        m += 1
+                                m = _compact(bufd[i], bufp[i], size[i], lim[i])
                                 size[i] = m
                                 if 2 * m > bufd.shape[1]:
                                     nd = np.empty((nb, 2 * bufd.shape[1]), np.int32)
@@ -115,31 +290,13 @@ def knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
                                     npp[:, : bufd.shape[1]] = bufp
                                     bufd = nd
                                     bufp = npp
-                            e = size[i]
-                            bufd[i, e] = d
-                            bufp[i, e] = j
-                            size[i] = e + 1
-                            wj = _weight(goff, j)
-                            hist[i, d] += wj
-                            weight[i] += wj
+                            size[i], weight[i] = _take(bufd[i], bufp[i], size[i], d, j, goff, hist[i], weight[i])
                             if weight[i] >= k:
-                                # lower the limit while the codes below the top distance still weigh k
-                                t = lim[i] - 1
-                                while t > 0 and weight[i] - hist[i, t] >= k:
-                                    weight[i] -= hist[i, t]
-                                    t -= 1
-                                lim[i] = t + 1
+                                weight[i], lim[i] = _lowered(weight[i], hist[i], lim[i], k)
         for i in range(nb):
-            od = _grow(od, total + size[i])
-            op = _grow(op, total + size[i])
-            a = total
-            for e in range(size[i]):
-                if bufd[i, e] < lim[i]:
-                    od[total] = bufd[i, e]
-                    op[total] = bufp[i, e]
-                    total += 1
-            _sort_run(od, op, a, total, u)
-            counts[b0 - qa + i] = total - a
+            before = total
+            od, op, total = _emit(od, op, total, bufd[i], bufp[i], size[i], lim[i], u)
+            counts[b0 - qa + i] = total - before
     return counts, od[:total].copy(), op[:total].copy()
 
 
@@ -208,12 +365,7 @@ def mih_knn(X, u, W, Q, qa, qb, k, nbits, goff, nitems, budget, probe_ns, cand_n
                                     break
                         if first:
                             d = np.int64(_dist(X, base, q, W))
-                            fd[nf] = d
-                            fj[nf] = j
-                            nf += 1
-                            wj = _weight(goff, j)
-                            hist[d] += wj
-                            found += wj
+                            nf, found = _take(fd, fj, nf, d, j, goff, hist, found)
                     if s == 0:
                         break
                     c = mask & (~mask + _U1)

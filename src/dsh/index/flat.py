@@ -43,6 +43,7 @@ from .catalog import Catalog, catalog_file, catalog_path, new_uid, written_besid
 from .distinct import Groups, position_dtype
 from .faiss_file import knn_exact, range_exact
 from .mih import KnnPlan, MIHTables, pilot_size, plan_knn, prefer_mih
+from .sorted_codes import SortedCodes, worth_keeping
 
 __all__ = ["HammingIndex", "ENGINES", "catalog_file", "catalog_path", "warm_up_kernels"]
 
@@ -115,6 +116,7 @@ class HammingIndex(SearchThenLookup):
         self._catalog = catalog  # row i is the record of ids[i]
         self._words = None  # uint64[u, W] over the distinct codes, built on first search
         self._mih: MIHTables | None = None  # over the distinct codes
+        self._sorted: SortedCodes | bool | None = None  # built on first k-NN where worth it; False where not
         self._faiss = None
 
     @property
@@ -161,8 +163,10 @@ class HammingIndex(SearchThenLookup):
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the codes, ids, distinct-code groups and MIH tables, in bytes."""
-        return int(self._groups.nbytes + self._ids.nbytes + (self._mih.nbytes if self._mih is not None else 0))
+        """Memory held by the codes, ids, distinct-code groups, MIH tables and the sorted order of the distinct
+        codes, in bytes."""
+        return int(self._groups.nbytes + self._ids.nbytes + (self._mih.nbytes if self._mih is not None else 0)
+                   + (self._sorted.nbytes if self._sorted else 0))
 
     @property
     def ids(self) -> np.ndarray:
@@ -324,7 +328,13 @@ class HammingIndex(SearchThenLookup):
         if nq and n:
             kk = min(k, n)
             if self._engine == "numba" or method == "mih":
-                self._knn(K.as_words(q), k, method, D, P)
+                Q, back = _distinct_rows(K.as_words(q))
+                if back is None:
+                    self._knn(Q, k, method, D, P)
+                else:  # a repeated query is answered once
+                    d, p = D[: len(Q)], P[: len(Q)]
+                    self._knn(Q, k, method, d, p)
+                    D[:], P[:] = d[back], p[back]
             elif self._engine == "faiss":
                 D[:, :kk], P[:, :kk] = self._faiss_knn(q, kk)
             else:
@@ -339,11 +349,16 @@ class HammingIndex(SearchThenLookup):
         q = self._queries(q)
         k = check_k(k)
         method = _check_method(method)
+        extra = {}
         if self._engine != "numba" and method != "mih":
             out = KnnPlan("flat", f"the {self._engine} engine scans", float("nan")).as_dict()
         else:
-            out = self._plan(K.as_words(q), k, method)[0].as_dict()
-        return {**out, "distinct": self.distinct, "ntotal": self.ntotal,
+            Q, _ = _distinct_rows(K.as_words(q))
+            hits = self._exact_hits(Q, k) if method == "auto" else None
+            rest = Q if hits is None else Q[hits < 0]
+            out = self._plan(rest, k, method)[0].as_dict()
+            extra = {"distinct_queries": len(Q), "exact_hits": 0 if hits is None else int((hits >= 0).sum())}
+        return {**out, **extra, "distinct": self.distinct, "ntotal": self.ntotal,
                 "nsub": None if self._mih is None else self._mih.nsub}
 
     def _plan(self, Q: np.ndarray, k: int, method: str) -> tuple[KnnPlan, tuple | None]:
@@ -371,7 +386,38 @@ class HammingIndex(SearchThenLookup):
                    plan)
         return plan, pilot
 
+    def _sorted_codes(self) -> SortedCodes | None:
+        """The distinct codes in sorted order (:mod:`dsh.index.sorted_codes`), built on first use where codes
+        repeat enough for it to cost little; None elsewhere."""
+        if self._sorted is None:
+            g = self._groups
+            words = self._get_words()
+            self._sorted = SortedCodes.build(words) if worth_keeping(g.u, g.n, words.shape[1]) else False
+        return self._sorted or None
+
+    def _exact_hits(self, Q: np.ndarray, k: int) -> np.ndarray | None:
+        """Per query (``uint64[nq, W]``), the distinct code equal to it that alone holds ``k`` items, else -1;
+        None where the index keeps no sorted copy of its codes."""
+        sorted_codes = self._sorted_codes()
+        return None if sorted_codes is None else sorted_codes.exact(Q, self._groups.goff, k)
+
     def _knn(self, Q: np.ndarray, k: int, method: str, D: np.ndarray, P: np.ndarray) -> None:
+        """Exact k-NN of ``Q`` (``uint64[nq, W]``) into ``D`` / ``P`` (positions): with ``method="auto"``, queries
+        equal to a code that holds ``k`` items directly, the others by the plan's method."""
+        hits = self._exact_hits(Q, k) if method == "auto" else None
+        if hits is None or not (hits >= 0).any():
+            return self._knn_planned(Q, k, method, D, P)
+        found = np.flatnonzero(hits >= 0)
+        g = self._groups
+        D[found] = 0
+        P[found] = g.gpos[g.goff[hits[found]][:, None] + np.arange(k)]
+        rest = np.flatnonzero(hits < 0)
+        if rest.size:
+            d, p = D[rest], P[rest]
+            self._knn_planned(Q[rest], k, method, d, p)
+            D[rest], P[rest] = d, p
+
+    def _knn_planned(self, Q: np.ndarray, k: int, method: str, D: np.ndarray, P: np.ndarray) -> None:
         """Exact k-NN of ``Q`` (``uint64[nq, W]``) into ``D`` / ``P`` (positions) by the plan's method."""
         plan, pilot = self._plan(Q, k, method)
         g = self._groups
@@ -406,8 +452,11 @@ class HammingIndex(SearchThenLookup):
         x, W, u = X.reshape(-1), X.shape[1], g.u
         D = np.full((nq, k), -1, np.int32)
         P = np.full((nq, k), -1, np.int64)
+        sorted_codes = self._sorted_codes()
         if g.identity:
             K.run_parallel(lambda a, b: K.knn_scan(x, u, W, Q, a, b, k, self._nbits, D, P), nq)
+        elif sorted_codes is not None:
+            self._expand_knn(sorted_codes.knn(Q, k, self._nbits, g.goff), k, D, P)
         else:
             parts = K.run_parallel(lambda a, b: G.knn_scan_groups(x, u, W, Q, a, b, k, self._nbits, g.goff), nq)
             counts = np.concatenate([p[0] for p in parts])
@@ -643,6 +692,21 @@ def _load_catalog(path: Path, entry, ids: np.ndarray, mmap: bool, verify: bool) 
 
 
 
+def _distinct_rows(Q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(the distinct rows of Q in order of first appearance, each row's index among them)`` for ``Q``
+    (``uint64[nq, W]``); ``(Q, None)`` where no row repeats."""
+    if len(Q) < 2:
+        return Q, None
+    key = Q[:, 0] if Q.shape[1] == 1 else np.ascontiguousarray(Q).view(np.dtype((np.void, 8 * Q.shape[1]))).ravel()
+    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    if len(first) == len(Q):
+        return Q, None
+    order = np.argsort(first)
+    rank = np.empty(len(first), np.int64)
+    rank[order] = np.arange(len(first))
+    return Q[first[order]], rank[inverse.ravel()]
+
+
 def _check_method(method) -> str:
     if method not in METHODS:
         raise InputError(f"method must be 'auto', 'mih' or 'flat', got {method!r}")
@@ -656,7 +720,8 @@ def warm_up_kernels() -> None:
     seconds a compile takes."""
     rng = np.random.default_rng(0)
     distinct = rng.integers(0, 256, (24, 8), dtype=np.uint8)
-    for codes in (distinct, np.repeat(distinct[:8], 3, axis=0)):
+    # repeated so much that the index keeps its codes' sorted order for queries equal to one of them
+    for codes in (distinct, np.repeat(distinct[:4], 6, axis=0)):
         index = HammingIndex(64)
         index.add(codes)
         index.build_mih()

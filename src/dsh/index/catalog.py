@@ -49,7 +49,7 @@ from ..utils.fileio import (
     remove_stale_temporaries,
 )
 
-__all__ = ["Catalog", "StringColumn", "catalog_file", "catalog_path", "new_uid", "written_beside"]
+__all__ = ["Catalog", "StringColumn", "catalog_file", "catalog_path", "fill_record", "new_uid", "written_beside"]
 
 _MAGIC = b"DSHCATLG"
 _END = END_MARKER
@@ -593,6 +593,17 @@ def _check_class_names(class_names, labels: np.ndarray | None) -> list[str]:
     if names and labels is not None and labels.ndim == 2 and len(names) != labels.shape[1]:
         raise InputError(f"{len(names)} class names for multi-hot labels with {labels.shape[1]} classes")
     return names
+
+
+def fill_record(catalogs) -> dict:
+    """The fields a row of one of ``catalogs`` (``Catalog`` or None each) gets, in their :meth:`Catalog.concat`,
+    for the columns its own catalog lacks: the fill values as :meth:`Catalog.record` shows them (``label`` -1 or
+    ``[]``, ``class`` ``[]`` for multi-hot with names, ``path`` and ``key`` ``""``)."""
+    joined = Catalog.from_columns(1)
+    for cat in catalogs:
+        if cat is not None:
+            joined = joined.concat(cat.take(np.zeros(0, np.int64)))
+    return joined.record(0)
 
 
 def _labels_or_fill(labels: np.ndarray | None, n: int, like: np.ndarray) -> np.ndarray:

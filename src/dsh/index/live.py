@@ -60,7 +60,7 @@ from ..errors import DataError, InputError, one_line
 from ..utils.fileio import TRAILER, atomic_write
 from ..utils.runlock import lock_held
 from .base import SearchThenLookup, check_k, check_new_ids, check_radius
-from .catalog import Catalog
+from .catalog import Catalog, fill_record
 from .flat import HammingIndex
 
 logger = logging.getLogger(__name__)
@@ -367,27 +367,12 @@ class LiveView(SearchThenLookup):
                 for i, rec in zip(at, part.lookup(ids[at])):
                     out[i] = rec
         # a column that one part has and another lacks: the fill value the merged catalog would give
-        fill: dict = {}
-        for part, _ in self.parts:
-            cat = part.catalog
-            if cat is None:
-                continue
-            if cat.paths is not None:
-                fill["path"] = ""
-            if cat.keys is not None:
-                fill["key"] = ""
-            if cat.labels is not None and cat.labels.ndim == 1:
-                fill["label"] = -1
-            elif cat.labels is not None:
-                fill["label"] = []
-                if cat.class_names:
-                    fill["class"] = []
-        if fill:
-            for rec in out:
-                labelled = "label" in rec
-                for name, value in fill.items():
-                    if name not in rec and (name != "class" or not labelled):
-                        rec[name] = value
+        fill = fill_record(part.catalog for part, _ in self.parts)
+        for rec in out:
+            labelled = "label" in rec
+            for name, value in fill.items():
+                if name not in rec and (name != "class" or not labelled):
+                    rec[name] = list(value) if isinstance(value, list) else value
         return out
 
     def close(self) -> None:

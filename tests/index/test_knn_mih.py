@@ -282,8 +282,9 @@ def test_warm_up_compiles_every_kernel_a_later_search_uses():
     warm_up_kernels()
     before = {f: len(f.signatures) for f in dispatchers}
     rng = np.random.default_rng(5)
-    for kind, nbits, n in (("random", 33, 300), ("tied", 128, 200), ("clustered", 12, 500)):
-        codes = make_codes(rng, kind, n, nbits)
+    for kind, nbits, n in (("random", 33, 300), ("tied", 128, 200), ("clustered", 12, 500), ("pairs", 48, 300)):
+        codes = (np.repeat(make_codes(rng, "random", n // 2, nbits), 2, axis=0) if kind == "pairs"
+                 else make_codes(rng, kind, n, nbits))
         index = HammingIndex(nbits)
         index.add(codes)
         check_index(index, codes, np.arange(n), codes[::50], ks=(1, 7), radii=(0, 2), nsub=None)

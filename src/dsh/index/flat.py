@@ -317,7 +317,9 @@ class HammingIndex(SearchThenLookup):
         ``method``: ``"flat"`` (a scan with the index's engine), ``"mih"`` (multi-index hashing with a growing
         radius, tables built on first use) or ``"auto"`` (with the numba engine, MIH when a pilot of a few
         queries shows it beats the scan, see :meth:`explain`; queries MIH would spend longer on are scanned).
-        All give the same result.
+        All give the same result. With the numba engine a query the batch repeats is answered once; where codes
+        repeat enough (:mod:`dsh.index.sorted_codes`), the scan reads a sorted copy of the codes block by block,
+        and ``"auto"`` looks up a query equal to a code that alone holds ``k`` items.
         """
         q = self._queries(q)
         k = check_k(k)
@@ -345,7 +347,9 @@ class HammingIndex(SearchThenLookup):
         """How :meth:`search` would answer ``q`` (it runs the pilot, a few queries by MIH, building the tables
         if the plan says so): ``{"method": "flat" | "mih", "reason", "flat_ns", "mih_ns", "pilot",
         "pilot_given_up", "budget_ns", "build_tables", "distinct", "ntotal", "nsub"}``, costs in estimated
-        nanoseconds per query."""
+        nanoseconds per query, and with the numba engine ``"distinct_queries"`` (a query the batch repeats is
+        answered once) and ``"exact_hits"`` (distinct queries equal to a code that alone holds ``k`` items, looked
+        up rather than planned; 0 where the index keeps no sorted copy of its codes)."""
         q = self._queries(q)
         k = check_k(k)
         method = _check_method(method)
@@ -714,17 +718,17 @@ def _check_method(method) -> str:
 
 
 def warm_up_kernels() -> None:
-    """Compile (or load from numba's cache) every search kernel for both layouts of the distinct-code layer, one
-    code per item and codes that repeat, whose arrays differ in type. A service calls this before it listens: the
-    first index whose codes repeat (a few uploads of one picture) would otherwise stall every request for the
-    seconds a compile takes."""
+    """Compile (or load from numba's cache) every search kernel for each layout of the distinct-code layer, one
+    code per item and codes that repeat (whose arrays differ in type), with and without the sorted copy. A service
+    calls this before it listens: the first index whose codes repeat (a few uploads of one picture) would otherwise
+    stall every request for the seconds a compile takes."""
     rng = np.random.default_rng(0)
     distinct = rng.integers(0, 256, (24, 8), dtype=np.uint8)
-    # repeated so much that the index keeps its codes' sorted order for queries equal to one of them
-    for codes in (distinct, np.repeat(distinct[:4], 6, axis=0)):
+    # codes that repeat a little (scanned as groups) and so much that the index keeps a sorted copy of them
+    for codes in (distinct, np.repeat(distinct[:12], 2, axis=0), np.repeat(distinct[:4], 6, axis=0)):
         index = HammingIndex(64)
         index.add(codes)
         index.build_mih()
-        for method in ("flat", "mih"):
+        for method in ("flat", "mih", "auto"):  # auto: the look-up of queries equal to a code
             index.search(codes[:2], 3, method=method)
             index.range_search(codes[:2], 1, method=method)

@@ -23,7 +23,7 @@ named "CIFAR-10 (JPEG copy)" in every table. Settings: the preset ``cifar10-cpu`
 
 Per length ``N``: the run in ``DIR/bitsN/run``, its code files ``DIR/bitsN/query.npz`` and ``DIR/bitsN/database.npz``
 (exactly what ``dsh encode`` writes) and ``DIR/bitsN/result.json``; with one length (and one seed) the two code
-files are also left at ``DIR/``. ``--seeds 0 1`` trains each length once per seed (a seed ``S`` other than 0 in
+files are also left at ``DIR/``, unless another length's are there and this one is not 48 bits. ``--seeds 0 1`` trains each length once per seed (a seed ``S`` other than 0 in
 ``DIR/bitsN_seedS``) and adds the spread of mAP over seeds to the table. ``DIR/results.json`` and ``DIR/results.md``
 gather every (length, seed) run into ``DIR`` (a later run replaces those rows and keeps the others; ``--fresh``
 starts over), rewritten after each run.
@@ -296,6 +296,9 @@ def merge(out: Path, new: list[dict], fresh: bool) -> list[dict]:
                              and r.get("dataset") == new[0]["dataset"])
 
 
+TOP_LEVEL_BITS = 48
+
+
 def write_results(out: Path, runs: list[dict], top_level_bits: int | None) -> dict:
     results = {
         "benchmark": all(r["benchmark"] for r in runs),
@@ -362,7 +365,10 @@ def sweep(args: argparse.Namespace) -> tuple[Path, str, list[str]]:
         print(f"smoke test (NOT a benchmark): {common.limits_text(limits)} from {source['name']}", flush=True)
     bits, seeds = list(dict.fromkeys(args.bits)), list(dict.fromkeys(args.seeds))
     common.check_same_recipe(out, common.resolve_preset(args.preset, PREFERRED_PRESET), args.fresh)
-    single = len(bits) == 1 and len(seeds) == 1
+    # one run alone leaves its code files at the top of the folder too, unless they are another length's: the
+    # top files stay the first run's, or a 48-bit run's (the length every table compares at)
+    prev = None if args.fresh else (common.read_json(out / "results.json") or {}).get("top_level_codes_bits")
+    single = len(bits) == 1 and len(seeds) == 1 and (prev in (None, bits[0]) or bits[0] == TOP_LEVEL_BITS)
     results = common.run_sweep(
         bits, seeds, lambda n, seed: run_length(args, n, seed, source, out, limits, single=single),
         lambda done: write_results(out, merge(out, done, args.fresh), bits[0] if single else None))

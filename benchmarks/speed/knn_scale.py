@@ -302,7 +302,8 @@ def markdown(res: dict) -> str:
     head += [f"r={res['radius']} flat", "mih", "auto", "auto chose (k)"]
     lines += ["| " + " | ".join(head) + " |", "|" + " --- |" * 3 + " ---: |" * (len(head) - 4) + " --- |"]
     for r in res["rows"]:
-        cells = [r["kind"], str(r["nbits"]), f"{r['n']:,}", f"{r['distinct']:,}",
+        cells = [r["kind"] + (" (earlier run)" if r.get("earlier") else ""), str(r["nbits"]), f"{r['n']:,}",
+                 f"{r['distinct']:,}",
                  f"{r['add_s'] + r['mih_build_s']:.1f}", f"{r['bytes_per_item']:.1f}"]
         for k in ks:
             q = r["qps"].get(f"k={k}", {})
@@ -333,6 +334,10 @@ def markdown(res: dict) -> str:
     lines += ["", f"Threads: {res['threads']}. Load average at start {res['load_start']}, at end "
               f"{res.get('load_end')}: the machine is shared with other jobs, so every figure is an upper bound on "
               "the time (a lower bound on q/s) under that load."]
+    if res.get("earlier"):
+        e = res["earlier"]
+        lines += ["", f"Rows marked *earlier run* were kept from `{e['command']}`, load average {e['load_start']} at "
+                  f"its start and {e.get('load_end')} at its end."]
     if res.get("note"):
         lines += ["", res["note"]]
     return "\n".join(lines) + "\n"
@@ -385,10 +390,11 @@ def main(argv=None) -> int:
     plan.sort(key=lambda t: (t[1], t[0]))  # the big sizes last
     old = common.read_json(Path(args.out) / "knn_scale.json") if args.append else None
     if old:
-        res["rows"] = old["rows"]
+        # the rows kept are marked, with the load of the run that measured them
+        res["rows"] = [{**r, "earlier": True} for r in old["rows"]]
         plan = [t for t in plan if t not in {(r["kind"], r["n"], r["nbits"]) for r in old["rows"]}]
-        res["load_start"] = old["load_start"]
-        res["command"] = old["command"] + " ; " + res["command"]
+        res["earlier"] = old.get("earlier") or {"command": old["command"], "load_start": old["load_start"],
+                                                "load_end": old.get("load_end")}
         if "bounds" in old and "bounds" not in res:
             res["bounds"] = old["bounds"]
     for kind, n, nbits in plan:

@@ -27,6 +27,7 @@ import logging
 import os
 import struct
 import threading
+import time
 import zlib
 from pathlib import Path
 
@@ -42,7 +43,7 @@ from .base import SearchThenLookup, check_k, check_new_ids, check_radius, check_
 from .catalog import Catalog, catalog_file, catalog_path, new_uid, written_beside
 from .distinct import Groups, position_dtype
 from .faiss_file import knn_exact, range_exact
-from .mih import KnnPlan, MIHTables, pilot_size, plan_knn, prefer_mih
+from .mih import MIH_TIME, SCAN_TIME, KnnPlan, MIHTables, flat_knn_ns, pilot_size, plan_knn, prefer_mih
 from .sorted_codes import SortedCodes, worth_keeping
 
 __all__ = ["HammingIndex", "ENGINES", "catalog_file", "catalog_path", "warm_up_kernels"]
@@ -117,6 +118,7 @@ class HammingIndex(SearchThenLookup):
         self._words = None  # uint64[u, W] over the distinct codes, built on first search
         self._mih: MIHTables | None = None  # over the distinct codes
         self._sorted: SortedCodes | bool | None = None  # built on first k-NN where worth it; False where not
+        self._scan_ns: dict[int, float] = {}  # by k: a scan's time per query of one thread, as timed here
         self._faiss = None
 
     @property
@@ -370,14 +372,23 @@ class HammingIndex(SearchThenLookup):
         queries (as :meth:`MIHTables.knn` returns them)."""
         g = self._groups
         plan = plan_knn(g.u, self._nbits, len(Q), self._mih, method)
+        # costs in real nanoseconds of one thread: the scan's as timed on this index (for this k), MIH's work
+        # estimates scaled by how long MIH really took so far; budgets are handed to MIH in its estimated units
+        flat_ns = self._scan_ns.get(k, plan.flat_ns * SCAN_TIME.ratio)
+        plan = dataclasses.replace(plan, flat_ns=flat_ns)
+        if plan.method == "mih" and method == "auto":
+            plan = dataclasses.replace(plan, budget_ns=flat_ns / MIH_TIME.ratio)
         pilot = None
         if plan.method == "mih" and method == "auto":
             tables = self._mih if self._mih is not None else self.build_mih()
             p, share = pilot_size(len(Q), K.num_threads())
-            pilot = tables.knn(self._get_words(), Q[:p], k, g.goff, g.n, share * plan.flat_ns, parallel=False)
+            started = time.perf_counter_ns()
+            pilot = tables.knn(self._get_words(), Q[:p], k, g.goff, g.n, share * plan.budget_ns, parallel=False)
             counts, work = pilot[0], pilot[3]
+            MIH_TIME.observe(float(work.sum()), float(time.perf_counter_ns() - started))
             given_up = int((counts < 0).sum())
-            mih_ns = float(work[counts >= 0].mean()) if given_up < p else None
+            mih_ns = float(work[counts >= 0].mean()) * MIH_TIME.ratio if given_up < p else None
+            plan = dataclasses.replace(plan, budget_ns=flat_ns / MIH_TIME.ratio)
             if 2 * given_up > p or mih_ns > plan.flat_ns / 2:
                 why = (f"{given_up} of {p} pilot queries would cost more than {share:.0%} of a scan by MIH"
                        + ("" if mih_ns is None else f", the others ~{mih_ns / plan.flat_ns:.0%}"))
@@ -433,7 +444,9 @@ class HammingIndex(SearchThenLookup):
         if plan.method == "mih":
             rest = np.arange(0 if pilot is None else len(pilot[0]), len(Q))
             tables = self._mih if self._mih is not None else self.build_mih()
+            started = time.perf_counter_ns()
             res = tables.knn(self._get_words(), Q[rest], k, g.goff, g.n, plan.budget_ns)
+            MIH_TIME.observe(float(res[3].sum()), (time.perf_counter_ns() - started) * _threads_for(rest.size, 16))
             d, p_ = D[rest], P[rest]
             self._expand_knn(res, k, d, p_)
             D[rest], P[rest] = d, p_
@@ -452,6 +465,7 @@ class HammingIndex(SearchThenLookup):
     def _scan_knn(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The numba scan over the distinct codes: ``(D int32[nq, k], P int64[nq, k])``, positions."""
         g, nq = self._groups, len(Q)
+        started = time.perf_counter_ns()
         X = self._get_words()
         x, W, u = X.reshape(-1), X.shape[1], g.u
         D = np.full((nq, k), -1, np.int32)
@@ -466,6 +480,14 @@ class HammingIndex(SearchThenLookup):
             counts = np.concatenate([p[0] for p in parts])
             self._expand_knn((counts, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])),
                              k, D, P)
+        if nq >= 4:  # a scan's time per query of one thread, for the plans of later batches
+            ns = (time.perf_counter_ns() - started) * _threads_for(nq, 16 if sorted_codes is not None else 64) / nq
+            if sorted_codes is None:
+                SCAN_TIME.observe(flat_knn_ns(u, self._nbits) * nq, ns * nq)
+            old = self._scan_ns.get(k)
+            if old is None and len(self._scan_ns) >= 64:  # a caller trying many k: keep the memory bounded
+                self._scan_ns.clear()
+            self._scan_ns[k] = ns if old is None else 0.7 * old + 0.3 * ns
         return D, P
 
     def range_search(self, q: np.ndarray, radius: int, method: str = "auto"
@@ -694,6 +716,11 @@ def _load_catalog(path: Path, entry, ids: np.ndarray, mmap: bool, verify: bool) 
         raise DataError(f"{path} and {cpath} do not belong together: {why}")
     return catalog
 
+
+
+def _threads_for(nq: int, per_task: int) -> int:
+    """Threads :func:`dsh.codes.kernels.run_parallel` keeps busy for ``nq`` queries in tasks of ``per_task``."""
+    return max(1, min(K.num_threads(), -(-nq // per_task)))
 
 
 def _distinct_rows(Q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:

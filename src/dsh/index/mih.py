@@ -31,13 +31,15 @@ from ..codes import kernels as K
 from ..errors import InputError
 
 __all__ = ["MIHTables", "KnnPlan", "default_nsub", "split_bits", "search_radii", "prefer_mih", "plan_knn",
-           "flat_knn_ns", "pilot_size"]
+           "flat_knn_ns", "pilot_size", "MIH_TIME", "SCAN_TIME"]
 
 # Rough costs, in nanoseconds of one thread, measured on the benchmark machine (a 2-core Xeon with AVX-512
 # VPOPCNTDQ, benchmarks/speed/knn_scale.py) at 1M x 64-bit random and clustered codes and the 48-bit CIFAR-10 codes
 # replicated to 10M (where 150 ns a candidate kept the scan at a third of MIH's speed); the machine was shared
-# (load average near 10), so what they keep right is their ratios, which is all a choice between MIH and the scan
-# needs. They only steer `prefer_mih` and `plan_knn`, never the results.
+# (load average near 10). They only steer `prefer_mih` and `plan_knn`, never the results, and a k-NN plan uses them
+# only until it has timed the real thing: the index times its scans, and the real time of scans and of MIH against
+# these estimates is kept in SCAN_TIME and MIH_TIME (a machine, or a table too large for the cache, can be several
+# times off them), so that the two sides of a plan are compared in the same, real, units.
 _FLAT_NS_PER_WORD = 0.8  # one 64-bit word of one code in a vectorised scan, per query
 _PROBE_NS = 350.0  # one table probe: cache misses into the offsets and positions, or a binary search
 _CANDIDATE_NS = 60.0  # one candidate: its code fetched from a random place, its substrings and distance
@@ -240,8 +242,11 @@ def flat_knn_ns(u: int, nbits: int) -> float:
 class KnnPlan:
     """How :meth:`dsh.index.flat.HammingIndex.search` answers a k-NN batch, and why (``index.explain``).
 
-    ``method``: ``"flat"`` or ``"mih"`` (queries MIH gives up on are scanned). ``flat_ns`` / ``mih_ns``: estimated
-    nanoseconds per query (``mih_ns`` from the pilot's finished queries; ``None`` without a pilot).
+    ``method``: ``"flat"`` or ``"mih"`` (queries MIH gives up on are scanned). ``flat_ns`` / ``mih_ns``: nanoseconds
+    per query of one thread: the scan's as the index timed it for this ``k`` (until it has, the estimate scaled by
+    :data:`SCAN_TIME`), MIH's from the pilot's finished queries, its estimated work scaled by :data:`MIH_TIME`
+    (``None`` without a pilot).
+    ``budget_ns``: what MIH may spend on one query before it is given up, in MIH's estimated units.
     """
 
     method: str
@@ -275,6 +280,26 @@ def plan_knn(u: int, nbits: int, nq: int, tables: MIHTables | None, method: str 
                                    f"1/{_BUILD_PAYBACK:g} of this batch's scan", flat)
     return KnnPlan("mih", "pilot pending", flat, budget_ns=flat, build_tables=tables is None)
 
+
+class _TimeRatio:
+    """Real time over estimated work, a running mean over what was timed (one per process: the costs depend on the
+    machine more than on the index)."""
+
+    def __init__(self) -> None:
+        self._ratio: float | None = None
+
+    @property
+    def ratio(self) -> float:
+        return 1.0 if self._ratio is None else self._ratio
+
+    def observe(self, estimated_ns: float, real_ns: float) -> None:
+        if estimated_ns > 1e5:  # at least 0.1 ms of estimated work, or the timer's noise would lead
+            r = real_ns / estimated_ns
+            self._ratio = r if self._ratio is None else 0.7 * self._ratio + 0.3 * r
+
+
+MIH_TIME = _TimeRatio()  # MIH's k-NN against its estimated work
+SCAN_TIME = _TimeRatio()  # a scan over distinct codes (not their sorted copy) against flat_knn_ns
 
 PILOT_QUERIES = 16
 PILOT_BUDGET = 0.5  # of a scan's cost: what a pilot query may spend in MIH before it is given up ...

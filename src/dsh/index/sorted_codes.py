@@ -68,7 +68,10 @@ class SortedCodes:
     def exact(self, Q: np.ndarray, goff: np.ndarray, k: int) -> np.ndarray:
         """Per query (``uint64[nq, W]``), the distinct code equal to it when that code alone stands for at least
         ``k`` items (group offsets ``goff``), else -1: ``int64[nq]``."""
-        return G.exact_groups(self.words.reshape(-1), self.order, self.words.shape[1], Q, goff, int(k))
+        S, W = self.words.reshape(-1), self.words.shape[1]
+        parts = K.run_parallel(lambda a, b: G.exact_groups(S, self.order, W, Q[a:b], goff, int(k)), len(Q),
+                               per_task=256)
+        return np.concatenate(parts)
 
     def knn(self, Q: np.ndarray, k: int, nbits: int, goff: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Per query (``uint64[nq, W]``) every distinct code within its weighted k-th distance, as

@@ -23,8 +23,9 @@ named "CIFAR-10 (JPEG copy)" in every table. Settings: the preset ``cifar10-cpu`
 
 Per length ``N``: the run in ``DIR/bitsN/run``, its code files ``DIR/bitsN/query.npz`` and ``DIR/bitsN/database.npz``
 (exactly what ``dsh encode`` writes) and ``DIR/bitsN/result.json``; with one length (and one seed) the two code
-files are also left at ``DIR/``, unless another length's are there and this one is not 48 bits. ``--seeds 0 1`` trains each length once per seed (a seed ``S`` other than 0 in
-``DIR/bitsN_seedS``) and adds the spread of mAP over seeds to the table. ``DIR/results.json`` and ``DIR/results.md``
+files are also left at ``DIR/``, unless another length's are there and this one is not 48 bits. ``--seeds 0 1``
+trains each length once per seed (a seed ``S`` other than 0 in ``DIR/bitsN_seedS``) and adds the spread of mAP over
+seeds to the table. ``DIR/results.json`` and ``DIR/results.md``
 gather every (length, seed) run into ``DIR`` (a later run replaces those rows and keeps the others; ``--fresh``
 starts over), rewritten after each run.
 

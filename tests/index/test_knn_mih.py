@@ -212,6 +212,31 @@ def test_explain_shows_the_plan_and_method_overrides_it(caplog):
         assert_same(index.search(q[:20], 10, method=method), want)
 
 
+def test_plans_weigh_the_times_the_index_measured():
+    """Once the index has timed a scan for a k, a plan's scan cost is that time, not the built-in estimate; MIH's
+    estimated work is scaled by the real time it took."""
+    from dsh.index.mih import _TimeRatio
+
+    rng = np.random.default_rng(4)
+    codes = rng.integers(0, 256, (20000, 8), dtype=np.uint8)
+    index = HammingIndex(64)
+    index.add(codes)
+    index.build_mih()
+    q = rng.integers(0, 256, (64, 8), dtype=np.uint8)
+    assert 5 not in index._scan_ns
+    index.search(q, 5, method="flat")
+    timed = index._scan_ns[5]
+    assert timed > 0 and index.explain(q, 5)["flat_ns"] == pytest.approx(timed)
+    assert index.explain(q, 5)["method"] == "flat"  # random codes: MIH does not pay
+    ratio = _TimeRatio()
+    assert ratio.ratio == 1.0
+    ratio.observe(1e3, 5e3)  # too little work to trust the clock
+    assert ratio.ratio == 1.0
+    ratio.observe(1e6, 3e6)
+    ratio.observe(1e6, 1e6)
+    assert ratio.ratio == pytest.approx(0.7 * 3 + 0.3 * 1)
+
+
 @pytest.mark.parametrize("call", [lambda i, q: i.search(q, 0), lambda i, q: i.search(q, 2.5),
                                   lambda i, q: i.search(q, 3, method="fast"), lambda i, q: i.explain(q, -1),
                                   lambda i, q: i.range_search(q, -1), lambda i, q: i.range_search(q, 1, "mi")])

@@ -121,7 +121,7 @@ def test_an_index_built_batch_by_batch_groups_its_codes_once_and_answers_as_one_
     check_index(batched, codes[keep], keep, q, ks=(10,), radii=(1,), nsub=None)
 
 
-@pytest.mark.parametrize("nbits", [48, 33, 128])
+@pytest.mark.parametrize("nbits", [48, 33, 128, 300])
 def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brute_force_results(nbits):
     """Codes that repeat heavily around a few centres (as learned codes do) are kept in sorted order too: queries
     equal to a code that holds k items are looked up, repeated queries answered once, and the scan skips blocks

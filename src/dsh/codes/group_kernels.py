@@ -161,14 +161,14 @@ def _block_bounds(fixed, value, nblocks, W, q, out):
     if W == 1:
         q0 = q[0]
         for b in range(_U0, nb):
-            out[b] = np.uint8(_popcount((value[b] ^ q0) & fixed[b]))
+            out[b] = np.uint16(_popcount((value[b] ^ q0) & fixed[b]))
     else:
         Wu = np.uint64(W)
         for b in range(_U0, nb):
             t = _U0
             for w in range(_U0, Wu):
                 t += _popcount((value[b * Wu + w] ^ q[w]) & fixed[b * Wu + w])
-            out[b] = np.uint8(t)
+            out[b] = np.uint16(t)
 
 
 @njit(nogil=True, cache=True)
@@ -191,7 +191,7 @@ def knn_scan_sorted(S, order, fixed, value, block, u, W, Q, qa, qb, k, nbits, go
     bufd = np.empty(max(2 * k, 256), np.int32)
     bufp = np.empty(max(2 * k, 256), np.int64)
     hist = np.zeros(nbits + 2, np.int64)
-    bounds = np.empty(nblocks, np.uint8)
+    bounds = np.empty(nblocks, np.uint16)
     first = np.empty(nbits + 2, np.int64)
     visit = np.empty(nblocks, np.int64)
     Wu = np.uint64(W)

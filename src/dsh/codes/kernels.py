@@ -543,6 +543,11 @@ def run_parallel(fn, nq: int, per_task: int = 64) -> list:
     return [f.result() for f in [_pool.submit(task, a, b) for a, b in ranges]]
 
 
+def join_parts(parts: list) -> tuple:
+    """Per-thread result tuples (as :func:`run_parallel` returns them, in query order) joined field by field."""
+    return tuple(np.concatenate(field) for field in zip(*parts))
+
+
 def join_ranges(parts: list, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Join per-thread ``(counts, D, P)`` into faiss-style ``(lims, D, P)``."""
     counts = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)

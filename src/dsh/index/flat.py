@@ -476,9 +476,7 @@ class HammingIndex(SearchThenLookup):
             self._expand_knn(sorted_codes.knn(Q, k, self._nbits, g.goff), k, D, P)
         else:
             parts = K.run_parallel(lambda a, b: G.knn_scan_groups(x, u, W, Q, a, b, k, self._nbits, g.goff), nq)
-            counts = np.concatenate([p[0] for p in parts])
-            self._expand_knn((counts, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts])),
-                             k, D, P)
+            self._expand_knn(K.join_parts(parts), k, D, P)
         if nq >= 4:  # a scan's time per query of one thread, for the plans of later batches
             ns = (time.perf_counter_ns() - started) * _threads_for(nq, 16 if sorted_codes is not None else 64) / nq
             if sorted_codes is None:

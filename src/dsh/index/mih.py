@@ -223,9 +223,7 @@ class MIHTables:
                              self.directory_base, self.directory_shift, self.positions)
 
         parts = K.run_parallel(run, len(queries), per_task=16) if parallel else [run(0, len(queries))]
-        counts = np.concatenate([p[0] for p in parts])
-        return (counts, np.concatenate([p[1] for p in parts]), np.concatenate([p[2] for p in parts]),
-                np.concatenate([p[3] for p in parts]))
+        return K.join_parts(parts)
 
 
 def mih_cost_ns(radius: int, lengths: np.ndarray, occupancy: np.ndarray) -> float:

@@ -83,5 +83,4 @@ class SortedCodes:
         f, v = self.fixed.reshape(-1), self.value.reshape(-1)
         parts = K.run_parallel(lambda a, b: G.knn_scan_sorted(S, self.order, f, v, BLOCK, u, W, Q, a, b, int(k),
                                                               int(nbits), goff), len(Q), per_task=16)
-        return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                np.concatenate([p[2] for p in parts]))
+        return K.join_parts(parts)

@@ -222,6 +222,12 @@ class LiveView(SearchThenLookup):
         return ((self.base, self.dead), *self.segments)
 
     @property
+    def unchanged(self) -> bool:
+        """Whether this state is the file's index as it is: nothing added, nothing removed (a reader with no
+        changes to take in answers from the index itself)."""
+        return not self.segments and not self.dead.shape[0]
+
+    @property
     def nbits(self) -> int:
         return self.base.nbits
 
@@ -294,8 +300,8 @@ class LiveView(SearchThenLookup):
 
     def search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """As :meth:`HammingIndex.search`: ``D int32[nq, k]``, ``I int64[nq, k]`` ordered by (distance, id)."""
-        if not self.segments and not self.dead.shape[0]:
-            return self.base.search(q, k)  # the file as it is (a reader with no changes to take in)
+        if self.unchanged:
+            return self.base.search(q, k)
         q = check_codes(q, self.nbits, name="queries")
         k = check_k(k)
         nq = q.shape[0]
@@ -327,7 +333,7 @@ class LiveView(SearchThenLookup):
 
     def range_search(self, q: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """As :meth:`HammingIndex.range_search`: ``lims int64[nq + 1]``, ``D int32[..]``, ``I int64[..]``."""
-        if not self.segments and not self.dead.shape[0]:
+        if self.unchanged:
             return self.base.range_search(q, radius)
         q = check_codes(q, self.nbits, name="queries")
         radius = check_radius(radius)
@@ -354,7 +360,7 @@ class LiveView(SearchThenLookup):
 
     def lookup(self, ids) -> list[dict]:
         """Each id's record; ``KeyError`` for an id not held."""
-        if not self.segments and not self.dead.shape[0]:
+        if self.unchanged:
             return self.base.lookup(ids)
         ids = np.asarray(ids, np.int64).ravel()
         holder = self.where(ids)

@@ -51,7 +51,7 @@ __all__ = ["HammingIndex", "ENGINES", "catalog_file", "catalog_path", "warm_up_k
 ENGINES = ("auto", "numba", "faiss", "numpy")
 METHODS = ("auto", "mih", "flat")
 _log = logging.getLogger("dsh.index")
-# one lock for building any index's groups: searches on several threads then build them once
+# one lock for building any index's groups and sorted copy: searches on several threads then build them once
 _GROUPING = threading.Lock()
 
 _MAGIC = b"DSHINDEX"
@@ -406,7 +406,9 @@ class HammingIndex(SearchThenLookup):
         if self._sorted is None:
             g = self._groups
             words = self._get_words()
-            self._sorted = SortedCodes.build(words) if worth_keeping(g.u, g.n, words.shape[1]) else False
+            with _GROUPING:  # searches on several threads build it once, as the groups
+                if self._sorted is None:
+                    self._sorted = SortedCodes.build(words) if worth_keeping(g.u, g.n, words.shape[1]) else False
         return self._sorted or None
 
     def _exact_hits(self, Q: np.ndarray, k: int) -> np.ndarray | None:

@@ -20,6 +20,7 @@ import pytest
 
 pytest.importorskip("pymilvus", reason="the milvus extra is not installed: pip install 'dsh[milvus]'")
 
+from dsh.errors import InputError  # noqa: E402
 from dsh.index import HammingIndex  # noqa: E402
 from dsh.index.milvus import MilvusIndex  # noqa: E402
 
@@ -106,6 +107,28 @@ def test_two_writers_at_once_never_share_an_id(milvus_server_uri, collection):
         batch = got[seed][7]
         assert np.array_equal(collection.reconstruct(batch["ids"]), np.array(batch["codes"], np.uint8))
         assert [r["path"] for r in collection.lookup(batch["ids"])] == [f"/w{seed}/7/{j}.png" for j in range(40)]
+
+
+def test_ids_drawn_by_new_ids_are_added_without_asking_again(milvus_server_uri, collection, monkeypatch):
+    """A service draws ids first (to name its image files), then adds with them: new_ids asks the server once
+    whether the drawn ids are held, the add does not ask again, nor rewrite the collection's metadata row (its
+    ids are random: there is no count to keep); the same ids added a second time are refused (the add forgot
+    them)."""
+    asked, upserts = [], []
+    client = collection.client
+    real_query, real_upsert = client.query, client.upsert
+    monkeypatch.setattr(client, "query", lambda name, **kw: asked.append(name) or real_query(name, **kw))
+    monkeypatch.setattr(client, "upsert", lambda name, rows, **kw: upserts.append(name) or real_upsert(name, rows))
+    ids = collection.new_ids(3)
+    assert asked.count(collection.collection) == 1
+    codes = np.array([[1, 2], [3, 4], [5, 6]], np.uint8)
+    asked.clear()
+    collection.add(codes, ids)
+    assert asked.count(collection.collection) == 0 and upserts == []
+    assert np.array_equal(collection.reconstruct(ids), codes)
+    with pytest.raises(InputError, match="already in the index"):
+        collection.add(codes[:1], ids[:1])
+    assert collection.ntotal == 3
 
 
 def test_an_add_through_one_client_is_found_through_another_at_once(milvus_server_uri, collection):

@@ -68,6 +68,9 @@ _INSERT_BATCH = 10_000
 # a JavaScript number, so the page shows them right), drawn afresh until none is held; two writers draw the same id
 # at the same instant with odds of about n1 * n2 / 2**53.
 RANDOM_ID_BITS = 53
+# Ids new_ids drew (and found free) that no add has used yet, at most this many remembered: an add of those ids
+# need not ask the server again whether they are held
+_DRAWN_MAX = 1 << 16
 # What several writers of one collection share in its metadata row, read again before each write
 _SHARED_META = ("catalog", "columns", "label_kind", "label_columns", "class_names")
 
@@ -199,6 +202,7 @@ class MilvusIndex:
         self._saved = _meta_text(meta)  # the row as last read or written: a write is needed when they differ
         self._dim = 8 * nbytes_for(meta["nbits"])
         self._shared = check_uri(uri)[0] == "server"  # other clients may write it meanwhile
+        self._drawn: dict[int, None] = {}  # new_ids' ids not yet added, oldest first
 
     # -- making and opening ----------------------------------------------------------------------------------------
 
@@ -526,7 +530,10 @@ class MilvusIndex:
             ids = self.new_ids(n)
         else:
             ids = check_new_ids(ids, n)
-            clash = self._held(ids) if check_ids else ids[:0]  # from_index: a new collection holds none
+            # from_index: a new collection holds none. Ids new_ids just drew were found free then, and another
+            # writer gives the same random id meanwhile with odds of about n * (its adds) / 2**53
+            check_ids = check_ids and not self._take_drawn(ids)
+            clash = self._held(ids) if check_ids else ids[:0]
             if clash.size:
                 raise InputError(f"{clash.size} ids are already in the index, e.g. {clash[:5].tolist()}")
         given = any(x is not None for x in (labels, paths, keys, class_names))
@@ -544,7 +551,8 @@ class MilvusIndex:
             except BaseException:
                 self._delete_ids(ids, quiet=True)  # nothing half-added
                 raise
-            self._meta["next_id"] = max(int(self._meta["next_id"]), int(ids.max()) + 1)
+            if not self._shared:  # a server collection's new ids are random: counting on would only cost a write
+                self._meta["next_id"] = max(int(self._meta["next_id"]), int(ids.max()) + 1)
         if merged is not None:
             self._meta.update(catalog=True, columns=list(merged.columns), label_kind=merged.label_kind,
                               label_columns=int(merged.labels.shape[1]) if merged.label_kind == "multi-hot" else 0,
@@ -566,7 +574,19 @@ class MilvusIndex:
             draw = np.frombuffer(os.urandom(8 * (n - out.size)), np.uint64) >> np.uint64(64 - RANDOM_ID_BITS)
             out = np.unique(np.concatenate([out, draw.astype(np.int64)]))  # a repeat within the batch: draw again
             out = out[~np.isin(out, self._held(out))]
+        self._drawn.update(dict.fromkeys(out.tolist()))
+        while len(self._drawn) > _DRAWN_MAX:
+            del self._drawn[next(iter(self._drawn))]
         return out
+
+    def _take_drawn(self, ids: np.ndarray) -> bool:
+        """Whether new_ids drew every one of ``ids`` (and no add used them yet); they are then forgotten."""
+        ids = ids.tolist()
+        if not ids or not all(i in self._drawn for i in ids):
+            return False
+        for i in ids:
+            self._drawn.pop(i, None)
+        return True
 
     def remove(self, ids) -> int:
         """Remove the codes with these ids (ids not held are ignored); returns how many were removed."""

@@ -332,12 +332,12 @@ class HammingIndex(SearchThenLookup):
         if nq and n:
             kk = min(k, n)
             if self._engine == "numba" or method == "mih":
-                Q, back = _distinct_rows(K.as_words(q))
+                Q, back, hits = self._prepared(q, k, method)
                 if back is None:
-                    self._knn(Q, k, method, D, P)
+                    self._knn(Q, k, method, hits, D, P)
                 else:  # a repeated query is answered once
                     d, p = D[: len(Q)], P[: len(Q)]
-                    self._knn(Q, k, method, d, p)
+                    self._knn(Q, k, method, hits, d, p)
                     D[:], P[:] = d[back], p[back]
             elif self._engine == "faiss":
                 D[:, :kk], P[:, :kk] = self._faiss_knn(q, kk)
@@ -359,8 +359,7 @@ class HammingIndex(SearchThenLookup):
         if self._engine != "numba" and method != "mih":
             out = KnnPlan("flat", f"the {self._engine} engine scans", float("nan")).as_dict()
         else:
-            Q, _ = _distinct_rows(K.as_words(q))
-            hits = self._exact_hits(Q, k) if method == "auto" else None
+            Q, _, hits = self._prepared(q, k, method)
             rest = Q if hits is None else Q[hits < 0]
             out = self._plan(rest, k, method)[0].as_dict()
             extra = {"distinct_queries": len(Q), "exact_hits": 0 if hits is None else int((hits >= 0).sum())}
@@ -411,16 +410,21 @@ class HammingIndex(SearchThenLookup):
                     self._sorted = SortedCodes.build(words) if worth_keeping(g.u, g.n, words.shape[1]) else False
         return self._sorted or None
 
-    def _exact_hits(self, Q: np.ndarray, k: int) -> np.ndarray | None:
-        """Per query (``uint64[nq, W]``), the distinct code equal to it that alone holds ``k`` items, else -1;
-        None where the index keeps no sorted copy of its codes."""
-        sorted_codes = self._sorted_codes()
-        return None if sorted_codes is None else sorted_codes.exact(Q, self._groups.goff, k)
+    def _prepared(self, q: np.ndarray, k: int, method: str
+                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """What the numba k-NN starts from, for :meth:`search` and :meth:`explain` alike: the batch's distinct
+        queries ``Q`` (``uint64[u, W]``), ``back`` (``int64[nq]``, each query's row of ``Q``; None where no query
+        repeats) and, with ``method="auto"``, ``hits`` (``int64[u]``: the distinct code equal to each of ``Q``
+        that alone holds ``k`` items, else -1; None where not looked up or the index keeps no sorted copy)."""
+        Q, back = _distinct_rows(K.as_words(q))
+        sorted_codes = self._sorted_codes() if method == "auto" else None
+        hits = None if sorted_codes is None else sorted_codes.exact(Q, self._groups.goff, k)
+        return Q, back, hits
 
-    def _knn(self, Q: np.ndarray, k: int, method: str, D: np.ndarray, P: np.ndarray) -> None:
-        """Exact k-NN of ``Q`` (``uint64[nq, W]``) into ``D`` / ``P`` (positions): with ``method="auto"``, queries
-        equal to a code that holds ``k`` items directly, the others by the plan's method."""
-        hits = self._exact_hits(Q, k) if method == "auto" else None
+    def _knn(self, Q: np.ndarray, k: int, method: str, hits: np.ndarray | None, D: np.ndarray,
+             P: np.ndarray) -> None:
+        """Exact k-NN of ``Q`` (``uint64[nq, W]``) into ``D`` / ``P`` (positions): queries with a ``hits`` entry
+        (see :meth:`_prepared`) directly, the others by the plan's method."""
         if hits is None or not (hits >= 0).any():
             return self._knn_planned(Q, k, method, D, P)
         found = np.flatnonzero(hits >= 0)

@@ -35,6 +35,7 @@ import json
 import logging
 import os
 import re
+import threading
 import uuid
 import warnings
 from contextlib import contextmanager
@@ -203,6 +204,7 @@ class MilvusIndex:
         self._dim = 8 * nbytes_for(meta["nbits"])
         self._shared = check_uri(uri)[0] == "server"  # other clients may write it meanwhile
         self._drawn: dict[int, None] = {}  # new_ids' ids not yet added, oldest first
+        self._drawn_lock = threading.Lock()
 
     # -- making and opening ----------------------------------------------------------------------------------------
 
@@ -527,7 +529,7 @@ class MilvusIndex:
         if save:  # (from_index fills a new collection, which no other client opens until it is complete)
             self._refresh_shared()
         if ids is None:
-            ids = self.new_ids(n)
+            ids = self._draw_ids(n)
         else:
             ids = check_new_ids(ids, n)
             # from_index: a new collection holds none. Ids new_ids just drew were found free then, and another
@@ -565,7 +567,15 @@ class MilvusIndex:
         """``int64[n]`` ids for new items, as :meth:`add` chooses them when given none: counting on in a Milvus
         Lite file; in a server collection random, below 2**53, and not held now, so that other writers of the
         collection (other processes, other services) do not give them too."""
-        n = check_whole("n", n, 0)
+        out = self._draw_ids(check_whole("n", n, 0))
+        if self._shared:
+            with self._drawn_lock:
+                self._drawn.update(dict.fromkeys(out.tolist()))
+                while len(self._drawn) > _DRAWN_MAX:
+                    del self._drawn[next(iter(self._drawn))]
+        return out
+
+    def _draw_ids(self, n: int) -> np.ndarray:
         if not self._shared:
             start = int(self._meta["next_id"])
             return np.arange(start, start + n, dtype=np.int64)
@@ -574,18 +584,16 @@ class MilvusIndex:
             draw = np.frombuffer(os.urandom(8 * (n - out.size)), np.uint64) >> np.uint64(64 - RANDOM_ID_BITS)
             out = np.unique(np.concatenate([out, draw.astype(np.int64)]))  # a repeat within the batch: draw again
             out = out[~np.isin(out, self._held(out))]
-        self._drawn.update(dict.fromkeys(out.tolist()))
-        while len(self._drawn) > _DRAWN_MAX:
-            del self._drawn[next(iter(self._drawn))]
         return out
 
     def _take_drawn(self, ids: np.ndarray) -> bool:
         """Whether new_ids drew every one of ``ids`` (and no add used them yet); they are then forgotten."""
         ids = ids.tolist()
-        if not ids or not all(i in self._drawn for i in ids):
-            return False
-        for i in ids:
-            self._drawn.pop(i, None)
+        with self._drawn_lock:
+            if not ids or not all(i in self._drawn for i in ids):
+                return False
+            for i in ids:
+                del self._drawn[i]
         return True
 
     def remove(self, ids) -> int:

@@ -566,7 +566,8 @@ class MilvusIndex:
     def new_ids(self, n: int) -> np.ndarray:
         """``int64[n]`` ids for new items, as :meth:`add` chooses them when given none: counting on in a Milvus
         Lite file; in a server collection random, below 2**53, and not held now, so that other writers of the
-        collection (other processes, other services) do not give them too."""
+        collection (other processes, other services) do not give them too. An :meth:`add` with these ids does not
+        ask the server again whether they are held (the last 65,536 drawn are remembered until an add uses them)."""
         out = self._draw_ids(check_whole("n", n, 0))
         if self._shared:
             with self._drawn_lock:
@@ -576,6 +577,7 @@ class MilvusIndex:
         return out
 
     def _draw_ids(self, n: int) -> np.ndarray:
+        """:meth:`new_ids`' ids, not remembered (an add with default ids uses them at once)."""
         if not self._shared:
             start = int(self._meta["next_id"])
             return np.arange(start, start + n, dtype=np.int64)

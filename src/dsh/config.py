@@ -320,6 +320,22 @@ PRESETS: dict[str, dict[str, Any]] = {
         "tta_flip": True,
         "amp": "off",
     },
+    # The same recipe on EfficientNet-Lite1 (its own input is 240 px; here 160 as above): on cifar10-1 at 48 bits
+    # 0.8311 test mAP, best validation epoch 9 of 10, 20.5 min of training on 2 cores, the best figure there.
+    "cifar10-lite1-finetune": {
+        "model": "efficientnet-lite1",
+        "tune": "all",
+        "image_size": 32,
+        "input_size": 160,
+        "head_epochs": 30,
+        "epochs": 10,
+        "optimizer": "adamw",
+        "lr": 2e-4,
+        "backbone_lr_scale": 1.0,
+        "batch_size": 64,
+        "tta_flip": True,
+        "amp": "off",
+    },
     # The paper's network with batch norm: the recipe of the paper-network figures (15 minutes of training on 2
     # CPU cores, the budget of every CIFAR-10 figure trained from scratch).
     "cifar10-paper-bn-cpu": {

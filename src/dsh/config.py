@@ -234,6 +234,21 @@ def _short_repr(value: Any) -> str:
     return r.repr(value)
 
 
+# The fine-tuning recipe of the EfficientNet-Lite presets below (their comments give what it measured)
+_LITE_FINETUNE = {
+    "tune": "all",
+    "image_size": 32,
+    "input_size": 160,
+    "head_epochs": 30,
+    "epochs": 10,
+    "optimizer": "adamw",
+    "lr": 2e-4,
+    "backbone_lr_scale": 1.0,
+    "batch_size": 64,
+    "tta_flip": True,
+    "amp": "off",
+}
+
 # Named presets: settings found to work, kept together with the reason for each (README, "Presets").
 PRESETS: dict[str, dict[str, Any]] = {
     # `dsh demo`'s: scikit-learn's digits have ~1,300 training images, so many short epochs (100 x 20 steps of 64
@@ -306,36 +321,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     # moved them by 1 px of the original) gave 0.7574 test mAP; this recipe (32 px decoded as they are and resized
     # to 160 inside the network, so the crop and flip augment at CIFAR's own scale, 10 epochs, flip test-time
     # augmentation) 0.8070, best validation epoch 9 of 10, 30 min of training on 2 shared cores.
-    "cifar10-lite0-finetune": {
-        "model": "efficientnet-lite0",
-        "tune": "all",
-        "image_size": 32,
-        "input_size": 160,
-        "head_epochs": 30,
-        "epochs": 10,
-        "optimizer": "adamw",
-        "lr": 2e-4,
-        "backbone_lr_scale": 1.0,
-        "batch_size": 64,
-        "tta_flip": True,
-        "amp": "off",
-    },
+    "cifar10-lite0-finetune": {"model": "efficientnet-lite0", **_LITE_FINETUNE},
     # The same recipe on EfficientNet-Lite1 (its own input is 240 px; here 160 as above): on cifar10-1 at 48 bits
     # 0.8311 test mAP, best validation epoch 9 of 10, 20.5 min of training on 2 cores, the best figure there.
-    "cifar10-lite1-finetune": {
-        "model": "efficientnet-lite1",
-        "tune": "all",
-        "image_size": 32,
-        "input_size": 160,
-        "head_epochs": 30,
-        "epochs": 10,
-        "optimizer": "adamw",
-        "lr": 2e-4,
-        "backbone_lr_scale": 1.0,
-        "batch_size": 64,
-        "tta_flip": True,
-        "amp": "off",
-    },
+    "cifar10-lite1-finetune": {"model": "efficientnet-lite1", **_LITE_FINETUNE},
     # The paper's network with batch norm: the recipe of the paper-network figures (15 minutes of training on 2
     # CPU cores, the budget of every CIFAR-10 figure trained from scratch).
     "cifar10-paper-bn-cpu": {

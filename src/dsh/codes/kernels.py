@@ -550,12 +550,10 @@ def join_parts(parts: list) -> tuple:
 
 def join_ranges(parts: list, nq: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Join per-thread ``(counts, D, P)`` into faiss-style ``(lims, D, P)``."""
-    counts = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
+    counts, D, P = join_parts(parts)
     lims = np.zeros(nq + 1, np.int64)
     np.cumsum(counts, out=lims[1:])
-    D = np.concatenate([p[1] for p in parts]).astype(np.int32, copy=False)
-    P = np.concatenate([p[2] for p in parts]).astype(np.int64, copy=False)
-    return lims, D, P
+    return lims, D.astype(np.int32, copy=False), P.astype(np.int64, copy=False)
 
 
 def as_words(codes: np.ndarray) -> np.ndarray:

@@ -124,9 +124,10 @@ def test_an_index_built_batch_by_batch_groups_its_codes_once_and_answers_as_one_
 @pytest.mark.parametrize("nbits", [48, 33, 128, 300])
 def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brute_force_results(nbits):
     """Codes that repeat heavily around a few centres (as learned codes do) are kept in sorted order too: queries
-    equal to a code that holds k items are looked up, repeated queries answered once, and the scan skips blocks
-    whose codes all differ from the query in more bits than the k-th distance; every answer is the brute force's."""
-    from dsh.index.sorted_codes import BLOCK
+    equal to a code that holds k items are looked up, repeated queries answered once, and the scan skips tiles and
+    blocks whose codes all differ from the query in more bits than the k-th distance; every answer is the brute
+    force's."""
+    from dsh.codes.group_kernels import TILE
 
     rng = np.random.default_rng(nbits)
     w = (nbits + 7) // 8
@@ -140,8 +141,8 @@ def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brut
     index = HammingIndex(nbits)
     index.add(codes, ids)
     sorted_codes = index._sorted_codes()
-    assert sorted_codes is not None and index.distinct > 8 * BLOCK
-    assert sorted_codes.agreed_bits > 4  # blocks share bits, so bounds prune
+    assert sorted_codes is not None and index.distinct > 2 * TILE
+    assert sorted_codes.agreed_bits > 4  # tiles share bits, so bounds prune
     popular = distinct[np.argsort(-weights)[:5]]
     q = np.concatenate([popular, popular[:2], codes[:40], make_codes(rng, "clustered", 10, nbits),
                         make_codes(rng, "random", 5, nbits)])
@@ -156,20 +157,25 @@ def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brut
     assert info["distinct_queries"] < len(q) and info["exact_hits"] > 0
 
 
-def test_the_sorted_scan_equals_the_plain_grouped_scan():
-    """The block-skipping scan over sorted codes returns the same runs of distinct codes as the plain scan."""
+@pytest.mark.parametrize("nbits", [64, 100, 192])
+def test_the_sorted_scan_equals_the_plain_grouped_scan(nbits):
+    """The tile- and block-skipping scan over sorted codes returns the same runs of distinct codes as the plain
+    scan, for one, two and three words a code, over several tiles and a partly filled last one."""
     from dsh.codes import group_kernels as G
     from dsh.index.sorted_codes import SortedCodes
 
-    rng = np.random.default_rng(11)
-    codes = np.repeat(make_codes(rng, "clustered", 400, 64), rng.integers(1, 6, 400), axis=0)
+    rng = np.random.default_rng(nbits)
+    codes = np.repeat(make_codes(rng, "clustered", 1500, nbits), rng.integers(1, 6, 1500), axis=0)
     g = Groups.build(codes)
     X = as_words(g.ucodes)
-    Q = as_words(np.concatenate([codes[::37], make_codes(rng, "random", 6, 64)]))
+    W = X.shape[1]
+    assert g.u > 2 * G.TILE and g.u % G.TILE
+    Q = as_words(np.concatenate([codes[::37], make_codes(rng, "random", 6, nbits)]))
     s = SortedCodes.build(X)
-    for k in (1, 5, 40):
-        plain = G.knn_scan_groups(X.reshape(-1), g.u, 1, Q, 0, len(Q), k, 64, g.goff)
-        fast = s.knn(Q, k, 64, g.goff)
+    np.testing.assert_array_equal(s.words, X[np.lexsort(X.T[::-1])])  # the tiles hold the codes in sorted order
+    for k in (1, 5, 40, 3000):
+        plain = G.knn_scan_groups(X.reshape(-1), g.u, W, Q, 0, len(Q), k, nbits, g.goff)
+        fast = s.knn(Q, k, nbits, g.goff)
         for a, b in zip(plain, fast):
             np.testing.assert_array_equal(a, b)
 

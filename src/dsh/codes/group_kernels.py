@@ -25,13 +25,27 @@ from numba import njit
 
 from .kernels import _CHUNK_BYTES, _SUB, _U0, _U1, _U2, _bucket, _chunk_min, _dist, _grow, _popcount, _substring
 
+BLOCK = 16  # codes per block: the unit whose exact minimum distance a tile's vector pass gives
+SUPER = 16  # blocks per tile: the unit bounded by the bits its codes agree on
+TILE = BLOCK * SUPER  # codes per tile
+
 __all__ = ["knn_scan_groups", "knn_scan_sorted", "mih_knn", "expand_knn", "expand_range", "exact_groups"]
 
 
 @njit(inline="always")
 def _sort_run(od, op, a, b, u):
     """Order entries ``a .. b-1`` by (distance, code)."""
-    if b - a > 1:
+    if b - a <= 32:  # most runs are short: an insertion sort allocates nothing
+        for e in range(a + 1, b):
+            d, p = od[e], op[e]
+            m = e
+            while m > a and (od[m - 1] > d or (od[m - 1] == d and op[m - 1] > p)):
+                od[m] = od[m - 1]
+                op[m] = op[m - 1]
+                m -= 1
+            od[m] = d
+            op[m] = p
+    else:
         keys = od[a:b].astype(np.int64) * np.int64(u) + op[a:b]
         order = np.argsort(keys)
         od[a:b] = od[a:b][order]
@@ -55,25 +69,6 @@ def _kth(hist, k, nbits):
         if cum >= k:
             return t
     return nbits
-
-
-@njit(inline="always")
-def _lower_bound(S, W, u, q):
-    """First place among the ``u`` codes of ``S`` (words in sorted order) whose code is not below ``q``."""
-    lo, hi = 0, u
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        below = False
-        for w in range(W):
-            a, b = S[mid * W + w], q[w]
-            if a != b:
-                below = a < b
-                break
-        if below:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
 
 
 @njit(inline="always")
@@ -130,23 +125,54 @@ def _emit(od, op, total, bufd, bufp, size, lim, u):
     return od, op, total
 
 
+@njit(inline="always")
+def _tile_word(tiles, W, s, w):
+    """Word ``w`` of the code at sorted place ``s`` in the tiled layout of :mod:`dsh.index.sorted_codes`: tile
+    ``s // TILE`` holds ``W * TILE`` words, word ``w`` of slot ``j`` of its block ``b`` at ``(w * BLOCK + j) *
+    SUPER + b``, so that one slot of all the tile's blocks lies in one run of words."""
+    t = s // TILE
+    r = s - t * TILE
+    b = r // BLOCK
+    j = r - b * BLOCK
+    return tiles[t * W * TILE + (w * BLOCK + j) * SUPER + b]
+
+
+@njit(inline="always")
+def _lower_bound(tiles, W, u, q):
+    """First sorted place among the ``u`` codes whose code is not below ``q`` (lexicographically, word 0 first)."""
+    lo, hi = 0, u
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        below = False
+        for w in range(W):
+            a, b = _tile_word(tiles, W, mid, w), q[w]
+            if a != b:
+                below = a < b
+                break
+        if below:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
+
+
 @njit(nogil=True, cache=True)
-def exact_groups(S, order, W, Q, goff, k):
+def exact_groups(tiles, order, W, Q, goff, k):
     """Per query, the distinct code equal to it when that code alone stands for at least ``k`` items, else -1.
 
-    ``S``: the distinct codes' words sorted lexicographically (word 0 first, ``uint64[u * W]``), ``order[s]`` the
-    distinct code at sorted place ``s``. Such a query's k nearest are the code's first ``k`` item positions at
-    distance 0: nothing else is that close, and the group's positions ascend. Returns ``int64[nq]``.
+    ``tiles``: the distinct codes in sorted order, tiled (:func:`_tile_word`); ``order[s]`` the distinct code at
+    sorted place ``s``. Such a query's k nearest are the code's first ``k`` item positions at distance 0: nothing
+    else is that close, and the group's positions ascend. Returns ``int64[nq]``.
     """
     nq = Q.shape[0]
     out = np.full(nq, -1, np.int64)
     u = order.shape[0]
     for i in range(nq):
-        s = _lower_bound(S, W, u, Q[i])
+        s = _lower_bound(tiles, W, u, Q[i])
         if s < u:
             same = True
             for w in range(W):
-                if S[s * W + w] != Q[i, w]:
+                if _tile_word(tiles, W, s, w) != Q[i, w]:
                     same = False
                     break
             if same and _weight(goff, order[s]) >= k:
@@ -155,84 +181,116 @@ def exact_groups(S, order, W, Q, goff, k):
 
 
 @njit(inline="always")
-def _block_bounds(fixed, value, nblocks, W, q, out):
-    """``out[b]``: the fewest bits query ``q`` differs in from any code of block ``b`` (vectorised for W = 1)."""
-    nb = np.uint64(nblocks)
-    if W == 1:
-        q0 = q[0]
-        for b in range(_U0, nb):
-            out[b] = np.uint16(_popcount((value[b] ^ q0) & fixed[b]))
-    else:
-        Wu = np.uint64(W)
-        for b in range(_U0, nb):
-            t = _U0
-            for w in range(_U0, Wu):
-                t += _popcount((value[b * Wu + w] ^ q[w]) & fixed[b * Wu + w])
-            out[b] = np.uint16(t)
+def _tile_bounds(fixed, value, ntiles, W, q, out):
+    """``out[t]``: the bits on which all the codes of tile ``t`` agree and differ from query ``q``, a lower bound
+    on its distance to each of them."""
+    Wu = np.uint64(W)
+    for t in range(_U0, np.uint64(ntiles)):
+        acc = _U0
+        for w in range(_U0, Wu):
+            acc += _popcount((value[t * Wu + w] ^ q[w]) & fixed[t * Wu + w])
+        out[t] = np.uint16(acc)
 
 
-@njit(nogil=True, cache=True)
-def knn_scan_sorted(S, order, fixed, value, block, u, W, Q, qa, qb, k, nbits, goff):
-    """Per query ``qa <= i < qb``: every distinct code within the weighted k-th distance, by a scan over the
-    distinct codes in sorted order that skips whole blocks; the same runs as :func:`knn_scan_groups`.
+@njit(inline="always")
+def _block_minima(tiles, base, W, q, out, nblk):
+    """``out[b]``: the exact smallest distance from query ``q`` to the codes of block ``b`` of the tile whose words
+    start at ``base``, for its ``nblk`` blocks at once. ``nblk`` comes in as a run-time value on purpose: with a
+    constant trip count LLVM unrolls the loop over blocks instead of running it in vector lanes (2-3x slower)."""
+    nbu = np.uint64(nblk)
+    for b in range(nbu):
+        m = np.uint64(1 << 30)
+        for j in range(BLOCK):
+            acc = _U0
+            for w in range(W):
+                acc += _popcount(tiles[base + np.uint64(w * BLOCK + j) * nbu + b] ^ q[w])
+            m = min(m, acc)
+        out[b] = m
 
-    ``S``: the codes' words in sorted order (``uint64[u * W]``), ``order[s]`` the distinct code at sorted place
-    ``s``. Block ``b`` (places ``b * block`` onwards) has ``fixed`` words (``uint64[nblocks * W]``), the bits on
-    which all its codes agree, and ``value`` those bits: ``popcount((q ^ value) & fixed)`` is a lower bound on the
-    distance from ``q`` to each of its codes, and a block whose bound reaches the limit is not read. Sorted codes
-    that share leading bits share blocks, so where codes cluster (learned codes) most blocks are skipped.
-    """
+
+@njit(inline="always")
+def _knn_scan_sorted(tiles, order, fixed, value, u, W, Q, qa, qb, k, nbits, goff, nblk):
+    """The body of :func:`knn_scan_sorted`, inlined there once per word count."""
     nq = qb - qa
     counts, od, op = _no_runs(nq)
-    nblocks = (u + block - 1) // block
+    tile = BLOCK * nblk
+    ntiles = (u + tile - 1) // tile
     total = 0
     if u == 0 or nq <= 0:
         return counts, od[:0].copy(), op[:0].copy()
-    bufd = np.empty(max(2 * k, 256), np.int32)
-    bufp = np.empty(max(2 * k, 256), np.int64)
+    bufd = np.empty(max(2 * k, 4 * BLOCK), np.int32)
+    bufp = np.empty(max(2 * k, 4 * BLOCK), np.int64)
     hist = np.zeros(nbits + 2, np.int64)
-    bounds = np.empty(nblocks, np.uint16)
+    bounds = np.empty(ntiles, np.uint16)
     first = np.empty(nbits + 2, np.int64)
-    visit = np.empty(nblocks, np.int64)
-    Wu = np.uint64(W)
+    visit = np.empty(ntiles, np.int64)
+    mins = np.empty(nblk, np.uint64)
+    head = np.empty(nbits + 2, np.int64)  # per minimum distance, a pending block (-1: none) ...
+    after = np.empty(ntiles * nblk, np.int64)  # ... and the next pending block of the same minimum
     for i in range(qa, qb):
         q = Q[i]
         hist[:] = 0
         size = 0
         lim = nbits + 1  # keep a code iff distance < lim (= t + 1 once k weight is in)
         weight = 0  # weight of the kept codes with distance < lim
-        # every block's bound (one vectorised pass), then the blocks in order of bound (a counting sort): the
-        # nearest blocks first bring the limit down soonest, and the first block whose bound reaches it ends the scan
-        _block_bounds(fixed, value, nblocks, W, q, bounds)
+        # tiles in order of bound (a counting sort)
+        _tile_bounds(fixed, value, ntiles, W, q, bounds)
         first[:] = 0
-        for b in range(nblocks):
-            first[np.int64(bounds[b]) + 1] += 1
-        for t in range(1, nbits + 2):
-            first[t] += first[t - 1]
-        for b in range(nblocks):
-            t = np.int64(bounds[b])
-            visit[first[t]] = b
-            first[t] += 1
-        for v in range(nblocks):
-            b = visit[v]
-            if np.int64(bounds[b]) >= lim:
-                break
-            j0, j1 = b * block, min((b + 1) * block, u)
-            if np.int64(_chunk_min(S, q, W, np.uint64(j0), np.uint64(j1))) >= lim:
-                continue
-            for j in range(j0, j1):
-                d = np.int64(_dist(S, np.uint64(j) * Wu, q, W))
-                if d >= lim:
+        for t in range(ntiles):
+            first[np.int64(bounds[t]) + 1] += 1
+        for d in range(1, nbits + 2):
+            first[d] += first[d - 1]
+        for t in range(ntiles):
+            d = np.int64(bounds[t])
+            visit[first[d]] = t
+            first[d] += 1
+        # Blocks are read nearest minimum first across tiles: a tile read puts its blocks below the limit in
+        # buckets by minimum, and before the next tile every pending block nearer than that tile's bound is read.
+        # So the limit falls as soon as it can, and the scan ends once neither a pending block nor a tile left can
+        # hold a code below it.
+        head[:] = -1
+        low = nbits + 1  # no pending block has a smaller minimum
+        v = 0
+        while True:
+            nxt = np.int64(bounds[visit[v]]) if v < ntiles else nbits + 1
+            while low < lim and low < nxt:
+                gb = head[low]
+                if gb < 0:
+                    low += 1
                     continue
-                if size == bufd.shape[0]:
-                    # drop what the lowered limit excludes; grow when most entries stay
+                head[low] = after[gb]
+                # room for the block before its loop: an array rebound inside it slows every pass
+                if size + BLOCK > bufd.shape[0]:
                     size = _compact(bufd, bufp, size, lim)
-                    if 2 * size > bufd.shape[0]:
-                        bufd = _grow(bufd, 2 * bufd.shape[0])
-                        bufp = _grow(bufp, 2 * bufp.shape[0])
-                size, weight = _take(bufd, bufp, size, d, np.int64(order[j]), goff, hist, weight)
-                if weight >= k:
-                    weight, lim = _lowered(weight, hist, lim, k)
+                    if 2 * (size + BLOCK) > bufd.shape[0]:
+                        bufd = _grow(bufd, 2 * (size + BLOCK))
+                        bufp = _grow(bufp, 2 * (size + BLOCK))
+                t = gb // nblk
+                b = gb - t * nblk
+                base = np.uint64(t * W * tile)
+                s0 = t * tile + b * BLOCK
+                for j in range(min(BLOCK, u - s0)):  # the last tile is padded: no place past u
+                    dd = _U0
+                    for w in range(W):
+                        dd += _popcount(tiles[base + np.uint64((w * BLOCK + j) * nblk + b)] ^ q[w])
+                    d = np.int64(dd)
+                    if d >= lim:
+                        continue
+                    size, weight = _take(bufd, bufp, size, d, np.int64(order[s0 + j]), goff, hist, weight)
+                    if weight >= k:
+                        weight, lim = _lowered(weight, hist, lim, k)
+            if nxt >= lim:
+                break
+            t = visit[v]
+            v += 1
+            _block_minima(tiles, np.uint64(t * W * tile), W, q, mins, nblk)
+            for b in range(nblk):
+                m = np.int64(mins[b])
+                if m < lim:
+                    gb = t * nblk + b
+                    after[gb] = head[m]
+                    head[m] = gb
+                    low = min(low, m)
         before = total
         od, op, total = _emit(od, op, total, bufd, bufp, size, lim, u)
         counts[i - qa] = total - before
@@ -240,12 +298,30 @@ def knn_scan_sorted(S, order, fixed, value, block, u, W, Q, qa, qb, k, nbits, go
 
 
 @njit(nogil=True, cache=True)
-def knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
-    """Per query ``qa <= i < qb``: every distinct code within the weighted k-th distance, by a flat scan.
+def knn_scan_sorted(tiles, order, fixed, value, u, W, Q, qa, qb, k, nbits, goff, nblk):
+    """Per query ``qa <= i < qb``: every distinct code within the weighted k-th distance, by a scan over the
+    distinct codes in sorted order that skips whole tiles and blocks; the same runs as :func:`knn_scan_groups`.
 
-    ``goff``: the group layer's offsets, which give the items each code stands for. Returns
-    ``counts int64[qb-qa]``, ``D int32[total]``, ``U int64[total]``, each query's run ordered by (distance, code).
+    ``tiles``: the ``u`` codes in sorted order, tiled (:func:`_tile_word`; the last tile padded with copies of the
+    last code), ``nblk`` (= ``SUPER``) blocks a tile, ``order[s]`` the distinct code at sorted place ``s``. Tile
+    ``t`` has ``fixed`` words (``uint64[ntiles * W]``), the bits on which all its codes agree, and ``value`` those
+    bits: ``popcount((q ^ value) & fixed)`` bounds the distance from ``q`` to each of its codes from below, and a
+    tile whose bound reaches the limit is not read. Reading a tile is one vector pass that gives each of its
+    blocks' exact minimum distance; blocks are then read code by code, nearest minimum first, while it is below
+    the limit. Sorted codes that share leading bits share tiles and blocks, so where codes cluster (learned codes)
+    most are skipped.
     """
+    if W == 1:
+        return _knn_scan_sorted(tiles, order, fixed, value, u, 1, Q, qa, qb, k, nbits, goff, nblk)
+    elif W == 2:
+        return _knn_scan_sorted(tiles, order, fixed, value, u, 2, Q, qa, qb, k, nbits, goff, nblk)
+    else:
+        return _knn_scan_sorted(tiles, order, fixed, value, u, W, Q, qa, qb, k, nbits, goff, nblk)
+
+
+@njit(inline="always")
+def _knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
+    """The body of :func:`knn_scan_groups`, inlined there once per word count."""
     nq = qb - qa
     counts, od, op = _no_runs(nq)
     total = 0
@@ -298,6 +374,21 @@ def knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
             od, op, total = _emit(od, op, total, bufd[i], bufp[i], size[i], lim[i], u)
             counts[b0 - qa + i] = total - before
     return counts, od[:total].copy(), op[:total].copy()
+
+
+@njit(nogil=True, cache=True)
+def knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
+    """Per query ``qa <= i < qb``: every distinct code within the weighted k-th distance, by a flat scan.
+
+    ``goff``: the group layer's offsets, which give the items each code stands for. Returns
+    ``counts int64[qb-qa]``, ``D int32[total]``, ``U int64[total]``, each query's run ordered by (distance, code).
+    """
+    if W == 1:
+        return _knn_scan_groups(X, u, 1, Q, qa, qb, k, nbits, goff)
+    elif W == 2:
+        return _knn_scan_groups(X, u, 2, Q, qa, qb, k, nbits, goff)
+    else:
+        return _knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff)
 
 
 @njit(nogil=True, cache=True)
@@ -411,25 +502,25 @@ def _members(goff, gpos, g, out, o, limit):
 
 
 @njit(nogil=True, cache=True)
-def expand_knn(lims, D, U, goff, gpos, k, outD, outP):
+def expand_knn(lims, D, U, goff, gpos, k, outD, outP, qa, qb):
     """Runs of distinct codes (``lims int64[nq + 1]``, ``D``, ``U``; ordered by distance) -> the k nearest items
-    per query, ordered by (distance, position), into ``outD int32[nq, k]`` and ``outP int64[nq, k]`` (``-1``
-    past the results). At each distance only as many positions per group as k still needs are read."""
-    nq = lims.shape[0] - 1
-    buf = np.empty(max(k, 16), np.int64)
-    for i in range(nq):
+    of queries ``qa <= i < qb``, ordered by (distance, position), into rows ``i`` of ``outD int32[nq, k]`` and
+    ``outP int64[nq, k]`` (``-1`` past the results). At each distance only as many positions per group as k still
+    needs are read."""
+    most = 1  # the longest run: the buffer holds k positions of each of its codes, allocated once
+    for i in range(qa, qb):
+        most = max(most, np.int64(lims[i + 1] - lims[i]))
+    buf = np.empty(max(16, min(k * most, gpos.shape[0] if goff.shape[0] else most)), np.int64)
+    for i in range(qa, qb):
         got = 0
         e = lims[i]
         end = lims[i + 1]
         while e < end and got < k:
             d = D[e]
             f = e
-            w = 0
             while f < end and D[f] == d:
-                w += _weight(goff, U[f])
                 f += 1
             need = k - got
-            buf = _grow(buf, min(w, need * (f - e)))
             nb = 0
             for x in range(e, f):
                 nb += _members(goff, gpos, U[x], buf, nb, need)

@@ -15,6 +15,9 @@ Speed notes (measured on AMD EPYC Zen 4, see ``benchmarks/speed/search.py``):
   and then to single codes. Once the threshold is tight that is rare, so a scan costs about one vector pass.
 - Queries are processed in blocks over a database chunk that stays in L1/L2, so the database is streamed from
   memory once per block rather than once per query (a 1M x 64-bit scan is otherwise memory-bound).
+- The scans' bodies are inlined into their public kernel once per word count (1 and 2 as constants, any other
+  as a variable): with ``W`` a constant LLVM unrolls the distance and keeps the chunk pass in vector registers
+  (k = 100 over 1M 64-bit codes: 3.35 -> 4.79 G codes/s on one thread here).
 - Kernels are serial and release the GIL (``nogil``); :func:`run_parallel` spreads query ranges over a thread
   pool. That gives single-pass range searches with growable outputs and works with any numba threading layer.
 """
@@ -27,8 +30,33 @@ import threading
 
 import numba
 import numpy as np
-from numba import njit, types
-from numba.extending import intrinsic
+
+
+def _prefer_wide_vectors() -> bool:
+    """Let LLVM use 512-bit vectors on CPUs with AVX-512 popcount (Ice Lake and later), where it otherwise keeps
+    to 256 bits: the scans' chunk pass then counts 8 codes per instruction instead of 4 (an in-cache
+    xor-popcount-min pass, one thread: 7.1 -> 12.1 G codes/s here). Numba takes its target features once, when it
+    first compiles anything in the process, so this must run before any kernel is compiled; it leaves alone a
+    process whose numba was already in use, a user's own ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES``, and
+    ``DSH_WIDE_VECTORS=0``. Numba's cache is keyed by the features, so cached kernels never mix the two. Returns
+    whether the features were set."""
+    from numba.core import config
+
+    if os.environ.get("DSH_WIDE_VECTORS", "1") == "0" or config.CPU_NAME is not None or config.CPU_FEATURES is not None:
+        return False
+    import llvmlite.binding as llvm
+
+    host = llvm.get_host_cpu_features()
+    if not host.get("avx512vpopcntdq"):
+        return False
+    config.CPU_FEATURES = host.flatten() + ",-prefer-256-bit"
+    return True
+
+
+WIDE_VECTORS = _prefer_wide_vectors()
+
+from numba import njit, types  # noqa: E402  (after the target features are chosen)
+from numba.extending import intrinsic  # noqa: E402
 
 _U0 = np.uint64(0)
 _U1 = np.uint64(1)
@@ -139,17 +167,9 @@ def _keep_top(bufd, bufp, size, hist, t, cnt, k):
     return m
 
 
-@njit(nogil=True, cache=True)
-def knn_scan(X, n, W, Q, qa, qb, k, nbits, outD, outP):
-    """Exact k nearest neighbours of queries ``qa <= i < qb``, ordered by (distance, position).
-
-    Writes ``outD[i]`` (int32) and ``outP[i]`` (int64 positions), ``-1`` past the ``min(k, n)`` results.
-
-    Per query the scan keeps the accepted codes in position order and a histogram of their distances; ``t`` is
-    the k-th smallest distance seen so far. Once k codes are in, a code is accepted only if its distance is
-    *strictly* below ``t``: a later code at distance ``t`` has a larger position, so it can never displace one
-    already held. A final counting sort by distance keeps position order within each distance.
-    """
+@njit(inline="always")
+def _knn_scan(X, n, W, Q, qa, qb, k, nbits, outD, outP):
+    """The body of :func:`knn_scan`, inlined there once per word count."""
     if n == 0 or qb <= qa:
         for i in range(qa, qb):
             outD[i, :] = -1
@@ -230,6 +250,25 @@ def knn_scan(X, n, W, Q, qa, qb, k, nbits, outD, outP):
             outP[row, m:] = -1
 
 
+@njit(nogil=True, cache=True)
+def knn_scan(X, n, W, Q, qa, qb, k, nbits, outD, outP):
+    """Exact k nearest neighbours of queries ``qa <= i < qb``, ordered by (distance, position).
+
+    Writes ``outD[i]`` (int32) and ``outP[i]`` (int64 positions), ``-1`` past the ``min(k, n)`` results.
+
+    Per query the scan keeps the accepted codes in position order and a histogram of their distances; ``t`` is
+    the k-th smallest distance seen so far. Once k codes are in, a code is accepted only if its distance is
+    *strictly* below ``t``: a later code at distance ``t`` has a larger position, so it can never displace one
+    already held. A final counting sort by distance keeps position order within each distance.
+    """
+    if W == 1:
+        _knn_scan(X, n, 1, Q, qa, qb, k, nbits, outD, outP)
+    elif W == 2:
+        _knn_scan(X, n, 2, Q, qa, qb, k, nbits, outD, outP)
+    else:
+        _knn_scan(X, n, W, Q, qa, qb, k, nbits, outD, outP)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # range search
 
@@ -243,13 +282,9 @@ def _grow(a, need):
     return b
 
 
-@njit(nogil=True, cache=True)
-def range_scan(X, n, W, Q, qa, qb, radius, nbits):
-    """All codes within ``radius`` of queries ``qa <= i < qb`` by a flat scan.
-
-    Returns ``counts int64[qb-qa]``, ``D int32[total]``, ``P int64[total]``, each query's run ordered by
-    (distance, position).
-    """
+@njit(inline="always")
+def _range_scan(X, n, W, Q, qa, qb, radius, nbits):
+    """The body of :func:`range_scan`, inlined there once per word count."""
     nq = qb - qa
     counts = np.zeros(nq, np.int64)
     od = np.empty(1024, np.int32)
@@ -309,6 +344,21 @@ def range_scan(X, n, W, Q, qa, qb, radius, nbits):
             od[first:total] = sd
             op[first:total] = sp
     return counts, od[:total].copy(), op[:total].copy()
+
+
+@njit(nogil=True, cache=True)
+def range_scan(X, n, W, Q, qa, qb, radius, nbits):
+    """All codes within ``radius`` of queries ``qa <= i < qb`` by a flat scan.
+
+    Returns ``counts int64[qb-qa]``, ``D int32[total]``, ``P int64[total]``, each query's run ordered by
+    (distance, position).
+    """
+    if W == 1:
+        return _range_scan(X, n, 1, Q, qa, qb, radius, nbits)
+    elif W == 2:
+        return _range_scan(X, n, 2, Q, qa, qb, radius, nbits)
+    else:
+        return _range_scan(X, n, W, Q, qa, qb, radius, nbits)
 
 
 # ---------------------------------------------------------------------------------------------------------------

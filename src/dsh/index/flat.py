@@ -465,7 +465,9 @@ class HammingIndex(SearchThenLookup):
         counts, Dg, Ug = res[0], res[1], res[2]
         lims = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(np.maximum(counts, 0), out=lims[1:])
-        G.expand_knn(lims, Dg, Ug, self._groups.goff, self._groups.gpos, k, D, P)
+        g = self._groups
+        K.run_parallel(lambda a, b: G.expand_knn(lims, Dg, Ug, g.goff, g.gpos, k, D, P, a, b), len(counts),
+                       per_task=256)
 
     def _scan_knn(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The numba scan over the distinct codes: ``(D int32[nq, k], P int64[nq, k])``, positions."""

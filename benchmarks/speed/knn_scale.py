@@ -187,6 +187,18 @@ def bench_one(kind: str, n: int, nbits: int, args) -> dict:
     return row
 
 
+@numba.njit(nogil=True, cache=True)
+def popcount_pass(x, Q, qa, qb):
+    """The smallest distance from each query ``qa <= i < qb`` to 64-bit codes ``x`` (a multiple of 256 of them),
+    by the scan's vectorised chunk pass and nothing else (the popcount bound of :func:`bounds`); returns their
+    sum."""
+    total = np.uint64(0)
+    for i in range(qa, qb):
+        for s0 in range(0, x.shape[0], 256):
+            total += K._chunk_min(x, Q[i], 1, np.uint64(s0), np.uint64(s0 + 256))
+    return total
+
+
 def bounds(n: int, args) -> dict:
     """The scan against faiss at k = 100 on random 64-bit codes, and this CPU's bounds: memory bandwidth (a
     read of a large array) and the popcount rate (an in-cache vectorised xor-popcount-min pass)."""
@@ -217,17 +229,15 @@ def bounds(n: int, args) -> dict:
         K.run_parallel(lambda a, b: [p.sum() for p in parts[a:b]], args.threads, per_task=1)
     out["memory_gb_s"] = 3 * big.nbytes / (time.perf_counter() - t) / 1e9
     big = parts = None  # let the GiB go
-    # 16,384 codes (128 KiB, in L2) against 1,024 queries, k = 1: the scan's vectorised pass with nothing to keep
+    # 16,384 codes (128 KiB, in L2) against 1,024 queries: the xor-popcount-min pass alone, in the scan's chunks
+    # of 256 codes, with nothing kept; no exact scan can count distances faster than this
     m, nq = 16384, 1024
-    X = K.as_words(codes[:m])
-    x, Q = X.reshape(-1), K.as_words(queries[:nq])
-    D = np.zeros((nq, 1), np.int32)
-    P = np.zeros((nq, 1), np.int64)
-    K.run_parallel(lambda a, b: K.knn_scan(x, m, 1, Q, a, b, 1, 64, D, P), nq)
+    x, Q = K.as_words(codes[:m]).reshape(-1), K.as_words(queries[:nq])
+    K.run_parallel(lambda a, b: popcount_pass(x, Q, a, b), nq)
     t = time.perf_counter()
     reps = 10
     for _ in range(reps):
-        K.run_parallel(lambda a, b: K.knn_scan(x, m, 1, Q, a, b, 1, 64, D, P), nq)
+        K.run_parallel(lambda a, b: popcount_pass(x, Q, a, b), nq)
     out["popcount_codes_per_s"] = reps * nq * m / (time.perf_counter() - t)
     # with queries in blocks of 64 over an in-cache chunk, the database is read once per 64 queries
     out["memory_bound_qps"] = out["memory_gb_s"] * 1e9 / (n * 8) * 64
@@ -274,6 +284,12 @@ def fmt(x: float | None) -> str:
     return "—" if x is None else f"{x:,.0f}"
 
 
+def vec_bits(res: dict) -> str:
+    """The kernels' vector width in a run, as recorded (runs before it was recorded: unknown)."""
+    wide = res.get("machine", {}).get("wide_vectors")
+    return "unknown" if wide is None else ("512" if wide else "256")
+
+
 def markdown(res: dict) -> str:
     lines = ["# Exact k-NN at scale: scan, multi-index hashing and auto", ""]
     b = res.get("bounds")
@@ -285,14 +301,16 @@ def markdown(res: dict) -> str:
                   f"{fmt(b.get('faiss_qps_1t'))} q/s. This CPU's "
                   f"bounds in the same run: memory {b['memory_gb_s']:.1f} GB/s read by {res['threads']} threads (the "
                   f"database read once per block of 64 queries: {fmt(b['memory_bound_qps'])} q/s, so the scan is not "
-                  f"memory-bound); the scan's own xor-popcount-min pass over 16,384 codes in cache, k = 1: "
+                  f"memory-bound); the scan's xor-popcount-min chunk pass alone over 16,384 codes in cache "
+                  f"({vec_bits(res)}-bit vectors): "
                   f"{b['popcount_codes_per_s'] / 1e9:.2f} G codes/s ({fmt(b['popcount_bound_qps'])} q/s at this "
                   f"size), which the k = 100 scan reaches {b['dsh_qps'] / b['popcount_bound_qps']:.0%} of. Under "
                   "this load every figure here moves by tens of percent from one measurement to the next.", ""]
     lines += ["q/s with the queries as one batch (a query the batch repeats is answered once, except by the item "
-              "scan and faiss); *flat* scans the distinct codes (where codes repeat enough, their sorted copy by "
-              "blocks, skipping blocks that cannot hold a nearer code), *item scan* every item (dsh before its "
-              "distinct-code layer), *auto* is what `search` does by default (its choice in the last column; it "
+              "scan and faiss); *flat* scans the distinct codes (where codes repeat enough, their sorted copy in "
+              "tiles of 256, skipping tiles and blocks of 16 that cannot hold a nearer code), *item scan* every item "
+              "(dsh's scan before its distinct-code layer, with today's kernels), *auto* is what `search` does by "
+              "default (its choice in the last column; it "
               "also looks up a query equal to a code that holds k items). Memory: the index's structures (distinct "
               "codes, ids, groups, MIH tables, the sorted copy) per item after the searches. Every mih and auto "
               "result equals flat's.", ""]
@@ -376,6 +394,7 @@ def main(argv=None) -> int:
     res = {"command": common.command_line(), "machine": common.machine_info(args.threads), "threads": args.threads,
            "load_start": common.load_average(), "k": args.k, "radius": args.radius, "flip_p": args.flip_p,
            "rows": [], "note": args.note}
+    res["machine"]["wide_vectors"] = bool(K.WIDE_VECTORS)  # 512-bit vectors in the kernels (dsh.codes.kernels)
     try:
         import faiss
 

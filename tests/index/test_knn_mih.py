@@ -218,6 +218,32 @@ def test_explain_shows_the_plan_and_method_overrides_it(caplog):
         assert_same(index.search(q[:20], 10, method=method), want)
 
 
+def test_a_pilot_that_chose_the_scan_is_trusted_for_a_while():
+    """Where a pilot finds MIH would not pay, the next batches of that k take the scan without piloting again
+    (explain says so and does not count as a batch); after PILOT_REUSE batches, or new tables, it pilots again.
+    Results stay the scan's."""
+    from dsh.index.mih import PILOT_REUSE
+
+    rng = np.random.default_rng(5)
+    codes = rng.integers(0, 256, (20000, 8), dtype=np.uint8)  # random codes: MIH does not pay at k = 100
+    index = HammingIndex(64)
+    index.add(codes)
+    index.build_mih()
+    q = rng.integers(0, 256, (64, 8), dtype=np.uint8)
+    assert index.explain(q, 100)["pilot"] == 16  # explain pilots, and leaves no verdict behind
+    want = brute_knn(q, codes, np.arange(len(codes)), 100)
+    assert_same(index.search(q, 100), want)  # this batch's pilot chooses the scan
+    for _ in range(PILOT_REUSE):
+        plan = index.explain(q, 100)
+        assert plan["method"] == "flat" and plan["pilot"] == 0 and "would not pay" in plan["reason"]
+        assert_same(index.search(q, 100), want)
+    assert index.explain(q, 100)["pilot"] == 16  # the reused verdicts are spent
+    index.search(q, 100)
+    assert index.explain(q, 100)["pilot"] == 0 and index.explain(q, 10)["pilot"] == 16  # verdicts are per k
+    index.build_mih()
+    assert index.explain(q, 100)["pilot"] == 16  # new tables are piloted at once
+
+
 def test_plans_weigh_the_times_the_index_measured():
     """Once the index has timed a scan for a k, a plan's scan cost is that time, not the built-in estimate; MIH's
     estimated work is scaled by the real time it took."""

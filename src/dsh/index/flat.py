@@ -43,7 +43,7 @@ from .base import SearchThenLookup, check_k, check_new_ids, check_radius, check_
 from .catalog import Catalog, catalog_file, catalog_path, new_uid, written_beside
 from .distinct import Groups, position_dtype
 from .faiss_file import knn_exact, range_exact
-from .mih import MIH_TIME, SCAN_TIME, KnnPlan, MIHTables, flat_knn_ns, pilot_size, plan_knn, prefer_mih
+from .mih import MIH_TIME, PILOT_REUSE, SCAN_TIME, KnnPlan, MIHTables, flat_knn_ns, pilot_size, plan_knn, prefer_mih
 from .sorted_codes import SortedCodes, worth_keeping
 
 __all__ = ["HammingIndex", "ENGINES", "catalog_file", "catalog_path", "warm_up_kernels"]
@@ -119,6 +119,9 @@ class HammingIndex(SearchThenLookup):
         self._mih: MIHTables | None = None  # over the distinct codes
         self._sorted: SortedCodes | bool | None = None  # built on first k-NN where worth it; False where not
         self._scan_ns: dict[int, float] = {}  # by k: a scan's time per query of one thread, as timed here
+        # by k: batches left that take the scan without a pilot, after a pilot found MIH would not pay (a pilot
+        # costs more than its budget says: up to a third of a small batch over learned codes)
+        self._scan_chosen: dict[int, int] = {}
         self._faiss = None
 
     @property
@@ -361,14 +364,16 @@ class HammingIndex(SearchThenLookup):
         else:
             Q, _, hits = self._prepared(q, k, method)
             rest = Q if hits is None else Q[hits < 0]
-            out = self._plan(rest, k, method)[0].as_dict()
+            out = self._plan(rest, k, method, consume=False)[0].as_dict()
             extra = {"distinct_queries": len(Q), "exact_hits": 0 if hits is None else int((hits >= 0).sum())}
         return {**out, **extra, "distinct": self.distinct, "ntotal": self.ntotal,
                 "nsub": None if self._mih is None else self._mih.nsub}
 
-    def _plan(self, Q: np.ndarray, k: int, method: str) -> tuple[KnnPlan, tuple | None]:
+    def _plan(self, Q: np.ndarray, k: int, method: str, consume: bool = True) -> tuple[KnnPlan, tuple | None]:
         """The k-NN plan for queries ``Q`` (``uint64[nq, W]``) and, after a pilot, its results for the first
-        queries (as :meth:`MIHTables.knn` returns them)."""
+        queries (as :meth:`MIHTables.knn` returns them). A pilot that finds MIH would not pay is trusted for the
+        next :data:`~dsh.index.mih.PILOT_REUSE` batches of the same ``k`` (``consume``: count this batch as one of
+        them; :meth:`explain` does not)."""
         g = self._groups
         plan = plan_knn(g.u, self._nbits, len(Q), self._mih, method)
         # costs in real nanoseconds of one thread: the scan's as timed on this index (for this k), MIH's work
@@ -376,7 +381,13 @@ class HammingIndex(SearchThenLookup):
         flat_ns = self._scan_ns.get(k, plan.flat_ns * SCAN_TIME.ratio)
         plan = dataclasses.replace(plan, flat_ns=flat_ns)
         pilot = None
-        if plan.method == "mih" and method == "auto":
+        if plan.method == "mih" and method == "auto" and self._scan_chosen.get(k, 0) > 0:
+            if consume:
+                self._scan_chosen[k] -= 1
+            plan = dataclasses.replace(plan, method="flat", budget_ns=0.0,
+                                       reason=f"a pilot within the last {PILOT_REUSE} batches of k={k} found MIH "
+                                              "would not pay")
+        elif plan.method == "mih" and method == "auto":
             tables = self._mih if self._mih is not None else self.build_mih()
             p, share = pilot_size(len(Q), K.num_threads())
             budget = share * flat_ns / MIH_TIME.ratio
@@ -391,6 +402,10 @@ class HammingIndex(SearchThenLookup):
                 why = (f"{given_up} of {p} pilot queries would cost more than {share:.0%} of a scan by MIH"
                        + ("" if mih_ns is None else f", the others ~{mih_ns / plan.flat_ns:.0%}"))
                 plan = dataclasses.replace(plan, method="flat", budget_ns=0.0)
+                if consume:
+                    if len(self._scan_chosen) >= 64:  # a caller trying many k: keep the memory bounded
+                        self._scan_chosen.clear()
+                    self._scan_chosen[k] = PILOT_REUSE
             else:
                 why = (f"{p - given_up} of {p} pilot queries finished by MIH within {share:.0%} of a scan, at "
                        f"~{mih_ns / plan.flat_ns:.1%} of one on average")
@@ -466,8 +481,7 @@ class HammingIndex(SearchThenLookup):
         lims = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(np.maximum(counts, 0), out=lims[1:])
         g = self._groups
-        K.run_parallel(lambda a, b: G.expand_knn(lims, Dg, Ug, g.goff, g.gpos, k, D, P, a, b), len(counts),
-                       per_task=256)
+        K.run_parallel(lambda a, b: G.expand_knn(lims, Dg, Ug, g.goff, g.gpos, k, D, P, a, b), len(counts))
 
     def _scan_knn(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The numba scan over the distinct codes: ``(D int32[nq, k], P int64[nq, k])``, positions."""
@@ -531,6 +545,7 @@ class HammingIndex(SearchThenLookup):
         """Build (or rebuild) the multi-index hashing tables over the distinct codes with ``nsub`` substrings
         (default :func:`dsh.index.mih.default_nsub`) and return them."""
         self._mih = MIHTables.build(self._get_words(), self._nbits, nsub)
+        self._scan_chosen.clear()  # new tables: the next batch pilots them
         return self._mih
 
     # -- the numpy reference engine ------------------------------------------------------------------------------

@@ -219,17 +219,24 @@ def test_explain_shows_the_plan_and_method_overrides_it(caplog):
 
 
 def test_a_pilot_that_chose_the_scan_is_trusted_for_a_while():
-    """Where a pilot finds MIH would not pay, the next batches of that k take the scan without piloting again
-    (explain says so and does not count as a batch); after PILOT_REUSE batches, or new tables, it pilots again.
-    Results stay the scan's."""
-    from dsh.index.mih import PILOT_REUSE
+    """Where a pilot with its full budget finds MIH would not pay, the next batches of that k take the scan without
+    piloting again (explain says so and does not count as a batch); after PILOT_REUSE batches, or new tables, it
+    pilots again. A small batch's pilot, whose budget is tight, is not reused. Results stay the scan's."""
+    from dsh.codes.kernels import num_threads
+    from dsh.index.mih import PILOT_BUDGET, PILOT_QUERIES, PILOT_REUSE, PILOT_SHARE, pilot_size
 
     rng = np.random.default_rng(5)
     codes = rng.integers(0, 256, (20000, 8), dtype=np.uint8)  # random codes: MIH does not pay at k = 100
     index = HammingIndex(64)
     index.add(codes)
     index.build_mih()
-    q = rng.integers(0, 256, (64, 8), dtype=np.uint8)
+    small = rng.integers(0, 256, (64, 8), dtype=np.uint8)
+    assert pilot_size(len(small), num_threads())[1] < PILOT_BUDGET
+    index.search(small, 100)
+    assert index.explain(small, 100)["pilot"] == 16  # a small batch's pilot is not reused
+    full = int(np.ceil(PILOT_BUDGET / PILOT_SHARE * PILOT_QUERIES * num_threads()))  # a batch whose pilot has it all
+    q = rng.integers(0, 256, (full, 8), dtype=np.uint8)
+    assert pilot_size(len(q), num_threads())[1] == PILOT_BUDGET
     assert index.explain(q, 100)["pilot"] == 16  # explain pilots, and leaves no verdict behind
     want = brute_knn(q, codes, np.arange(len(codes)), 100)
     assert_same(index.search(q, 100), want)  # this batch's pilot chooses the scan

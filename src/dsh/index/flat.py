@@ -43,7 +43,18 @@ from .base import SearchThenLookup, check_k, check_new_ids, check_radius, check_
 from .catalog import Catalog, catalog_file, catalog_path, new_uid, written_beside
 from .distinct import Groups, position_dtype
 from .faiss_file import knn_exact, range_exact
-from .mih import MIH_TIME, PILOT_REUSE, SCAN_TIME, KnnPlan, MIHTables, flat_knn_ns, pilot_size, plan_knn, prefer_mih
+from .mih import (
+    MIH_TIME,
+    PILOT_BUDGET,
+    PILOT_REUSE,
+    SCAN_TIME,
+    KnnPlan,
+    MIHTables,
+    flat_knn_ns,
+    pilot_size,
+    plan_knn,
+    prefer_mih,
+)
 from .sorted_codes import SortedCodes, worth_keeping
 
 __all__ = ["HammingIndex", "ENGINES", "catalog_file", "catalog_path", "warm_up_kernels"]
@@ -323,7 +334,7 @@ class HammingIndex(SearchThenLookup):
         radius, tables built on first use) or ``"auto"`` (with the numba engine, MIH when a pilot of a few
         queries shows it beats the scan, see :meth:`explain`; queries MIH would spend longer on are scanned).
         All give the same result. With the numba engine a query the batch repeats is answered once; where codes
-        repeat enough (:mod:`dsh.index.sorted_codes`), the scan reads a sorted copy of the codes block by block,
+        repeat enough (:mod:`dsh.index.sorted_codes`), the scan reads a sorted copy of the codes tile by tile,
         and ``"auto"`` looks up a query equal to a code that alone holds ``k`` items.
         """
         q = self._queries(q)
@@ -402,7 +413,8 @@ class HammingIndex(SearchThenLookup):
                 why = (f"{given_up} of {p} pilot queries would cost more than {share:.0%} of a scan by MIH"
                        + ("" if mih_ns is None else f", the others ~{mih_ns / plan.flat_ns:.0%}"))
                 plan = dataclasses.replace(plan, method="flat", budget_ns=0.0)
-                if consume:
+                # kept only from a pilot with the full budget: a small batch's tight one says little of larger ones
+                if consume and share >= PILOT_BUDGET:
                     if len(self._scan_chosen) >= 64:  # a caller trying many k: keep the memory bounded
                         self._scan_chosen.clear()
                     self._scan_chosen[k] = PILOT_REUSE

@@ -303,14 +303,18 @@ PILOT_QUERIES = 16
 PILOT_BUDGET = 0.5  # of a scan's cost: what a pilot query may spend in MIH before it is given up ...
 PILOT_SHARE = 0.05  # ... and at most this share of the batch's scan for the whole pilot, so that where MIH does
 # not pay (random codes, a large k) auto costs at most about 5% more than the scan
-PILOT_REUSE = 16  # batches of one k that take the scan without a pilot after one found MIH would not pay
+PILOT_REUSE = 16  # batches of one k that take the scan without a pilot after a full-budget one found MIH would not
+# pay; so a batch whose pilot may spend the full budget within PILOT_SHARE of these batches' scans together gets it
 
 
 def pilot_size(nq: int, threads: int = 1) -> tuple[int, float]:
     """``(queries, budget as a share of one query's scan)`` of the pilot for a batch of ``nq`` queries whose scan
-    would run on ``threads`` threads (the pilot runs on one)."""
+    would run on ``threads`` threads (the pilot runs on one). The budget is :data:`PILOT_BUDGET` where that stays
+    within :data:`PILOT_SHARE` of :data:`PILOT_REUSE` such batches (a verdict for the scan is then reused that
+    long), else what keeps the pilot within that share of this batch alone."""
     p = min(nq, PILOT_QUERIES)
-    return p, min(PILOT_BUDGET, PILOT_SHARE * nq / max(p, 1) / max(threads, 1))
+    per_batch = PILOT_SHARE * nq / max(p, 1) / max(threads, 1)
+    return p, PILOT_BUDGET if per_batch * PILOT_REUSE >= PILOT_BUDGET else per_batch
 
 
 def prefer_mih(n: int, nbits: int, radius: int, nq: int, tables: MIHTables | None) -> bool:

@@ -219,11 +219,12 @@ def test_explain_shows_the_plan_and_method_overrides_it(caplog):
 
 
 def test_a_pilot_that_chose_the_scan_is_trusted_for_a_while():
-    """Where a pilot with its full budget finds MIH would not pay, the next batches of that k take the scan without
-    piloting again (explain says so and does not count as a batch); after PILOT_REUSE batches, or new tables, it
-    pilots again. A small batch's pilot, whose budget is tight, is not reused. Results stay the scan's."""
+    """Where PILOT_AGREE pilots in a row with their full budget find MIH would not pay, the next batches of that k
+    take the scan without piloting again (explain says so and does not count as a batch); after PILOT_REUSE
+    batches, or new tables, it pilots again. A small batch's pilot, whose budget is tight, does not count. Results
+    stay the scan's."""
     from dsh.codes.kernels import num_threads
-    from dsh.index.mih import PILOT_BUDGET, PILOT_QUERIES, PILOT_REUSE, PILOT_SHARE, pilot_size
+    from dsh.index.mih import PILOT_AGREE, PILOT_BUDGET, PILOT_QUERIES, PILOT_REUSE, PILOT_SHARE, pilot_size
 
     rng = np.random.default_rng(5)
     codes = rng.integers(0, 256, (20000, 8), dtype=np.uint8)  # random codes: MIH does not pay at k = 100
@@ -239,13 +240,16 @@ def test_a_pilot_that_chose_the_scan_is_trusted_for_a_while():
     assert pilot_size(len(q), num_threads())[1] == PILOT_BUDGET
     assert index.explain(q, 100)["pilot"] == 16  # explain pilots, and leaves no verdict behind
     want = brute_knn(q, codes, np.arange(len(codes)), 100)
-    assert_same(index.search(q, 100), want)  # this batch's pilot chooses the scan
+    for _ in range(PILOT_AGREE):  # these batches' pilots choose the scan
+        assert index.explain(q, 100)["pilot"] == 16
+        assert_same(index.search(q, 100), want)
     for _ in range(PILOT_REUSE):
         plan = index.explain(q, 100)
         assert plan["method"] == "flat" and plan["pilot"] == 0 and "would not pay" in plan["reason"]
         assert_same(index.search(q, 100), want)
     assert index.explain(q, 100)["pilot"] == 16  # the reused verdicts are spent
-    index.search(q, 100)
+    for _ in range(PILOT_AGREE):
+        index.search(q, 100)
     assert index.explain(q, 100)["pilot"] == 0 and index.explain(q, 10)["pilot"] == 16  # verdicts are per k
     index.build_mih()
     assert index.explain(q, 100)["pilot"] == 16  # new tables are piloted at once

@@ -45,6 +45,7 @@ from .distinct import Groups, position_dtype
 from .faiss_file import knn_exact, range_exact
 from .mih import (
     MIH_TIME,
+    PILOT_AGREE,
     PILOT_BUDGET,
     PILOT_REUSE,
     SCAN_TIME,
@@ -133,6 +134,7 @@ class HammingIndex(SearchThenLookup):
         # by k: batches left that take the scan without a pilot, after a pilot found MIH would not pay (a pilot
         # costs more than its budget says: up to a third of a small batch over learned codes)
         self._scan_chosen: dict[int, int] = {}
+        self._scan_streak: dict[int, int] = {}  # by k: pilots in a row that clearly chose the scan
         self._faiss = None
 
     @property
@@ -382,9 +384,9 @@ class HammingIndex(SearchThenLookup):
 
     def _plan(self, Q: np.ndarray, k: int, method: str, consume: bool = True) -> tuple[KnnPlan, tuple | None]:
         """The k-NN plan for queries ``Q`` (``uint64[nq, W]``) and, after a pilot, its results for the first
-        queries (as :meth:`MIHTables.knn` returns them). A pilot that finds MIH would not pay is trusted for the
-        next :data:`~dsh.index.mih.PILOT_REUSE` batches of the same ``k`` (``consume``: count this batch as one of
-        them; :meth:`explain` does not)."""
+        queries (as :meth:`MIHTables.knn` returns them). Pilots that agree MIH would not pay are trusted for the
+        next :data:`~dsh.index.mih.PILOT_REUSE` batches of the same ``k`` (:meth:`_count_scan_verdict`;
+        ``consume``: count this batch; :meth:`explain` does not)."""
         g = self._groups
         plan = plan_knn(g.u, self._nbits, len(Q), self._mih, method)
         # costs in real nanoseconds of one thread: the scan's as timed on this index (for this k), MIH's work
@@ -396,8 +398,8 @@ class HammingIndex(SearchThenLookup):
             if consume:
                 self._scan_chosen[k] -= 1
             plan = dataclasses.replace(plan, method="flat", budget_ns=0.0,
-                                       reason=f"a pilot within the last {PILOT_REUSE} batches of k={k} found MIH "
-                                              "would not pay")
+                                       reason=f"{PILOT_AGREE} pilots in a row within the last {PILOT_REUSE} "
+                                              f"batches of k={k} found MIH would not pay")
         elif plan.method == "mih" and method == "auto":
             tables = self._mih if self._mih is not None else self.build_mih()
             p, share = pilot_size(len(Q), K.num_threads())
@@ -413,18 +415,38 @@ class HammingIndex(SearchThenLookup):
                 why = (f"{given_up} of {p} pilot queries would cost more than {share:.0%} of a scan by MIH"
                        + ("" if mih_ns is None else f", the others ~{mih_ns / plan.flat_ns:.0%}"))
                 plan = dataclasses.replace(plan, method="flat", budget_ns=0.0)
-                # kept only from a pilot with the full budget: a small batch's tight one says little of larger ones
-                if consume and share >= PILOT_BUDGET:
-                    if len(self._scan_chosen) >= 64:  # a caller trying many k: keep the memory bounded
-                        self._scan_chosen.clear()
-                    self._scan_chosen[k] = PILOT_REUSE
+                # only a pilot with the full budget (a small batch's tight one says little of larger ones) and a
+                # clear verdict (most queries given up, or MIH dearer than the scan itself, not a close call
+                # between half a scan and a whole one) counts towards reusing it
+                if consume:
+                    self._count_scan_verdict(k, share >= PILOT_BUDGET and (2 * given_up > p or mih_ns > plan.flat_ns))
             else:
                 why = (f"{p - given_up} of {p} pilot queries finished by MIH within {share:.0%} of a scan, at "
                        f"~{mih_ns / plan.flat_ns:.1%} of one on average")
+                if consume:
+                    self._count_scan_verdict(k, False)
             plan = dataclasses.replace(plan, reason=why, mih_ns=mih_ns, pilot=p, pilot_given_up=given_up)
         _log.debug("k-NN plan for %d queries, k=%d over %d codes (%d distinct): %s", len(Q), k, self.ntotal, g.u,
                    plan)
         return plan, pilot
+
+    def _count_scan_verdict(self, k: int, clear: bool) -> None:
+        """After a pilot for ``k``: a clear verdict for the scan adds to a streak, anything else ends it; once
+        :data:`~dsh.index.mih.PILOT_AGREE` pilots in a row agree, the next :data:`~dsh.index.mih.PILOT_REUSE`
+        batches take the scan without one. One pilot is not trusted alone: its budget rests on MIH's time ratio,
+        which a cold first call can throw off tenfold."""
+        if not clear:
+            self._scan_streak.pop(k, None)
+            return
+        if len(self._scan_streak) >= 64 or len(self._scan_chosen) >= 64:  # a caller trying many k: bounded
+            self._scan_streak.clear()
+            self._scan_chosen.clear()
+        streak = self._scan_streak.get(k, 0) + 1
+        if streak >= PILOT_AGREE:
+            self._scan_chosen[k] = PILOT_REUSE
+            self._scan_streak.pop(k, None)
+        else:
+            self._scan_streak[k] = streak
 
     def _sorted_codes(self) -> SortedCodes | None:
         """The distinct codes in sorted order (:mod:`dsh.index.sorted_codes`), built on first use where codes
@@ -558,6 +580,7 @@ class HammingIndex(SearchThenLookup):
         (default :func:`dsh.index.mih.default_nsub`) and return them."""
         self._mih = MIHTables.build(self._get_words(), self._nbits, nsub)
         self._scan_chosen.clear()  # new tables: the next batch pilots them
+        self._scan_streak.clear()
         return self._mih
 
     # -- the numpy reference engine ------------------------------------------------------------------------------

@@ -303,8 +303,9 @@ PILOT_QUERIES = 16
 PILOT_BUDGET = 0.5  # of a scan's cost: what a pilot query may spend in MIH before it is given up ...
 PILOT_SHARE = 0.05  # ... and at most this share of the batch's scan for the whole pilot, so that where MIH does
 # not pay (random codes, a large k) auto costs at most about 5% more than the scan
-PILOT_REUSE = 16  # batches of one k that take the scan without a pilot after a full-budget one found MIH would not
+PILOT_REUSE = 16  # batches of one k that take the scan without a pilot after full-budget ones found MIH would not
 # pay; so a batch whose pilot may spend the full budget within PILOT_SHARE of these batches' scans together gets it
+PILOT_AGREE = 2  # full-budget pilots in a row that must find so before their verdict is reused
 
 
 def pilot_size(nq: int, threads: int = 1) -> tuple[int, float]:

@@ -193,6 +193,17 @@ def _tile_bounds(fixed, value, ntiles, W, q, out):
 
 
 @njit(inline="always")
+def _slot_distance(tiles, base, W, q, j, b, nblk):
+    """Distance from query ``q`` to the code in slot ``j`` of block ``b`` of the tile whose words start at
+    ``base`` (``nblk`` blocks a tile; the layout of :func:`_tile_word`), as ``uint64``."""
+    nbu = np.uint64(nblk)
+    acc = _U0
+    for w in range(W):
+        acc += _popcount(tiles[base + np.uint64(w * BLOCK + j) * nbu + np.uint64(b)] ^ q[w])
+    return acc
+
+
+@njit(inline="always")
 def _block_minima(tiles, base, W, q, out, nblk):
     """``out[b]``: the exact smallest distance from query ``q`` to the codes of block ``b`` of the tile whose words
     start at ``base``, for its ``nblk`` blocks at once. ``nblk`` comes in as a run-time value on purpose: with a
@@ -201,10 +212,7 @@ def _block_minima(tiles, base, W, q, out, nblk):
     for b in range(nbu):
         m = np.uint64(1 << 30)
         for j in range(BLOCK):
-            acc = _U0
-            for w in range(W):
-                acc += _popcount(tiles[base + np.uint64(w * BLOCK + j) * nbu + b] ^ q[w])
-            m = min(m, acc)
+            m = min(m, _slot_distance(tiles, base, W, q, j, b, nblk))
         out[b] = m
 
 
@@ -270,10 +278,7 @@ def _knn_scan_sorted(tiles, order, fixed, value, u, W, Q, qa, qb, k, nbits, goff
                 base = np.uint64(t * W * tile)
                 s0 = t * tile + b * BLOCK
                 for j in range(min(BLOCK, u - s0)):  # the last tile is padded: no place past u
-                    dd = _U0
-                    for w in range(W):
-                        dd += _popcount(tiles[base + np.uint64((w * BLOCK + j) * nblk + b)] ^ q[w])
-                    d = np.int64(dd)
+                    d = np.int64(_slot_distance(tiles, base, W, q, j, b, nblk))
                     if d >= lim:
                         continue
                     size, weight = _take(bufd, bufp, size, d, np.int64(order[s0 + j]), goff, hist, weight)

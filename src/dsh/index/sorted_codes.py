@@ -71,8 +71,9 @@ class SortedCodes:
         # minimum (scans stop at place u)
         padded = np.concatenate([S, np.repeat(S[-1:], ntiles * G.TILE - u, axis=0)]) if u else S
         tiles = padded.reshape(ntiles, G.SUPER, G.BLOCK, W)  # tile, block, slot, word
-        both = np.bitwise_and.reduce(tiles.reshape(ntiles, G.TILE, W), axis=1)
-        either = np.bitwise_or.reduce(tiles.reshape(ntiles, G.TILE, W), axis=1)
+        per_tile = padded.reshape(ntiles, G.TILE, W)
+        both = np.bitwise_and.reduce(per_tile, axis=1)
+        either = np.bitwise_or.reduce(per_tile, axis=1)
         fixed = ~(both ^ either)
         tiled = np.ascontiguousarray(tiles.transpose(0, 3, 2, 1)).reshape(-1)  # tile, word, slot, block
         return cls(order.astype(position_dtype(u)), tiled, np.ascontiguousarray(fixed),

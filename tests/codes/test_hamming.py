@@ -29,3 +29,19 @@ def test_pairwise_shapes_and_errors():
     assert pairwise_hamming(np.zeros((3, 8), np.uint8), np.zeros((0, 8), np.uint8)).shape == (3, 0)
     with pytest.raises(ValueError, match="equal widths"):
         pairwise_hamming(np.zeros((3, 8), np.uint8), np.zeros((4, 4), np.uint8))
+
+
+@pytest.mark.parametrize("W", [1, 2, 3])
+def test_distinct_rows_match_a_sorting_unique(W):
+    """The hash-table dedupe of a query batch: the distinct rows in order of first appearance and each row's index
+    among them, as numpy's sort-based unique gives them, on rows that repeat a lot and differ in one word only."""
+    from dsh.codes.kernels import distinct_rows
+
+    rng = np.random.default_rng(W)
+    for n in (1, 2, 7, 500):
+        Q = (rng.integers(0, 3, (n, W)) * np.uint64(2**61 + 7)).astype(np.uint64)
+        first, inverse = distinct_rows(Q)
+        _, idx = np.unique(Q, axis=0, return_index=True)
+        np.testing.assert_array_equal(first, np.sort(idx))
+        np.testing.assert_array_equal(Q[first][inverse], Q)
+        assert len(first) < n or n < 3

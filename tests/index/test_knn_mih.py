@@ -121,13 +121,23 @@ def test_an_index_built_batch_by_batch_groups_its_codes_once_and_answers_as_one_
     check_index(batched, codes[keep], keep, q, ks=(10,), radii=(1,), nsub=None)
 
 
+@pytest.mark.parametrize("scan", ["sorted", "in index order"])
 @pytest.mark.parametrize("nbits", [48, 33, 128, 300])
-def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brute_force_results(nbits):
+def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brute_force_results(nbits, scan,
+                                                                                                 monkeypatch):
     """Codes that repeat heavily around a few centres (as learned codes do) are kept in sorted order too: queries
-    equal to a code that holds k items are looked up, repeated queries answered once, and the scan skips tiles and
-    blocks whose codes all differ from the query in more bits than the k-th distance; every answer is the brute
-    force's."""
+    equal to a code that holds k items are looked up, repeated queries answered once, and the scan either skips
+    tiles and blocks whose codes all differ from the query in more bits than the k-th distance (many distinct
+    codes) or reads the codes in index order, keeping at the k-th distance only the first codes k needs there (a
+    few); every answer is the brute force's."""
     from dsh.codes.group_kernels import TILE
+    from dsh.index import flat
+    from dsh.index.sorted_codes import SortedCodes
+
+    monkeypatch.setattr(flat, "SORTED_SCAN_MIN", 0 if scan == "sorted" else 1 << 62)
+    sorted_scans = []
+    knn_into = SortedCodes.knn_into
+    monkeypatch.setattr(SortedCodes, "knn_into", lambda *a, **kw: sorted_scans.append(1) or knn_into(*a, **kw))
 
     rng = np.random.default_rng(nbits)
     w = (nbits + 7) // 8
@@ -155,12 +165,15 @@ def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brut
             assert_same(index.search(q, k, method=method), want)
     info = index.explain(q, 7)
     assert info["distinct_queries"] < len(q) and info["exact_hits"] > 0
+    assert bool(sorted_scans) == (scan == "sorted")
 
 
 @pytest.mark.parametrize("nbits", [64, 100, 192])
-def test_the_sorted_scan_equals_the_plain_grouped_scan(nbits):
-    """The tile- and block-skipping scan over sorted codes returns the same runs of distinct codes as the plain
-    scan, for one, two and three words a code, over several tiles and a partly filled last one."""
+def test_the_sorted_scan_and_the_scan_in_index_order_find_the_same_items(nbits):
+    """The tile- and block-skipping scan over sorted codes and the scan in index order, for one, two and three
+    words a code, over several tiles and a partly filled last one: each returns its runs grouped by distance, the
+    sorted scan every code within the k-th distance, the scan in index order the same but at that distance only
+    the first codes k needs, and both expand to the same k nearest items."""
     from dsh.codes import group_kernels as G
     from dsh.index.sorted_codes import SortedCodes
 
@@ -173,11 +186,38 @@ def test_the_sorted_scan_equals_the_plain_grouped_scan(nbits):
     Q = as_words(np.concatenate([codes[::37], make_codes(rng, "random", 6, nbits)]))
     s = SortedCodes.build(X)
     np.testing.assert_array_equal(s.words, X[np.lexsort(X.T[::-1])])  # the tiles hold the codes in sorted order
+
+    def runs(found):
+        """Per query its run as a set of (distance, code), after checking it comes grouped by distance."""
+        counts, D, U = found
+        lims = np.concatenate([[0], np.cumsum(counts)])
+        out = []
+        for a, b in zip(lims[:-1], lims[1:]):
+            assert np.all(np.diff(D[a:b]) >= 0)
+            out.append(set(zip(D[a:b].tolist(), U[a:b].tolist())))
+        return out
+
+    distances = np.unpackbits((Q[:, None, :] ^ X[None, :, :]).view(np.uint8), axis=2).sum(axis=2)
+    weights = np.diff(g.goff)
+    fewer_at_t = 0
     for k in (1, 5, 40, 3000):
-        plain = G.knn_scan_groups(X.reshape(-1), g.u, W, Q, 0, len(Q), k, nbits, g.goff)
-        fast = s.knn(Q, k, nbits, g.goff)
-        for a, b in zip(plain, fast):
-            np.testing.assert_array_equal(a, b)
+        in_order = G.knn_scan_groups(X.reshape(-1), g.u, W, Q, 0, len(Q), k, nbits, g.goff)
+        tiled = s.knn(Q, k, nbits, g.goff)
+        for i, (a, b) in enumerate(zip(runs(in_order), runs(tiled))):
+            d = distances[i]
+            t = d[np.argsort(d, kind="stable")][np.searchsorted(np.cumsum(weights[np.argsort(d, kind="stable")]),
+                                                                min(k, g.n))]
+            assert b == {(int(d[c]), c) for c in np.flatnonzero(d <= t)}  # every code within t
+            assert {x for x in b if x[0] < t} <= a <= b
+            fewer_at_t += len(a) < len(b)
+        results = []
+        for found in (in_order, tiled):
+            D, P = np.empty((len(Q), k), np.int32), np.empty((len(Q), k), np.int64)
+            g.expand_into(found, k, D, P)
+            results.append((D, P))
+        np.testing.assert_array_equal(results[0][0], results[1][0])
+        np.testing.assert_array_equal(results[0][1], results[1][1])
+    assert fewer_at_t  # the scan in index order did leave codes at t unread
 
 
 def test_memory_per_item_goes_down_where_codes_repeat():

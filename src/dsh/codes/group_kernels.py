@@ -5,11 +5,14 @@ Words and queries are laid out as in :mod:`dsh.codes.kernels`. A group layer is 
 ``gpos int[n]``: group ``g``'s item positions are ``gpos[goff[g]:goff[g + 1]]``, ascending. An empty ``goff``
 means the identity layer (every code distinct, distinct code ``g`` is item position ``g``).
 
-Two searches end in the same shape, per query a run of distinct codes ``(D, U)`` ordered by (distance, code):
+The searches end in the same shape, per query a run of distinct codes ``(D, U)`` grouped by distance in ascending
+order (within one distance in the order found):
 
 - :func:`knn_scan_groups`: a flat scan keeping every distinct code within ``t``, the smallest distance whose
-  codes together weigh at least ``k`` (every code at ``t`` is kept, because ties are broken by item position
-  and any group at ``t`` may hold the smallest one);
+  codes together weigh at least ``k``, except at ``t`` itself the codes past the first ones k needs there (ties
+  are broken by item position, and distinct codes are numbered in the order of their groups' first items);
+- :func:`knn_scan_sorted`: the same over the codes in sorted order, skipping tiles and blocks, keeping every
+  code at ``t`` (it meets them out of index order);
 - :func:`mih_knn`: multi-index hashing with a radius that grows one step at a time (Norouzi et al.): step ``r``
   probes table ``r % m`` at substrings exactly ``r // m`` bits from the query's, so after step ``r`` every code
   within ``r`` has been found; it stops once the codes found within ``r`` weigh ``k``.
@@ -29,27 +32,30 @@ BLOCK = 16  # codes per block: the unit whose exact minimum distance a tile's ve
 SUPER = 16  # blocks per tile: the unit bounded by the bits its codes agree on
 TILE = BLOCK * SUPER  # codes per tile
 
-__all__ = ["knn_scan_groups", "knn_scan_sorted", "mih_knn", "expand_knn", "expand_range", "exact_groups"]
+__all__ = ["knn_scan_groups", "knn_scan_sorted", "mih_knn", "expand_knn", "expand_range", "exact_groups", "rows_of_ids"]
 
 
 @njit(inline="always")
-def _sort_run(od, op, a, b, u):
-    """Order entries ``a .. b-1`` by (distance, code)."""
-    if b - a <= 32:  # most runs are short: an insertion sort allocates nothing
-        for e in range(a + 1, b):
-            d, p = od[e], op[e]
-            m = e
-            while m > a and (od[m - 1] > d or (od[m - 1] == d and op[m - 1] > p)):
-                od[m] = od[m - 1]
-                op[m] = op[m - 1]
-                m -= 1
-            od[m] = d
-            op[m] = p
-    else:
-        keys = od[a:b].astype(np.int64) * np.int64(u) + op[a:b]
-        order = np.argsort(keys)
-        od[a:b] = od[a:b][order]
-        op[a:b] = op[a:b][order]
+def _place_by_distance(od, op, total, srcd, srcp, size, lim):
+    """Append the entries ``srcd[:size]`` / ``srcp[:size]`` whose distance is below ``lim`` to ``(od, op)`` from
+    ``total`` on, grouped by distance in ascending order (a counting sort: distances are small; within one
+    distance in the order found, which the expansion does not need sorted). ``od``/``op`` must have room for
+    ``size`` more. Returns the new total."""
+    start = np.zeros(lim + 1, np.int64)
+    for e in range(size):
+        if srcd[e] < lim:
+            start[srcd[e] + 1] += 1
+    for d in range(1, lim + 1):
+        start[d] += start[d - 1]
+    kept = start[lim]
+    for e in range(size):
+        d = srcd[e]
+        if d < lim:
+            x = total + start[d]
+            start[d] += 1
+            od[x] = d
+            op[x] = srcp[e]
+    return total + kept
 
 
 @njit(inline="always")
@@ -112,17 +118,12 @@ def _compact(bufd, bufp, size, lim):
 
 
 @njit(inline="always")
-def _emit(od, op, total, bufd, bufp, size, lim, u):
-    """Append a query's kept entries below ``lim`` to the output ``(od, op)`` from ``total`` on, ordered by
-    (distance, code); returns ``(od, op, new total)``."""
+def _emit(od, op, total, bufd, bufp, size, lim):
+    """Append a query's kept entries below ``lim`` to the output ``(od, op)`` from ``total`` on, grouped by
+    distance in ascending order; returns ``(od, op, new total)``."""
     od = _grow(od, total + size)
     op = _grow(op, total + size)
-    a = total
-    total += _compact(bufd[:size], bufp[:size], size, lim)
-    od[a:total] = bufd[: total - a]
-    op[a:total] = bufp[: total - a]
-    _sort_run(od, op, a, total, u)
-    return od, op, total
+    return od, op, _place_by_distance(od, op, total, bufd, bufp, size, lim)
 
 
 @njit(inline="always")
@@ -297,7 +298,7 @@ def _knn_scan_sorted(tiles, order, fixed, value, u, W, Q, qa, qb, k, nbits, goff
                     head[m] = gb
                     low = min(low, m)
         before = total
-        od, op, total = _emit(od, op, total, bufd, bufp, size, lim, u)
+        od, op, total = _emit(od, op, total, bufd, bufp, size, lim)
         counts[i - qa] = total - before
     return counts, od[:total].copy(), op[:total].copy()
 
@@ -342,51 +343,70 @@ def _knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
         bufp = np.empty((nb, cap), np.int64)
         hist = np.zeros((nb, nbits + 2), np.int64)
         size = np.zeros(nb, np.int64)
-        lim = np.full(nb, nbits + 1, np.int64)  # keep a code iff distance < lim (= t + 1 once k weight is in)
+        lim = np.full(nb, nbits + 1, np.int64)  # t + 1 once k weight is in (t: the weighted k-th distance)
         weight = np.zeros(nb, np.int64)  # weight of the kept codes with distance < lim
+        ncodes = np.zeros((nb, nbits + 2), np.int64)  # kept codes by distance
+        # keep a code iff distance < eff: lim, or t once the codes kept at t are as many as k needs there. Codes
+        # come in index order, which is the order of their groups' first items, so the j-th smallest position
+        # at t lies in one of the first j codes at t: later ones cannot be needed.
+        eff = np.full(nb, nbits + 1, np.int64)
         for c0 in range(0, u, CH):
             c1 = min(c0 + CH, u)
             for i in range(nb):
                 q = Q[b0 + i]
                 for s0 in range(c0, c1, _SUB):
                     s1 = min(s0 + _SUB, c1)
-                    if np.int64(_chunk_min(X, q, W, np.uint64(s0), np.uint64(s1))) >= lim[i]:
+                    if np.int64(_chunk_min(X, q, W, np.uint64(s0), np.uint64(s1))) >= eff[i]:
                         continue
                     for g0 in range(s0, s1, 32):
                         g1 = min(g0 + 32, s1)
-                        if np.int64(_chunk_min(X, q, W, np.uint64(g0), np.uint64(g1))) >= lim[i]:
+                        if np.int64(_chunk_min(X, q, W, np.uint64(g0), np.uint64(g1))) >= eff[i]:
                             continue
+                        # room for the group before its loop (an array rebound inside the loop slows every
+                        # pass): drop what the lowered limit excludes; grow when most entries stay
+                        if size[i] + (g1 - g0) > bufd.shape[1]:
+                            m = _compact(bufd[i], bufp[i], size[i], lim[i])
+                            size[i] = m
+                            if 2 * (m + g1 - g0) > bufd.shape[1]:
+                                nd = np.empty((nb, 2 * bufd.shape[1]), np.int32)
+                                npp = np.empty((nb, 2 * bufd.shape[1]), np.int64)
+                                nd[:, : bufd.shape[1]] = bufd
+                                npp[:, : bufd.shape[1]] = bufp
+                                bufd = nd
+                                bufp = npp
                         for j in range(g0, g1):
                             d = np.int64(_dist(X, np.uint64(j) * Wu, q, W))
-                            if d >= lim[i]:
+                            if d >= eff[i]:
                                 continue
-                            if size[i] == bufd.shape[1]:
-                                # drop what the lowered limit excludes; grow when most entries stay
-                                m = _compact(bufd[i], bufp[i], size[i], lim[i])
-                                size[i] = m
-                                if 2 * m > bufd.shape[1]:
-                                    nd = np.empty((nb, 2 * bufd.shape[1]), np.int32)
-                                    npp = np.empty((nb, 2 * bufd.shape[1]), np.int64)
-                                    nd[:, : bufd.shape[1]] = bufd
-                                    npp[:, : bufd.shape[1]] = bufp
-                                    bufd = nd
-                                    bufp = npp
-                            size[i], weight[i] = _take(bufd[i], bufp[i], size[i], d, j, goff, hist[i], weight[i])
+                            e = size[i]  # kept, written in place (views of the rows cost more than the scan)
+                            bufd[i, e] = d
+                            bufp[i, e] = j
+                            size[i] = e + 1
+                            wj = _weight(goff, j)
+                            hist[i, d] += wj
+                            weight[i] += wj
+                            ncodes[i, d] += 1
                             if weight[i] >= k:
                                 weight[i], lim[i] = _lowered(weight[i], hist[i], lim[i], k)
+                                t = lim[i] - 1
+                                full = ncodes[i, t] >= k - (weight[i] - hist[i, t])
+                                eff[i] = t if full else lim[i]
         for i in range(nb):
             before = total
-            od, op, total = _emit(od, op, total, bufd[i], bufp[i], size[i], lim[i], u)
+            od, op, total = _emit(od, op, total, bufd[i], bufp[i], size[i], lim[i])
             counts[b0 - qa + i] = total - before
     return counts, od[:total].copy(), op[:total].copy()
 
 
 @njit(nogil=True, cache=True)
 def knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
-    """Per query ``qa <= i < qb``: every distinct code within the weighted k-th distance, by a flat scan.
+    """Per query ``qa <= i < qb``: every distinct code nearer than the weighted k-th distance ``t`` and, at ``t``,
+    at least the first codes (in index order) that k needs there, by a flat scan in index order. Distinct codes
+    are ordered by their groups' first items, so no later code at ``t`` can hold one of the smallest positions.
 
     ``goff``: the group layer's offsets, which give the items each code stands for. Returns
-    ``counts int64[qb-qa]``, ``D int32[total]``, ``U int64[total]``, each query's run ordered by (distance, code).
+    ``counts int64[qb-qa]``, ``D int32[total]``, ``U int64[total]``, each query's run grouped by distance in
+    ascending order.
     """
     if W == 1:
         return _knn_scan_groups(X, u, 1, Q, qa, qb, k, nbits, goff)
@@ -483,12 +503,7 @@ def mih_knn(X, u, W, Q, qa, qb, k, nbits, goff, nitems, budget, probe_ns, cand_n
         od = _grow(od, total + nf)
         op = _grow(op, total + nf)
         a = total
-        for e in range(nf):
-            if fd[e] <= kth:
-                od[total] = fd[e]
-                op[total] = fj[e]
-                total += 1
-        _sort_run(od, op, a, total, u)
+        total = _place_by_distance(od, op, total, fd, fj, nf, kth + 1)
         counts[i - qa] = total - a
     return counts, od[:total].copy(), op[:total].copy(), work
 
@@ -506,39 +521,112 @@ def _members(goff, gpos, g, out, o, limit):
     return b - a
 
 
+@njit(inline="always")
+def _sift_down(key, cur, end, n, i):
+    """Restore the min-heap on ``key`` (payloads ``cur``, ``end`` move with it) below entry ``i`` of ``n``."""
+    while True:
+        m = 2 * i + 1
+        if m >= n:
+            return
+        if m + 1 < n and key[m + 1] < key[m]:
+            m += 1
+        if key[i] <= key[m]:
+            return
+        key[i], key[m] = key[m], key[i]
+        cur[i], cur[m] = cur[m], cur[i]
+        end[i], end[m] = end[m], end[i]
+        i = m
+
+
+@njit(inline="always")
+def _merge_groups(goff, gpos, U, e, f, need, key, cur, end, outP, o):
+    """The ``need`` smallest positions of groups ``U[e:f]`` (each group's positions ascend) in ascending order,
+    written at ``outP[o:]``, by a heap over the groups' next positions (``key``, ``cur``, ``end``: room for
+    ``f - e`` entries): ``need * log(f - e)`` steps where sorting every candidate took ``need * (f - e)``.
+    Returns how many were written."""
+    n = 0
+    for x in range(e, f):
+        a = np.int64(goff[U[x]])
+        cur[n] = a
+        end[n] = min(np.int64(goff[U[x] + 1]), a + need)
+        key[n] = gpos[a]
+        n += 1
+    for i in range(n // 2 - 1, -1, -1):
+        _sift_down(key, cur, end, n, i)
+    got = 0
+    while got < need and n > 0:
+        outP[o + got] = key[0]
+        got += 1
+        c = cur[0] + 1
+        if c < end[0]:
+            cur[0] = c
+            key[0] = gpos[c]
+        else:
+            n -= 1
+            key[0] = key[n]
+            cur[0] = cur[n]
+            end[0] = end[n]
+        _sift_down(key, cur, end, n, 0)
+    return got
+
+
 @njit(nogil=True, cache=True)
 def expand_knn(lims, D, U, goff, gpos, k, outD, outP, qa, qb):
     """Runs of distinct codes (``lims int64[nq + 1]``, ``D``, ``U``; ordered by distance) -> the k nearest items
     of queries ``qa <= i < qb``, ordered by (distance, position), into rows ``i`` of ``outD int32[nq, k]`` and
     ``outP int64[nq, k]`` (``-1`` past the results). At each distance only as many positions per group as k still
     needs are read."""
-    most = 1  # the longest run: the buffer holds k positions of each of its codes, allocated once
+    most = 1  # the longest run: room for a heap over its codes (or, one code per item, its positions)
     for i in range(qa, qb):
         most = max(most, np.int64(lims[i + 1] - lims[i]))
-    buf = np.empty(max(16, min(k * most, gpos.shape[0] if goff.shape[0] else most)), np.int64)
+    key = np.empty(most, np.int64)
+    cur = np.empty(most, np.int64)
+    end = np.empty(most, np.int64)
+    grouped = goff.shape[0] > 0
     for i in range(qa, qb):
         got = 0
         e = lims[i]
-        end = lims[i + 1]
-        while e < end and got < k:
+        stop = lims[i + 1]
+        row = outP[i]
+        while e < stop and got < k:
             d = D[e]
             f = e
-            while f < end and D[f] == d:
+            while f < stop and D[f] == d:
                 f += 1
             need = k - got
-            nb = 0
-            for x in range(e, f):
-                nb += _members(goff, gpos, U[x], buf, nb, need)
-            if f - e > 1:
-                buf[:nb].sort()
-            take = min(nb, need)
-            for x in range(take):
-                outD[i, got + x] = d
-                outP[i, got + x] = buf[x]
+            if not grouped:  # each code is one item, its position: the level's smallest positions
+                nb = f - e
+                key[:nb] = U[e:f]
+                if nb > 1:
+                    key[:nb].sort()
+                take = min(nb, need)
+                row[got : got + take] = key[:take]
+            elif f - e == 1:
+                a = np.int64(goff[U[e]])
+                take = min(np.int64(goff[U[e] + 1]) - a, need)
+                row[got : got + take] = gpos[a : a + take]
+            else:
+                take = _merge_groups(goff, gpos, U, e, f, need, key, cur, end, row, got)
+            outD[i, got : got + take] = d
             got += take
             e = f
         outD[i, got:] = -1
         outP[i, got:] = -1
+
+
+@njit(nogil=True, cache=True)
+def rows_of_ids(D, P, back, ids, outD, outI, a, b):
+    """Rows ``a <= r < b`` of a batch's answer from its distinct queries' (``D int32[u, k]``, ``P int64[u, k]``
+    positions, -1 past the results): row ``r`` is distinct row ``back[r]`` (``r`` itself where ``back`` is empty),
+    positions turned into ids (``ids int64[n]``). ``outD int32[nq, k]``, ``outI int64[nq, k]``: one pass, where
+    gathering the rows and then the ids took four over arrays of the batch's size."""
+    k = D.shape[1]
+    for r in range(a, b):
+        s = r if back.shape[0] == 0 else back[r]
+        for j in range(k):
+            p = P[s, j]
+            outD[r, j] = D[s, j]
+            outI[r, j] = ids[p] if p >= 0 else -1
 
 
 @njit(nogil=True, cache=True)

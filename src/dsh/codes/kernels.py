@@ -143,6 +143,47 @@ def pairwise_rows(X, n, W, Q, qa, qb, out):
                 row[j] = np.int32(_dist(X, j * Wu, q, W))
 
 
+@njit(nogil=True, cache=True)
+def distinct_rows(Q):
+    """The distinct rows of ``Q`` (``uint64[nq, W]``) in order of first appearance: ``(first int64[u], the index
+    of each distinct row's first appearance; inverse int64[nq], each row's number among them)``, by an
+    open-addressing hash table (a sort-based unique took most of the time of a small batch's search)."""
+    nq, W = Q.shape
+    size = 16
+    while size < 2 * nq:
+        size *= 2
+    mask = np.uint64(size - 1)
+    slots = np.full(size, -1, np.int64)  # row number of the first appearance held in each slot
+    first = np.empty(nq, np.int64)
+    inverse = np.empty(nq, np.int64)
+    u = 0
+    for i in range(nq):
+        h = np.uint64(0x9E3779B97F4A7C15)
+        for w in range(W):
+            h = (h ^ Q[i, w]) * np.uint64(0xBF58476D1CE4E5B9)
+            h ^= h >> np.uint64(31)
+        s = h & mask
+        while True:
+            r = slots[s]
+            if r < 0:
+                slots[s] = u
+                first[u] = i
+                inverse[i] = u
+                u += 1
+                break
+            same = True
+            f = first[r]
+            for w in range(W):
+                if Q[f, w] != Q[i, w]:
+                    same = False
+                    break
+            if same:
+                inverse[i] = r
+                break
+            s = (s + np.uint64(1)) & mask
+    return first[:u].copy(), inverse
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # k nearest neighbours over a flat scan
 

@@ -56,7 +56,7 @@ from .mih import (
     plan_knn,
     prefer_mih,
 )
-from .sorted_codes import SortedCodes, worth_keeping
+from .sorted_codes import SORTED_SCAN_MIN, SortedCodes, worth_keeping
 
 __all__ = ["HammingIndex", "ENGINES", "catalog_file", "catalog_path", "warm_up_kernels"]
 
@@ -326,6 +326,18 @@ class HammingIndex(SearchThenLookup):
             return np.full(P.shape, -1, np.int64)
         return np.where(P >= 0, self._ids[np.maximum(P, 0)], -1)
 
+    def _answer_rows(self, D: np.ndarray, P: np.ndarray, back: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's ``(D int32[nq, k], I int64[nq, k])`` from its distinct queries' ``D`` and positions ``P``
+        (``[u, k]``; ``back``: each query's distinct row, None where none repeats)."""
+        nq, k = (len(D) if back is None else len(back)), D.shape[1]
+        outD = np.empty((nq, k), np.int32)
+        outI = np.empty((nq, k), np.int64)
+        rows = np.zeros(0, np.int64) if back is None else back
+        ids = self._ids
+        K.run_parallel(lambda a, b: G.rows_of_ids(D, P, rows, ids, outD, outI, a, b), nq,
+                       per_task=max(16, (1 << 15) // k))
+        return outD, outI
+
     def search(self, q: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest codes to each query.
 
@@ -343,19 +355,18 @@ class HammingIndex(SearchThenLookup):
         k = check_k(k)
         method = _check_method(method)
         nq, n = q.shape[0], self.ntotal
+        if nq and n and (self._engine == "numba" or method == "mih"):
+            Q, back, hits = self._prepared(q, k, method)
+            # every row is written: by a look-up, a pilot, MIH or the scan (-1 past the results)
+            D = np.empty((len(Q), k), np.int32)
+            P = np.empty((len(Q), k), np.int64)
+            self._knn(Q, k, method, hits, D, P)
+            return self._answer_rows(D, P, back)
         D = np.full((nq, k), -1, np.int32)
         P = np.full((nq, k), -1, np.int64)
         if nq and n:
             kk = min(k, n)
-            if self._engine == "numba" or method == "mih":
-                Q, back, hits = self._prepared(q, k, method)
-                if back is None:
-                    self._knn(Q, k, method, hits, D, P)
-                else:  # a repeated query is answered once
-                    d, p = D[: len(Q)], P[: len(Q)]
-                    self._knn(Q, k, method, hits, d, p)
-                    D[:], P[:] = d[back], p[back]
-            elif self._engine == "faiss":
+            if self._engine == "faiss":
                 D[:, :kk], P[:, :kk] = self._faiss_knn(q, kk)
             else:
                 D[:, :kk], P[:, :kk] = self._numpy_knn(q, kk)
@@ -523,19 +534,23 @@ class HammingIndex(SearchThenLookup):
         X = self._get_words()
         x, W, u = X.reshape(-1), X.shape[1], g.u
         sorted_codes = self._sorted_codes()  # (built before the clock starts)
+        sorted_scan = sorted_codes is not None and u >= SORTED_SCAN_MIN
         started = time.perf_counter_ns()
-        D = np.full((nq, k), -1, np.int32)
-        P = np.full((nq, k), -1, np.int64)
         if g.identity:
+            D = np.full((nq, k), -1, np.int32)  # the plain scan writes only what it finds
+            P = np.full((nq, k), -1, np.int64)
             K.run_parallel(lambda a, b: K.knn_scan(x, u, W, Q, a, b, k, self._nbits, D, P), nq)
-        elif sorted_codes is not None:
-            self._expand_knn(sorted_codes.knn(Q, k, self._nbits, g.goff), k, D, P)
-        else:
-            parts = K.run_parallel(lambda a, b: G.knn_scan_groups(x, u, W, Q, a, b, k, self._nbits, g.goff), nq)
-            self._expand_knn(K.join_parts(parts), k, D, P)
+        else:  # the runs each thread finds are expanded on that thread, every row written
+            D = np.empty((nq, k), np.int32)
+            P = np.empty((nq, k), np.int64)
+            if sorted_scan:
+                sorted_codes.knn_into(Q, k, self._nbits, g, D, P)
+            else:
+                K.run_parallel(lambda a, b: g.expand_into(G.knn_scan_groups(x, u, W, Q, a, b, k, self._nbits, g.goff),
+                                                          k, D[a:b], P[a:b]), nq)
         if nq >= 4:  # a scan's time per query of one thread, for the plans of later batches
-            ns = (time.perf_counter_ns() - started) * _threads_for(nq, 16 if sorted_codes is not None else 64) / nq
-            if sorted_codes is None:
+            ns = (time.perf_counter_ns() - started) * _threads_for(nq, 64) / nq
+            if not sorted_scan:
                 SCAN_TIME.observe(flat_knn_ns(u, self._nbits) * nq, ns * nq)
             old = self._scan_ns.get(k)
             if old is None and len(self._scan_ns) >= 64:  # a caller trying many k: keep the memory bounded
@@ -783,14 +798,10 @@ def _distinct_rows(Q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
     (``uint64[nq, W]``); ``(Q, None)`` where no row repeats."""
     if len(Q) < 2:
         return Q, None
-    key = Q[:, 0] if Q.shape[1] == 1 else np.ascontiguousarray(Q).view(np.dtype((np.void, 8 * Q.shape[1]))).ravel()
-    _, first, inverse = np.unique(key, return_index=True, return_inverse=True)
+    first, inverse = K.distinct_rows(np.ascontiguousarray(Q))
     if len(first) == len(Q):
         return Q, None
-    order = np.argsort(first)
-    rank = np.empty(len(first), np.int64)
-    rank[order] = np.arange(len(first))
-    return Q[first[order]], rank[inverse.ravel()]
+    return Q[first], inverse
 
 
 def _check_method(method) -> str:

@@ -209,7 +209,7 @@ class MIHTables:
         ``goff`` (empty: one item each; ``nitems`` in all), for ``queries`` (``uint64[nq, W]``).
 
         Returns ``(counts int64[nq], D int32[total], U int64[total], work float64[nq])``: per query the distinct
-        codes within its weighted k-th distance, ordered by (distance, code) (see
+        codes within its weighted k-th distance, grouped by distance in ascending order (see
         :func:`dsh.codes.group_kernels.mih_knn`); ``counts = -1`` where the estimated work passed ``budget_ns``.
         """
         if words.shape[0] != self.n:

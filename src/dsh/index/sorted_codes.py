@@ -3,14 +3,16 @@ and blocks.
 
 Learned codes cluster (a CIFAR-10 48-bit database of 50,000 images holds about 10,000 distinct codes around ten
 class codes). Sorted by their words, neighbouring codes share their leading bits. The sorted codes are cut into
-tiles of :data:`~dsh.codes.group_kernels.TILE` (256) places, each of 16 blocks of 16: the codes of a tile agree
-on some bits, and the number of those where a query differs bounds its distance to all of them, one popcount a
-tile; reading a tile is one vector pass that gives the exact minimum distance of each of its blocks. A k-NN scan
-reads tiles nearest bound first and blocks nearest minimum first across the tiles read, code by code, until
-neither can hold a code below the k-th distance (:func:`dsh.codes.group_kernels.knn_scan_sorted`); results are
-exactly the plain scan's. The codes are stored tiled (one slot of all a tile's blocks side by side), so that
-the minima pass runs in vector lanes over blocks. On the CIFAR-10 codes above a k = 10 query costs about 3 us
-of one thread here, a third of a scan that bounds blocks of 16 by their agreed bits.
+tiles of :data:`~dsh.codes.group_kernels.TILE` (256) places, each of 16 blocks of 16: the codes of a tile agree on
+some bits, and the number of those where a query differs bounds its distance to all of them, one popcount a tile;
+reading a tile is one vector pass that gives the exact minimum distance of each of its blocks. A k-NN scan reads
+tiles nearest bound first and blocks nearest minimum first across the tiles read, code by code, until neither can
+hold a code below the k-th distance (:func:`dsh.codes.group_kernels.knn_scan_sorted`); the k nearest items are
+exactly the plain scan's. The codes are stored tiled (one slot of all a tile's blocks side by side), so that the
+minima pass runs in vector lanes over blocks. On the CIFAR-10 codes above a k = 10 query costs about 3 us of one
+thread here, a third of a scan that bounds blocks of 16 by their agreed bits. At that size the scan in index order
+(one vector pass a chunk of 256 codes, and at the k-th distance only the first codes k needs) costs a little less,
+and below :data:`SORTED_SCAN_MIN` distinct codes an index scans that way; the sorted copy still serves the look-ups.
 
 The structure costs about ``4 + 8 * W`` bytes per distinct code (``W`` words a code), so an index keeps it only
 where codes repeat enough for that to stay within :data:`BYTES_PER_ITEM` per item (:func:`worth_keeping`).
@@ -24,11 +26,14 @@ import numpy as np
 
 from ..codes import group_kernels as G
 from ..codes import kernels as K
-from .distinct import position_dtype
+from .distinct import Groups, position_dtype
 
-__all__ = ["SortedCodes", "BYTES_PER_ITEM", "worth_keeping"]
+__all__ = ["SortedCodes", "BYTES_PER_ITEM", "SORTED_SCAN_MIN", "worth_keeping"]
 
 BYTES_PER_ITEM = 4.0  # the most memory per item the sorted copy may add
+# Below this many distinct codes a k-NN scan reads them in index order (one vector pass a chunk, and at the k-th
+# distance only the first codes k needs) rather than the sorted copy, whose tiles then skip too little to pay
+SORTED_SCAN_MIN = 1 << 16
 
 
 def worth_keeping(u: int, n: int, words_per_code: int) -> bool:
@@ -96,3 +101,17 @@ class SortedCodes:
         parts = K.run_parallel(lambda a, b: G.knn_scan_sorted(self.tiles, self.order, f, v, u, W, Q, a, b, int(k),
                                                               int(nbits), goff, G.SUPER), len(Q), per_task=16)
         return K.join_parts(parts)
+
+    def knn_into(self, Q: np.ndarray, k: int, nbits: int, groups: Groups, D: np.ndarray, P: np.ndarray) -> None:
+        """The k nearest items of each query (``uint64[nq, W]``), ordered by (distance, position), into
+        ``D int32[nq, k]`` and ``P int64[nq, k]`` (-1 past the results): each thread expands the runs it found
+        through ``groups``, one hand-off for both steps."""
+        u, W = len(self.order), self.fixed.shape[1]
+        f, v = self.fixed.reshape(-1), self.value.reshape(-1)
+
+        def scan_and_expand(a: int, b: int) -> None:
+            runs = G.knn_scan_sorted(self.tiles, self.order, f, v, u, W, Q, a, b, int(k), int(nbits), groups.goff,
+                                     G.SUPER)
+            groups.expand_into(runs, k, D[a:b], P[a:b])
+
+        K.run_parallel(scan_and_expand, len(Q), per_task=64)

@@ -333,7 +333,9 @@ def _knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
     total = 0
     if u == 0 or nq <= 0:
         return counts, od[:0].copy(), op[:0].copy()
-    cap = max(2 * k, 1024)
+    # room for what a query keeps and one more chunk: growing copies every query's row of the block (and
+    # touches new pages), which cost more than the scan where it happened chunk after chunk
+    cap = max(2 * k, 64) + 2 * _SUB
     B = max(1, min(64, (1 << 21) // cap))
     CH = max(_SUB, (_CHUNK_BYTES // (8 * W)) // _SUB * _SUB)
     Wu = np.uint64(W)
@@ -358,39 +360,38 @@ def _knn_scan_groups(X, u, W, Q, qa, qb, k, nbits, goff):
                     s1 = min(s0 + _SUB, c1)
                     if np.int64(_chunk_min(X, q, W, np.uint64(s0), np.uint64(s1))) >= eff[i]:
                         continue
-                    for g0 in range(s0, s1, 32):
-                        g1 = min(g0 + 32, s1)
-                        if np.int64(_chunk_min(X, q, W, np.uint64(g0), np.uint64(g1))) >= eff[i]:
+                    # a chunk that may hold a code to keep is read code by code (narrowing it to groups of 32
+                    # first, as the plain scan does, was slower on learned codes and no faster on others).
+                    # Room for the chunk before its loop (an array rebound inside the loop slows every pass):
+                    # drop what the lowered limit excludes; grow when most entries stay
+                    if size[i] + (s1 - s0) > bufd.shape[1]:
+                        m = _compact(bufd[i], bufp[i], size[i], lim[i])
+                        size[i] = m
+                        if 2 * (m + s1 - s0) > bufd.shape[1]:
+                            grown = max(2 * bufd.shape[1], 2 * (m + s1 - s0))
+                            nd = np.empty((nb, grown), np.int32)
+                            npp = np.empty((nb, grown), np.int64)
+                            nd[:, : bufd.shape[1]] = bufd
+                            npp[:, : bufd.shape[1]] = bufp
+                            bufd = nd
+                            bufp = npp
+                    for j in range(s0, s1):
+                        d = np.int64(_dist(X, np.uint64(j) * Wu, q, W))
+                        if d >= eff[i]:
                             continue
-                        # room for the group before its loop (an array rebound inside the loop slows every
-                        # pass): drop what the lowered limit excludes; grow when most entries stay
-                        if size[i] + (g1 - g0) > bufd.shape[1]:
-                            m = _compact(bufd[i], bufp[i], size[i], lim[i])
-                            size[i] = m
-                            if 2 * (m + g1 - g0) > bufd.shape[1]:
-                                nd = np.empty((nb, 2 * bufd.shape[1]), np.int32)
-                                npp = np.empty((nb, 2 * bufd.shape[1]), np.int64)
-                                nd[:, : bufd.shape[1]] = bufd
-                                npp[:, : bufd.shape[1]] = bufp
-                                bufd = nd
-                                bufp = npp
-                        for j in range(g0, g1):
-                            d = np.int64(_dist(X, np.uint64(j) * Wu, q, W))
-                            if d >= eff[i]:
-                                continue
-                            e = size[i]  # kept, written in place (views of the rows cost more than the scan)
-                            bufd[i, e] = d
-                            bufp[i, e] = j
-                            size[i] = e + 1
-                            wj = _weight(goff, j)
-                            hist[i, d] += wj
-                            weight[i] += wj
-                            ncodes[i, d] += 1
-                            if weight[i] >= k:
-                                weight[i], lim[i] = _lowered(weight[i], hist[i], lim[i], k)
-                                t = lim[i] - 1
-                                full = ncodes[i, t] >= k - (weight[i] - hist[i, t])
-                                eff[i] = t if full else lim[i]
+                        e = size[i]  # kept, written in place (views of the rows cost more than the scan)
+                        bufd[i, e] = d
+                        bufp[i, e] = j
+                        size[i] = e + 1
+                        wj = _weight(goff, j)
+                        hist[i, d] += wj
+                        weight[i] += wj
+                        ncodes[i, d] += 1
+                        if weight[i] >= k:
+                            weight[i], lim[i] = _lowered(weight[i], hist[i], lim[i], k)
+                            t = lim[i] - 1
+                            full = ncodes[i, t] >= k - (weight[i] - hist[i, t])
+                            eff[i] = t if full else lim[i]
         for i in range(nb):
             before = total
             od, op, total = _emit(od, op, total, bufd[i], bufp[i], size[i], lim[i])

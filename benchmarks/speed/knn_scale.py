@@ -2,17 +2,17 @@
 
     python benchmarks/speed/knn_scale.py --sizes 1000000 10000000 100000000 --threads 2 --out benchmarks/results
 
-For each database (``--sizes`` codes of 64 bits, 128 bits up to ``--max-128``; kinds ``random``, ``clustered``:
-n/1000 centres with each bit flipped with probability ``--flip-p``, and ``cifar48`` / ``cifar12``: the committed
-CIFAR-10 learned database codes, as they are at 50,000 and replicated to the larger sizes with each copy's bits
-flipped with probability 1/nbits), measures the build (``add`` then ``build_mih``), the memory of the index's
-structures per item after the searches (:attr:`HammingIndex.nbytes`: distinct codes, ids, groups, tables, the sorted
-copy) and queries/s for k = 1 / 10 / 100 and radius 2 by ``method="flat"`` (the scan over distinct codes, by blocks of
-their sorted copy where the index keeps one), ``"mih"`` and ``"auto"`` (which also looks up queries equal to a code
-holding k items), beside the scan over every item as dsh did before its distinct-code layer (``item scan``, each
-query scanned even when the batch repeats it) and faiss ``IndexBinaryFlat`` where it fits
-(``--faiss-max``). Every result of mih and auto is checked equal to flat's. Queries: held-out codes near the data
-(clustered: a database code with bits flipped; CIFAR: the committed query codes), random codes for random data.
+For each database (``--sizes`` codes of 64 bits, 128 bits up to ``--max-128``; kinds ``random``, ``clustered``: n/1000
+centres with each bit flipped with probability ``--flip-p``, and ``cifar48`` / ``cifar12``: the committed CIFAR-10
+learned database codes, as they are at 50,000 and replicated to the larger sizes with each copy's bits flipped with
+probability 1/nbits), measures the build (``add`` then ``build_mih``), the memory of the index's structures per item
+after the searches (:attr:`HammingIndex.nbytes`: distinct codes, ids, groups, tables, the sorted copy) and queries/s for
+k = 1 / 10 / 100 and radius 2 by ``method="flat"`` (the scan over distinct codes, by blocks of their sorted copy where
+the index keeps one and holds 32,768 distinct codes or more), ``"mih"`` and ``"auto"`` (which also looks up queries
+equal to a code holding k items), beside the scan over every item as dsh did before its distinct-code layer (``item
+scan``, each query scanned even when the batch repeats it) and faiss ``IndexBinaryFlat`` where it fits (``--faiss-
+max``). Every result of mih and auto is checked equal to flat's. Queries: held-out codes near the data (clustered: a
+database code with bits flipped; CIFAR: the committed query codes), random codes for random data.
 
 Also measures, at the first size's random 64-bit codes, the scan against faiss at k = 100 and this CPU's memory
 bandwidth and popcount bounds. Writes ``knn_scale.json`` and ``knn_scale.md`` (atomically) after each database,
@@ -311,9 +311,10 @@ def markdown(res: dict) -> str:
                   "this load every figure here moves by tens of percent from one measurement to the next.", ""]
     lines += ["q/s with the queries as one batch (a query the batch repeats is answered once, except by the item "
               "scan and faiss); *flat* scans the distinct codes (where codes repeat enough, their sorted copy in "
-              "tiles of 256, skipping tiles and blocks of 16 that cannot hold a nearer code), *item scan* every item "
-              "(dsh's scan before its distinct-code layer, with today's kernels), *auto* is what `search` does by "
-              "default (its choice in the last column; it "
+              "tiles of 256, skipping tiles and blocks of 16 that cannot hold a nearer code; below 32,768 distinct "
+              "codes, in index order, reading at the k-th distance only the first codes k needs), *item scan* every "
+              "item (dsh's scan before its distinct-code layer, with today's kernels), *auto* is what `search` does "
+              "by default (its choice in the last column: MIH where a pilot finds it within half a scan; it "
               "also looks up a query equal to a code that holds k items). Memory: the index's structures (distinct "
               "codes, ids, groups, MIH tables, the sorted copy) per item after the searches. Every mih and auto "
               "result equals flat's.", ""]

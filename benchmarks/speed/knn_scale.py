@@ -9,10 +9,10 @@ probability 1/nbits), measures the build (``add`` then ``build_mih``), the memor
 after the searches (:attr:`HammingIndex.nbytes`: distinct codes, ids, groups, tables, the sorted copy) and queries/s for
 k = 1 / 10 / 100 and radius 2 by ``method="flat"`` (the scan over distinct codes, by blocks of their sorted copy where
 the index keeps one and holds 32,768 distinct codes or more), ``"mih"`` and ``"auto"`` (which also looks up queries
-equal to a code holding k items), beside the scan over every item as dsh did before its distinct-code layer (``item
-scan``, each query scanned even when the batch repeats it) and faiss ``IndexBinaryFlat`` where it fits (``--faiss-
-max``). Every result of mih and auto is checked equal to flat's. Queries: held-out codes near the data (clustered: a
-database code with bits flipped; CIFAR: the committed query codes), random codes for random data.
+equal to a code holding k items), beside the scan over every item as dsh did before its distinct-code layer
+(``item scan``, each query scanned even when the batch repeats it) and faiss ``IndexBinaryFlat`` where it fits
+(``--faiss-max``). Every result of mih and auto is checked equal to flat's. Queries: held-out codes near the data
+(clustered: a database code with bits flipped; CIFAR: the committed query codes), random codes for random data.
 
 Also measures, at the first size's random 64-bit codes, the scan against faiss at k = 100 and this CPU's memory
 bandwidth and popcount bounds. Writes ``knn_scale.json`` and ``knn_scale.md`` (atomically) after each database,

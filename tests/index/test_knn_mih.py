@@ -380,21 +380,27 @@ def test_version_1_files_are_still_read(tmp_path):
         assert_same(index.search(q, 9), brute_knn(q, codes, ids, 9))
 
 
-def test_warm_up_compiles_every_kernel_a_later_search_uses():
+def test_warm_up_compiles_every_kernel_a_later_search_uses(monkeypatch):
     """After :func:`warm_up_kernels`, searches of either layout (codes distinct or repeating), other lengths and
-    sizes, every method, compile nothing new: a service that warmed up never stalls on a compile."""
+    sizes, every method, the sorted scan of indexes with many distinct codes included, compile nothing new: a
+    service that warmed up never stalls on a compile."""
     from dsh.codes import group_kernels, kernels
+    from dsh.index import flat
     from dsh.index.flat import warm_up_kernels
 
     dispatchers = [f for m in (kernels, group_kernels) for f in vars(m).values() if hasattr(f, "signatures")]
     warm_up_kernels()
     before = {f: len(f.signatures) for f in dispatchers}
     rng = np.random.default_rng(5)
-    for kind, nbits, n in (("random", 33, 300), ("tied", 128, 200), ("clustered", 12, 500), ("pairs", 48, 300)):
+    for kind, nbits, n in (("random", 33, 300), ("tied", 128, 200), ("clustered", 12, 500), ("pairs", 48, 300),
+                           ("sorted scan", 64, 400)):
         codes = (np.repeat(make_codes(rng, "random", n // 2, nbits), 2, axis=0) if kind == "pairs"
+                 else np.repeat(make_codes(rng, "clustered", n // 8, nbits), 8, axis=0) if kind == "sorted scan"
                  else make_codes(rng, kind, n, nbits))
+        monkeypatch.setattr(flat, "SORTED_SCAN_MIN", 0 if kind == "sorted scan" else 1 << 15)
         index = HammingIndex(nbits)
         index.add(codes)
+        assert (index._sorted_codes() is not None) == (kind in ("tied", "sorted scan"))
         check_index(index, codes, np.arange(n), codes[::50], ks=(1, 7), radii=(0, 2), nsub=None)
     assert sum(before.values()) > 0
     assert {f.__name__: len(f.signatures) for f in dispatchers} == {f.__name__: n for f, n in before.items()}

@@ -543,7 +543,7 @@ def _sift_down(key, cur, end, n, i):
 def _merge_groups(goff, gpos, U, e, f, need, key, cur, end, outP, o):
     """The ``need`` smallest positions of groups ``U[e:f]`` (each group's positions ascend) in ascending order,
     written at ``outP[o:]``, by a heap over the groups' next positions (``key``, ``cur``, ``end``: room for
-    ``f - e`` entries): ``need * log(f - e)`` steps where sorting every candidate took ``need * (f - e)``.
+    ``f - e`` entries): ``need * log(f - e)`` steps rather than a sort of up to ``need * (f - e)`` candidates.
     Returns how many were written."""
     n = 0
     for x in range(e, f):
@@ -619,8 +619,8 @@ def expand_knn(lims, D, U, goff, gpos, k, outD, outP, qa, qb):
 def rows_of_ids(D, P, back, ids, outD, outI, a, b):
     """Rows ``a <= r < b`` of a batch's answer from its distinct queries' (``D int32[u, k]``, ``P int64[u, k]``
     positions, -1 past the results): row ``r`` is distinct row ``back[r]`` (``r`` itself where ``back`` is empty),
-    positions turned into ids (``ids int64[n]``). ``outD int32[nq, k]``, ``outI int64[nq, k]``: one pass, where
-    gathering the rows and then the ids took four over arrays of the batch's size."""
+    positions turned into ids (``ids int64[n]``). ``outD int32[nq, k]``, ``outI int64[nq, k]``: one pass over
+    the batch's output."""
     k = D.shape[1]
     for r in range(a, b):
         s = r if back.shape[0] == 0 else back[r]

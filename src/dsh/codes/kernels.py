@@ -147,7 +147,8 @@ def pairwise_rows(X, n, W, Q, qa, qb, out):
 def distinct_rows(Q):
     """The distinct rows of ``Q`` (``uint64[nq, W]``) in order of first appearance: ``(first int64[u], the index
     of each distinct row's first appearance; inverse int64[nq], each row's number among them)``, by an
-    open-addressing hash table (a sort-based unique took most of the time of a small batch's search)."""
+    open-addressing hash table: a sort-based unique of 1,000 rows cost about a sixth of a k = 1 search over
+    10,000 distinct codes."""
     nq, W = Q.shape
     size = 16
     while size < 2 * nq:

@@ -348,7 +348,8 @@ class HammingIndex(SearchThenLookup):
         radius, tables built on first use) or ``"auto"`` (with the numba engine, MIH when a pilot of a few
         queries shows it beats the scan, see :meth:`explain`; queries MIH would spend longer on are scanned).
         All give the same result. With the numba engine a query the batch repeats is answered once; where codes
-        repeat enough (:mod:`dsh.index.sorted_codes`), the scan reads a sorted copy of the codes tile by tile,
+        repeat enough (:mod:`dsh.index.sorted_codes`), the index keeps a sorted copy of its distinct codes, which
+        the scan reads tile by tile once they number :data:`~dsh.index.sorted_codes.SORTED_SCAN_MIN` or more,
         and ``"auto"`` looks up a query equal to a code that alone holds ``k`` items.
         """
         q = self._queries(q)
@@ -825,3 +826,7 @@ def warm_up_kernels() -> None:
         for method in ("flat", "mih", "auto"):  # auto: the look-up of queries equal to a code
             index.search(codes[:2], 3, method=method)
             index.range_search(codes[:2], 1, method=method)
+        sorted_codes = index._sorted_codes()
+        if sorted_codes is not None:  # the scan of indexes with SORTED_SCAN_MIN distinct codes or more
+            D, P = np.empty((2, 3), np.int32), np.empty((2, 3), np.int64)
+            sorted_codes.knn_into(index._get_words()[:2], 3, 64, index._groups, D, P)

@@ -39,7 +39,7 @@ def test_distinct_rows_match_a_sorting_unique(W):
 
     rng = np.random.default_rng(W)
     for n in (1, 2, 7, 500):
-        Q = (rng.integers(0, 3, (n, W)) * np.uint64(2**61 + 7)).astype(np.uint64)
+        Q = rng.integers(0, 3, (n, W)).astype(np.uint64) * np.uint64(2**61 + 7)  # large words, few values
         first, inverse = distinct_rows(Q)
         _, idx = np.unique(Q, axis=0, return_index=True)
         np.testing.assert_array_equal(first, np.sort(idx))

@@ -47,14 +47,19 @@ class Groups:
     def nbytes(self) -> int:
         return int(self.ucodes.nbytes + self.goff.nbytes + self.gpos.nbytes)
 
-    def expand_into(self, runs: tuple, k: int, D: np.ndarray, P: np.ndarray) -> None:
+    def expand_into(self, runs: tuple, k: int, D: np.ndarray, P: np.ndarray, parallel: bool = False) -> None:
         """Runs of distinct codes (``counts int64[m]`` (-1: none), ``D``, ``U``, as the k-NN kernels of
         :mod:`dsh.codes.group_kernels` return them) -> each query's k nearest items, ordered by (distance,
-        position), into ``D int32[m, k]`` and ``P int64[m, k]`` (-1 past the results), on this thread."""
+        position), into ``D int32[m, k]`` and ``P int64[m, k]`` (-1 past the results): on this thread, or with
+        ``parallel`` split over the kernels' threads."""
         counts, Dg, Ug = runs[0], runs[1], runs[2]
         lims = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(np.maximum(counts, 0), out=lims[1:])
-        G.expand_knn(lims, Dg, Ug, self.goff, self.gpos, int(k), D, P, 0, len(counts))
+        goff, gpos, k = self.goff, self.gpos, int(k)
+        if parallel:
+            K.run_parallel(lambda a, b: G.expand_knn(lims, Dg, Ug, goff, gpos, k, D, P, a, b), len(counts))
+        else:
+            G.expand_knn(lims, Dg, Ug, goff, gpos, k, D, P, 0, len(counts))
 
     @classmethod
     def identity_of(cls, codes: np.ndarray) -> "Groups":

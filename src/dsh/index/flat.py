@@ -505,7 +505,7 @@ class HammingIndex(SearchThenLookup):
         scan = np.ones(len(Q), bool)  # queries left to the scan
         if pilot is not None:
             p = len(pilot[0])
-            self._expand_knn(pilot, k, D[:p], P[:p])
+            g.expand_into(pilot, k, D[:p], P[:p], parallel=True)
             scan[:p] = pilot[0] < 0
         if plan.method == "mih":
             rest = np.arange(0 if pilot is None else len(pilot[0]), len(Q))
@@ -514,20 +514,13 @@ class HammingIndex(SearchThenLookup):
             res = tables.knn(self._get_words(), Q[rest], k, g.goff, g.n, plan.budget_ns)
             MIH_TIME.observe(float(res[3].sum()), (time.perf_counter_ns() - started) * _threads_for(rest.size, 16))
             d, p_ = D[rest], P[rest]
-            self._expand_knn(res, k, d, p_)
+            g.expand_into(res, k, d, p_, parallel=True)
             D[rest], P[rest] = d, p_
             scan[rest] = res[0] < 0
         rows = np.flatnonzero(scan)
         if rows.size:
             d, p_ = self._scan_knn(Q[rows] if rows.size < len(Q) else Q, k)
             D[rows], P[rows] = d, p_
-
-    def _expand_knn(self, res: tuple, k: int, D: np.ndarray, P: np.ndarray) -> None:
-        counts, Dg, Ug = res[0], res[1], res[2]
-        lims = np.zeros(len(counts) + 1, np.int64)
-        np.cumsum(np.maximum(counts, 0), out=lims[1:])
-        g = self._groups
-        K.run_parallel(lambda a, b: G.expand_knn(lims, Dg, Ug, g.goff, g.gpos, k, D, P, a, b), len(counts))
 
     def _scan_knn(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """The numba scan over the distinct codes: ``(D int32[nq, k], P int64[nq, k])``, positions."""

@@ -99,22 +99,18 @@ class SortedCodes:
         """Per query (``uint64[nq, W]``) every distinct code within its weighted k-th distance, as
         :func:`dsh.codes.group_kernels.knn_scan_groups` returns them: ``(counts int64[nq], D int32[total],
         U int64[total])``."""
-        u, W = len(self.order), self.fixed.shape[1]
-        f, v = self.fixed.reshape(-1), self.value.reshape(-1)
-        parts = K.run_parallel(lambda a, b: G.knn_scan_sorted(self.tiles, self.order, f, v, u, W, Q, a, b, int(k),
-                                                              int(nbits), goff, G.SUPER), len(Q), per_task=16)
+        parts = K.run_parallel(lambda a, b: self._scan(Q, a, b, k, nbits, goff), len(Q), per_task=16)
         return K.join_parts(parts)
+
+    def _scan(self, Q: np.ndarray, a: int, b: int, k: int, nbits: int, goff: np.ndarray) -> tuple:
+        """:func:`dsh.codes.group_kernels.knn_scan_sorted` over queries ``a <= i < b``, on this thread."""
+        u, W = len(self.order), self.fixed.shape[1]
+        return G.knn_scan_sorted(self.tiles, self.order, self.fixed.reshape(-1), self.value.reshape(-1), u, W, Q, a,
+                                 b, int(k), int(nbits), goff, G.SUPER)
 
     def knn_into(self, Q: np.ndarray, k: int, nbits: int, groups: Groups, D: np.ndarray, P: np.ndarray) -> None:
         """The k nearest items of each query (``uint64[nq, W]``), ordered by (distance, position), into
         ``D int32[nq, k]`` and ``P int64[nq, k]`` (-1 past the results): each thread expands the runs it found
         through ``groups``, one hand-off for both steps."""
-        u, W = len(self.order), self.fixed.shape[1]
-        f, v = self.fixed.reshape(-1), self.value.reshape(-1)
-
-        def scan_and_expand(a: int, b: int) -> None:
-            runs = G.knn_scan_sorted(self.tiles, self.order, f, v, u, W, Q, a, b, int(k), int(nbits), groups.goff,
-                                     G.SUPER)
-            groups.expand_into(runs, k, D[a:b], P[a:b])
-
-        K.run_parallel(scan_and_expand, len(Q), per_task=64)
+        K.run_parallel(lambda a, b: groups.expand_into(self._scan(Q, a, b, k, nbits, groups.goff), k, D[a:b], P[a:b]),
+                       len(Q), per_task=64)

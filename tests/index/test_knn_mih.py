@@ -122,14 +122,14 @@ def test_an_index_built_batch_by_batch_groups_its_codes_once_and_answers_as_one_
 
 
 @pytest.mark.parametrize("scan", ["sorted", "in index order"])
-@pytest.mark.parametrize("nbits", [48, 33, 128, 300])
+@pytest.mark.parametrize("nbits", [48, 33, 128, 256, 300])
 def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brute_force_results(nbits, scan,
                                                                                                  monkeypatch):
-    """Codes that repeat heavily around a few centres (as learned codes do) are kept in sorted order too: queries
-    equal to a code that holds k items are looked up, repeated queries answered once, and the scan either skips
-    tiles and blocks whose codes all differ from the query in more bits than the k-th distance (many distinct
-    codes) or reads the codes in index order, keeping at the k-th distance only the first codes k needs there (a
-    few); every answer is the brute force's."""
+    """Codes that repeat heavily around a few centres (as learned codes do) are kept in sorted order too: repeated
+    queries are answered once, and the scan either skips tiles and blocks whose codes all differ from the query in
+    more bits than the k-th distance (many distinct codes; queries equal to a code that holds k items are looked
+    up first) or reads the codes in index order, keeping at the k-th distance only the first codes k needs there
+    (a few); every answer is the brute force's."""
     from dsh.codes.group_kernels import TILE
     from dsh.index import flat
     from dsh.index.sorted_codes import SortedCodes
@@ -159,16 +159,19 @@ def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brut
     q[:, -1] &= (1 << (nbits % 8)) - 1 if nbits % 8 else 255
     for k in (1, 7, 60, 700):
         want = brute_knn(q, codes, ids, k)
-        hits = index._prepared(q, k, "auto")[2]  # per distinct query
-        assert (hits < 0).any() and (hits >= 0).any() == (k <= weights.max())  # both paths where a code holds k
+        hits = index._prepared(q, k, "auto").hits  # per distinct query
+        if scan == "sorted":  # both paths where a code holds k
+            assert (hits < 0).any() and (hits >= 0).any() == (k <= weights.max())
+        else:  # a query equal to a code costs the scan in index order less than a look-up
+            assert hits is None
         for method in ("auto", "flat", "mih"):
             assert_same(index.search(q, k, method=method), want)
     info = index.explain(q, 7)
-    assert info["distinct_queries"] < len(q) and info["exact_hits"] > 0
+    assert info["distinct_queries"] < len(q) and (info["exact_hits"] > 0) == (scan == "sorted")
     assert bool(sorted_scans) == (scan == "sorted")
 
 
-@pytest.mark.parametrize("nbits", [64, 100, 192])
+@pytest.mark.parametrize("nbits", [64, 100, 192, 256])
 def test_the_sorted_scan_and_the_scan_in_index_order_find_the_same_items(nbits):
     """The tile- and block-skipping scan over sorted codes and the scan in index order, for one, two and three
     words a code, over several tiles and a partly filled last one: each returns its runs grouped by distance, the

@@ -22,6 +22,8 @@ from ..codes import kernels as K
 
 __all__ = ["Groups", "position_dtype"]
 
+_NONE = np.zeros(0, np.int64)  # an absent row map or id map, as the kernels take it
+
 
 def position_dtype(n: int) -> type:
     """int32 while positions fit, else int64 (half the memory per item below two billion items)."""
@@ -47,19 +49,23 @@ class Groups:
     def nbytes(self) -> int:
         return int(self.ucodes.nbytes + self.goff.nbytes + self.gpos.nbytes)
 
-    def expand_into(self, runs: tuple, k: int, D: np.ndarray, P: np.ndarray, parallel: bool = False) -> None:
+    def expand_into(self, runs: tuple, k: int, D: np.ndarray, P: np.ndarray, rows: np.ndarray | None = None,
+                    ids: np.ndarray | None = None, parallel: bool = False) -> None:
         """Runs of distinct codes (``counts int64[m]`` (-1: none), ``D``, ``U``, as the k-NN kernels of
         :mod:`dsh.codes.group_kernels` return them) -> each query's k nearest items, ordered by (distance,
-        position), into ``D int32[m, k]`` and ``P int64[m, k]`` (-1 past the results): on this thread, or with
-        ``parallel`` split over the kernels' threads."""
+        position), into ``D int32[., k]`` and ``P int64[., k]`` (-1 past the results): run ``i`` into row
+        ``rows[i]`` (``int64[m]``; row ``i`` where None), as positions or, given ``ids`` (``int64[n]``, ascending
+        with position), as their ids; on this thread, or with ``parallel`` split over the kernels' threads."""
         counts, Dg, Ug = runs[0], runs[1], runs[2]
         lims = np.zeros(len(counts) + 1, np.int64)
         np.cumsum(np.maximum(counts, 0), out=lims[1:])
         goff, gpos, k = self.goff, self.gpos, int(k)
+        rows = _NONE if rows is None else rows
+        ids = _NONE if ids is None else ids
         if parallel:
-            K.run_parallel(lambda a, b: G.expand_knn(lims, Dg, Ug, goff, gpos, k, D, P, a, b), len(counts))
+            K.run_parallel(lambda a, b: G.expand_knn(lims, Dg, Ug, goff, gpos, k, D, P, rows, ids, a, b), len(counts))
         else:
-            G.expand_knn(lims, Dg, Ug, goff, gpos, k, D, P, 0, len(counts))
+            G.expand_knn(lims, Dg, Ug, goff, gpos, k, D, P, rows, ids, 0, len(counts))
 
     @classmethod
     def identity_of(cls, codes: np.ndarray) -> "Groups":

@@ -326,17 +326,13 @@ class HammingIndex(SearchThenLookup):
             return np.full(P.shape, -1, np.int64)
         return np.where(P >= 0, self._ids[np.maximum(P, 0)], -1)
 
-    def _answer_rows(self, D: np.ndarray, P: np.ndarray, back: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        """The batch's ``(D int32[nq, k], I int64[nq, k])`` from its distinct queries' ``D`` and positions ``P``
-        (``[u, k]``; ``back``: each query's distinct row, None where none repeats)."""
-        nq, k = (len(D) if back is None else len(back)), D.shape[1]
-        outD = np.empty((nq, k), np.int32)
-        outI = np.empty((nq, k), np.int64)
-        rows = np.zeros(0, np.int64) if back is None else back
-        ids = self._ids
-        K.run_parallel(lambda a, b: G.rows_of_ids(D, P, rows, ids, outD, outI, a, b), nq,
-                       per_task=max(16, (1 << 15) // k))
-        return outD, outI
+    def _fan_out(self, D: np.ndarray, I: np.ndarray, batch: "_Batch") -> None:
+        """Copy each distinct query's answer, written at its first row of ``D`` / ``I`` (``[nq, k]``), to the rows
+        that repeat it."""
+        if batch.back is None:
+            return
+        src = batch.first[batch.back]
+        K.run_parallel(lambda a, b: G.copy_rows(D, I, src, a, b), len(src), per_task=max(16, (1 << 15) // D.shape[1]))
 
     def search(self, q: np.ndarray, k: int, method: str = "auto") -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` nearest codes to each query.
@@ -350,19 +346,21 @@ class HammingIndex(SearchThenLookup):
         All give the same result. With the numba engine a query the batch repeats is answered once; where codes
         repeat enough (:mod:`dsh.index.sorted_codes`), the index keeps a sorted copy of its distinct codes, which
         the scan reads tile by tile once they number :data:`~dsh.index.sorted_codes.SORTED_SCAN_MIN` or more,
-        and ``"auto"`` looks up a query equal to a code that alone holds ``k`` items.
+        and there ``"auto"`` looks up a query equal to a code that alone holds ``k`` items.
         """
         q = self._queries(q)
         k = check_k(k)
         method = _check_method(method)
         nq, n = q.shape[0], self.ntotal
         if nq and n and (self._engine == "numba" or method == "mih"):
-            Q, back, hits = self._prepared(q, k, method)
-            # every row is written: by a look-up, a pilot, MIH or the scan (-1 past the results)
-            D = np.empty((len(Q), k), np.int32)
-            P = np.empty((len(Q), k), np.int64)
-            self._knn(Q, k, method, hits, D, P)
-            return self._answer_rows(D, P, back)
+            batch = self._prepared(q, k, method)
+            # every row is written: by a look-up, a pilot, MIH or the scan (-1 past the results), or copied from
+            # the first row of the same query
+            D = np.empty((nq, k), np.int32)
+            I = np.empty((nq, k), np.int64)
+            self._knn(batch.Q, k, method, batch.hits, D, I, batch.rows)
+            self._fan_out(D, I, batch)
+            return D, I
         D = np.full((nq, k), -1, np.int32)
         P = np.full((nq, k), -1, np.int64)
         if nq and n:
@@ -379,7 +377,8 @@ class HammingIndex(SearchThenLookup):
         "pilot_given_up", "budget_ns", "build_tables", "distinct", "ntotal", "nsub"}``, costs in nanoseconds per
         query of one thread (:class:`dsh.index.mih.KnnPlan`), and with the numba engine ``"distinct_queries"`` (a
         query the batch repeats is answered once) and ``"exact_hits"`` (distinct queries equal to a code that alone
-        holds ``k`` items, looked up rather than planned; 0 where the index keeps no sorted copy of its codes)."""
+        holds ``k`` items, looked up rather than planned; 0 where the index keeps no sorted copy of its codes or scans
+        fewer than :data:`~dsh.index.sorted_codes.SORTED_SCAN_MIN` distinct codes, in index order)."""
         q = self._queries(q)
         k = check_k(k)
         method = _check_method(method)
@@ -387,7 +386,8 @@ class HammingIndex(SearchThenLookup):
         if self._engine != "numba" and method != "mih":
             out = KnnPlan("flat", f"the {self._engine} engine scans", float("nan")).as_dict()
         else:
-            Q, _, hits = self._prepared(q, k, method)
+            batch = self._prepared(q, k, method)
+            Q, hits = batch.Q, batch.hits
             rest = Q if hits is None else Q[hits < 0]
             out = self._plan(rest, k, method, consume=False)[0].as_dict()
             extra = {"distinct_queries": len(Q), "exact_hits": 0 if hits is None else int((hits >= 0).sum())}
@@ -471,41 +471,42 @@ class HammingIndex(SearchThenLookup):
                     self._sorted = SortedCodes.build(words) if worth_keeping(g.u, g.n, words.shape[1]) else False
         return self._sorted or None
 
-    def _prepared(self, q: np.ndarray, k: int, method: str
-                  ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-        """What the numba k-NN starts from, for :meth:`search` and :meth:`explain` alike: the batch's distinct
-        queries ``Q`` (``uint64[u, W]``), ``back`` (``int64[nq]``, each query's row of ``Q``; None where no query
-        repeats) and, with ``method="auto"``, ``hits`` (``int64[u]``: the distinct code equal to each of ``Q``
-        that alone holds ``k`` items, else -1; None where not looked up or the index keeps no sorted copy)."""
-        Q, back = _distinct_rows(K.as_words(q))
-        sorted_codes = self._sorted_codes() if method == "auto" else None
+    def _prepared(self, q: np.ndarray, k: int, method: str) -> "_Batch":
+        """What the numba k-NN starts from, for :meth:`search` and :meth:`explain` alike (:class:`_Batch`): the
+        batch's distinct queries and, with ``method="auto"``, those equal to a code that alone holds ``k`` items
+        (looked up where the index keeps a sorted copy of its codes)."""
+        Q, back, first = _distinct_rows(K.as_words(q))
+        # below SORTED_SCAN_MIN distinct codes a query equal to a code costs the scan in index order less than its
+        # look-up (its limit falls to 0 in the first chunk): measured on the CIFAR-10 48-bit codes, k = 10, the
+        # look-ups made a batch 10% slower
+        sorted_codes = self._sorted_codes() if method == "auto" and self._groups.u >= SORTED_SCAN_MIN else None
         hits = None if sorted_codes is None else sorted_codes.exact(Q, self._groups.goff, k)
-        return Q, back, hits
+        return _Batch(Q, back, first, hits)
 
-    def _knn(self, Q: np.ndarray, k: int, method: str, hits: np.ndarray | None, D: np.ndarray,
-             P: np.ndarray) -> None:
-        """Exact k-NN of ``Q`` (``uint64[nq, W]``) into ``D`` / ``P`` (positions): queries with a ``hits`` entry
-        (see :meth:`_prepared`) directly, the others by the plan's method."""
+    def _knn(self, Q: np.ndarray, k: int, method: str, hits: np.ndarray | None, D: np.ndarray, I: np.ndarray,
+             rows: np.ndarray) -> None:
+        """Exact k-NN of ``Q`` (``uint64[m, W]``), query ``i`` into row ``rows[i]`` of ``D`` / ``I`` (ids):
+        queries with a ``hits`` entry (see :meth:`_prepared`) directly, the others by the plan's method."""
         if hits is None or not (hits >= 0).any():
-            return self._knn_planned(Q, k, method, D, P)
+            return self._knn_planned(Q, k, method, D, I, rows)
         found = np.flatnonzero(hits >= 0)
         g = self._groups
-        D[found] = 0
-        P[found] = g.gpos[g.goff[hits[found]][:, None] + np.arange(k)]
+        D[rows[found]] = 0
+        I[rows[found]] = self._ids[g.gpos[g.goff[hits[found]][:, None] + np.arange(k)]]
         rest = np.flatnonzero(hits < 0)
         if rest.size:
-            d, p = D[rest], P[rest]
-            self._knn_planned(Q[rest], k, method, d, p)
-            D[rest], P[rest] = d, p
+            self._knn_planned(Q[rest], k, method, D, I, rows[rest])
 
-    def _knn_planned(self, Q: np.ndarray, k: int, method: str, D: np.ndarray, P: np.ndarray) -> None:
-        """Exact k-NN of ``Q`` (``uint64[nq, W]``) into ``D`` / ``P`` (positions) by the plan's method."""
+    def _knn_planned(self, Q: np.ndarray, k: int, method: str, D: np.ndarray, I: np.ndarray,
+                     rows: np.ndarray) -> None:
+        """Exact k-NN of ``Q`` (``uint64[m, W]``) by the plan's method, query ``i`` into row ``rows[i]`` of ``D``
+        / ``I`` (ids)."""
         plan, pilot = self._plan(Q, k, method)
-        g = self._groups
+        g, ids = self._groups, self._ids
         scan = np.ones(len(Q), bool)  # queries left to the scan
         if pilot is not None:
             p = len(pilot[0])
-            g.expand_into(pilot, k, D[:p], P[:p], parallel=True)
+            g.expand_into(pilot, k, D, I, rows[:p], ids, parallel=True)
             scan[:p] = pilot[0] < 0
         if plan.method == "mih":
             rest = np.arange(0 if pilot is None else len(pilot[0]), len(Q))
@@ -513,44 +514,43 @@ class HammingIndex(SearchThenLookup):
             started = time.perf_counter_ns()
             res = tables.knn(self._get_words(), Q[rest], k, g.goff, g.n, plan.budget_ns)
             MIH_TIME.observe(float(res[3].sum()), (time.perf_counter_ns() - started) * _threads_for(rest.size, 16))
-            d, p_ = D[rest], P[rest]
-            g.expand_into(res, k, d, p_, parallel=True)
-            D[rest], P[rest] = d, p_
+            g.expand_into(res, k, D, I, rows[rest], ids, parallel=True)
             scan[rest] = res[0] < 0
-        rows = np.flatnonzero(scan)
-        if rows.size:
-            d, p_ = self._scan_knn(Q[rows] if rows.size < len(Q) else Q, k)
-            D[rows], P[rows] = d, p_
+        left = np.flatnonzero(scan)
+        if left.size:
+            whole = left.size == len(Q)
+            self._scan_knn(Q if whole else Q[left], k, D, I, rows if whole else rows[left])
 
-    def _scan_knn(self, Q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """The numba scan over the distinct codes: ``(D int32[nq, k], P int64[nq, k])``, positions."""
-        g, nq = self._groups, len(Q)
+    def _scan_knn(self, Q: np.ndarray, k: int, D: np.ndarray, I: np.ndarray, rows: np.ndarray) -> None:
+        """The numba scan over the distinct codes, query ``i`` into row ``rows[i]`` of ``D`` / ``I`` (ids)."""
+        g, nq, ids = self._groups, len(Q), self._ids
         X = self._get_words()
         x, W, u = X.reshape(-1), X.shape[1], g.u
         sorted_codes = self._sorted_codes()  # (built before the clock starts)
         sorted_scan = sorted_codes is not None and u >= SORTED_SCAN_MIN
+        per_task = 64
         started = time.perf_counter_ns()
         if g.identity:
-            D = np.full((nq, k), -1, np.int32)  # the plain scan writes only what it finds
-            P = np.full((nq, k), -1, np.int64)
-            K.run_parallel(lambda a, b: K.knn_scan(x, u, W, Q, a, b, k, self._nbits, D, P), nq)
-        else:  # the runs each thread finds are expanded on that thread, every row written
-            D = np.empty((nq, k), np.int32)
-            P = np.empty((nq, k), np.int64)
-            if sorted_scan:
-                sorted_codes.knn_into(Q, k, self._nbits, g, D, P)
-            else:
-                K.run_parallel(lambda a, b: g.expand_into(G.knn_scan_groups(x, u, W, Q, a, b, k, self._nbits, g.goff),
-                                                          k, D[a:b], P[a:b]), nq)
+            Dq = np.full((nq, k), -1, np.int32)  # the plain scan writes only what it finds
+            Pq = np.full((nq, k), -1, np.int64)
+            K.run_parallel(lambda a, b: K.knn_scan(x, u, W, Q, a, b, k, self._nbits, Dq, Pq), nq)
+            D[rows] = Dq
+            I[rows] = self._ids_of(Pq)
+        elif sorted_scan:  # the runs each thread finds are expanded on that thread, every row written
+            sorted_codes.knn_into(Q, k, self._nbits, g, D, I, rows, ids)
+        else:  # one task a thread: a task's Python and dispatch, with the GIL held, cost about 20% of a k = 10
+            # batch of 1,000 queries over 10,000 learned codes split in four
+            per_task = _per_thread(nq, 64)
+            K.run_parallel(lambda a, b: G.knn_scan_groups_into(x, u, W, Q, a, b, k, self._nbits, g.goff, g.gpos, D, I,
+                                                               rows[a:b], ids), nq, per_task=per_task)
         if nq >= 4:  # a scan's time per query of one thread, for the plans of later batches
-            ns = (time.perf_counter_ns() - started) * _threads_for(nq, 64) / nq
+            ns = (time.perf_counter_ns() - started) * _threads_for(nq, per_task) / nq
             if not sorted_scan:
                 SCAN_TIME.observe(flat_knn_ns(u, self._nbits) * nq, ns * nq)
             old = self._scan_ns.get(k)
             if old is None and len(self._scan_ns) >= 64:  # a caller trying many k: keep the memory bounded
                 self._scan_ns.clear()
             self._scan_ns[k] = ns if old is None else 0.7 * old + 0.3 * ns
-        return D, P
 
     def range_search(self, q: np.ndarray, radius: int, method: str = "auto"
                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -782,20 +782,43 @@ def _load_catalog(path: Path, entry, ids: np.ndarray, mmap: bool, verify: bool) 
 
 
 
+def _per_thread(nq: int, least: int) -> int:
+    """Queries a task so that each of the kernels' threads takes one (at least ``least``)."""
+    return max(least, -(-nq // K.num_threads()))
+
+
 def _threads_for(nq: int, per_task: int) -> int:
     """Threads :func:`dsh.codes.kernels.run_parallel` keeps busy for ``nq`` queries in tasks of ``per_task``."""
     return max(1, min(K.num_threads(), -(-nq // per_task)))
 
 
-def _distinct_rows(Q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-    """``(the distinct rows of Q in order of first appearance, each row's index among them)`` for ``Q``
-    (``uint64[nq, W]``); ``(Q, None)`` where no row repeats."""
+@dataclasses.dataclass(frozen=True)
+class _Batch:
+    """A k-NN batch as the numba search takes it: its distinct queries ``Q`` (``uint64[u, W]``), ``back``
+    (``int64[nq]``, each query's row of ``Q``) and ``first`` (``int64[u]``, the batch row where each of ``Q`` first
+    appears), both None where no query repeats, and ``hits`` (``int64[u]``: the distinct code equal to each of
+    ``Q`` that alone holds ``k`` items, else -1; None where not looked up)."""
+
+    Q: np.ndarray
+    back: np.ndarray | None
+    first: np.ndarray | None
+    hits: np.ndarray | None
+
+    @property
+    def rows(self) -> np.ndarray:
+        """``int64[u]``: the batch row that receives each distinct query's answer."""
+        return np.arange(len(self.Q)) if self.first is None else self.first
+
+
+def _distinct_rows(Q: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """``(the distinct rows of Q in order of first appearance, each row's index among them, the index of each
+    distinct row's first appearance)`` for ``Q`` (``uint64[nq, W]``); ``(Q, None, None)`` where no row repeats."""
     if len(Q) < 2:
-        return Q, None
+        return Q, None, None
     first, inverse = K.distinct_rows(np.ascontiguousarray(Q))
     if len(first) == len(Q):
-        return Q, None
-    return Q[first], inverse
+        return Q, None, None
+    return Q[first], inverse, first
 
 
 def _check_method(method) -> str:

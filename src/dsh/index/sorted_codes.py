@@ -108,9 +108,12 @@ class SortedCodes:
         return G.knn_scan_sorted(self.tiles, self.order, self.fixed.reshape(-1), self.value.reshape(-1), u, W, Q, a,
                                  b, int(k), int(nbits), goff, G.SUPER)
 
-    def knn_into(self, Q: np.ndarray, k: int, nbits: int, groups: Groups, D: np.ndarray, P: np.ndarray) -> None:
+    def knn_into(self, Q: np.ndarray, k: int, nbits: int, groups: Groups, D: np.ndarray, P: np.ndarray,
+                 rows: np.ndarray | None = None, ids: np.ndarray | None = None) -> None:
         """The k nearest items of each query (``uint64[nq, W]``), ordered by (distance, position), into
-        ``D int32[nq, k]`` and ``P int64[nq, k]`` (-1 past the results): each thread expands the runs it found
+        ``D int32[., k]`` and ``P int64[., k]`` (-1 past the results), as :meth:`Groups.expand_into` writes them
+        (query ``i`` into row ``rows[i]``, positions or their ``ids``): each thread expands the runs it found
         through ``groups``, one hand-off for both steps."""
-        K.run_parallel(lambda a, b: groups.expand_into(self._scan(Q, a, b, k, nbits, groups.goff), k, D[a:b], P[a:b]),
-                       len(Q), per_task=64)
+        rows = np.arange(len(Q)) if rows is None else rows
+        K.run_parallel(lambda a, b: groups.expand_into(self._scan(Q, a, b, k, nbits, groups.goff), k, D, P,
+                                                       rows[a:b], ids), len(Q), per_task=64)

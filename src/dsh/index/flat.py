@@ -346,8 +346,9 @@ class HammingIndex(SearchThenLookup):
         All give the same result. With the numba engine a query the batch repeats is answered once; where codes
         repeat enough (:mod:`dsh.index.sorted_codes`), the index keeps a sorted copy of its distinct codes, which
         the scan reads tile by tile once they number :data:`~dsh.index.sorted_codes.SORTED_SCAN_MIN` or more,
-        and ``"auto"`` looks up a query equal to a code that alone holds ``k`` items (where fewer codes hold
-        fewer than ``k`` items on average, the scan answers such a query about as fast).
+        and ``"auto"`` looks up a query equal to a code that alone holds ``k`` items (not where the index scans
+        its distinct codes in index order and they hold fewer than ``k`` items on average: there the scan answers
+        such a query about as fast).
         """
         q = self._queries(q)
         k = check_k(k)

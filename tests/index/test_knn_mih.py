@@ -160,14 +160,14 @@ def test_learned_like_codes_take_the_sorted_scan_and_exact_lookups_with_the_brut
     for k in (1, 7, 60, 700):
         want = brute_knn(q, codes, ids, k)
         hits = index._prepared(q, k, "auto").hits  # per distinct query
-        if scan == "sorted" or k * len(distinct) <= len(codes):  # both paths where a code holds k
+        if scan == "sorted" or k * index.distinct <= len(codes):  # both paths where a code holds k
             assert (hits < 0).any() and (hits >= 0).any() == (k <= weights.max())
         else:  # the scan in index order answers a query equal to a code about as fast as a look-up
             assert hits is None
         for method in ("auto", "flat", "mih"):
             assert_same(index.search(q, k, method=method), want)
     info = index.explain(q, 7)
-    looked_up = scan == "sorted" or 7 * len(distinct) <= len(codes)
+    looked_up = scan == "sorted" or 7 * index.distinct <= len(codes)
     assert info["distinct_queries"] < len(q) and (info["exact_hits"] > 0) == looked_up
     assert bool(sorted_scans) == (scan == "sorted")
 

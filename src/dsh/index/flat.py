@@ -487,7 +487,7 @@ class HammingIndex(SearchThenLookup):
         g = self._groups
         look_up = method == "auto" and (g.u >= SORTED_SCAN_MIN or g.n >= k * g.u)
         sorted_codes = self._sorted_codes() if look_up else None
-        hits = None if sorted_codes is None else sorted_codes.exact(Q, self._groups.goff, k)
+        hits = None if sorted_codes is None else sorted_codes.exact(Q, g.goff, k)
         return _Batch(Q, back, first, hits)
 
     def _knn(self, Q: np.ndarray, k: int, method: str, hits: np.ndarray | None, D: np.ndarray, I: np.ndarray,
